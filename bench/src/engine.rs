@@ -1,0 +1,357 @@
+//! `sluice-bench engine`: append throughput through the engine's public API
+//! against a raw sequential write loop on the same directory, in one run.
+//!
+//! The engine phase starts the shard threads, opens the partitions and
+//! appends pre-built v2 record batches with `--inflight` appends outstanding
+//! per partition, timing each append (hdrhistogram). The raw phase writes
+//! blocks of the same size to one file with `pwrite`, with `fdatasync` at
+//! the same cadence as the flush policy. Both start from a clean page cache
+//! state (`sync` first) and neither counts set-up or shutdown.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use sluice_engine::{AppendMode, Engine, EngineConfig, Epoch, IoDriver, LogConfig, TopicPartition};
+
+use crate::size::parse_size;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    None,
+    EveryBatch,
+    IntervalMs(u64),
+}
+
+fn parse_flush(text: &str) -> Result<FlushMode, String> {
+    match text {
+        "none" => Ok(FlushMode::None),
+        "every-batch" => Ok(FlushMode::EveryBatch),
+        other => match other.strip_prefix("ms:").map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => Ok(FlushMode::IntervalMs(ms)),
+            _ => Err(format!(
+                "--flush must be none, every-batch or ms:N with N > 0, got {other:?}"
+            )),
+        },
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory to write in (created; the benchmark's files are removed
+    /// afterwards).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Size of one record's value.
+    #[arg(long, default_value = "1024", value_parser = parse_size)]
+    record_size: u64,
+    /// Size of one record batch (one append).
+    #[arg(long, default_value = "65536", value_parser = parse_size)]
+    batch_size: u64,
+    /// Bytes to append in all.
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    total_bytes: u64,
+    /// Partitions, spread over the shards.
+    #[arg(long, default_value_t = 1)]
+    partitions: usize,
+    /// none | every-batch (flush.messages=1) | ms:N (flush.ms=N).
+    #[arg(long, default_value = "none", value_parser = parse_flush)]
+    flush: FlushMode,
+    /// Appends outstanding per partition.
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Shard threads (default: one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// auto | io_uring | poll.
+    #[arg(long, default_value = "auto")]
+    io_driver: String,
+    /// segment.bytes for the engine's logs.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    segment_bytes: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Builds one v2 batch of records with `record_size`-byte values, about
+/// `batch_size` bytes long in all, with kafka-protocol's encoder.
+fn build_batch(record_size: usize, batch_size: usize) -> Result<Vec<u8>, String> {
+    // A record costs its value plus about a dozen bytes of varints.
+    let per_record = record_size + 12;
+    let count = (batch_size.saturating_sub(61) / per_record).max(1);
+    let value = Bytes::from(vec![b'x'; record_size]);
+    let now = sluice_engine::shard::now_ms() as i64;
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: now,
+            key: None,
+            value: Some(value.clone()),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| format!("encoding a batch: {e}"))?;
+    Ok(buf.to_vec())
+}
+
+struct Outcome {
+    seconds: f64,
+    bytes: u64,
+    records: u64,
+    latency: Option<Histogram<u64>>,
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    if args.partitions == 0 || args.inflight == 0 {
+        return Err("--partitions and --inflight must be positive".into());
+    }
+    let batch = build_batch(args.record_size as usize, args.batch_size as usize)?;
+    let header = sluice_engine::batch::validate(&batch, usize::MAX)
+        .map_err(|e| format!("built an invalid batch: {e}"))?;
+    let records_per_batch = header.record_count() as u64;
+    let batches = (args.total_bytes / batch.len() as u64).max(1);
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("creating {:?}: {e}", args.dir))?;
+
+    let (engine, backend) = run_engine(&args, &batch, batches, records_per_batch)?;
+    let raw = run_raw(&args.dir, &batch, batches, args.flush)?;
+
+    let mb = |o: &Outcome| o.bytes as f64 / o.seconds / 1e6;
+    let engine_mb_s = mb(&engine);
+    let raw_mb_s = mb(&raw);
+    let ratio = engine_mb_s / raw_mb_s;
+    let hist = engine.latency.as_ref();
+    let pct = |q: f64| hist.map_or(0, |h| h.value_at_quantile(q));
+    let flush = match args.flush {
+        FlushMode::None => "none".to_string(),
+        FlushMode::EveryBatch => "every-batch".to_string(),
+        FlushMode::IntervalMs(ms) => format!("ms:{ms}"),
+    };
+    let report = serde_json::json!({
+        "workload": {
+            "record_size": args.record_size,
+            "batch_bytes": batch.len(),
+            "records_per_batch": records_per_batch,
+            "batches": batches,
+            "total_bytes": engine.bytes,
+            "partitions": args.partitions,
+            "inflight_per_partition": args.inflight,
+            "flush": flush,
+        },
+        "backend": backend,
+        "engine_mb_s": engine_mb_s,
+        "raw_mb_s": raw_mb_s,
+        "ratio": ratio,
+        "records_per_s": engine.records as f64 / engine.seconds,
+        "p50_us": pct(0.5),
+        "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "engine_seconds": engine.seconds,
+        "raw_seconds": raw.seconds,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "workload: {} batches of {} B ({} records of {} B), {} partition(s), flush {flush}, backend {backend}",
+            batches,
+            batch.len(),
+            records_per_batch,
+            args.record_size,
+            args.partitions
+        );
+        println!(
+            "engine: {engine_mb_s:9.1} MB/s  {:>12.0} records/s  append latency p50 {} us  p99 {} us  p99.9 {} us",
+            engine.records as f64 / engine.seconds,
+            pct(0.5),
+            pct(0.99),
+            pct(0.999)
+        );
+        println!("raw:    {raw_mb_s:9.1} MB/s  (pwrite loop, same block size and fsync cadence)");
+        println!("ratio:  {ratio:.3} (engine / raw)");
+    }
+    Ok(())
+}
+
+fn run_engine(
+    args: &Args,
+    batch: &[u8],
+    batches: u64,
+    records_per_batch: u64,
+) -> Result<(Outcome, String), String> {
+    let data_dir = args.dir.join("sluice-bench-engine");
+    remove_dir(&data_dir)?;
+    let log = LogConfig {
+        segment_bytes: args.segment_bytes,
+        flush_messages: (args.flush == FlushMode::EveryBatch).then_some(1),
+        flush_ms: match args.flush {
+            FlushMode::IntervalMs(ms) => Some(ms),
+            _ => None,
+        },
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let mut config = EngineConfig {
+        data_dir: data_dir.clone(),
+        io_driver: args.io_driver.parse().map_err(|e| format!("{e}"))?,
+        log: log.clone(),
+        ..EngineConfig::default()
+    };
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    if config.io_driver == IoDriver::Auto && std::env::var_os("SLUICE_IO_DRIVER").is_some() {
+        config.io_driver = std::env::var("SLUICE_IO_DRIVER")
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| format!("SLUICE_IO_DRIVER: {e}"))?;
+    }
+    let engine = Rc::new(Engine::start(config).map_err(|e| format!("starting the engine: {e}"))?);
+    let backend = engine.backend().to_string();
+    let partitions: Vec<TopicPartition> = (0..args.partitions)
+        .map(|i| TopicPartition::new("bench", i as i32))
+        .collect();
+
+    // Pre-build every append's bytes (the engine patches them in place and
+    // keeps them), so the timed loop measures the engine, not memcpy.
+    let mut queues: Vec<VecDeque<Vec<u8>>> = vec![VecDeque::new(); args.partitions];
+    for i in 0..batches {
+        queues[(i % args.partitions as u64) as usize].push_back(batch.to_vec());
+    }
+    let runtime = compio::runtime::Runtime::new().map_err(|e| format!("driver runtime: {e}"))?;
+    let outcome = runtime.block_on(async {
+        for tp in &partitions {
+            engine
+                .open(tp.clone(), log.clone())
+                .await
+                .map_err(|e| format!("opening {tp}: {e}"))?;
+        }
+        sync_all();
+        let histogram = Rc::new(RefCell::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .map_err(|e| format!("histogram: {e}"))?,
+        ));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for (tp, queue) in partitions.iter().zip(queues) {
+            let queue = Rc::new(RefCell::new(queue));
+            for _ in 0..args.inflight {
+                let (engine, queue, histogram, tp) =
+                    (engine.clone(), queue.clone(), histogram.clone(), tp.clone());
+                tasks.push(compio::runtime::spawn(async move {
+                    loop {
+                        let Some(records) = queue.borrow_mut().pop_front() else {
+                            return Ok::<(), String>(());
+                        };
+                        let sent = Instant::now();
+                        engine
+                            .append(tp.clone(), records, AppendMode::Leader { epoch: Epoch(0) })
+                            .await
+                            .map_err(|e| format!("append to {tp}: {e}"))?;
+                        let micros = sent.elapsed().as_micros().max(1) as u64;
+                        histogram.borrow_mut().saturating_record(micros);
+                    }
+                }));
+            }
+        }
+        for task in tasks {
+            task.await.map_err(|_| "an append task panicked".to_string())??;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let latency = histogram.borrow().clone();
+        Ok::<_, String>(Outcome {
+            seconds,
+            bytes: batches * batch.len() as u64,
+            records: batches * records_per_batch,
+            latency: Some(latency),
+        })
+    })?;
+    drop(runtime);
+    match Rc::try_unwrap(engine) {
+        Ok(engine) => engine
+            .shutdown()
+            .map_err(|e| format!("engine shutdown: {e}"))?,
+        Err(_) => return Err("engine still referenced after the run".into()),
+    }
+    remove_dir(&data_dir)?;
+    Ok((outcome, backend))
+}
+
+fn run_raw(dir: &Path, batch: &[u8], batches: u64, flush: FlushMode) -> Result<Outcome, String> {
+    let path = dir.join("sluice-bench-raw.dat");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("creating {path:?}: {e}"))?;
+    sync_all();
+    let start = Instant::now();
+    let mut last_sync = start;
+    let mut pos = 0u64;
+    for _ in 0..batches {
+        file.write_all_at(batch, pos)
+            .map_err(|e| format!("raw write: {e}"))?;
+        pos += batch.len() as u64;
+        let due = match flush {
+            FlushMode::None => false,
+            FlushMode::EveryBatch => true,
+            FlushMode::IntervalMs(ms) => last_sync.elapsed() >= Duration::from_millis(ms),
+        };
+        if due {
+            file.sync_data().map_err(|e| format!("raw fdatasync: {e}"))?;
+            last_sync = Instant::now();
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).map_err(|e| format!("removing {path:?}: {e}"))?;
+    std::io::stdout().flush().ok();
+    Ok(Outcome {
+        seconds,
+        bytes: pos,
+        records: 0,
+        latency: None,
+    })
+}
+
+/// Writes back all dirty pages so each phase starts from the same state.
+fn sync_all() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+fn remove_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {dir:?}: {e}")),
+    }
+}

@@ -1,0 +1,81 @@
+//! The engine's error type. Cheap to clone, because one failed group-commit
+//! write fails every append that shared it.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::batch::BatchError;
+use crate::types::{Offset, TopicPartition};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The bytes offered for append are not a valid sequence of v2 record
+    /// batches (Kafka: CORRUPT_MESSAGE).
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    /// A batch, or a whole append, is larger than the configured maximum
+    /// (Kafka: MESSAGE_TOO_LARGE).
+    #[error("record batch of {size} bytes exceeds the maximum of {max} bytes")]
+    BatchTooLarge { size: usize, max: usize },
+    /// A follower append whose offsets do not continue the log.
+    #[error("append at offset {first} does not continue the log ending at {log_end}")]
+    NonContiguousAppend { first: Offset, log_end: Offset },
+    #[error("offset {requested} is outside the log [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        requested: Offset,
+        log_start: Offset,
+        log_end: Offset,
+    },
+    /// The disk is full. The partial write was cut off again and the log is
+    /// still consistent; appends may succeed once space is freed.
+    #[error("no space left on device ({context})")]
+    NoSpace {
+        context: String,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// An I/O error the log cannot vouch for having survived. The log went
+    /// offline when it happened.
+    #[error("I/O error ({context})")]
+    Io {
+        context: String,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The log is offline after an earlier write or fsync error; it must be
+    /// reopened (recovered) before it serves anything again.
+    #[error("log {dir} is offline after an I/O error: {reason}")]
+    Offline { dir: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    #[error("unknown partition {0}")]
+    UnknownPartition(TopicPartition),
+    #[error("partition {0} already exists")]
+    PartitionExists(TopicPartition),
+    /// The shard owning the partition has stopped (shutdown or panic).
+    #[error("shard {0} is not running")]
+    ShardStopped(usize),
+    /// A shard's command queue is full; the caller should back off.
+    #[error("shard {0} is overloaded")]
+    ShardBusy(usize),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        let context = context.into();
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            Error::NoSpace {
+                context,
+                source: Arc::new(source),
+            }
+        } else {
+            Error::Io {
+                context,
+                source: Arc::new(source),
+            }
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1111 @@
+//! One partition's log: a directory of segments, its leader-epoch cache and
+//! its recovery point.
+//!
+//! ```text
+//! <dir>/00000000000000000000.log        batches, byte for byte as produced
+//!       00000000000000000000.index      sparse offset index
+//!       00000000000000000000.timeindex  time index
+//!       00000000000000052812.log        the active segment (appends go here)
+//!       ...
+//!       leader-epoch-checkpoint         epoch → start offset
+//!       recovery-point-checkpoint       what is known flushed
+//! ```
+//!
+//! Owned by one shard and touched only from its thread (not `Sync`); the
+//! async methods take `&mut self`, so one log never has two operations in
+//! flight and its in-memory state always describes completed writes.
+//!
+//! Durability: appends land in the page cache. The flush policy decides when
+//! the active segment is `fdatasync`ed; a roll and a clean close always
+//! flush. Everything below the flushed offset survives power loss. The
+//! recovery point (offset, segment, position, maximum timestamp) is
+//! checkpointed on roll, on close and, after a flush, at most every
+//! `recovery_checkpoint_interval_ms`; recovery scans only from there.
+//!
+//! A failed write or fsync takes the log offline (Kafka takes the whole log
+//! directory offline): after a failed fsync the kernel may have dropped the
+//! dirty pages, and retrying it would report success for data that is gone.
+//! A full disk (ENOSPC) is the exception: the partial write is cut off again
+//! and the log stays online, so appends resume once space is freed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::batch::{self, BatchHeader};
+use crate::config::LogConfig;
+use crate::epoch_cache::{self, EpochCache};
+use crate::error::{Error, Result};
+use crate::flush::FlushPolicy;
+use crate::io::Fs;
+use crate::offset_index::OffsetIndex;
+use crate::segment::{self, ScanStop, Segment, Window};
+use crate::time_index::TimeIndex;
+use crate::types::{Epoch, FilePosition, Offset};
+
+pub const RECOVERY_POINT_FILE: &str = "recovery-point-checkpoint";
+
+/// Who assigns the offsets of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendMode {
+    /// The leader assigns offsets from the log end and stamps its epoch.
+    Leader { epoch: Epoch },
+    /// A follower keeps the leader's offsets and epochs; they must continue
+    /// the log.
+    Follower,
+}
+
+/// Whether an append may be acknowledged as surviving power loss. This is
+/// the "persist before acknowledge" marker: a caller promising durability
+/// must see `Flushed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// In the page cache: survives a process crash, not a power loss.
+    PageCache,
+    /// fsynced: survives a power loss.
+    Flushed,
+}
+
+/// The result of one append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub records: u64,
+    /// The largest batch timestamp in the append.
+    pub max_timestamp: i64,
+    /// The broker's clock when the append happened (Kafka's
+    /// `log_append_time`).
+    pub log_append_time_ms: i64,
+    pub durability: Durability,
+}
+
+/// Whole batches read from the log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadResult {
+    /// Concatenated batches, byte for byte as stored.
+    pub records: Vec<u8>,
+    /// The offset after the last batch returned (`from` if none).
+    pub next_offset: Offset,
+    pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+}
+
+/// What recovery did when the log was opened.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    /// The checkpointed recovery point recovery started from, if usable.
+    pub recovery_point: Option<Offset>,
+    pub segments_scanned: usize,
+    pub bytes_scanned: u64,
+    pub batches_recovered: u64,
+    /// Bytes cut from the end of the log (torn or invalid).
+    pub bytes_truncated: u64,
+    /// Whole segments deleted because they followed the cut.
+    pub segments_deleted: usize,
+    /// Why the scan stopped early, if it did.
+    pub truncation_reason: Option<String>,
+    pub log_end_offset: Offset,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecoveryPoint {
+    offset: Offset,
+    segment_base: Offset,
+    position: FilePosition,
+    max_timestamp: i64,
+    max_timestamp_offset: Offset,
+}
+
+impl RecoveryPoint {
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "1 {} {} {} {} {}\n",
+            self.offset.0,
+            self.segment_base.0,
+            self.position.0,
+            self.max_timestamp,
+            self.max_timestamp_offset.0
+        )
+        .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<RecoveryPoint> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let fields: Vec<i64> = text
+            .split_whitespace()
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        let [1, offset, base, position, max_ts, max_ts_offset] = fields[..] else {
+            return None;
+        };
+        if offset < base || position < 0 {
+            return None;
+        }
+        Some(RecoveryPoint {
+            offset: Offset(offset),
+            segment_base: Offset(base),
+            position: FilePosition(position as u64),
+            max_timestamp: max_ts,
+            max_timestamp_offset: Offset(max_ts_offset),
+        })
+    }
+}
+
+/// One partition's log. Owned by one shard.
+#[derive(Debug)]
+pub struct Log {
+    fs: Fs,
+    dir: PathBuf,
+    config: LogConfig,
+    /// Never empty; the last one is the active segment.
+    segments: BTreeMap<Offset, Segment>,
+    log_start: Offset,
+    /// Everything below this offset has been fsynced.
+    flushed: Offset,
+    policy: FlushPolicy,
+    epochs: EpochCache,
+    last_checkpoint_ms: u64,
+    offline: Option<String>,
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` and recovers it.
+    pub async fn open(
+        fs: Fs,
+        dir: PathBuf,
+        config: LogConfig,
+        now_ms: u64,
+    ) -> Result<(Log, RecoveryReport)> {
+        config.validate()?;
+        let ctx = |what: &str, e| Error::io(format!("{what} {}", dir.display()), e);
+        fs.create_dir_all(&dir)
+            .await
+            .map_err(|e| ctx("creating", e))?;
+        let names = fs.list_dir(&dir).await.map_err(|e| ctx("listing", e))?;
+        let mut bases = Vec::new();
+        for name in &names {
+            if name.ends_with(".tmp") {
+                // A checkpoint replacement that did not finish.
+                fs.remove_file(&dir.join(name))
+                    .await
+                    .map_err(|e| ctx("removing a temporary file in", e))?;
+            } else if let Some(base) = segment::parse_log_file_name(name) {
+                bases.push(base);
+            }
+        }
+        bases.sort();
+        let recovery_point = fs
+            .read_small(&dir.join(RECOVERY_POINT_FILE))
+            .await
+            .map_err(|e| ctx("reading the recovery point of", e))?
+            .and_then(|bytes| RecoveryPoint::decode(&bytes))
+            .filter(|rp| bases.contains(&rp.segment_base));
+
+        let mut log = Log {
+            policy: FlushPolicy::new(config.flush_messages, config.flush_ms),
+            fs,
+            dir,
+            config,
+            segments: BTreeMap::new(),
+            log_start: Offset::ZERO,
+            flushed: Offset::ZERO,
+            epochs: EpochCache::default(),
+            last_checkpoint_ms: now_ms,
+            offline: None,
+        };
+        let report = log.recover(&bases, recovery_point).await?;
+        if report.bytes_truncated > 0 || report.segments_deleted > 0 {
+            warn!(
+                dir = %log.dir.display(),
+                bytes_truncated = report.bytes_truncated,
+                segments_deleted = report.segments_deleted,
+                reason = report.truncation_reason.as_deref().unwrap_or(""),
+                log_end_offset = %report.log_end_offset,
+                "recovery truncated the log"
+            );
+        } else if report.batches_recovered > 0 {
+            info!(
+                dir = %log.dir.display(),
+                batches = report.batches_recovered,
+                bytes = report.bytes_scanned,
+                "recovery scanned the unflushed tail"
+            );
+        }
+        Ok((log, report))
+    }
+
+    async fn recover(
+        &mut self,
+        bases: &[Offset],
+        recovery_point: Option<RecoveryPoint>,
+    ) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport {
+            recovery_point: recovery_point.map(|rp| rp.offset),
+            ..RecoveryReport::default()
+        };
+        let scan_from_base = recovery_point.map_or(Offset(i64::MIN), |rp| rp.segment_base);
+        let mut scanned_any = false;
+        let mut epoch_starts = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let path = Segment::path(&self.dir, base, segment::LOG_SUFFIX);
+            let ctx = |e| Error::io(format!("opening {}", path.display()), e);
+            let file = self.fs.open(&path, false).await.map_err(ctx)?;
+            let file_len = file.len().await.map_err(ctx)?;
+            let mut seg = Segment::new(base, file, &self.config);
+            if let Some(prev) = self.segments.values().next_back() {
+                seg.next_offset = seg.next_offset.max(prev.next_offset);
+            }
+            let mut start = FilePosition(0);
+            if base < scan_from_base {
+                if self.restore_flushed(&mut seg, file_len).await? {
+                    self.segments.insert(base, seg);
+                    continue;
+                }
+            } else if let Some(rp) = recovery_point.filter(|rp| rp.segment_base == base) {
+                if self.restore_up_to(&mut seg, file_len, rp).await? {
+                    start = rp.position;
+                }
+            }
+            let scan = seg.scan(start, file_len, &self.config).await?;
+            scanned_any = true;
+            report.segments_scanned += 1;
+            report.bytes_scanned += scan.end.0 - start.0;
+            report.batches_recovered += scan.batches;
+            epoch_starts.extend(scan.epoch_starts);
+            let cut = file_len - scan.end.0;
+            if scan.stop != ScanStop::End || cut > 0 {
+                report.bytes_truncated += cut;
+                report.truncation_reason = Some(match &scan.stop {
+                    ScanStop::End => "trailing bytes".to_string(),
+                    ScanStop::Torn => format!(
+                        "torn batch at position {} of segment {}",
+                        scan.end.0, base
+                    ),
+                    ScanStop::Invalid(why) => format!(
+                        "invalid batch at position {} of segment {}: {why}",
+                        scan.end.0, base
+                    ),
+                });
+                seg.file
+                    .set_len(scan.end.0)
+                    .await
+                    .map_err(|e| Error::io("truncating a torn segment", e))?;
+                self.segments.insert(base, seg);
+                for &later in &bases[i + 1..] {
+                    let path = Segment::path(&self.dir, later, segment::LOG_SUFFIX);
+                    if let Ok(file) = self.fs.open(&path, false).await {
+                        report.bytes_truncated += file.len().await.unwrap_or(0);
+                    }
+                    report.segments_deleted += 1;
+                    segment::remove_segment_files(&self.fs, &self.dir, later).await?;
+                }
+                break;
+            }
+            self.segments.insert(base, seg);
+        }
+        if self.segments.is_empty() {
+            let seg = Segment::create(&self.fs, &self.dir, Offset::ZERO, &self.config).await?;
+            self.segments.insert(Offset::ZERO, seg);
+            scanned_any = true;
+        }
+        // Drop empty segments that a crash left behind before the active one.
+        let empty_old: Vec<Offset> = self
+            .segments
+            .iter()
+            .rev()
+            .skip(1)
+            .filter(|(_, s)| s.is_empty())
+            .map(|(b, _)| *b)
+            .collect();
+        for base in empty_old {
+            if let Some(seg) = self.segments.remove(&base) {
+                seg.remove_files(&self.fs, &self.dir).await?;
+            }
+        }
+        self.log_start = self.first_segment().base;
+
+        let checkpoint = self
+            .fs
+            .read_small(&self.dir.join(epoch_cache::CHECKPOINT_FILE))
+            .await
+            .map_err(|e| Error::io("reading the leader epoch checkpoint", e))?;
+        self.epochs = checkpoint
+            .and_then(|bytes| EpochCache::decode(&bytes))
+            .unwrap_or_default();
+        let log_end = self.log_end_offset();
+        let mut epochs_changed = self.epochs.truncate_from_end(log_end);
+        for (epoch, start) in epoch_starts {
+            epochs_changed |= self.epochs.assign(epoch, start);
+        }
+        epochs_changed |= self.epochs.truncate_from_start(self.log_start);
+        if epochs_changed {
+            self.persist_epochs().await?;
+        }
+
+        // What recovery kept is made durable, and the next recovery starts
+        // after it.
+        if scanned_any {
+            let last_base = self.active().base;
+            for seg in self.segments.range(scan_from_base..).map(|(_, s)| s) {
+                seg.file
+                    .sync_data()
+                    .await
+                    .map_err(|e| Error::io("syncing a recovered segment", e))?;
+                if seg.base != last_base {
+                    seg.persist_indexes(&self.fs, &self.dir).await?;
+                }
+            }
+            self.fs
+                .sync_dir(&self.dir)
+                .await
+                .map_err(|e| Error::io("syncing the log directory", e))?;
+        }
+        self.flushed = log_end;
+        self.checkpoint_recovery_point().await?;
+        report.log_end_offset = log_end;
+        Ok(report)
+    }
+
+    /// Restores a segment wholly below the recovery point from its index
+    /// files, without reading its batches. Returns false if the indexes are
+    /// missing or do not fit, in which case the caller scans it.
+    async fn restore_flushed(&self, seg: &mut Segment, file_len: u64) -> Result<bool> {
+        let Some((index, time_index)) = Segment::load_indexes(
+            &self.fs,
+            &self.dir,
+            seg.base,
+            file_len,
+            Offset(i64::MAX),
+            &self.config,
+        )
+        .await?
+        else {
+            return Ok(false);
+        };
+        // Walk the few batch headers after the last index entry to find
+        // where the segment's offsets end, checking the walk lands exactly
+        // on the end of the file.
+        let mut pos = index.last().map_or(0, |(_, p)| p.0);
+        let mut next = seg.next_offset;
+        let mut window = Window::new(&seg.file, file_len, 64 * 1024);
+        loop {
+            match window.header_at(pos, self.config.max_batch_bytes).await {
+                Ok(Some(header)) => {
+                    next = Offset(header.last_offset() + 1);
+                    pos += header.total_len() as u64;
+                }
+                Ok(None) => break,
+                Err(Error::InvalidBatch(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        if pos != file_len {
+            return Ok(false);
+        }
+        let max_ts = time_index.last().unwrap_or((-1, seg.base));
+        seg.restore(file_len, next, index, time_index, max_ts);
+        Ok(true)
+    }
+
+    /// Restores the part of the recovery-point segment below the recovery
+    /// point. Returns false (scan from the start) if that is not possible.
+    async fn restore_up_to(
+        &self,
+        seg: &mut Segment,
+        file_len: u64,
+        rp: RecoveryPoint,
+    ) -> Result<bool> {
+        if rp.position.0 > file_len || rp.offset < seg.next_offset {
+            return Ok(false);
+        }
+        if rp.position.0 == 0 {
+            return Ok(true);
+        }
+        let Some((mut index, mut time_index)) = Segment::load_indexes(
+            &self.fs,
+            &self.dir,
+            seg.base,
+            file_len,
+            Offset(i64::MAX),
+            &self.config,
+        )
+        .await?
+        else {
+            return Ok(false);
+        };
+        index.truncate_to_position(rp.position);
+        time_index.truncate_to(rp.offset);
+        seg.restore(
+            rp.position.0,
+            rp.offset,
+            index,
+            time_index,
+            (rp.max_timestamp, rp.max_timestamp_offset),
+        );
+        Ok(true)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.log_start
+    }
+
+    /// The log end offset (LEO): the offset the next append gets.
+    pub fn log_end_offset(&self) -> Offset {
+        self.active().next_offset
+    }
+
+    /// Everything below this offset has been fsynced.
+    pub fn flushed_offset(&self) -> Offset {
+        self.flushed
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.segments.keys().copied().collect()
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.offline.is_some()
+    }
+
+    pub fn epoch_cache(&self) -> &EpochCache {
+        &self.epochs
+    }
+
+    /// Kafka's `OffsetForLeaderEpoch` answer for this log.
+    pub fn end_offset_for_epoch(&self, epoch: Epoch) -> (Epoch, Offset) {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// When a `flush.ms` flush falls due, if one is pending.
+    pub fn next_flush_deadline_ms(&self) -> Option<u64> {
+        self.policy.next_deadline_ms()
+    }
+
+    /// Changes the flush limits (a topic config change).
+    pub fn set_flush_limits(&mut self, flush_messages: Option<u64>, flush_ms: Option<u64>) {
+        self.config.flush_messages = flush_messages;
+        self.config.flush_ms = flush_ms;
+        self.policy.set_limits(flush_messages, flush_ms);
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn first_segment(&self) -> &Segment {
+        self.segments
+            .values()
+            .next()
+            .expect("a log always has an active segment")
+    }
+
+    fn check_online(&self) -> Result<()> {
+        match &self.offline {
+            Some(reason) => Err(Error::Offline {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the log offline after `err`, logging why, and returns `err`.
+    fn fail(&mut self, err: Error) -> Error {
+        if self.offline.is_none() {
+            tracing::error!(dir = %self.dir.display(), error = %err, "log is going offline");
+            self.offline = Some(err.to_string());
+        }
+        err
+    }
+
+    /// Appends one request's batches (one or more concatenated v2 batches).
+    pub async fn append(
+        &mut self,
+        records: Vec<u8>,
+        mode: AppendMode,
+        now_ms: u64,
+    ) -> Result<AppendInfo> {
+        self.append_group(vec![(records, mode)], now_ms)
+            .await
+            .pop()
+            .unwrap_or(Err(Error::InvalidConfig("empty append group".into())))
+    }
+
+    /// Appends several requests in one go (group commit): one write per
+    /// segment touched and at most one fsync, with a result per request in
+    /// order. A request that fails validation fails alone; an I/O error
+    /// fails every request not yet written.
+    pub async fn append_group(
+        &mut self,
+        requests: Vec<(Vec<u8>, AppendMode)>,
+        now_ms: u64,
+    ) -> Vec<Result<AppendInfo>> {
+        let mut results: Vec<Result<AppendInfo>> = Vec::with_capacity(requests.len());
+        if let Err(e) = self.check_online() {
+            return requests.iter().map(|_| Err(e.clone())).collect();
+        }
+        // Batches staged for the active segment: bytes, their headers and
+        // positions, and which results they belong to.
+        let mut staged = Staged::default();
+        let mut next = self.log_end_offset();
+        let mut failure: Option<Error> = None;
+        for (mut records, mode) in requests {
+            if let Some(err) = &failure {
+                results.push(Err(err.clone()));
+                continue;
+            }
+            let headers = match self.validate_append(&mut records, mode, next) {
+                Ok(h) => h,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let bytes = records.len() as u64;
+            if self
+                .active()
+                .should_roll(staged.bytes.len() as u64 + bytes, now_ms, &self.config)
+            {
+                if let Err(e) = self.write_staged(&mut staged, &mut results).await {
+                    failure = Some(e.clone());
+                    results.push(Err(e));
+                    continue;
+                }
+                if let Err(e) = self.roll().await {
+                    failure = Some(e.clone());
+                    results.push(Err(e));
+                    continue;
+                }
+            }
+            let last = headers.last().map_or(next, |h| Offset(h.last_offset()));
+            let info = AppendInfo {
+                base_offset: Offset(headers.first().map_or(next.0, |h| h.base_offset)),
+                last_offset: last,
+                records: headers.iter().map(|h| h.record_count() as u64).sum(),
+                max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+                log_append_time_ms: now_ms as i64,
+                durability: Durability::PageCache,
+            };
+            next = last.plus(1);
+            staged.push(records, headers, results.len());
+            results.push(Ok(info));
+        }
+        if failure.is_none() {
+            if let Err(e) = self.write_staged(&mut staged, &mut results).await {
+                failure = Some(e);
+            }
+        }
+        let appended: u64 = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|i| i.records)
+            .sum();
+        if failure.is_none() && appended > 0 && self.policy.on_append(appended, now_ms) {
+            if let Err(e) = self.flush(now_ms).await {
+                // The data is in the page cache but not durable; the caller
+                // must not be told it was appended as asked.
+                for r in results.iter_mut() {
+                    if r.is_ok() {
+                        *r = Err(e.clone());
+                    }
+                }
+            }
+        }
+        let flushed = self.flushed;
+        for info in results.iter_mut().flatten() {
+            if info.last_offset < flushed {
+                info.durability = Durability::Flushed;
+            }
+        }
+        results
+    }
+
+    /// Checks one request's batches, and for a leader assigns offsets and
+    /// the epoch by patching the headers in place.
+    fn validate_append(
+        &self,
+        records: &mut [u8],
+        mode: AppendMode,
+        next: Offset,
+    ) -> Result<Vec<BatchHeader>> {
+        let max = self.config.max_batch_bytes;
+        if records.is_empty() {
+            return Err(batch::BatchError::Truncated {
+                needed: batch::HEADER_LEN,
+                available: 0,
+            }
+            .into());
+        }
+        let mut headers = Vec::new();
+        for item in batch::batches(records, usize::MAX) {
+            let (header, _) = item?;
+            if header.total_len() > max {
+                return Err(Error::BatchTooLarge {
+                    size: header.total_len(),
+                    max,
+                });
+            }
+            headers.push(header);
+        }
+        match mode {
+            AppendMode::Leader { epoch } => {
+                let mut pos = 0;
+                let mut offset = next;
+                for header in headers.iter_mut() {
+                    let end = pos + header.total_len();
+                    batch::patch(&mut records[pos..end], offset.0, epoch.0)?;
+                    header.base_offset = offset.0;
+                    header.partition_leader_epoch = epoch.0;
+                    offset = Offset(header.last_offset() + 1);
+                    pos = end;
+                }
+            }
+            AppendMode::Follower => {
+                let mut expected = next;
+                for header in &headers {
+                    if header.base_offset < expected.0 {
+                        return Err(Error::NonContiguousAppend {
+                            first: Offset(header.base_offset),
+                            log_end: expected,
+                        });
+                    }
+                    expected = Offset(header.last_offset() + 1);
+                }
+            }
+        }
+        Ok(headers)
+    }
+
+    /// Writes the staged batches to the active segment and accounts for
+    /// them. On error the segment is cut back to where it was.
+    async fn write_staged(
+        &mut self,
+        staged: &mut Staged,
+        results: &mut [Result<AppendInfo>],
+    ) -> Result<()> {
+        if staged.bytes.is_empty() {
+            return Ok(());
+        }
+        let Staged {
+            bytes,
+            headers,
+            owners,
+        } = std::mem::take(staged);
+        let start = self.active().size;
+        let written = self.active().file.write_all_at(bytes, start).await;
+        if let Err(io_err) = written {
+            let err = Error::io("appending to the active segment", io_err);
+            for &owner in &owners {
+                results[owner] = Err(err.clone());
+            }
+            if matches!(err, Error::NoSpace { .. }) {
+                // Cut the partial write off so the file ends on a batch
+                // boundary again; the log stays usable.
+                if let Err(e) = self.active().file.set_len(start).await {
+                    return Err(self.fail(Error::io("cutting off a partial write", e)));
+                }
+                return Err(err);
+            }
+            return Err(self.fail(err));
+        }
+        let interval = self.config.index_interval_bytes;
+        let mut pos = start;
+        let mut epoch_changed = false;
+        for header in &headers {
+            self.active_mut()
+                .on_batch_written(header, FilePosition(pos), interval);
+            pos += header.total_len() as u64;
+            let epoch = Epoch(header.partition_leader_epoch);
+            if epoch.0 >= 0 {
+                epoch_changed |= self.epochs.assign(epoch, Offset(header.base_offset));
+            }
+        }
+        if epoch_changed {
+            if let Err(e) = self.persist_epochs().await {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new active segment at the log end, flushing the old one.
+    async fn roll(&mut self) -> Result<()> {
+        let base = self.log_end_offset();
+        let old = self.active();
+        if let Err(e) = old.file.sync_data().await {
+            return Err(self.fail(Error::io("flushing a segment on roll", e)));
+        }
+        if let Err(e) = old.persist_indexes(&self.fs, &self.dir).await {
+            return Err(self.fail(e));
+        }
+        let seg = match Segment::create(&self.fs, &self.dir, base, &self.config).await {
+            Ok(seg) => seg,
+            Err(e) => return Err(self.fail(e)),
+        };
+        self.segments.insert(base, seg);
+        if let Err(e) = self.fs.sync_dir(&self.dir).await {
+            return Err(self.fail(Error::io("syncing the log directory on roll", e)));
+        }
+        self.flushed = base;
+        self.policy.on_flushed();
+        self.checkpoint_recovery_point().await
+    }
+
+    /// fsyncs everything appended so far. A failure takes the log offline:
+    /// the flush is never retried.
+    pub async fn flush(&mut self, now_ms: u64) -> Result<()> {
+        self.check_online()?;
+        let end = self.log_end_offset();
+        if self.flushed == end {
+            return Ok(());
+        }
+        // Segments before the active one were flushed when they rolled.
+        if let Err(e) = self.active().file.sync_data().await {
+            return Err(self.fail(Error::io("fsync of the active segment", e)));
+        }
+        self.flushed = end;
+        self.policy.on_flushed();
+        if now_ms.saturating_sub(self.last_checkpoint_ms) >= self.config.recovery_checkpoint_interval_ms
+        {
+            self.last_checkpoint_ms = now_ms;
+            self.checkpoint_recovery_point().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a `flush.ms` flush if one is due.
+    pub async fn maybe_flush(&mut self, now_ms: u64) -> Result<bool> {
+        if self.offline.is_some() || !self.policy.is_due(now_ms) {
+            return Ok(false);
+        }
+        self.flush(now_ms).await.map(|()| true)
+    }
+
+    /// Persists the active segment's indexes and the recovery point. Only
+    /// valid when everything is flushed.
+    async fn checkpoint_recovery_point(&mut self) -> Result<()> {
+        debug_assert_eq!(self.flushed, self.log_end_offset());
+        let active = self.active();
+        let rp = RecoveryPoint {
+            offset: active.next_offset,
+            segment_base: active.base,
+            position: FilePosition(active.size),
+            max_timestamp: active.max_timestamp,
+            max_timestamp_offset: active.max_timestamp_offset,
+        };
+        let result = async {
+            active.persist_indexes(&self.fs, &self.dir).await?;
+            self.fs
+                .replace_atomically(&self.dir.join(RECOVERY_POINT_FILE), rp.encode())
+                .await
+                .map_err(|e| Error::io("writing the recovery point", e))
+        }
+        .await;
+        result.map_err(|e| self.fail(e))
+    }
+
+    async fn persist_epochs(&self) -> Result<()> {
+        self.fs
+            .replace_atomically(
+                &self.dir.join(epoch_cache::CHECKPOINT_FILE),
+                self.epochs.encode(),
+            )
+            .await
+            .map_err(|e| Error::io("writing the leader epoch checkpoint", e))
+    }
+
+    /// Reads whole batches starting with the one that contains `from`, up to
+    /// `max_bytes`, stopping before any batch that reaches `upper_bound`
+    /// (the high watermark for consumers; `None` reads to the log end). With
+    /// `min_one_batch`, a first batch larger than `max_bytes` is returned
+    /// whole, as Kafka does so that a consumer can always make progress.
+    pub async fn read(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper_bound: Option<Offset>,
+        min_one_batch: bool,
+    ) -> Result<ReadResult> {
+        self.check_online()?;
+        let log_end = self.log_end_offset();
+        let mut result = ReadResult {
+            records: Vec::new(),
+            next_offset: from,
+            log_start_offset: self.log_start,
+            log_end_offset: log_end,
+        };
+        if from < self.log_start || from > log_end {
+            return Err(Error::OffsetOutOfRange {
+                requested: from,
+                log_start: self.log_start,
+                log_end,
+            });
+        }
+        let end = upper_bound.map_or(log_end, |u| u.min(log_end));
+        if from >= end {
+            return Ok(result);
+        }
+        let first = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(self.log_start, |(b, _)| *b);
+        let max_batch = self.config.max_batch_bytes;
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            if seg.next_offset <= from {
+                continue;
+            }
+            let window_bytes = max_bytes.clamp(64 * 1024, 8 << 20) + 16 * 1024;
+            let mut window = Window::new(&seg.file, seg.size, window_bytes);
+            let mut pos = seg.index.lookup(from).0;
+            let start = loop {
+                match window.header_at(pos, max_batch).await? {
+                    None => break None,
+                    Some(h) if h.last_offset() >= from.0 => break Some((pos, h)),
+                    Some(h) => pos += h.total_len() as u64,
+                }
+            };
+            let Some((start, first_header)) = start else {
+                continue;
+            };
+            let mut taken = 0usize;
+            let mut next = from;
+            let mut header = Some(first_header);
+            while let Some(h) = header {
+                if h.last_offset() >= end.0 {
+                    break;
+                }
+                let len = h.total_len();
+                if taken + len > max_bytes && !(taken == 0 && min_one_batch) {
+                    break;
+                }
+                taken += len;
+                next = Offset(h.last_offset() + 1);
+                if taken >= max_bytes {
+                    break;
+                }
+                header = window.header_at(start + taken as u64, max_batch).await?;
+            }
+            if taken > 0 {
+                let ctx = |e| Error::io("reading batches", e);
+                result.records = if window.ensure(start, taken).await.map_err(ctx)? {
+                    window.slice(start, taken).to_vec()
+                } else {
+                    seg.file.read_exact_at(taken, start).await.map_err(ctx)?
+                };
+                result.next_offset = next;
+            }
+            return Ok(result);
+        }
+        Ok(result)
+    }
+
+    /// Removes every batch from `offset` on (a follower truncating to the
+    /// divergence point). A batch that contains `offset` goes whole, so the
+    /// log may end before `offset`. Below the log start, the log is emptied
+    /// and restarts at `offset`. The result is durable when this returns.
+    pub async fn truncate_to(&mut self, offset: Offset, now_ms: u64) -> Result<()> {
+        self.check_online()?;
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        let result = self.truncate_inner(offset).await;
+        if let Err(e) = result {
+            return Err(self.fail(e));
+        }
+        self.last_checkpoint_ms = now_ms;
+        self.checkpoint_recovery_point().await
+    }
+
+    async fn truncate_inner(&mut self, offset: Offset) -> Result<()> {
+        let doomed: Vec<Offset> = self
+            .segments
+            .range(offset..)
+            .map(|(b, _)| *b)
+            .filter(|b| *b > self.log_start || offset <= self.log_start)
+            .collect();
+        for base in doomed {
+            if let Some(seg) = self.segments.remove(&base) {
+                seg.remove_files(&self.fs, &self.dir).await?;
+            }
+        }
+        if self.segments.is_empty() {
+            let start = offset.max(Offset::ZERO);
+            let seg = Segment::create(&self.fs, &self.dir, start, &self.config).await?;
+            self.segments.insert(start, seg);
+            self.log_start = start;
+        } else {
+            let config = self.config.clone();
+            self.active_mut().truncate_to(offset, &config).await?;
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| Error::io("syncing the log directory after truncation", e))?;
+        let end = self.log_end_offset();
+        self.flushed = end;
+        self.policy.on_flushed();
+        let mut changed = self.epochs.truncate_from_end(end);
+        changed |= self.epochs.truncate_from_start(self.log_start);
+        if changed {
+            self.persist_epochs().await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes whole segments that `retention.ms` or `retention.bytes` no
+    /// longer keep, oldest first, and moves the log start. The active
+    /// segment is rolled first if it has expired too. Returns how many
+    /// segments went.
+    pub async fn apply_retention(&mut self, now_ms: u64) -> Result<usize> {
+        self.check_online()?;
+        let now = now_ms as i64;
+        let expired = |seg: &Segment, retention_ms: Option<u64>| {
+            retention_ms.is_some_and(|r| {
+                !seg.is_empty() && seg.max_timestamp < now.saturating_sub(r as i64)
+            })
+        };
+        let mut deleted = 0;
+        if self.segments.len() == 1 && expired(self.active(), self.config.retention_ms) {
+            self.roll().await?;
+        }
+        let mut total = self.size_bytes();
+        loop {
+            if self.segments.len() < 2 {
+                break;
+            }
+            let oldest = self.first_segment();
+            let by_time = expired(oldest, self.config.retention_ms);
+            let by_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total.saturating_sub(oldest.size) >= limit);
+            if !(by_time || by_size) {
+                break;
+            }
+            let base = oldest.base;
+            let size = oldest.size;
+            if let Some(seg) = self.segments.remove(&base) {
+                if let Err(e) = seg.remove_files(&self.fs, &self.dir).await {
+                    return Err(self.fail(e));
+                }
+            }
+            total -= size;
+            deleted += 1;
+            // The active segment may have expired too: roll so it can go.
+            if self.segments.len() == 1 && expired(self.active(), self.config.retention_ms) {
+                self.roll().await?;
+            }
+        }
+        if deleted > 0 {
+            self.log_start = self.first_segment().base;
+            if let Err(e) = self.fs.sync_dir(&self.dir).await {
+                return Err(self.fail(Error::io("syncing the log directory after retention", e)));
+            }
+            if self.epochs.truncate_from_start(self.log_start) {
+                self.persist_epochs().await?;
+            }
+            info!(dir = %self.dir.display(), deleted, log_start_offset = %self.log_start, "retention deleted segments");
+        }
+        Ok(deleted)
+    }
+
+    /// The first batch whose maximum timestamp is at least `timestamp`: its
+    /// base offset and that timestamp (ListOffsets by time). Batch-granular:
+    /// records are not decoded, so the offset is the batch's first.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(Offset, i64)>> {
+        self.check_online()?;
+        let max_batch = self.config.max_batch_bytes;
+        for seg in self.segments.values() {
+            if seg.is_empty() || seg.max_timestamp < timestamp {
+                continue;
+            }
+            let from = seg.time_index.lookup(timestamp).max(self.log_start);
+            let mut pos = seg.index.lookup(from).0;
+            let mut window = Window::new(&seg.file, seg.size, 64 * 1024);
+            while let Some(h) = window.header_at(pos, max_batch).await? {
+                if h.max_timestamp >= timestamp && h.last_offset() >= self.log_start.0 {
+                    let offset = Offset(h.base_offset).max(self.log_start);
+                    return Ok(Some((offset, h.max_timestamp)));
+                }
+                pos += h.total_len() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Flushes and checkpoints so the next open has nothing to recover.
+    pub async fn close(mut self, now_ms: u64) -> Result<()> {
+        if self.offline.is_some() {
+            return self.check_online();
+        }
+        self.flush(now_ms).await?;
+        self.checkpoint_recovery_point().await
+    }
+
+    /// Deletes the log and its directory.
+    pub async fn delete(self) -> Result<()> {
+        let Log { fs, dir, segments, .. } = self;
+        drop(segments);
+        fs.remove_dir_all(&dir)
+            .await
+            .map_err(|e| Error::io(format!("deleting {}", dir.display()), e))
+    }
+
+    /// The in-memory index of a segment, for tests and tools.
+    pub fn index_of(&self, base: Offset) -> Option<(&OffsetIndex, &TimeIndex)> {
+        self.segments
+            .get(&base)
+            .map(|s| (&s.index, &s.time_index))
+    }
+}
+
+#[derive(Default)]
+struct Staged {
+    bytes: Vec<u8>,
+    headers: Vec<BatchHeader>,
+    /// Index into the results of each request whose batches are staged.
+    owners: Vec<usize>,
+}
+
+impl Staged {
+    fn push(&mut self, records: Vec<u8>, headers: Vec<BatchHeader>, owner: usize) {
+        if self.bytes.is_empty() {
+            self.bytes = records;
+        } else {
+            self.bytes.extend_from_slice(&records);
+        }
+        self.headers.extend(headers);
+        self.owners.push(owner);
+    }
+}

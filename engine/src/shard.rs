@@ -1,0 +1,800 @@
+//! Thread-per-core shards.
+//!
+//! ```text
+//!   any thread ──(bounded channel)──▶ shard 0 thread: compio runtime + ring
+//!                                      ├── shard loop task: owns its logs
+//!                                      └── tasks spawned by callers (the
+//!                                          broker's connections)
+//!                                     shard 1 thread: ...
+//! ```
+//!
+//! Each shard is one OS thread, pinned to a core, running its own compio
+//! runtime (and so its own io_uring ring). A partition belongs to exactly
+//! one shard, chosen by a stable hash of its name, and only that shard's
+//! thread ever touches its [`Log`]: there are no locks on the append or read
+//! path. Everyone else reaches a partition by sending a command over the
+//! shard's bounded channel and awaiting a one-shot reply.
+//!
+//! Group commit: the shard loop wakes on the first command, then drains
+//! whatever else has queued (up to a bound) and runs the turn. Consecutive
+//! appends to one partition become one write and at most one fsync; the
+//! partitions of a turn run concurrently, so their writes and fsyncs are in
+//! flight on the ring together. Commands for one partition run in arrival
+//! order, so per-partition order holds.
+//!
+//! The I/O driver is io_uring unless it cannot be set up (Docker's default
+//! seccomp profile, `kernel.io_uring_disabled`), in which case every shard
+//! uses compio's epoll and thread-pool driver and one log line says why.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use compio::driver::{DriverType, ProactorBuilder};
+use compio::runtime::RuntimeBuilder;
+use futures_channel::oneshot;
+use futures_util::future::{join_all, LocalBoxFuture};
+use tracing::{error, info, warn};
+
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::io::Fs;
+use crate::log::{AppendInfo, AppendMode, Log, RecoveryReport};
+use crate::types::TopicPartition;
+
+/// Which compio driver the shards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoDriver {
+    /// io_uring, or epoll and a thread pool where io_uring is unavailable.
+    #[default]
+    Auto,
+    /// io_uring only; start-up fails if it is unavailable.
+    IoUring,
+    /// epoll and a thread pool, even where io_uring works.
+    Poll,
+}
+
+impl std::str::FromStr for IoDriver {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(IoDriver::Auto),
+            "io_uring" | "io-uring" | "iouring" => Ok(IoDriver::IoUring),
+            "poll" | "epoll" | "polling" => Ok(IoDriver::Poll),
+            other => Err(Error::InvalidConfig(format!(
+                "io driver must be auto, io_uring or poll, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The driver actually in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    IoUring,
+    Poll,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::IoUring => "io_uring",
+            Backend::Poll => "poll",
+        })
+    }
+}
+
+/// Configuration of the shard set.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where partition directories live (Kafka's `log.dirs`, one for now).
+    pub data_dir: PathBuf,
+    /// Number of shard threads; defaults to the number of cores.
+    pub shards: usize,
+    /// Pin shard `i` to core `i % cores`.
+    pub pin_cores: bool,
+    pub io_driver: IoDriver,
+    /// The filesystem: the real one, or the crash simulator in tests.
+    pub fs: Fs,
+    /// Bound of each shard's command channel.
+    pub queue_capacity: usize,
+    /// Most commands one shard turn takes (bounds a turn's latency).
+    pub turn_commands_max: usize,
+    /// io_uring submission queue entries per shard.
+    pub ring_entries: u32,
+    /// How often each shard applies retention (Kafka's
+    /// `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
+    /// The configuration of logs opened without one.
+    pub log: LogConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            data_dir: PathBuf::from("sluice-data"),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_cores: true,
+            io_driver: IoDriver::Auto,
+            fs: Fs::Os,
+            queue_capacity: 4096,
+            turn_commands_max: 1024,
+            ring_entries: 1024,
+            retention_check_interval_ms: 300_000,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Bound checks between the limits above, at compile time where they are
+/// constants.
+const SHARDS_MAX: usize = 1024;
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
+
+/// Summary of one log, as reported by its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogInfo {
+    pub log_start_offset: crate::Offset,
+    pub log_end_offset: crate::Offset,
+    pub flushed_offset: crate::Offset,
+    pub size_bytes: u64,
+    pub segments: usize,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+type LogJob = Box<dyn for<'a> FnOnce(&'a mut Log, u64) -> LocalBoxFuture<'a, ()> + Send>;
+type ShardTask = Box<dyn FnOnce() + Send>;
+
+enum Command {
+    Open {
+        tp: TopicPartition,
+        config: LogConfig,
+        reply: Reply<RecoveryReport>,
+    },
+    Append {
+        tp: TopicPartition,
+        records: Vec<u8>,
+        mode: AppendMode,
+        reply: Reply<AppendInfo>,
+    },
+    /// Any other operation on one log, run in order with its appends.
+    WithLog {
+        tp: TopicPartition,
+        job: LogJob,
+        on_missing: Reply<()>,
+    },
+    Close {
+        tp: TopicPartition,
+        delete: bool,
+        reply: Reply<()>,
+    },
+    /// Run a closure on the shard thread (it may spawn compio tasks there).
+    Spawn(ShardTask),
+    Shutdown {
+        reply: std::sync::mpsc::SyncSender<Result<()>>,
+    },
+}
+
+/// A cloneable, `Send` handle to one shard.
+#[derive(Clone)]
+pub struct ShardHandle {
+    id: usize,
+    tx: async_channel::Sender<Command>,
+}
+
+impl fmt::Debug for ShardHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardHandle").field("id", &self.id).finish()
+    }
+}
+
+impl ShardHandle {
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::ShardStopped(self.id))?;
+        rx.await.map_err(|_| Error::ShardStopped(self.id))?
+    }
+
+    /// Opens (or creates) a partition's log on this shard, running recovery.
+    pub async fn open(&self, tp: TopicPartition, config: LogConfig) -> Result<RecoveryReport> {
+        self.call(|reply| Command::Open { tp, config, reply }).await
+    }
+
+    /// Appends one request's batches.
+    pub async fn append(
+        &self,
+        tp: TopicPartition,
+        records: Vec<u8>,
+        mode: AppendMode,
+    ) -> Result<AppendInfo> {
+        self.call(|reply| Command::Append {
+            tp,
+            records,
+            mode,
+            reply,
+        })
+        .await
+    }
+
+    /// Runs `f` on the partition's log on its shard, in order with the
+    /// partition's other commands. `f` gets the log and the shard's clock
+    /// (ms since the epoch).
+    pub async fn with_log<R, F>(&self, tp: TopicPartition, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Log, u64) -> LocalBoxFuture<'a, Result<R>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<R>>();
+        let job: LogJob = Box::new(move |log, now| {
+            Box::pin(async move {
+                let result = f(log, now).await;
+                // The caller may have gone away; nothing to do then.
+                drop(tx.send(result));
+            })
+        });
+        self.call(|on_missing| Command::WithLog {
+            tp,
+            job,
+            on_missing,
+        })
+        .await?;
+        rx.await.map_err(|_| Error::ShardStopped(self.id))?
+    }
+
+    pub async fn read(
+        &self,
+        tp: TopicPartition,
+        from: crate::Offset,
+        max_bytes: usize,
+        upper_bound: Option<crate::Offset>,
+        min_one_batch: bool,
+    ) -> Result<crate::log::ReadResult> {
+        self.with_log(tp, move |log, _| {
+            Box::pin(log.read(from, max_bytes, upper_bound, min_one_batch))
+        })
+        .await
+    }
+
+    pub async fn info(&self, tp: TopicPartition) -> Result<LogInfo> {
+        self.with_log(tp, |log, _| {
+            Box::pin(async move {
+                Ok(LogInfo {
+                    log_start_offset: log.log_start_offset(),
+                    log_end_offset: log.log_end_offset(),
+                    flushed_offset: log.flushed_offset(),
+                    size_bytes: log.size_bytes(),
+                    segments: log.segment_count(),
+                })
+            })
+        })
+        .await
+    }
+
+    pub async fn flush(&self, tp: TopicPartition) -> Result<()> {
+        self.with_log(tp, |log, now| Box::pin(log.flush(now))).await
+    }
+
+    /// Closes a partition's log (flushing it), optionally deleting it.
+    pub async fn close(&self, tp: TopicPartition, delete: bool) -> Result<()> {
+        self.call(|reply| Command::Close { tp, delete, reply }).await
+    }
+
+    /// Runs `f` on this shard's thread. `f` may start compio tasks there
+    /// (`compio::runtime::spawn`), which then share the shard's ring.
+    pub async fn spawn(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.tx
+            .send(Command::Spawn(Box::new(f)))
+            .await
+            .map_err(|_| Error::ShardStopped(self.id))
+    }
+}
+
+/// The running shard threads.
+pub struct Engine {
+    handles: Vec<ShardHandle>,
+    threads: Vec<JoinHandle<()>>,
+    backend: Backend,
+    config: EngineConfig,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("shards", &self.handles.len())
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch: the shell's clock, passed to the pure
+/// parts as an argument.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Decides the driver once, so that every shard uses the same one and the
+/// fallback is logged once.
+fn choose_backend(driver: IoDriver, ring_entries: u32) -> Result<Backend> {
+    match driver {
+        IoDriver::Poll => Ok(Backend::Poll),
+        IoDriver::IoUring | IoDriver::Auto => {
+            let mut proactor = ProactorBuilder::new();
+            proactor.capacity(ring_entries).driver_type(DriverType::IoUring);
+            match RuntimeBuilder::new().with_proactor(proactor).build() {
+                Ok(runtime) => {
+                    drop(runtime);
+                    Ok(Backend::IoUring)
+                }
+                Err(e) if driver == IoDriver::Auto => {
+                    warn!(
+                        error = %e,
+                        "io_uring is unavailable (blocked by seccomp, kernel.io_uring_disabled or an old kernel); \
+                         using the epoll and thread-pool driver"
+                    );
+                    Ok(Backend::Poll)
+                }
+                Err(e) => Err(Error::InvalidConfig(format!(
+                    "io_uring was required but cannot be set up: {e}"
+                ))),
+            }
+        }
+    }
+}
+
+/// A stable hash (FNV-1a) of a partition's name: the same partition lands
+/// on the same shard in every process, whatever the standard library's
+/// hasher seed.
+fn partition_hash(tp: &TopicPartition) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = tp.topic.bytes().chain(tp.partition.to_be_bytes());
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+impl Engine {
+    /// Starts the shard threads.
+    pub fn start(config: EngineConfig) -> Result<Engine> {
+        if config.shards == 0 || config.shards > SHARDS_MAX {
+            return Err(Error::InvalidConfig(format!(
+                "shard count must be in [1, {SHARDS_MAX}], got {}",
+                config.shards
+            )));
+        }
+        if config.queue_capacity == 0 || config.turn_commands_max == 0 {
+            return Err(Error::InvalidConfig(
+                "queue capacity and commands per turn must be positive".into(),
+            ));
+        }
+        config.log.validate()?;
+        let backend = choose_backend(config.io_driver, config.ring_entries)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut handles = Vec::with_capacity(config.shards);
+        let mut threads = Vec::with_capacity(config.shards);
+        for id in 0..config.shards {
+            let (tx, rx) = async_channel::bounded(config.queue_capacity);
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<()>>(1);
+            let mut proactor = ProactorBuilder::new();
+            proactor.capacity(config.ring_entries).driver_type(match backend {
+                Backend::IoUring => DriverType::IoUring,
+                Backend::Poll => DriverType::Poll,
+            });
+            let mut builder = RuntimeBuilder::new();
+            builder.with_proactor(proactor);
+            if config.pin_cores {
+                builder.thread_affinity(HashSet::from([id % cores]));
+            }
+            let (fs, data_dir) = (config.fs.clone(), config.data_dir.clone());
+            let (turn_commands_max, retention_check_interval_ms) =
+                (config.turn_commands_max, config.retention_check_interval_ms);
+            let thread = std::thread::Builder::new()
+                .name(format!("sluice-shard-{id}"))
+                .spawn(move || {
+                    let runtime = match builder.build() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            drop(ready_tx.send(Err(Error::io("starting the shard runtime", e))));
+                            return;
+                        }
+                    };
+                    drop(ready_tx.send(Ok(())));
+                    // Logs hold compio files, which are not `Send`: the shard
+                    // is built on its own thread and never leaves it.
+                    let shard = Shard {
+                        id,
+                        fs,
+                        data_dir,
+                        turn_commands_max,
+                        retention_check_interval_ms,
+                        logs: HashMap::new(),
+                    };
+                    runtime.block_on(shard.run(rx));
+                })
+                .map_err(|e| Error::io("spawning a shard thread", e))?;
+            ready_rx
+                .recv()
+                .map_err(|_| Error::ShardStopped(id))
+                .and_then(|r| r)?;
+            handles.push(ShardHandle { id, tx });
+            threads.push(thread);
+        }
+        info!(shards = config.shards, backend = %backend, dir = %config.data_dir.display(), "storage engine started");
+        Ok(Engine {
+            handles,
+            threads,
+            backend,
+            config,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// The shard that owns `tp`.
+    pub fn shard_for(&self, tp: &TopicPartition) -> &ShardHandle {
+        let n = self.handles.len() as u64;
+        &self.handles[(partition_hash(tp) % n) as usize]
+    }
+
+    pub fn shard(&self, id: usize) -> Option<&ShardHandle> {
+        self.handles.get(id)
+    }
+
+    pub fn shards(&self) -> &[ShardHandle] {
+        &self.handles
+    }
+
+    pub async fn open(&self, tp: TopicPartition, config: LogConfig) -> Result<RecoveryReport> {
+        self.shard_for(&tp).open(tp, config).await
+    }
+
+    pub async fn append(
+        &self,
+        tp: TopicPartition,
+        records: Vec<u8>,
+        mode: AppendMode,
+    ) -> Result<AppendInfo> {
+        self.shard_for(&tp).append(tp, records, mode).await
+    }
+
+    pub async fn read(
+        &self,
+        tp: TopicPartition,
+        from: crate::Offset,
+        max_bytes: usize,
+        upper_bound: Option<crate::Offset>,
+        min_one_batch: bool,
+    ) -> Result<crate::log::ReadResult> {
+        self.shard_for(&tp)
+            .read(tp, from, max_bytes, upper_bound, min_one_batch)
+            .await
+    }
+
+    /// The partitions that have a directory under the data directory.
+    pub fn existing_partitions(&self) -> Result<Vec<TopicPartition>> {
+        let dir = &self.config.data_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((topic, partition)) = name.rsplit_once('-') else {
+                continue;
+            };
+            if let (false, Ok(partition)) = (topic.is_empty(), partition.parse::<i32>()) {
+                out.push(TopicPartition::new(topic, partition));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Flushes and closes every log and stops the shard threads.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let mut first_error = None;
+        let mut replies = Vec::new();
+        for handle in &self.handles {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            if handle.tx.send_blocking(Command::Shutdown { reply: tx }).is_ok() {
+                replies.push((handle.id, rx));
+            }
+        }
+        for (id, rx) in replies {
+            let result = rx.recv().map_err(|_| Error::ShardStopped(id));
+            if let Err(e) | Ok(Err(e)) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                first_error.get_or_insert(Error::ShardStopped(usize::MAX));
+            }
+        }
+        self.handles.clear();
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            if let Err(e) = self.stop() {
+                error!(error = %e, "engine shutdown failed");
+            }
+        }
+    }
+}
+
+/// The state of one shard: its logs. Lives on the shard thread only.
+struct Shard {
+    id: usize,
+    fs: Fs,
+    data_dir: PathBuf,
+    turn_commands_max: usize,
+    retention_check_interval_ms: u64,
+    logs: HashMap<TopicPartition, Log>,
+}
+
+enum Work {
+    Append(Vec<u8>, AppendMode, Reply<AppendInfo>),
+    Job(LogJob),
+}
+
+/// Commands of one turn, per partition, in arrival order.
+#[derive(Default)]
+struct Turn {
+    order: Vec<TopicPartition>,
+    work: HashMap<TopicPartition, Vec<Work>>,
+}
+
+impl Turn {
+    fn push(&mut self, tp: TopicPartition, work: Work) {
+        match self.work.get_mut(&tp) {
+            Some(queue) => queue.push(work),
+            None => {
+                self.order.push(tp.clone());
+                self.work.insert(tp, vec![work]);
+            }
+        }
+    }
+}
+
+impl Shard {
+    async fn run(mut self, rx: async_channel::Receiver<Command>) {
+        let mut next_retention_ms = now_ms() + self.retention_check_interval_ms;
+        loop {
+            let now = now_ms();
+            let deadline = self
+                .logs
+                .values()
+                .filter_map(Log::next_flush_deadline_ms)
+                .min()
+                .unwrap_or(u64::MAX)
+                .min(next_retention_ms);
+            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            let first = match compio::time::timeout(wait, rx.recv()).await {
+                Ok(Ok(cmd)) => Some(cmd),
+                // Every handle is gone: nobody can ask for anything again.
+                Ok(Err(_)) => {
+                    // close_all logs each failure itself.
+                    if self.close_all().await.is_err() {
+                        error!(shard = self.id, "some logs failed to close");
+                    }
+                    return;
+                }
+                Err(_elapsed) => None,
+            };
+            let mut commands: Vec<Command> = first.into_iter().collect();
+            while commands.len() < self.turn_commands_max {
+                match rx.try_recv() {
+                    Ok(cmd) => commands.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reply) = self.run_turn(commands).await {
+                let result = self.close_all().await;
+                drop(reply.send(result));
+                return;
+            }
+            let now = now_ms();
+            self.flush_due(now).await;
+            if now >= next_retention_ms {
+                next_retention_ms = now + self.retention_check_interval_ms;
+                self.apply_retention(now).await;
+            }
+        }
+    }
+
+    /// Runs one turn; returns the shutdown reply if a shutdown came.
+    async fn run_turn(
+        &mut self,
+        commands: Vec<Command>,
+    ) -> Option<std::sync::mpsc::SyncSender<Result<()>>> {
+        let mut turn = Turn::default();
+        for cmd in commands {
+            match cmd {
+                Command::Append {
+                    tp,
+                    records,
+                    mode,
+                    reply,
+                } => {
+                    if self.logs.contains_key(&tp) {
+                        turn.push(tp, Work::Append(records, mode, reply));
+                    } else {
+                        drop(reply.send(Err(Error::UnknownPartition(tp))));
+                    }
+                }
+                Command::WithLog {
+                    tp,
+                    job,
+                    on_missing,
+                } => {
+                    if self.logs.contains_key(&tp) {
+                        drop(on_missing.send(Ok(())));
+                        turn.push(tp, Work::Job(job));
+                    } else {
+                        drop(on_missing.send(Err(Error::UnknownPartition(tp))));
+                    }
+                }
+                Command::Open { tp, config, reply } => {
+                    self.run_partitions(std::mem::take(&mut turn)).await;
+                    drop(reply.send(self.open(tp, config).await));
+                }
+                Command::Close { tp, delete, reply } => {
+                    self.run_partitions(std::mem::take(&mut turn)).await;
+                    drop(reply.send(self.close(tp, delete).await));
+                }
+                Command::Spawn(f) => {
+                    self.run_partitions(std::mem::take(&mut turn)).await;
+                    f();
+                }
+                Command::Shutdown { reply } => {
+                    self.run_partitions(std::mem::take(&mut turn)).await;
+                    return Some(reply);
+                }
+            }
+        }
+        self.run_partitions(turn).await;
+        None
+    }
+
+    /// Runs each partition's queued work; partitions run concurrently.
+    async fn run_partitions(&mut self, mut turn: Turn) {
+        if turn.order.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut tasks: Vec<Pin<Box<dyn Future<Output = (TopicPartition, Log)>>>> = Vec::new();
+        for tp in turn.order {
+            let (Some(work), Some(log)) = (turn.work.remove(&tp), self.logs.remove(&tp)) else {
+                continue;
+            };
+            tasks.push(Box::pin(async move { (tp, run_partition(log, work, now).await) }));
+        }
+        for (tp, log) in join_all(tasks).await {
+            self.logs.insert(tp, log);
+        }
+    }
+
+    async fn open(&mut self, tp: TopicPartition, config: LogConfig) -> Result<RecoveryReport> {
+        if self.logs.contains_key(&tp) {
+            return Err(Error::PartitionExists(tp));
+        }
+        let dir = self.data_dir.join(tp.dir_name());
+        let (log, report) = Log::open(self.fs.clone(), dir, config, now_ms()).await?;
+        self.logs.insert(tp, log);
+        Ok(report)
+    }
+
+    async fn close(&mut self, tp: TopicPartition, delete: bool) -> Result<()> {
+        let log = self
+            .logs
+            .remove(&tp)
+            .ok_or_else(|| Error::UnknownPartition(tp.clone()))?;
+        if delete {
+            log.delete().await
+        } else {
+            log.close(now_ms()).await
+        }
+    }
+
+    async fn flush_due(&mut self, now: u64) {
+        for (tp, log) in self.logs.iter_mut() {
+            if let Err(e) = log.maybe_flush(now).await {
+                error!(shard = self.id, partition = %tp, error = %e, "time-based flush failed");
+            }
+        }
+    }
+
+    async fn apply_retention(&mut self, now: u64) {
+        for (tp, log) in self.logs.iter_mut() {
+            if log.is_offline() {
+                continue;
+            }
+            if let Err(e) = log.apply_retention(now).await {
+                error!(shard = self.id, partition = %tp, error = %e, "retention failed");
+            }
+        }
+    }
+
+    async fn close_all(&mut self) -> Result<()> {
+        let mut first_error = None;
+        let now = now_ms();
+        for (tp, log) in self.logs.drain() {
+            if let Err(e) = log.close(now).await {
+                error!(shard = self.id, partition = %tp, error = %e, "closing a log failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// One partition's share of a turn: consecutive appends become one group
+/// commit; other jobs run in between, in order.
+async fn run_partition(mut log: Log, work: Vec<Work>, now: u64) -> Log {
+    let mut appends: Vec<(Vec<u8>, AppendMode)> = Vec::new();
+    let mut replies: Vec<Reply<AppendInfo>> = Vec::new();
+    for item in work {
+        match item {
+            Work::Append(records, mode, reply) => {
+                appends.push((records, mode));
+                replies.push(reply);
+            }
+            Work::Job(job) => {
+                commit(&mut log, &mut appends, &mut replies, now).await;
+                job(&mut log, now).await;
+            }
+        }
+    }
+    commit(&mut log, &mut appends, &mut replies, now).await;
+    log
+}
+
+async fn commit(
+    log: &mut Log,
+    appends: &mut Vec<(Vec<u8>, AppendMode)>,
+    replies: &mut Vec<Reply<AppendInfo>>,
+    now: u64,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let results = log.append_group(std::mem::take(appends), now).await;
+    for (reply, result) in replies.drain(..).zip(results) {
+        drop(reply.send(result));
+    }
+}
