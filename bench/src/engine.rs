@@ -101,7 +101,9 @@ fn build_batch(record_size: usize, batch_size: usize) -> Result<Vec<u8>, String>
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // kafka-protocol keeps records in one batch only while offset minus
+            // sequence stays constant; this keeps the base sequence at -1 (none).
+            sequence: i as i32 - 1,
             timestamp: now,
             key: None,
             value: Some(value.clone()),
@@ -281,7 +283,8 @@ fn run_engine(
             }
         }
         for task in tasks {
-            task.await.map_err(|_| "an append task panicked".to_string())??;
+            task.await
+                .map_err(|_| "an append task panicked".to_string())??;
         }
         let seconds = start.elapsed().as_secs_f64();
         let latency = histogram.borrow().clone();
@@ -326,7 +329,8 @@ fn run_raw(dir: &Path, batch: &[u8], batches: u64, flush: FlushMode) -> Result<O
             FlushMode::IntervalMs(ms) => last_sync.elapsed() >= Duration::from_millis(ms),
         };
         if due {
-            file.sync_data().map_err(|e| format!("raw fdatasync: {e}"))?;
+            file.sync_data()
+                .map_err(|e| format!("raw fdatasync: {e}"))?;
             last_sync = Instant::now();
         }
     }

@@ -14,7 +14,10 @@ mod size;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sluice-bench", about = "Sluice benchmarks with same-run baselines")]
+#[command(
+    name = "sluice-bench",
+    about = "Sluice benchmarks with same-run baselines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -454,14 +454,26 @@ fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         base_offset: field(read_i64(header, BASE_OFFSET_AT), truncated)?,
         batch_length: field(read_i32(header, BATCH_LENGTH_AT), truncated)?,
         partition_leader_epoch: field(read_i32(header, LEADER_EPOCH_AT), truncated)?,
-        magic: field(read_array(header, MAGIC_AT).map(i8::from_be_bytes), truncated)?,
-        crc: field(read_array(header, CRC_AT).map(u32::from_be_bytes), truncated)?,
-        attributes: field(read_array(header, ATTRIBUTES_AT).map(i16::from_be_bytes), truncated)?,
+        magic: field(
+            read_array(header, MAGIC_AT).map(i8::from_be_bytes),
+            truncated,
+        )?,
+        crc: field(
+            read_array(header, CRC_AT).map(u32::from_be_bytes),
+            truncated,
+        )?,
+        attributes: field(
+            read_array(header, ATTRIBUTES_AT).map(i16::from_be_bytes),
+            truncated,
+        )?,
         last_offset_delta: field(read_i32(header, LAST_OFFSET_DELTA_AT), truncated)?,
         base_timestamp: field(read_i64(header, BASE_TIMESTAMP_AT), truncated)?,
         max_timestamp: field(read_i64(header, MAX_TIMESTAMP_AT), truncated)?,
         producer_id: field(read_i64(header, PRODUCER_ID_AT), truncated)?,
-        producer_epoch: field(read_array(header, PRODUCER_EPOCH_AT).map(i16::from_be_bytes), truncated)?,
+        producer_epoch: field(
+            read_array(header, PRODUCER_EPOCH_AT).map(i16::from_be_bytes),
+            truncated,
+        )?,
         base_sequence: field(read_i32(header, BASE_SEQUENCE_AT), truncated)?,
         record_count: field(read_i32(header, RECORD_COUNT_AT), truncated)?,
     })
@@ -702,7 +714,10 @@ mod tests {
             let mut bad = batch.clone();
             bad[at] ^= 0x01;
             match validate(&bad, MAX) {
-                Err(BatchError::CrcMismatch { stored: s, computed }) => {
+                Err(BatchError::CrcMismatch {
+                    stored: s,
+                    computed,
+                }) => {
                     assert_ne!(s, computed, "byte {at}");
                     if at >= CRC_COVERED_FROM {
                         assert_eq!(s, stored, "byte {at}");
@@ -875,7 +890,10 @@ mod tests {
             BatchHeader::parse(&negative, MAX),
             Err(BatchError::BadOffsetDelta(-1))
         );
-        assert_eq!(validate(&negative, MAX), Err(BatchError::BadOffsetDelta(-1)));
+        assert_eq!(
+            validate(&negative, MAX),
+            Err(BatchError::BadOffsetDelta(-1))
+        );
     }
 
     #[test]
@@ -929,7 +947,10 @@ mod tests {
         for cut in 1..second.len() {
             let buf = &full[..first.len() + cut];
             let mut iter = batches(buf, MAX);
-            let (h, start) = iter.next().expect("first item").expect("first batch is whole");
+            let (h, start) = iter
+                .next()
+                .expect("first item")
+                .expect("first batch is whole");
             assert_eq!((h.record_count(), start), (5, 0));
             let err = iter.next().expect("second item").expect_err("tail is torn");
             // Once the length field is visible the error names the size of
@@ -986,7 +1007,10 @@ mod tests {
             computed: 1,
         }
         .to_string();
-        assert!(msg.contains("0xdeadbeef") && msg.contains("0x00000001"), "{msg}");
+        assert!(
+            msg.contains("0xdeadbeef") && msg.contains("0x00000001"),
+            "{msg}"
+        );
     }
 
     /// A valid batch to mutate, so that proptest reaches the deeper checks
@@ -1013,7 +1037,10 @@ mod tests {
         if let Ok(h) = BatchHeader::parse(bytes, max) {
             assert!(bytes.len() >= HEADER_LEN);
             assert!(h.total_len() >= HEADER_LEN && h.total_len() <= max);
-            assert_eq!(i64::from(h.record_count()), i64::from(h.last_offset_delta) + 1);
+            assert_eq!(
+                i64::from(h.record_count()),
+                i64::from(h.last_offset_delta) + 1
+            );
             let _ = (h.last_offset(), h.compression(), h.is_control());
         }
         if let Ok(h) = validate(bytes, max) {

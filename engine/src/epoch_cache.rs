@@ -149,7 +149,11 @@ mod tests {
             (9, (Epoch(4), Offset(300))),
         ];
         for (requested, want) in cases {
-            assert_eq!(c.end_offset_for(Epoch(requested), log_end), want, "{requested}");
+            assert_eq!(
+                c.end_offset_for(Epoch(requested), log_end),
+                want,
+                "{requested}"
+            );
         }
     }
 
@@ -159,7 +163,10 @@ mod tests {
         assert!(!c.assign(Epoch(2), Offset(200)));
         assert!(!c.assign(Epoch(3), Offset(150)));
         assert!(c.assign(Epoch(5), Offset(100)));
-        assert_eq!(c.entries(), &[(Epoch(1), Offset(0)), (Epoch(5), Offset(100))]);
+        assert_eq!(
+            c.entries(),
+            &[(Epoch(1), Offset(0)), (Epoch(5), Offset(100))]
+        );
     }
 
     #[test]
@@ -178,7 +185,13 @@ mod tests {
         let text = c.encode();
         assert_eq!(std::str::from_utf8(&text).unwrap(), "0\n2\n1 0\n3 100\n");
         assert_eq!(EpochCache::decode(&text), Some(c));
-        for bad in ["", "1\n0\n", "0\n2\n1 0\n", "0\n1\nx y\n", "0\n2\n3 0\n1 5\n"] {
+        for bad in [
+            "",
+            "1\n0\n",
+            "0\n2\n1 0\n",
+            "0\n1\nx y\n",
+            "0\n2\n3 0\n1 5\n",
+        ] {
             assert_eq!(EpochCache::decode(bad.as_bytes()), None, "{bad:?}");
         }
     }

@@ -81,10 +81,25 @@ mod tests {
     /// decision after each append)
     #[allow(clippy::type_complexity)]
     const TABLE: &[(Option<u64>, Option<u64>, &[(u64, u64)], &[bool])] = &[
-        (None, None, &[(1, 0), (1000, 10), (1, 1_000_000)], &[false, false, false]),
+        (
+            None,
+            None,
+            &[(1, 0), (1000, 10), (1, 1_000_000)],
+            &[false, false, false],
+        ),
         (Some(1), None, &[(1, 0), (5, 0)], &[true, true]),
-        (Some(10), None, &[(4, 0), (5, 0), (1, 0)], &[false, false, true]),
-        (None, Some(100), &[(1, 0), (1, 99), (1, 100)], &[false, false, true]),
+        (
+            Some(10),
+            None,
+            &[(4, 0), (5, 0), (1, 0)],
+            &[false, false, true],
+        ),
+        (
+            None,
+            Some(100),
+            &[(1, 0), (1, 99), (1, 100)],
+            &[false, false, true],
+        ),
         (Some(100), Some(50), &[(1, 0), (1, 60)], &[false, true]),
     ];
 

@@ -146,9 +146,8 @@ impl Fs {
         }
         let file = self.open(path, false).await?;
         let len = file.len().await?;
-        let len = usize::try_from(len).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "checkpoint file too large")
-        })?;
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "checkpoint file too large"))?;
         Ok(Some(file.read_exact_at(len, 0).await?))
     }
 }

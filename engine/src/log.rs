@@ -215,7 +215,7 @@ impl Log {
             last_checkpoint_ms: now_ms,
             offline: None,
         };
-        let report = log.recover(&bases, recovery_point).await?;
+        let report = log.recover(&bases, recovery_point, now_ms).await?;
         if report.bytes_truncated > 0 || report.segments_deleted > 0 {
             warn!(
                 dir = %log.dir.display(),
@@ -240,6 +240,7 @@ impl Log {
         &mut self,
         bases: &[Offset],
         recovery_point: Option<RecoveryPoint>,
+        now_ms: u64,
     ) -> Result<RecoveryReport> {
         let mut report = RecoveryReport {
             recovery_point: recovery_point.map(|rp| rp.offset),
@@ -253,7 +254,7 @@ impl Log {
             let ctx = |e| Error::io(format!("opening {}", path.display()), e);
             let file = self.fs.open(&path, false).await.map_err(ctx)?;
             let file_len = file.len().await.map_err(ctx)?;
-            let mut seg = Segment::new(base, file, &self.config);
+            let mut seg = Segment::new(base, file, &self.config, now_ms);
             if let Some(prev) = self.segments.values().next_back() {
                 seg.next_offset = seg.next_offset.max(prev.next_offset);
             }
@@ -279,10 +280,9 @@ impl Log {
                 report.bytes_truncated += cut;
                 report.truncation_reason = Some(match &scan.stop {
                     ScanStop::End => "trailing bytes".to_string(),
-                    ScanStop::Torn => format!(
-                        "torn batch at position {} of segment {}",
-                        scan.end.0, base
-                    ),
+                    ScanStop::Torn => {
+                        format!("torn batch at position {} of segment {}", scan.end.0, base)
+                    }
                     ScanStop::Invalid(why) => format!(
                         "invalid batch at position {} of segment {}: {why}",
                         scan.end.0, base
@@ -306,7 +306,8 @@ impl Log {
             self.segments.insert(base, seg);
         }
         if self.segments.is_empty() {
-            let seg = Segment::create(&self.fs, &self.dir, Offset::ZERO, &self.config).await?;
+            let seg =
+                Segment::create(&self.fs, &self.dir, Offset::ZERO, &self.config, now_ms).await?;
             self.segments.insert(Offset::ZERO, seg);
             scanned_any = true;
         }
@@ -592,16 +593,19 @@ impl Log {
                 }
             };
             let bytes = records.len() as u64;
-            if self
-                .active()
-                .should_roll(staged.bytes.len() as u64 + bytes, now_ms, &self.config)
-            {
+            let incoming_timestamp = headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1);
+            if self.active().should_roll(
+                staged.bytes.len() as u64 + bytes,
+                incoming_timestamp,
+                now_ms,
+                &self.config,
+            ) {
                 if let Err(e) = self.write_staged(&mut staged, &mut results).await {
                     failure = Some(e.clone());
                     results.push(Err(e));
                     continue;
                 }
-                if let Err(e) = self.roll().await {
+                if let Err(e) = self.roll(now_ms).await {
                     failure = Some(e.clone());
                     results.push(Err(e));
                     continue;
@@ -759,7 +763,12 @@ impl Log {
     }
 
     /// Starts a new active segment at the log end, flushing the old one.
-    async fn roll(&mut self) -> Result<()> {
+    /// Does nothing while the active segment is empty.
+    pub async fn roll(&mut self, now_ms: u64) -> Result<()> {
+        self.check_online()?;
+        if self.active().is_empty() {
+            return Ok(());
+        }
         let base = self.log_end_offset();
         let old = self.active();
         if let Err(e) = old.file.sync_data().await {
@@ -768,7 +777,7 @@ impl Log {
         if let Err(e) = old.persist_indexes(&self.fs, &self.dir).await {
             return Err(self.fail(e));
         }
-        let seg = match Segment::create(&self.fs, &self.dir, base, &self.config).await {
+        let seg = match Segment::create(&self.fs, &self.dir, base, &self.config, now_ms).await {
             Ok(seg) => seg,
             Err(e) => return Err(self.fail(e)),
         };
@@ -795,7 +804,8 @@ impl Log {
         }
         self.flushed = end;
         self.policy.on_flushed();
-        if now_ms.saturating_sub(self.last_checkpoint_ms) >= self.config.recovery_checkpoint_interval_ms
+        if now_ms.saturating_sub(self.last_checkpoint_ms)
+            >= self.config.recovery_checkpoint_interval_ms
         {
             self.last_checkpoint_ms = now_ms;
             self.checkpoint_recovery_point().await?;
@@ -939,7 +949,7 @@ impl Log {
         if offset >= self.log_end_offset() {
             return Ok(());
         }
-        let result = self.truncate_inner(offset).await;
+        let result = self.truncate_inner(offset, now_ms).await;
         if let Err(e) = result {
             return Err(self.fail(e));
         }
@@ -947,7 +957,7 @@ impl Log {
         self.checkpoint_recovery_point().await
     }
 
-    async fn truncate_inner(&mut self, offset: Offset) -> Result<()> {
+    async fn truncate_inner(&mut self, offset: Offset, now_ms: u64) -> Result<()> {
         let doomed: Vec<Offset> = self
             .segments
             .range(offset..)
@@ -961,7 +971,7 @@ impl Log {
         }
         if self.segments.is_empty() {
             let start = offset.max(Offset::ZERO);
-            let seg = Segment::create(&self.fs, &self.dir, start, &self.config).await?;
+            let seg = Segment::create(&self.fs, &self.dir, start, &self.config, now_ms).await?;
             self.segments.insert(start, seg);
             self.log_start = start;
         } else {
@@ -997,7 +1007,7 @@ impl Log {
         };
         let mut deleted = 0;
         if self.segments.len() == 1 && expired(self.active(), self.config.retention_ms) {
-            self.roll().await?;
+            self.roll(now_ms).await?;
         }
         let mut total = self.size_bytes();
         loop {
@@ -1024,7 +1034,7 @@ impl Log {
             deleted += 1;
             // The active segment may have expired too: roll so it can go.
             if self.segments.len() == 1 && expired(self.active(), self.config.retention_ms) {
-                self.roll().await?;
+                self.roll(now_ms).await?;
             }
         }
         if deleted > 0 {
@@ -1075,7 +1085,9 @@ impl Log {
 
     /// Deletes the log and its directory.
     pub async fn delete(self) -> Result<()> {
-        let Log { fs, dir, segments, .. } = self;
+        let Log {
+            fs, dir, segments, ..
+        } = self;
         drop(segments);
         fs.remove_dir_all(&dir)
             .await
@@ -1084,9 +1096,7 @@ impl Log {
 
     /// The in-memory index of a segment, for tests and tools.
     pub fn index_of(&self, base: Offset) -> Option<(&OffsetIndex, &TimeIndex)> {
-        self.segments
-            .get(&base)
-            .map(|s| (&s.index, &s.time_index))
+        self.segments.get(&base).map(|s| (&s.index, &s.time_index))
     }
 }
 

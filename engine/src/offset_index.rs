@@ -97,12 +97,9 @@ impl OffsetIndex {
 
     /// The last entry, as an absolute offset and position.
     pub fn last(&self) -> Option<(Offset, FilePosition)> {
-        self.entries.last().map(|&(rel, pos)| {
-            (
-                self.base.plus(i64::from(rel)),
-                FilePosition(u64::from(pos)),
-            )
-        })
+        self.entries
+            .last()
+            .map(|&(rel, pos)| (self.base.plus(i64::from(rel)), FilePosition(u64::from(pos))))
     }
 
     pub fn encode(&self) -> Vec<u8> {

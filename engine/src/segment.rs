@@ -138,6 +138,9 @@ pub struct Segment {
     pub(crate) max_timestamp_offset: Offset,
     /// The first batch's max timestamp, which `segment.ms` counts from.
     pub(crate) first_batch_timestamp: Option<i64>,
+    /// When this process created or opened the segment; `segment.ms`
+    /// counts from here when batches carry no timestamps.
+    pub(crate) created_ms: u64,
 }
 
 impl Segment {
@@ -145,7 +148,7 @@ impl Segment {
         dir.join(file_name(base, suffix))
     }
 
-    pub(crate) fn new(base: Offset, file: File, config: &LogConfig) -> Segment {
+    pub(crate) fn new(base: Offset, file: File, config: &LogConfig, now_ms: u64) -> Segment {
         let max_entries = config.max_index_entries();
         Segment {
             base,
@@ -158,6 +161,7 @@ impl Segment {
             max_timestamp: -1,
             max_timestamp_offset: base,
             first_batch_timestamp: None,
+            created_ms: now_ms,
         }
     }
 
@@ -167,6 +171,7 @@ impl Segment {
         dir: &Path,
         base: Offset,
         config: &LogConfig,
+        now_ms: u64,
     ) -> Result<Segment> {
         let path = Segment::path(dir, base, LOG_SUFFIX);
         let file = fs
@@ -176,32 +181,38 @@ impl Segment {
         file.set_len(0)
             .await
             .map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
-        Ok(Segment::new(base, file, config))
+        Ok(Segment::new(base, file, config, now_ms))
     }
 
     pub fn is_empty(&self) -> bool {
         self.size == 0
     }
 
-    /// Whether appending `bytes` more must go to a new segment instead.
-    pub(crate) fn should_roll(&self, bytes: u64, now_ms: u64, config: &LogConfig) -> bool {
+    /// Whether appending `bytes` more, whose newest timestamp is
+    /// `incoming_timestamp`, must go to a new segment instead. As in Kafka,
+    /// `segment.ms` compares the incoming timestamp with the first batch's,
+    /// and falls back to wall-clock age when batches carry no timestamps.
+    pub(crate) fn should_roll(
+        &self,
+        bytes: u64,
+        incoming_timestamp: i64,
+        now_ms: u64,
+        config: &LogConfig,
+    ) -> bool {
         if self.is_empty() {
             return false;
         }
         let too_big = self.size.saturating_add(bytes) > config.segment_bytes;
-        let too_old = match (config.segment_ms, self.first_batch_timestamp) {
-            (Some(max_age), Some(first)) => {
-                (now_ms as i64).saturating_sub(first) >= max_age as i64
-            }
-            _ => false,
-        };
+        let too_old = config.segment_ms.is_some_and(|max_age| {
+            let waited = match self.first_batch_timestamp {
+                Some(first) if first >= 0 => incoming_timestamp.saturating_sub(first),
+                _ => now_ms.saturating_sub(self.created_ms) as i64,
+            };
+            waited >= max_age as i64
+        });
         // Relative offsets in the indexes are 32-bit.
         let offsets_exhausted = self.next_offset.0 - self.base.0 > i64::from(u32::MAX) / 2;
-        too_big
-            || too_old
-            || self.index.is_full()
-            || self.time_index.is_full()
-            || offsets_exhausted
+        too_big || too_old || self.index.is_full() || self.time_index.is_full() || offsets_exhausted
     }
 
     /// Accounts for a batch whose bytes now sit at `position` in the file.
@@ -252,10 +263,11 @@ impl Segment {
             if !window.ensure(pos, HEADER_LEN).await.map_err(ctx)? {
                 break ScanStop::Torn;
             }
-            let header = match BatchHeader::parse(window.slice(pos, HEADER_LEN), config.max_batch_bytes) {
-                Ok(h) => h,
-                Err(e) => break ScanStop::Invalid(e.to_string()),
-            };
+            let header =
+                match BatchHeader::parse(window.slice(pos, HEADER_LEN), config.max_batch_bytes) {
+                    Ok(h) => h,
+                    Err(e) => break ScanStop::Invalid(e.to_string()),
+                };
             let total = header.total_len();
             if !window.ensure(pos, total).await.map_err(ctx)? {
                 break ScanStop::Torn;
@@ -344,7 +356,11 @@ impl Segment {
 
     /// Cuts the segment so that it ends before `offset` (a batch containing
     /// `offset` goes whole). Returns the new next offset.
-    pub(crate) async fn truncate_to(&mut self, offset: Offset, config: &LogConfig) -> Result<Offset> {
+    pub(crate) async fn truncate_to(
+        &mut self,
+        offset: Offset,
+        config: &LogConfig,
+    ) -> Result<Offset> {
         let Some((pos, header)) = self.find(offset, config.max_batch_bytes).await? else {
             return Ok(self.next_offset);
         };
@@ -420,7 +436,8 @@ impl Segment {
         let Ok(index) = OffsetIndex::decode(base, max_entries, &index_bytes, size) else {
             return Ok(None);
         };
-        let Some(time_index) = TimeIndex::decode(base, max_entries * 8 / 12, &time_bytes, next_offset)
+        let Some(time_index) =
+            TimeIndex::decode(base, max_entries * 8 / 12, &time_bytes, next_offset)
         else {
             return Ok(None);
         };

@@ -287,7 +287,8 @@ impl ShardHandle {
 
     /// Closes a partition's log (flushing it), optionally deleting it.
     pub async fn close(&self, tp: TopicPartition, delete: bool) -> Result<()> {
-        self.call(|reply| Command::Close { tp, delete, reply }).await
+        self.call(|reply| Command::Close { tp, delete, reply })
+            .await
     }
 
     /// Runs `f` on this shard's thread. `f` may start compio tasks there
@@ -332,7 +333,9 @@ fn choose_backend(driver: IoDriver, ring_entries: u32) -> Result<Backend> {
         IoDriver::Poll => Ok(Backend::Poll),
         IoDriver::IoUring | IoDriver::Auto => {
             let mut proactor = ProactorBuilder::new();
-            proactor.capacity(ring_entries).driver_type(DriverType::IoUring);
+            proactor
+                .capacity(ring_entries)
+                .driver_type(DriverType::IoUring);
             match RuntimeBuilder::new().with_proactor(proactor).build() {
                 Ok(runtime) => {
                     drop(runtime);
@@ -390,10 +393,12 @@ impl Engine {
             let (tx, rx) = async_channel::bounded(config.queue_capacity);
             let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<()>>(1);
             let mut proactor = ProactorBuilder::new();
-            proactor.capacity(config.ring_entries).driver_type(match backend {
-                Backend::IoUring => DriverType::IoUring,
-                Backend::Poll => DriverType::Poll,
-            });
+            proactor
+                .capacity(config.ring_entries)
+                .driver_type(match backend {
+                    Backend::IoUring => DriverType::IoUring,
+                    Backend::Poll => DriverType::Poll,
+                });
             let mut builder = RuntimeBuilder::new();
             builder.with_proactor(proactor);
             if config.pin_cores {
@@ -527,7 +532,11 @@ impl Engine {
         let mut replies = Vec::new();
         for handle in &self.handles {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            if handle.tx.send_blocking(Command::Shutdown { reply: tx }).is_ok() {
+            if handle
+                .tx
+                .send_blocking(Command::Shutdown { reply: tx })
+                .is_ok()
+            {
                 replies.push((handle.id, rx));
             }
         }
@@ -702,7 +711,9 @@ impl Shard {
             let (Some(work), Some(log)) = (turn.work.remove(&tp), self.logs.remove(&tp)) else {
                 continue;
             };
-            tasks.push(Box::pin(async move { (tp, run_partition(log, work, now).await) }));
+            tasks.push(Box::pin(async move {
+                (tp, run_partition(log, work, now).await)
+            }));
         }
         for (tp, log) in join_all(tasks).await {
             self.logs.insert(tp, log);

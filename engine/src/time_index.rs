@@ -137,7 +137,14 @@ mod tests {
         index.maybe_append(1500, Offset(30));
         index.maybe_append(3000, Offset(40));
         assert_eq!(index.len(), 3);
-        let cases = [(0, 10), (1000, 10), (1001, 10), (2000, 10), (2001, 20), (9999, 40)];
+        let cases = [
+            (0, 10),
+            (1000, 10),
+            (1001, 10),
+            (2000, 10),
+            (2001, 20),
+            (9999, 40),
+        ];
         for (target, want) in cases {
             assert_eq!(index.lookup(target), Offset(want), "{target}");
         }
@@ -150,7 +157,10 @@ mod tests {
         index.maybe_append(6, Offset(3));
         let decoded = TimeIndex::decode(Offset(0), 100, &index.encode(), Offset(4));
         assert_eq!(decoded.as_ref(), Some(&index));
-        assert_eq!(TimeIndex::decode(Offset(0), 100, &index.encode(), Offset(3)), None);
+        assert_eq!(
+            TimeIndex::decode(Offset(0), 100, &index.encode(), Offset(3)),
+            None
+        );
         index.truncate_to(Offset(3));
         assert_eq!(index.last(), Some((5, Offset(0))));
     }

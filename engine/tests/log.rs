@@ -1,0 +1,433 @@
+//! The log's operations, on every I/O backend (io_uring, epoll/thread pool,
+//! crash simulator).
+
+mod common;
+
+use common::{batch, on_each_backend, split_batches, without_offsets};
+use sluice_engine::io::Fs;
+use sluice_engine::log::{AppendMode, Durability, Log};
+use sluice_engine::{Epoch, Error, LogConfig, Offset};
+
+const NOW: u64 = 1_700_000_000_000;
+const LEADER: AppendMode = AppendMode::Leader { epoch: Epoch(3) };
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 512,
+        retention_ms: None,
+        ..LogConfig::default()
+    }
+}
+
+async fn open(fs: &Fs, dir: &std::path::Path, config: LogConfig) -> Log {
+    Log::open(fs.clone(), dir.to_path_buf(), config, NOW)
+        .await
+        .expect("open")
+        .0
+}
+
+/// Appends `n` batches of `records` records each; returns what was sent.
+async fn fill(log: &mut Log, n: usize, records: usize, value_len: usize) -> Vec<Vec<u8>> {
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let b = batch(records, value_len, NOW as i64 + i as i64);
+        log.append(b.clone(), LEADER, NOW).await.expect("append");
+        sent.push(b);
+    }
+    sent
+}
+
+async fn read_all(log: &Log) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut from = log.log_start_offset();
+    while from < log.log_end_offset() {
+        let r = log.read(from, 1 << 20, None, true).await.expect("read");
+        assert!(r.next_offset > from, "a read makes progress");
+        out.extend(split_batches(&r.records));
+        from = r.next_offset;
+    }
+    out
+}
+
+#[test]
+fn append_assigns_contiguous_offsets_and_reads_return_the_batches_as_sent() {
+    on_each_backend(|backend, fs, dir| async move {
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        let mut expected_base = 0;
+        let mut sent = Vec::new();
+        for count in [1usize, 5, 3] {
+            let b = batch(count, 100, NOW as i64);
+            let info = log.append(b.clone(), LEADER, NOW).await.unwrap();
+            assert_eq!(info.base_offset, Offset(expected_base), "{backend:?}");
+            assert_eq!(info.last_offset, Offset(expected_base + count as i64 - 1));
+            assert_eq!(info.records, count as u64);
+            assert_eq!(info.durability, Durability::PageCache);
+            expected_base += count as i64;
+            sent.push(b);
+        }
+        assert_eq!(log.log_end_offset(), Offset(9));
+        let stored = read_all(&log).await;
+        assert_eq!(stored.len(), 3);
+        for ((base, bytes), (sent, want_base)) in stored.iter().zip(sent.iter().zip([0, 1, 6])) {
+            assert_eq!(*base, want_base);
+            assert_eq!(without_offsets(bytes), without_offsets(sent));
+            let header = sluice_engine::batch::validate(bytes, usize::MAX).unwrap();
+            assert_eq!(header.partition_leader_epoch, 3);
+        }
+        // A read from inside a batch returns that whole batch.
+        let r = log.read(Offset(3), 1 << 20, None, true).await.unwrap();
+        assert_eq!(split_batches(&r.records)[0].0, 1);
+    });
+}
+
+#[test]
+fn reads_honour_max_bytes_min_one_batch_and_the_upper_bound() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        let sent = fill(&mut log, 4, 2, 300).await;
+        let one = sent[0].len();
+        // max_bytes below one batch: nothing, unless min_one_batch.
+        let r = log.read(Offset(0), one - 1, None, false).await.unwrap();
+        assert!(r.records.is_empty());
+        assert_eq!(r.next_offset, Offset(0));
+        let r = log.read(Offset(0), one - 1, None, true).await.unwrap();
+        assert_eq!(r.records.len(), one);
+        assert_eq!(r.next_offset, Offset(2));
+        // Whole batches only: 2.5 batches' worth returns two.
+        let r = log.read(Offset(0), one * 5 / 2, None, true).await.unwrap();
+        assert_eq!(split_batches(&r.records).len(), 2);
+        // The upper bound (a high watermark) hides batches that reach it.
+        let r = log
+            .read(Offset(0), 1 << 20, Some(Offset(5)), true)
+            .await
+            .unwrap();
+        assert_eq!(r.next_offset, Offset(4));
+        let r = log
+            .read(Offset(4), 1 << 20, Some(Offset(4)), true)
+            .await
+            .unwrap();
+        assert!(r.records.is_empty());
+        // At the log end: empty. Past it or before the start: out of range.
+        let r = log.read(Offset(8), 1 << 20, None, true).await.unwrap();
+        assert!(r.records.is_empty());
+        assert!(matches!(
+            log.read(Offset(9), 100, None, true).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        assert!(matches!(
+            log.read(Offset(-1), 100, None, true).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+    });
+}
+
+#[test]
+fn segments_roll_at_segment_bytes_and_reads_cross_them() {
+    on_each_backend(|backend, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        let sent = fill(&mut log, 40, 3, 200).await;
+        assert!(
+            log.segment_count() > 5,
+            "{backend:?}: {}",
+            log.segment_count()
+        );
+        for base in log.segment_bases() {
+            assert!(log.index_of(base).is_some());
+        }
+        let stored = read_all(&log).await;
+        assert_eq!(stored.len(), sent.len());
+        for (i, (base, bytes)) in stored.iter().enumerate() {
+            assert_eq!(*base, i as i64 * 3);
+            assert_eq!(without_offsets(bytes), without_offsets(&sent[i]));
+        }
+        // Every offset can be found through the indexes.
+        for offset in 0..log.log_end_offset().0 {
+            let r = log.read(Offset(offset), 1, None, true).await.unwrap();
+            let (base, _) = split_batches(&r.records)[0];
+            assert_eq!(base, offset / 3 * 3);
+        }
+        // Files are named by base offset, as Kafka names them.
+        if backend != common::Backend::Sim {
+            let names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(names.contains(&"00000000000000000000.log".to_string()));
+            assert!(names.contains(&"00000000000000000000.index".to_string()));
+            assert!(names.contains(&"00000000000000000000.timeindex".to_string()));
+        }
+    });
+}
+
+#[test]
+fn a_clean_close_leaves_nothing_to_recover_and_loses_nothing() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        let sent = fill(&mut log, 25, 2, 150).await;
+        let end = log.log_end_offset();
+        log.close(NOW).await.unwrap();
+        let (log, report) = Log::open(fs.clone(), dir.clone(), small_segments(), NOW)
+            .await
+            .unwrap();
+        assert_eq!(report.bytes_scanned, 0, "{report:?}");
+        assert_eq!(report.bytes_truncated, 0);
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.flushed_offset(), end);
+        let stored = read_all(&log).await;
+        assert_eq!(stored.len(), sent.len());
+        // Appends continue where the log ended.
+        let mut log = log;
+        let info = log.append(batch(1, 10, 0), LEADER, NOW).await.unwrap();
+        assert_eq!(info.base_offset, end);
+    });
+}
+
+#[test]
+fn flush_messages_decides_durability_and_the_flushed_offset() {
+    on_each_backend(|_, fs, dir| async move {
+        let config = LogConfig {
+            flush_messages: Some(4),
+            ..LogConfig::default()
+        };
+        let mut log = open(&fs, &dir, config).await;
+        let a = log.append(batch(3, 10, 0), LEADER, NOW).await.unwrap();
+        assert_eq!(a.durability, Durability::PageCache);
+        assert_eq!(log.flushed_offset(), Offset(0));
+        let b = log.append(batch(1, 10, 0), LEADER, NOW).await.unwrap();
+        assert_eq!(b.durability, Durability::Flushed);
+        assert_eq!(log.flushed_offset(), Offset(4));
+        log.set_flush_limits(None, Some(10));
+        let c = log.append(batch(1, 10, 0), LEADER, NOW).await.unwrap();
+        assert_eq!(c.durability, Durability::PageCache);
+        assert_eq!(log.next_flush_deadline_ms(), Some(NOW + 10));
+        assert!(!log.maybe_flush(NOW + 9).await.unwrap());
+        assert!(log.maybe_flush(NOW + 10).await.unwrap());
+        assert_eq!(log.flushed_offset(), Offset(5));
+    });
+}
+
+#[test]
+fn truncate_to_drops_whole_batches_and_survives_reopen() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        fill(&mut log, 30, 2, 150).await;
+        let segments_before = log.segment_count();
+        // 21 is inside the batch [20, 21]: the whole batch goes.
+        log.truncate_to(Offset(21), NOW).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(20));
+        assert!(log.segment_count() < segments_before);
+        let stored = read_all(&log).await;
+        assert_eq!(stored.last().unwrap().0, 18);
+        let info = log.append(batch(2, 10, 0), LEADER, NOW).await.unwrap();
+        assert_eq!(info.base_offset, Offset(20));
+        drop(log);
+        let (log, _) = Log::open(fs.clone(), dir.clone(), small_segments(), NOW)
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), Offset(22));
+        assert_eq!(read_all(&log).await.len(), 11);
+    });
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_and_moves_the_log_start() {
+    on_each_backend(|_, fs, dir| async move {
+        let config = LogConfig {
+            retention_bytes: Some(8192),
+            ..small_segments()
+        };
+        let mut log = open(&fs, &dir, config).await;
+        fill(&mut log, 40, 3, 200).await;
+        let before = log.size_bytes();
+        let deleted = log.apply_retention(NOW).await.unwrap();
+        assert!(deleted > 0);
+        assert!(log.size_bytes() < before);
+        assert!(
+            log.size_bytes() >= 8192 - 4096,
+            "keeps about retention.bytes"
+        );
+        let start = log.log_start_offset();
+        assert_eq!(start, log.segment_bases()[0]);
+        assert!(matches!(
+            log.read(Offset(0), 100, None, true).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(read_all(&log).await[0].0, start.0);
+
+        // By time: every batch is older than retention.ms, so all segments
+        // go, the active one after a roll; the log end stays.
+        let end = log.log_end_offset();
+        let config = LogConfig {
+            retention_ms: Some(1000),
+            ..small_segments()
+        };
+        drop(log);
+        let mut log = open(&fs, &dir, config).await;
+        log.apply_retention(NOW + 10_000).await.unwrap();
+        assert_eq!(log.log_start_offset(), end);
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.size_bytes(), 0);
+    });
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_batch_at_or_after_it() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        for i in 0..30i64 {
+            log.append(batch(2, 200, 1000 + i * 10), LEADER, NOW)
+                .await
+                .unwrap();
+        }
+        let cases = [
+            (0, Some((0, 1000))),
+            (1000, Some((0, 1000))),
+            (1001, Some((2, 1010))),
+            (1155, Some((32, 1160))),
+            (1290, Some((58, 1290))),
+            (1291, None),
+        ];
+        for (ts, want) in cases {
+            let got = log.offset_for_timestamp(ts).await.unwrap();
+            assert_eq!(got, want.map(|(o, t)| (Offset(o), t)), "timestamp {ts}");
+        }
+    });
+}
+
+#[test]
+fn leader_epochs_are_cached_checkpointed_and_answer_offset_for_leader_epoch() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        for (epoch, n) in [(1, 2), (4, 3), (7, 1)] {
+            for _ in 0..n {
+                log.append(
+                    batch(5, 10, 0),
+                    AppendMode::Leader {
+                        epoch: Epoch(epoch),
+                    },
+                    NOW,
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let check = |log: &Log| {
+            assert_eq!(log.end_offset_for_epoch(Epoch(0)), (Epoch(-1), Offset(-1)));
+            assert_eq!(log.end_offset_for_epoch(Epoch(1)), (Epoch(1), Offset(10)));
+            assert_eq!(log.end_offset_for_epoch(Epoch(3)), (Epoch(1), Offset(10)));
+            assert_eq!(log.end_offset_for_epoch(Epoch(4)), (Epoch(4), Offset(25)));
+            assert_eq!(log.end_offset_for_epoch(Epoch(7)), (Epoch(7), Offset(30)));
+        };
+        check(&log);
+        drop(log);
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        check(&log);
+        // 17 lies in the batch [15, 19]: the log ends at 15, in epoch 4.
+        log.truncate_to(Offset(17), NOW).await.unwrap();
+        assert_eq!(log.end_offset_for_epoch(Epoch(7)), (Epoch(4), Offset(15)));
+    });
+}
+
+#[test]
+fn bad_batches_are_rejected_with_typed_errors_and_change_nothing() {
+    on_each_backend(|_, fs, dir| async move {
+        let config = LogConfig {
+            max_batch_bytes: 2000,
+            ..LogConfig::default()
+        };
+        let mut log = open(&fs, &dir, config).await;
+        let mut corrupt = batch(2, 50, 0);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        let cases: Vec<(Vec<u8>, fn(&Error) -> bool)> = vec![
+            (corrupt, |e| matches!(e, Error::InvalidBatch(_))),
+            (batch(2, 50, 0)[..70].to_vec(), |e| {
+                matches!(e, Error::InvalidBatch(_))
+            }),
+            (Vec::new(), |e| matches!(e, Error::InvalidBatch(_))),
+            (vec![0u8; 200], |e| matches!(e, Error::InvalidBatch(_))),
+            (batch(3, 1000, 0), |e| {
+                matches!(e, Error::BatchTooLarge { .. })
+            }),
+        ];
+        for (bytes, is_expected) in cases {
+            let err = log.append(bytes, LEADER, NOW).await.unwrap_err();
+            assert!(is_expected(&err), "{err}");
+        }
+        assert_eq!(log.log_end_offset(), Offset(0));
+        assert_eq!(log.size_bytes(), 0);
+        // Several batches in one append are fine; a good one still works.
+        let mut two = batch(1, 10, 0);
+        two.extend(batch(2, 10, 0));
+        let info = log.append(two, LEADER, NOW).await.unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (Offset(0), Offset(2)));
+    });
+}
+
+#[test]
+fn follower_appends_keep_the_leaders_offsets_and_must_continue_the_log() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut leader = open(&fs, &dir.with_file_name("leader-0"), LogConfig::default()).await;
+        fill(&mut leader, 3, 2, 10).await;
+        let fetched = leader.read(Offset(0), 1 << 20, None, true).await.unwrap();
+        let mut follower = open(&fs, &dir, LogConfig::default()).await;
+        let info = follower
+            .append(fetched.records.clone(), AppendMode::Follower, NOW)
+            .await
+            .unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (Offset(0), Offset(5)));
+        assert_eq!(
+            follower.end_offset_for_epoch(Epoch(3)),
+            (Epoch(3), Offset(6))
+        );
+        let err = follower
+            .append(fetched.records, AppendMode::Follower, NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NonContiguousAppend { .. }), "{err}");
+    });
+}
+
+#[test]
+fn recovery_truncates_a_torn_tail_and_keeps_flushed_batches() {
+    on_each_backend(|backend, fs, dir| async move {
+        let config = LogConfig {
+            flush_messages: Some(1),
+            ..LogConfig::default()
+        };
+        let mut log = open(&fs, &dir, config.clone()).await;
+        fill(&mut log, 5, 2, 100).await;
+        let end = log.log_end_offset();
+        let size = log.size_bytes();
+        drop(log);
+        // A torn write: half a batch after the last good one.
+        let torn = batch(2, 100, 0);
+        let path = dir.join("00000000000000000000.log");
+        match &fs {
+            Fs::Sim(sim) => sim.corrupt(&path, size, &torn[..torn.len() / 2]).unwrap(),
+            Fs::Os => {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all_at(&torn[..torn.len() / 2], size).unwrap();
+            }
+        }
+        // A stale recovery point makes recovery scan the segment.
+        let rp = dir.join("recovery-point-checkpoint");
+        match &fs {
+            Fs::Sim(sim) => sim.corrupt(&rp, 0, b"garbage").unwrap(),
+            Fs::Os => std::fs::write(&rp, b"garbage").unwrap(),
+        }
+        let (log, report) = Log::open(fs.clone(), dir.clone(), config, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            report.bytes_truncated,
+            (torn.len() / 2) as u64,
+            "{backend:?} {report:?}"
+        );
+        assert!(report.truncation_reason.unwrap().contains("torn"));
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log).await.len(), 5);
+    });
+}
