@@ -1,0 +1,276 @@
+//! Crash and fault injection on the simulated filesystem: power loss at
+//! seeded points, EIO on write and fsync, ENOSPC.
+//!
+//! `SLUICE_CRASH_SEEDS` sets how many crash points run (300 by default; CI
+//! runs the default, a soak can run thousands).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use common::{batch_with, split_batches, without_offsets};
+use compio::driver::DriverType;
+use kafka_protocol::records::Compression;
+use sluice_engine::io::Fs;
+use sluice_engine::log::{AppendMode, Durability, Log};
+use sluice_engine::sim::{SimFs, SimRng};
+use sluice_engine::{Epoch, Error, LogConfig, Offset};
+
+const NOW: u64 = 1_700_000_000_000;
+const LEADER: AppendMode = AppendMode::Leader { epoch: Epoch(1) };
+
+fn dir() -> PathBuf {
+    PathBuf::from("/data/t-0")
+}
+
+async fn open(sim: &SimFs, config: &LogConfig) -> (Log, sluice_engine::RecoveryReport) {
+    Log::open(Fs::Sim(sim.clone()), dir(), config.clone(), NOW)
+        .await
+        .expect("recovery succeeds")
+}
+
+/// Reads the whole log, checking that batches are valid, contiguous and
+/// findable through the indexes.
+async fn check_log(log: &Log) -> Vec<(i64, Vec<u8>)> {
+    let mut out: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut from = log.log_start_offset();
+    while from < log.log_end_offset() {
+        let r = log.read(from, 1 << 20, None, true).await.expect("read");
+        assert!(r.next_offset > from, "reads make progress");
+        for (base, bytes) in split_batches(&r.records) {
+            let header = sluice_engine::batch::validate(&bytes, usize::MAX).unwrap();
+            if let Some((prev_base, prev)) = out.last() {
+                let prev_header = sluice_engine::batch::validate(prev, usize::MAX).unwrap();
+                assert_eq!(
+                    base,
+                    prev_header.last_offset() + 1,
+                    "offsets contiguous after {prev_base}"
+                );
+            }
+            // The index finds every batch by any of its offsets.
+            let found = log
+                .read(Offset(header.last_offset()), 1, None, true)
+                .await
+                .unwrap();
+            assert_eq!(split_batches(&found.records)[0].0, base);
+            out.push((base, bytes));
+        }
+        from = r.next_offset;
+    }
+    assert_eq!(
+        out.last().map_or(log.log_start_offset().0, |(_, b)| {
+            sluice_engine::batch::validate(b, usize::MAX).unwrap().last_offset() + 1
+        }),
+        log.log_end_offset().0
+    );
+    out
+}
+
+struct Run {
+    truncated: bool,
+    lost_unflushed: bool,
+}
+
+fn crash_point(seed: u64) -> Run {
+    let mut rng = SimRng::new(seed);
+    let config = LogConfig {
+        segment_bytes: 1024 + rng.below(8) * 1024,
+        index_interval_bytes: 128 + rng.below(4) * 256,
+        flush_messages: [Some(1), Some(3), None][rng.below(3) as usize],
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let sim = SimFs::new();
+    let rt = common::runtime(DriverType::Poll).expect("poll driver");
+    rt.block_on(async {
+        let (mut log, _) = open(&sim, &config).await;
+        // offset -> batch bytes (offsets zeroed) of everything appended, and
+        // the subset acknowledged as flushed.
+        let mut appended: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+        let mut flushed: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+        let ops = 5 + rng.below(40);
+        for _ in 0..ops {
+            match rng.below(12) {
+                0..=8 => {
+                    let codec = [Compression::None, Compression::Gzip, Compression::Lz4]
+                        [rng.below(3) as usize];
+                    let b = batch_with(
+                        1 + rng.below(5) as usize,
+                        10 + rng.below(300) as usize,
+                        NOW as i64,
+                        codec,
+                        rng.next_u64() as u8,
+                    );
+                    let info = log.append(b.clone(), LEADER, NOW).await.expect("append");
+                    appended.insert(info.base_offset.0, without_offsets(&b));
+                    if info.durability == Durability::Flushed {
+                        flushed.insert(info.base_offset.0, without_offsets(&b));
+                    }
+                }
+                9 | 10 => {
+                    log.flush(NOW).await.expect("flush");
+                    flushed = appended.clone();
+                }
+                _ => {
+                    let end = log.log_end_offset().0;
+                    let to = Offset(rng.below(end as u64 + 1) as i64);
+                    log.truncate_to(to, NOW).await.expect("truncate");
+                    let end = log.log_end_offset().0;
+                    appended.retain(|&o, _| o < end);
+                    flushed.retain(|&o, _| o < end);
+                }
+            }
+        }
+        // Everything before a roll was flushed by it.
+        for seg_base in log.segment_bases() {
+            for (o, b) in appended.range(..seg_base.0) {
+                flushed.insert(*o, b.clone());
+            }
+        }
+        let end_before = log.log_end_offset();
+        let crashed = sim.crash(seed.wrapping_mul(0x9E37_79B9) ^ 0x5eed);
+        drop(log);
+        let (log, report) = open(&crashed, &config).await;
+        let stored = check_log(&log).await;
+        let stored_map: BTreeMap<i64, Vec<u8>> = stored
+            .iter()
+            .map(|(o, b)| (*o, without_offsets(b)))
+            .collect();
+        for (offset, bytes) in &flushed {
+            assert_eq!(
+                stored_map.get(offset),
+                Some(bytes),
+                "seed {seed}: flushed batch at {offset} lost; report {report:?}"
+            );
+        }
+        for (offset, bytes) in &stored_map {
+            assert_eq!(
+                appended.get(offset),
+                Some(bytes),
+                "seed {seed}: batch at {offset} is not what was appended"
+            );
+        }
+        // Recovery made its result durable: a second crash right away
+        // changes nothing, and appends continue.
+        let again = crashed.crash(seed ^ 1);
+        drop(log);
+        let (mut log, second) = open(&again, &config).await;
+        assert_eq!(second.bytes_truncated, 0, "seed {seed}: {second:?}");
+        assert_eq!(check_log(&log).await, stored);
+        let info = log
+            .append(common::batch(1, 5, 0), LEADER, NOW)
+            .await
+            .expect("append after recovery");
+        assert_eq!(info.base_offset.0, stored.last().map_or(log.log_start_offset().0, |(_, b)| {
+            sluice_engine::batch::validate(b, usize::MAX).unwrap().last_offset() + 1
+        }));
+        Run {
+            truncated: report.bytes_truncated > 0,
+            lost_unflushed: log.log_end_offset() <= end_before && stored.len() < appended.len(),
+        }
+    })
+}
+
+#[test]
+fn power_loss_at_seeded_points_never_loses_a_flushed_batch_or_serves_a_torn_one() {
+    let seeds: u64 = std::env::var("SLUICE_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let mut truncated = 0;
+    let mut lost = 0;
+    for seed in 0..seeds {
+        let run = crash_point(seed);
+        truncated += u64::from(run.truncated);
+        lost += u64::from(run.lost_unflushed);
+    }
+    // The checker must have had something to check.
+    assert!(truncated > seeds / 20, "only {truncated} of {seeds} crashes tore a write");
+    assert!(lost > seeds / 20, "only {lost} of {seeds} crashes lost unflushed data");
+}
+
+fn with_sim(body: impl AsyncFnOnce(SimFs)) {
+    let rt = common::runtime(DriverType::Poll).expect("poll driver");
+    rt.block_on(body(SimFs::new()));
+}
+
+#[test]
+fn eio_on_write_takes_the_log_offline_and_reopening_recovers_it() {
+    with_sim(async |sim| {
+        let config = LogConfig::default();
+        let (mut log, _) = open(&sim, &config).await;
+        log.append(common::batch(3, 10, 0), LEADER, NOW).await.unwrap();
+        sim.set_fail_writes(true);
+        let err = log.append(common::batch(3, 10, 0), LEADER, NOW).await.unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("appending"), "{err}");
+        assert!(log.is_offline());
+        sim.set_fail_writes(false);
+        // Offline means offline: no reads of possibly garbage state, no
+        // further appends, until the log is reopened and recovered.
+        assert!(matches!(log.read(Offset(0), 100, None, true).await, Err(Error::Offline { .. })));
+        assert!(matches!(
+            log.append(common::batch(1, 10, 0), LEADER, NOW).await,
+            Err(Error::Offline { .. })
+        ));
+        drop(log);
+        let (mut log, _) = open(&sim, &config).await;
+        assert_eq!(check_log(&log).await.len(), 1);
+        let info = log.append(common::batch(1, 10, 0), LEADER, NOW).await.unwrap();
+        assert_eq!(info.base_offset, Offset(3));
+    });
+}
+
+#[test]
+fn eio_on_fsync_is_never_retried_and_never_acknowledged() {
+    with_sim(async |sim| {
+        let config = LogConfig {
+            flush_messages: Some(1),
+            ..LogConfig::default()
+        };
+        let (mut log, _) = open(&sim, &config).await;
+        let kept = common::batch(2, 10, 0);
+        let info = log.append(kept.clone(), LEADER, NOW).await.unwrap();
+        assert_eq!(info.durability, Durability::Flushed);
+        sim.set_fail_syncs(true);
+        let err = log.append(common::batch(2, 10, 0), LEADER, NOW).await.unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("fsync"), "{err}");
+        sim.set_fail_syncs(false);
+        // A later flush does not pretend the failed one worked.
+        assert!(matches!(log.flush(NOW).await, Err(Error::Offline { .. })));
+        assert_eq!(log.flushed_offset(), Offset(2));
+        for seed in 0..20 {
+            let crashed = sim.crash(seed);
+            let (log, _) = open(&crashed, &config).await;
+            let stored = check_log(&log).await;
+            assert_eq!(without_offsets(&stored[0].1), without_offsets(&kept));
+        }
+    });
+}
+
+#[test]
+fn enospc_fails_the_append_keeps_the_log_consistent_and_appends_resume() {
+    with_sim(async |sim| {
+        let config = LogConfig::default();
+        let (mut log, _) = open(&sim, &config).await;
+        log.append(common::batch(2, 100, 0), LEADER, NOW).await.unwrap();
+        let size = log.size_bytes();
+        sim.set_space_limit(Some(sim.used_bytes() + 100));
+        let err = log.append(common::batch(5, 100, 0), LEADER, NOW).await.unwrap_err();
+        assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+        assert!(!log.is_offline());
+        assert_eq!(log.size_bytes(), size);
+        assert_eq!(log.log_end_offset(), Offset(2));
+        assert_eq!(check_log(&log).await.len(), 1);
+        sim.set_space_limit(None);
+        let info = log.append(common::batch(5, 100, 0), LEADER, NOW).await.unwrap();
+        assert_eq!(info.base_offset, Offset(2));
+        log.flush(NOW).await.unwrap();
+        drop(log);
+        let (log, report) = open(&sim.crash(7), &config).await;
+        assert_eq!(report.bytes_truncated, 0);
+        assert_eq!(check_log(&log).await.len(), 2);
+    });
+}
