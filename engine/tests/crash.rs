@@ -60,7 +60,10 @@ async fn check_log(log: &Log) -> Vec<(i64, Vec<u8>)> {
     }
     assert_eq!(
         out.last().map_or(log.log_start_offset().0, |(_, b)| {
-            sluice_engine::batch::validate(b, usize::MAX).unwrap().last_offset() + 1
+            sluice_engine::batch::validate(b, usize::MAX)
+                .unwrap()
+                .last_offset()
+                + 1
         }),
         log.log_end_offset().0
     );
@@ -162,9 +165,15 @@ fn crash_point(seed: u64) -> Run {
             .append(common::batch(1, 5, 0), LEADER, NOW)
             .await
             .expect("append after recovery");
-        assert_eq!(info.base_offset.0, stored.last().map_or(log.log_start_offset().0, |(_, b)| {
-            sluice_engine::batch::validate(b, usize::MAX).unwrap().last_offset() + 1
-        }));
+        assert_eq!(
+            info.base_offset.0,
+            stored.last().map_or(log.log_start_offset().0, |(_, b)| {
+                sluice_engine::batch::validate(b, usize::MAX)
+                    .unwrap()
+                    .last_offset()
+                    + 1
+            })
+        );
         Run {
             truncated: report.bytes_truncated > 0,
             lost_unflushed: log.log_end_offset() <= end_before && stored.len() < appended.len(),
@@ -186,8 +195,14 @@ fn power_loss_at_seeded_points_never_loses_a_flushed_batch_or_serves_a_torn_one(
         lost += u64::from(run.lost_unflushed);
     }
     // The checker must have had something to check.
-    assert!(truncated > seeds / 20, "only {truncated} of {seeds} crashes tore a write");
-    assert!(lost > seeds / 20, "only {lost} of {seeds} crashes lost unflushed data");
+    assert!(
+        truncated > seeds / 20,
+        "only {truncated} of {seeds} crashes tore a write"
+    );
+    assert!(
+        lost > seeds / 20,
+        "only {lost} of {seeds} crashes lost unflushed data"
+    );
 }
 
 fn with_sim(body: impl AsyncFnOnce(SimFs)) {
@@ -200,16 +215,24 @@ fn eio_on_write_takes_the_log_offline_and_reopening_recovers_it() {
     with_sim(async |sim| {
         let config = LogConfig::default();
         let (mut log, _) = open(&sim, &config).await;
-        log.append(common::batch(3, 10, 0), LEADER, NOW).await.unwrap();
+        log.append(common::batch(3, 10, 0), LEADER, NOW)
+            .await
+            .unwrap();
         sim.set_fail_writes(true);
-        let err = log.append(common::batch(3, 10, 0), LEADER, NOW).await.unwrap_err();
+        let err = log
+            .append(common::batch(3, 10, 0), LEADER, NOW)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(err.to_string().contains("appending"), "{err}");
         assert!(log.is_offline());
         sim.set_fail_writes(false);
         // Offline means offline: no reads of possibly garbage state, no
         // further appends, until the log is reopened and recovered.
-        assert!(matches!(log.read(Offset(0), 100, None, true).await, Err(Error::Offline { .. })));
+        assert!(matches!(
+            log.read(Offset(0), 100, None, true).await,
+            Err(Error::Offline { .. })
+        ));
         assert!(matches!(
             log.append(common::batch(1, 10, 0), LEADER, NOW).await,
             Err(Error::Offline { .. })
@@ -217,7 +240,10 @@ fn eio_on_write_takes_the_log_offline_and_reopening_recovers_it() {
         drop(log);
         let (mut log, _) = open(&sim, &config).await;
         assert_eq!(check_log(&log).await.len(), 1);
-        let info = log.append(common::batch(1, 10, 0), LEADER, NOW).await.unwrap();
+        let info = log
+            .append(common::batch(1, 10, 0), LEADER, NOW)
+            .await
+            .unwrap();
         assert_eq!(info.base_offset, Offset(3));
     });
 }
@@ -234,7 +260,10 @@ fn eio_on_fsync_is_never_retried_and_never_acknowledged() {
         let info = log.append(kept.clone(), LEADER, NOW).await.unwrap();
         assert_eq!(info.durability, Durability::Flushed);
         sim.set_fail_syncs(true);
-        let err = log.append(common::batch(2, 10, 0), LEADER, NOW).await.unwrap_err();
+        let err = log
+            .append(common::batch(2, 10, 0), LEADER, NOW)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(err.to_string().contains("fsync"), "{err}");
         sim.set_fail_syncs(false);
@@ -255,17 +284,25 @@ fn enospc_fails_the_append_keeps_the_log_consistent_and_appends_resume() {
     with_sim(async |sim| {
         let config = LogConfig::default();
         let (mut log, _) = open(&sim, &config).await;
-        log.append(common::batch(2, 100, 0), LEADER, NOW).await.unwrap();
+        log.append(common::batch(2, 100, 0), LEADER, NOW)
+            .await
+            .unwrap();
         let size = log.size_bytes();
         sim.set_space_limit(Some(sim.used_bytes() + 100));
-        let err = log.append(common::batch(5, 100, 0), LEADER, NOW).await.unwrap_err();
+        let err = log
+            .append(common::batch(5, 100, 0), LEADER, NOW)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::NoSpace { .. }), "{err}");
         assert!(!log.is_offline());
         assert_eq!(log.size_bytes(), size);
         assert_eq!(log.log_end_offset(), Offset(2));
         assert_eq!(check_log(&log).await.len(), 1);
         sim.set_space_limit(None);
-        let info = log.append(common::batch(5, 100, 0), LEADER, NOW).await.unwrap();
+        let info = log
+            .append(common::batch(5, 100, 0), LEADER, NOW)
+            .await
+            .unwrap();
         assert_eq!(info.base_offset, Offset(2));
         log.flush(NOW).await.unwrap();
         drop(log);

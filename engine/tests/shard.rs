@@ -1,0 +1,328 @@
+//! The shard set: thread-per-core ownership, group commit, ordering, the
+//! driver choice, clean shutdown.
+
+mod common;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::split_batches;
+use compio::driver::DriverType;
+use sluice_engine::io::Fs;
+use sluice_engine::log::{AppendMode, Durability, Log};
+use sluice_engine::sim::SimFs;
+use sluice_engine::{
+    Backend, Engine, EngineConfig, Epoch, Error, IoDriver, LogConfig, Offset, TopicPartition,
+};
+
+const LEADER: AppendMode = AppendMode::Leader { epoch: Epoch(0) };
+
+fn config(dir: &std::path::Path, driver: IoDriver, shards: usize) -> EngineConfig {
+    EngineConfig {
+        data_dir: dir.to_path_buf(),
+        shards,
+        io_driver: driver,
+        ..EngineConfig::default()
+    }
+}
+
+fn drivers() -> Vec<IoDriver> {
+    let mut out = vec![IoDriver::Poll];
+    if common::runtime(DriverType::IoUring).is_some() {
+        out.push(IoDriver::IoUring);
+    }
+    out
+}
+
+/// A batch whose single record's value names its sender and sequence.
+fn tagged(sender: usize, seq: usize) -> Vec<u8> {
+    common::batch_with(
+        1,
+        8,
+        0,
+        kafka_protocol::records::Compression::None,
+        (sender * 31 + seq) as u8,
+    )
+}
+
+#[test]
+fn appends_from_many_threads_keep_per_partition_order_on_every_driver() {
+    for driver in drivers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::start(config(tmp.path(), driver, 2)).unwrap());
+        match driver {
+            IoDriver::Poll => assert_eq!(engine.backend(), Backend::Poll),
+            _ => assert_eq!(engine.backend(), Backend::IoUring),
+        }
+        let partitions: Vec<TopicPartition> =
+            (0..6).map(|p| TopicPartition::new("orders", p)).collect();
+        let rt = common::runtime(DriverType::Poll).unwrap();
+        rt.block_on(async {
+            for tp in &partitions {
+                engine.open(tp.clone(), LogConfig::default()).await.unwrap();
+            }
+        });
+        let per_sender = 40;
+        let senders: Vec<_> = (0..3)
+            .map(|sender| {
+                let (engine, partitions) = (engine.clone(), partitions.clone());
+                std::thread::spawn(move || {
+                    let rt = common::runtime(DriverType::Poll).unwrap();
+                    rt.block_on(async {
+                        // Each partition gets this sender's batches in order;
+                        // appends to different partitions are in flight at once.
+                        let tasks: Vec<_> = partitions
+                            .iter()
+                            .map(|tp| {
+                                let (engine, tp) = (engine.clone(), tp.clone());
+                                compio::runtime::spawn(async move {
+                                    let mut offsets = Vec::new();
+                                    for seq in 0..per_sender {
+                                        let info = engine
+                                            .append(tp.clone(), tagged(sender, seq), LEADER)
+                                            .await
+                                            .unwrap();
+                                        offsets.push(info.base_offset);
+                                    }
+                                    offsets
+                                })
+                            })
+                            .collect();
+                        for task in tasks {
+                            let offsets = task.await.unwrap();
+                            assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+                        }
+                    })
+                })
+            })
+            .collect();
+        for s in senders {
+            s.join().unwrap();
+        }
+        rt.block_on(async {
+            for tp in &partitions {
+                let r = engine
+                    .read(tp.clone(), Offset(0), 1 << 20, None, true)
+                    .await
+                    .unwrap();
+                let batches = split_batches(&r.records);
+                assert_eq!(batches.len(), 3 * per_sender, "{driver:?} {tp}");
+                // Per sender, its batches appear in the order it sent them.
+                let mut next_seq: HashMap<u8, usize> = HashMap::new();
+                for (i, (base, bytes)) in batches.iter().enumerate() {
+                    assert_eq!(*base, i as i64);
+                    let fill = bytes[bytes.len() - 2];
+                    let sender = (0..3)
+                        .find(|s| {
+                            let seq = *next_seq.get(&(*s as u8)).unwrap_or(&0);
+                            seq < per_sender && (s * 31 + seq) as u8 == fill
+                        })
+                        .unwrap_or_else(|| panic!("{driver:?} {tp}: batch {i} out of order"));
+                    *next_seq.entry(sender as u8).or_default() += 1;
+                }
+            }
+        });
+        Arc::try_unwrap(engine).unwrap().shutdown().unwrap();
+    }
+}
+
+#[test]
+fn concurrent_appends_to_one_partition_share_fsyncs() {
+    let sim = SimFs::new();
+    let engine = Rc::new(
+        Engine::start(EngineConfig {
+            data_dir: "/data".into(),
+            shards: 1,
+            fs: Fs::Sim(sim.clone()),
+            io_driver: IoDriver::Poll,
+            ..EngineConfig::default()
+        })
+        .unwrap(),
+    );
+    let tp = TopicPartition::new("t", 0);
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    let appends = 300;
+    rt.block_on(async {
+        let log_config = LogConfig {
+            flush_messages: Some(1),
+            ..LogConfig::default()
+        };
+        engine.open(tp.clone(), log_config).await.unwrap();
+        let syncs_before = sim.stats().syncs;
+        let tasks: Vec<_> = (0..appends)
+            .map(|_| {
+                let (engine, tp) = (engine.clone(), tp.clone());
+                compio::runtime::spawn(async move {
+                    engine
+                        .append(tp, common::batch(1, 10, 0), LEADER)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().durability, Durability::Flushed);
+        }
+        let syncs = sim.stats().syncs - syncs_before;
+        assert!(syncs < appends / 2, "{syncs} fsyncs for {appends} appends");
+        let info = engine.shard_for(&tp).info(tp.clone()).await.unwrap();
+        assert_eq!(info.flushed_offset, Offset(appends as i64));
+    });
+    drop(rt);
+    Rc::try_unwrap(engine).unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn flush_ms_is_run_by_the_shard_without_further_appends() {
+    let sim = SimFs::new();
+    let engine = Engine::start(EngineConfig {
+        data_dir: "/data".into(),
+        shards: 1,
+        fs: Fs::Sim(sim),
+        io_driver: IoDriver::Poll,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let tp = TopicPartition::new("t", 0);
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        let log_config = LogConfig {
+            flush_ms: Some(20),
+            ..LogConfig::default()
+        };
+        engine.open(tp.clone(), log_config).await.unwrap();
+        let info = engine
+            .append(tp.clone(), common::batch(2, 10, 0), LEADER)
+            .await
+            .unwrap();
+        assert_eq!(info.durability, Durability::PageCache);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = engine.shard_for(&tp).info(tp.clone()).await.unwrap();
+            if info.flushed_offset == Offset(2) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "flush.ms never flushed");
+            compio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    drop(rt);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn tasks_spawned_on_a_shard_run_on_its_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(tmp.path(), IoDriver::Auto, 2)).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        for shard in engine.shards() {
+            let (seen, id) = (seen.clone(), shard.id());
+            let (tx, rx) = futures_channel::oneshot::channel();
+            shard
+                .spawn(move || {
+                    compio::runtime::spawn(async move {
+                        let name = std::thread::current().name().map(str::to_owned);
+                        seen.lock().unwrap().push((id, name));
+                        tx.send(()).unwrap();
+                    })
+                    .detach();
+                })
+                .await
+                .unwrap();
+            rx.await.unwrap();
+        }
+    });
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (0, Some("sluice-shard-0".to_string())),
+            (1, Some("sluice-shard-1".to_string()))
+        ]
+    );
+}
+
+#[test]
+fn unknown_and_duplicate_partitions_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(tmp.path(), IoDriver::Auto, 2)).unwrap();
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        let tp = TopicPartition::new("t", 0);
+        let err = engine
+            .append(tp.clone(), common::batch(1, 1, 0), LEADER)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::UnknownPartition(_)), "{err}");
+        let err = engine
+            .read(tp.clone(), Offset(0), 10, None, true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::UnknownPartition(_)), "{err}");
+        engine.open(tp.clone(), LogConfig::default()).await.unwrap();
+        let err = engine
+            .open(tp.clone(), LogConfig::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PartitionExists(_)), "{err}");
+        let bad = LogConfig {
+            segment_bytes: 1,
+            ..LogConfig::default()
+        };
+        let err = engine
+            .open(TopicPartition::new("t", 1), bad)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    });
+}
+
+#[test]
+fn partitions_spread_over_shards_by_a_stable_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(tmp.path(), IoDriver::Poll, 2)).unwrap();
+    let mut counts = [0usize; 2];
+    for p in 0..1000 {
+        let tp = TopicPartition::new("spread", p);
+        let shard = engine.shard_for(&tp).id();
+        assert_eq!(engine.shard_for(&tp).id(), shard);
+        counts[shard] += 1;
+    }
+    assert!(counts.iter().all(|&c| c > 400), "{counts:?}");
+    // The same name maps to the same shard in another engine (and process).
+    let other = Engine::start(config(tmp.path(), IoDriver::Poll, 2)).unwrap();
+    let tp = TopicPartition::new("spread", 7);
+    assert_eq!(engine.shard_for(&tp).id(), other.shard_for(&tp).id());
+}
+
+#[test]
+fn shutdown_flushes_so_the_next_start_recovers_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(tmp.path(), IoDriver::Auto, 2)).unwrap();
+    let tp = TopicPartition::new("kept", 3);
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        engine.open(tp.clone(), LogConfig::default()).await.unwrap();
+        for _ in 0..10 {
+            engine
+                .append(tp.clone(), common::batch(3, 50, 0), LEADER)
+                .await
+                .unwrap();
+        }
+    });
+    assert_eq!(engine.existing_partitions().unwrap(), vec![tp.clone()]);
+    engine.shutdown().unwrap();
+    rt.block_on(async {
+        let (log, report) = Log::open(Fs::Os, tmp.path().join("kept-3"), LogConfig::default(), 0)
+            .await
+            .unwrap();
+        assert_eq!(report.bytes_scanned, 0, "{report:?}");
+        assert_eq!(log.log_end_offset(), Offset(30));
+        assert_eq!(log.flushed_offset(), Offset(30));
+    });
+}
