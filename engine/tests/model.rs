@@ -16,9 +16,17 @@ use sluice_engine::{Epoch, LogConfig, Offset};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { records: usize, value_len: usize },
-    Read { at: u16, max_bytes: usize },
-    Truncate { at: u16 },
+    Append {
+        records: usize,
+        value_len: usize,
+    },
+    Read {
+        at: u16,
+        max_bytes: usize,
+    },
+    Truncate {
+        at: u16,
+    },
     Roll,
     Retention,
     /// Drop the log without closing it (a process crash: the page cache
@@ -61,10 +69,15 @@ impl Model {
 const NOW: u64 = 1_700_000_000_000;
 
 async fn open(sim: &SimFs, config: &LogConfig) -> Log {
-    Log::open(Fs::Sim(sim.clone()), PathBuf::from("/d/t-0"), config.clone(), NOW)
-        .await
-        .unwrap()
-        .0
+    Log::open(
+        Fs::Sim(sim.clone()),
+        PathBuf::from("/d/t-0"),
+        config.clone(),
+        NOW,
+    )
+    .await
+    .unwrap()
+    .0
 }
 
 async fn run(ops: Vec<Op>, segment_bytes: u64, retention_bytes: u64) -> Result<(), TestCaseError> {
