@@ -53,8 +53,8 @@ pub const HEADER_LEN: usize = 61;
 /// base offset (8) and the batch length field itself (4).
 const LENGTH_PREFIX: usize = 12;
 
-/// Smallest batch_length value that is consistent with the header
-/// (HEADER_LEN - 12).
+/// Smallest `batch_length` value that is consistent with the header
+/// (`HEADER_LEN - 12`).
 pub const MIN_BATCH_LENGTH: i32 = 49;
 
 /// The only batch format this engine accepts.
@@ -160,15 +160,15 @@ impl BatchHeader {
     /// holding them are present, even if the rest of the header is missing.
     /// A short buffer whose visible bytes are already wrong is therefore
     /// reported as corruption rather than as [`BatchError::Truncated`].
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError::BadMagic`], [`BatchError::BadLength`],
+    /// [`BatchError::BadOffsetDelta`] or [`BatchError::RecordCountMismatch`]
+    /// for a header that breaks a rule, and [`BatchError::Truncated`] if
+    /// `buf` is shorter than [`HEADER_LEN`] but otherwise plausible.
     pub fn parse(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
-        check_framing(buf, max_batch_bytes)?;
-        if buf.len() < HEADER_LEN {
-            return Err(BatchError::Truncated {
-                needed: HEADER_LEN,
-                available: buf.len(),
-            });
-        }
-        let header = decode_header(buf)?;
+        let header = parse_frame(buf, max_batch_bytes)?;
         check_counts(&header)?;
         Ok(header)
     }
@@ -178,6 +178,7 @@ impl BatchHeader {
     /// A header produced by [`BatchHeader::parse`] always has a batch length
     /// of at least [`MIN_BATCH_LENGTH`]. For a hand-built header with a
     /// negative length this returns 12 rather than wrapping around.
+    #[must_use]
     pub fn total_len(&self) -> usize {
         usize::try_from(self.batch_length)
             .map_or(LENGTH_PREFIX, |len| len.saturating_add(LENGTH_PREFIX))
@@ -189,17 +190,20 @@ impl BatchHeader {
     /// A client may send any base offset, so the sum saturates at `i64::MAX`
     /// instead of overflowing. The broker overwrites client base offsets with
     /// [`patch`] before the value is used for anything.
+    #[must_use]
     pub fn last_offset(&self) -> i64 {
         self.base_offset
             .saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// The number of records in the batch.
+    #[must_use]
     pub fn record_count(&self) -> i32 {
         self.record_count
     }
 
     /// The codec that compressed the records.
+    #[must_use]
     pub fn compression(&self) -> Compression {
         // The mask keeps the value within 0..=7, so the conversion cannot
         // fail; falling back to 0 only keeps the code free of panics.
@@ -215,24 +219,28 @@ impl BatchHeader {
     }
 
     /// Whether the batch belongs to a transaction.
+    #[must_use]
     pub fn is_transactional(&self) -> bool {
         self.attributes & TRANSACTIONAL_BIT != 0
     }
 
     /// Whether the batch holds control records (transaction markers) rather
     /// than user data.
+    #[must_use]
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL_BIT != 0
     }
 
     /// Whether the timestamps are log-append times set by the broker rather
     /// than create times set by the producer.
+    #[must_use]
     pub fn log_append_time(&self) -> bool {
         self.attributes & TIMESTAMP_TYPE_BIT != 0
     }
 
     /// Whether log compaction has stored a delete horizon in the base
     /// timestamp field.
+    #[must_use]
     pub fn has_delete_horizon(&self) -> bool {
         self.attributes & DELETE_HORIZON_BIT != 0
     }
@@ -249,15 +257,14 @@ impl BatchHeader {
 /// The CRC is checked before the rules about fields inside the CRC-covered
 /// region (last offset delta and record count). A flipped bit there is then
 /// reported as the corruption it is, not as a malformed batch.
+///
+/// # Errors
+///
+/// Any error of [`BatchHeader::parse`], [`BatchError::Truncated`] if the
+/// batch is incomplete, [`BatchError::BadLength`] if bytes follow it, and
+/// [`BatchError::CrcMismatch`] if its content does not match its CRC.
 pub fn validate(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
-    check_framing(batch, max_batch_bytes)?;
-    if batch.len() < HEADER_LEN {
-        return Err(BatchError::Truncated {
-            needed: HEADER_LEN,
-            available: batch.len(),
-        });
-    }
-    let header = decode_header(batch)?;
+    let header = parse_frame(batch, max_batch_bytes)?;
     let total = header.total_len();
     if batch.len() < total {
         return Err(BatchError::Truncated {
@@ -286,7 +293,11 @@ pub fn validate(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Bat
 /// Both fields lie before the CRC-covered region, so the batch stays valid
 /// without recomputing the checksum. This does not validate the batch; the
 /// caller is expected to have done so. A buffer shorter than [`HEADER_LEN`]
-/// is rejected with [`BatchError::Truncated`] and left unchanged.
+/// is rejected and left unchanged.
+///
+/// # Errors
+///
+/// [`BatchError::Truncated`] if `batch` is shorter than [`HEADER_LEN`].
 pub fn patch(batch: &mut [u8], base_offset: i64, leader_epoch: i32) -> Result<(), BatchError> {
     let available = batch.len();
     let truncated = BatchError::Truncated {
@@ -324,6 +335,7 @@ pub struct Batches<'a> {
 
 /// Returns an iterator over the batches concatenated in `buf`. See
 /// [`Batches`].
+#[must_use]
 pub fn batches(buf: &[u8], max_batch_bytes: usize) -> Batches<'_> {
     Batches {
         buf,
@@ -333,10 +345,11 @@ pub fn batches(buf: &[u8], max_batch_bytes: usize) -> Batches<'_> {
     }
 }
 
-impl<'a> Batches<'a> {
+impl Batches<'_> {
     /// The position just past the last batch yielded successfully. After an
     /// error this is where the bad or partial batch starts, which is where a
     /// recovering reader truncates a segment file.
+    #[must_use]
     pub fn position(&self) -> usize {
         self.pos
     }
@@ -348,7 +361,7 @@ impl<'a> Batches<'a> {
     }
 }
 
-impl<'a> Iterator for Batches<'a> {
+impl Iterator for Batches<'_> {
     type Item = Result<(BatchHeader, usize), BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -362,7 +375,10 @@ impl<'a> Iterator for Batches<'a> {
                 return None;
             }
         };
-        let header = match BatchHeader::parse(rest, self.max_batch_bytes) {
+        // Only the framing is checked here; `validate` below checks the CRC
+        // before the rules about CRC-covered fields, so a flipped bit is
+        // reported as a CRC mismatch whichever entry point found it.
+        let header = match parse_frame(rest, self.max_batch_bytes) {
             Ok(header) => header,
             Err(BatchError::Truncated { available, .. }) => {
                 // Only part of the header is present. Its length field has
@@ -391,7 +407,20 @@ impl<'a> Iterator for Batches<'a> {
     }
 }
 
-impl<'a> FusedIterator for Batches<'a> {}
+impl FusedIterator for Batches<'_> {}
+
+/// Checks the framing (see [`check_framing`]) and decodes the header, without
+/// the rules about fields inside the CRC-covered region.
+fn parse_frame(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    check_framing(buf, max_batch_bytes)?;
+    if buf.len() < HEADER_LEN {
+        return Err(BatchError::Truncated {
+            needed: HEADER_LEN,
+            available: buf.len(),
+        });
+    }
+    decode_header(buf)
+}
 
 /// Checks the fields that frame a batch and lie outside the CRC: the magic
 /// byte and the batch length. Each is checked only if `buf` is long enough to
@@ -440,16 +469,17 @@ fn check_counts(header: &BatchHeader) -> Result<(), BatchError> {
 
 /// Decodes the 61 header bytes without checking any rule.
 fn decode_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    // `header` below is exactly HEADER_LEN bytes long, so none of the field
+    // reads can fail; turning their `None` into an error only spares us an
+    // unwrap.
+    fn field<T>(value: Option<T>, truncated: impl Fn() -> BatchError) -> Result<T, BatchError> {
+        value.ok_or_else(truncated)
+    }
     let truncated = || BatchError::Truncated {
         needed: HEADER_LEN,
         available: buf.len(),
     };
     let header = buf.get(..HEADER_LEN).ok_or_else(truncated)?;
-    // `header` is exactly HEADER_LEN bytes long, so none of these reads can
-    // fail; the error only spares us an unwrap.
-    fn field<T>(value: Option<T>, truncated: impl Fn() -> BatchError) -> Result<T, BatchError> {
-        value.ok_or_else(truncated)
-    }
     Ok(BatchHeader {
         base_offset: field(read_i64(header, BASE_OFFSET_AT), truncated)?,
         batch_length: field(read_i32(header, BATCH_LENGTH_AT), truncated)?,

@@ -595,7 +595,7 @@ impl Log {
             let bytes = records.len() as u64;
             let incoming_timestamp = headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1);
             if self.active().should_roll(
-                staged.bytes.len() as u64 + bytes,
+                staged.len + bytes,
                 incoming_timestamp,
                 now_ms,
                 &self.config,
@@ -717,16 +717,17 @@ impl Log {
         staged: &mut Staged,
         results: &mut [Result<AppendInfo>],
     ) -> Result<()> {
-        if staged.bytes.is_empty() {
+        if staged.len == 0 {
             return Ok(());
         }
         let Staged {
-            bytes,
+            bufs,
             headers,
             owners,
+            ..
         } = std::mem::take(staged);
         let start = self.active().size;
-        let written = self.active().file.write_all_at(bytes, start).await;
+        let written = self.active().file.write_vectored_all_at(bufs, start).await;
         if let Err(io_err) = written {
             let err = Error::io("appending to the active segment", io_err);
             for &owner in &owners {
@@ -1100,9 +1101,12 @@ impl Log {
     }
 }
 
+/// Requests staged for one vectored write to the active segment: their
+/// buffers are written as they came, without copying them together.
 #[derive(Default)]
 struct Staged {
-    bytes: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    len: u64,
     headers: Vec<BatchHeader>,
     /// Index into the results of each request whose batches are staged.
     owners: Vec<usize>,
@@ -1110,11 +1114,8 @@ struct Staged {
 
 impl Staged {
     fn push(&mut self, records: Vec<u8>, headers: Vec<BatchHeader>, owner: usize) {
-        if self.bytes.is_empty() {
-            self.bytes = records;
-        } else {
-            self.bytes.extend_from_slice(&records);
-        }
+        self.len += records.len() as u64;
+        self.bufs.push(records);
         self.headers.extend(headers);
         self.owners.push(owner);
     }

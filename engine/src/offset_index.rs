@@ -76,10 +76,10 @@ impl OffsetIndex {
     /// The position of the last indexed batch at or before `target`: a read
     /// for `target` scans forward from here. Position 0 if none.
     pub fn lookup(&self, target: Offset) -> FilePosition {
-        let Some(relative) = target.0.checked_sub(self.base.0) else {
-            return FilePosition(0);
+        let relative = match target.0.checked_sub(self.base.0) {
+            Some(r) if r >= 0 => u32::try_from(r).unwrap_or(u32::MAX),
+            _ => return FilePosition(0),
         };
-        let relative = u32::try_from(relative).unwrap_or(u32::MAX);
         let idx = self.entries.partition_point(|&(rel, _)| rel <= relative);
         match idx.checked_sub(1) {
             Some(i) => FilePosition(u64::from(self.entries[i].1)),

@@ -28,9 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -106,6 +104,12 @@ pub struct EngineConfig {
     pub turn_commands_max: usize,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
+    /// Size of each shard runtime's queue of wake-ups from other threads.
+    /// compio spins (yielding) when a thread wakes a task on a runtime whose
+    /// queue is full; two runtimes waking each other's tasks with full
+    /// queues then livelock. It must exceed the tasks that other threads can
+    /// have waiting on one shard: see [`REMOTE_WAKES_MAX`].
+    pub remote_wakes_max: usize,
     /// How often each shard applies retention (Kafka's
     /// `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
@@ -124,10 +128,26 @@ impl Default for EngineConfig {
             queue_capacity: 4096,
             turn_commands_max: 1024,
             ring_entries: 1024,
+            remote_wakes_max: REMOTE_WAKES_MAX,
             retention_check_interval_ms: 300_000,
             log: LogConfig::default(),
         }
     }
+}
+
+/// Default size of a runtime's queue of wake-ups from other threads (8 bytes
+/// each). compio's default is 64, which a client with more than 64 tasks
+/// awaiting shard replies overflows; see [`EngineConfig::remote_wakes_max`].
+/// Runtimes that call into the engine from outside its shards should be
+/// built with [`client_runtime`] or the same setting.
+pub const REMOTE_WAKES_MAX: usize = 1 << 16;
+
+/// A compio runtime for a thread that calls into the engine from outside
+/// its shards, with a remote-wake queue as large as the shards' own.
+pub fn client_runtime() -> std::io::Result<compio::runtime::Runtime> {
+    RuntimeBuilder::new()
+        .sync_queue_size(REMOTE_WAKES_MAX)
+        .build()
 }
 
 /// Bound checks between the limits above, at compile time where they are
@@ -400,7 +420,9 @@ impl Engine {
                     Backend::Poll => DriverType::Poll,
                 });
             let mut builder = RuntimeBuilder::new();
-            builder.with_proactor(proactor);
+            builder
+                .with_proactor(proactor)
+                .sync_queue_size(config.remote_wakes_max.max(config.queue_capacity));
             if config.pin_cores {
                 builder.thread_affinity(HashSet::from([id % cores]));
             }
@@ -706,7 +728,7 @@ impl Shard {
             return;
         }
         let now = now_ms();
-        let mut tasks: Vec<Pin<Box<dyn Future<Output = (TopicPartition, Log)>>>> = Vec::new();
+        let mut tasks: Vec<LocalBoxFuture<'static, (TopicPartition, Log)>> = Vec::new();
         for tp in turn.order {
             let (Some(work), Some(log)) = (turn.work.remove(&tp), self.logs.remove(&tp)) else {
                 continue;

@@ -487,6 +487,10 @@ impl SimFile {
         })
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> u64 {
         self.with_inode(|st, id| Ok(st.inodes[&id].data.len() as u64))
             .unwrap_or(0)

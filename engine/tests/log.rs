@@ -340,7 +340,8 @@ fn bad_batches_are_rejected_with_typed_errors_and_change_nothing() {
         let mut corrupt = batch(2, 50, 0);
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0xff;
-        let cases: Vec<(Vec<u8>, fn(&Error) -> bool)> = vec![
+        type IsExpected = fn(&Error) -> bool;
+        let cases: Vec<(Vec<u8>, IsExpected)> = vec![
             (corrupt, |e| matches!(e, Error::InvalidBatch(_))),
             (batch(2, 50, 0)[..70].to_vec(), |e| {
                 matches!(e, Error::InvalidBatch(_))
@@ -406,7 +407,7 @@ fn recovery_truncates_a_torn_tail_and_keeps_flushed_batches() {
         let path = dir.join("00000000000000000000.log");
         match &fs {
             Fs::Sim(sim) => sim.corrupt(&path, size, &torn[..torn.len() / 2]).unwrap(),
-            Fs::Os => {
+            Fs::Os | Fs::OsRingWrites => {
                 use std::os::unix::fs::FileExt;
                 let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
                 f.write_all_at(&torn[..torn.len() / 2], size).unwrap();
@@ -416,7 +417,7 @@ fn recovery_truncates_a_torn_tail_and_keeps_flushed_batches() {
         let rp = dir.join("recovery-point-checkpoint");
         match &fs {
             Fs::Sim(sim) => sim.corrupt(&rp, 0, b"garbage").unwrap(),
-            Fs::Os => std::fs::write(&rp, b"garbage").unwrap(),
+            Fs::Os | Fs::OsRingWrites => std::fs::write(&rp, b"garbage").unwrap(),
         }
         let (log, report) = Log::open(fs.clone(), dir.clone(), config, NOW)
             .await

@@ -326,3 +326,40 @@ fn shutdown_flushes_so_the_next_start_recovers_nothing() {
         assert_eq!(log.flushed_offset(), Offset(30));
     });
 }
+
+#[test]
+fn thousands_of_appends_in_flight_from_one_client_all_complete() {
+    // compio spins when it wakes a task on a runtime whose remote-wake
+    // queue is full; with its default queue of 64 this workload livelocked
+    // the shard and the client. client_runtime() sizes the queue.
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Rc::new(Engine::start(config(tmp.path(), IoDriver::Auto, 1)).unwrap());
+    let rt = sluice_engine::shard::client_runtime().unwrap();
+    let partitions: Vec<TopicPartition> =
+        (0..200).map(|p| TopicPartition::new("many", p)).collect();
+    rt.block_on(async {
+        for tp in &partitions {
+            engine.open(tp.clone(), LogConfig::default()).await.unwrap();
+        }
+        let tasks: Vec<_> = (0..4000)
+            .map(|i| {
+                let (engine, tp) = (engine.clone(), partitions[i % partitions.len()].clone());
+                compio::runtime::spawn(async move {
+                    engine
+                        .append(tp, common::batch(1, 10, 0), LEADER)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for tp in &partitions {
+            let info = engine.shard_for(tp).info(tp.clone()).await.unwrap();
+            assert_eq!(info.log_end_offset, Offset(20));
+        }
+    });
+    drop(rt);
+    Rc::try_unwrap(engine).unwrap().shutdown().unwrap();
+}

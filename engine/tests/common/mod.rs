@@ -64,12 +64,21 @@ pub fn batch_with(
 /// The backends every storage test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// io_uring, page-cache writes inline on the shard thread (the default).
     IoUring,
+    /// io_uring for writes too.
+    IoUringRingWrites,
+    /// epoll and compio's thread pool.
     Poll,
     Sim,
 }
 
-pub const BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Poll, Backend::Sim];
+pub const BACKENDS: [Backend; 4] = [
+    Backend::IoUring,
+    Backend::IoUringRingWrites,
+    Backend::Poll,
+    Backend::Sim,
+];
 
 /// Builds a compio runtime with the given driver. io_uring must be
 /// available unless `SLUICE_TEST_ALLOW_NO_IO_URING=1` says this machine
@@ -77,7 +86,11 @@ pub const BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Poll, Backend::Si
 pub fn runtime(driver: DriverType) -> Option<compio::runtime::Runtime> {
     let mut proactor = ProactorBuilder::new();
     proactor.driver_type(driver);
-    match RuntimeBuilder::new().with_proactor(proactor).build() {
+    let mut builder = RuntimeBuilder::new();
+    builder
+        .with_proactor(proactor)
+        .sync_queue_size(sluice_engine::shard::REMOTE_WAKES_MAX);
+    match builder.build() {
         Ok(rt) => Some(rt),
         Err(e) if std::env::var_os("SLUICE_TEST_ALLOW_NO_IO_URING").is_some() => {
             eprintln!("skipping the {driver:?} backend: {e}");
@@ -97,7 +110,7 @@ where
 {
     for backend in BACKENDS {
         let driver = match backend {
-            Backend::IoUring => DriverType::IoUring,
+            Backend::IoUring | Backend::IoUringRingWrites => DriverType::IoUring,
             Backend::Poll | Backend::Sim => DriverType::Poll,
         };
         let Some(rt) = runtime(driver) else { continue };
@@ -113,7 +126,11 @@ where
             _ => {
                 let tmp = tempfile::tempdir().expect("temp dir");
                 let dir = tmp.path().join("topic-0");
-                rt.block_on(body(backend, Fs::Os, dir));
+                let fs = match backend {
+                    Backend::IoUringRingWrites => Fs::OsRingWrites,
+                    _ => Fs::Os,
+                };
+                rt.block_on(body(backend, fs, dir));
             }
         }
     }
