@@ -69,6 +69,9 @@ pub struct Args {
     /// several requests in flight (librdkafka allows 5 per connection).
     #[arg(long, default_value_t = 8)]
     inflight: usize,
+    /// Appends outstanding in all, whatever the partition count.
+    #[arg(long, default_value_t = 64)]
+    max_inflight: usize,
     /// Shard threads (default: one per core).
     #[arg(long)]
     shards: Option<usize>,
@@ -85,6 +88,10 @@ pub struct Args {
     /// segment.bytes for the engine's logs.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     segment_bytes: u64,
+    /// Also measure the resident memory of this many open, idle partitions
+    /// (each holding one small batch); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    idle_partitions: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -151,6 +158,12 @@ pub fn run(args: Args) -> Result<(), String> {
     let (engine, backend) = run_engine(&args, &batch, batches, records_per_batch)?;
     let raw = run_raw(&args.dir, &batch, batches, args.flush)?;
 
+    let idle = if args.idle_partitions > 0 {
+        Some(measure_idle_partitions(&args)?)
+    } else {
+        None
+    };
+
     let mb = |o: &Outcome| o.bytes as f64 / o.seconds / 1e6;
     let engine_mb_s = mb(&engine);
     let raw_mb_s = mb(&raw);
@@ -171,6 +184,7 @@ pub fn run(args: Args) -> Result<(), String> {
             "total_bytes": engine.bytes,
             "partitions": args.partitions,
             "inflight_per_partition": args.inflight,
+            "max_inflight": args.max_inflight,
             "flush": flush,
         },
         "backend": backend,
@@ -184,6 +198,11 @@ pub fn run(args: Args) -> Result<(), String> {
         "engine_seconds": engine.seconds,
         "raw_seconds": raw.seconds,
     });
+    let mut report = report;
+    if let Some((count, per_partition)) = idle {
+        report["idle_partitions"] = count.into();
+        report["rss_per_idle_partition_bytes"] = per_partition.into();
+    }
     if args.json {
         println!("{report}");
     } else {
@@ -204,6 +223,12 @@ pub fn run(args: Args) -> Result<(), String> {
         );
         println!("raw:    {raw_mb_s:9.1} MB/s  (pwrite loop, same block size and fsync cadence)");
         println!("ratio:  {ratio:.3} (engine / raw)");
+        if let Some((count, per_partition)) = idle {
+            println!(
+                "memory: {count} idle partitions cost {per_partition} B resident each ({:.1} KiB)",
+                per_partition as f64 / 1024.0
+            );
+        }
     }
     Ok(())
 }
@@ -261,13 +286,6 @@ fn run_engine(
     // itself. Pre-building every append instead would hand the engine cold
     // buffers from DRAM while the raw loop writes a cache-hot one.
     let template = Rc::new(batch.to_vec());
-    let mut remaining: Vec<u64> = vec![batches / args.partitions as u64; args.partitions];
-    for slot in remaining
-        .iter_mut()
-        .take((batches % args.partitions as u64) as usize)
-    {
-        *slot += 1;
-    }
     let runtime =
         sluice_engine::shard::client_runtime().map_err(|e| format!("driver runtime: {e}"))?;
     let outcome = runtime.block_on(async {
@@ -284,33 +302,39 @@ fn run_engine(
         ));
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for (tp, remaining) in partitions.iter().zip(remaining) {
-            let remaining = Rc::new(std::cell::Cell::new(remaining));
-            for _ in 0..args.inflight {
-                let (engine, remaining, histogram, tp, template) = (
-                    engine.clone(),
-                    remaining.clone(),
-                    histogram.clone(),
-                    tp.clone(),
-                    template.clone(),
-                );
-                tasks.push(compio::runtime::spawn(async move {
-                    loop {
-                        if remaining.get() == 0 {
-                            return Ok::<(), String>(());
-                        }
-                        remaining.set(remaining.get() - 1);
-                        let records = template.to_vec();
-                        let sent = Instant::now();
-                        engine
-                            .append(tp.clone(), records, AppendMode::Leader { epoch: Epoch(0) })
-                            .await
-                            .map_err(|e| format!("append to {tp}: {e}"))?;
-                        let micros = sent.elapsed().as_micros().max(1) as u64;
-                        histogram.borrow_mut().saturating_record(micros);
+        // Append i goes to partition i mod P. The number of appends in
+        // flight is bounded in all, not only per partition: 1000 partitions
+        // with 8 each would keep 500 MiB of batches queued, and the test
+        // would measure DRAM rather than the engine.
+        let next = Rc::new(std::cell::Cell::new(0u64));
+        let partitions = Rc::new(partitions.clone());
+        let workers = (args.inflight * partitions.len()).min(args.max_inflight.max(1));
+        for _ in 0..workers {
+            let (engine, next, histogram, partitions, template) = (
+                engine.clone(),
+                next.clone(),
+                histogram.clone(),
+                partitions.clone(),
+                template.clone(),
+            );
+            tasks.push(compio::runtime::spawn(async move {
+                loop {
+                    let i = next.get();
+                    if i == batches {
+                        return Ok::<(), String>(());
                     }
-                }));
-            }
+                    next.set(i + 1);
+                    let tp = &partitions[(i % partitions.len() as u64) as usize];
+                    let records = template.to_vec();
+                    let sent = Instant::now();
+                    engine
+                        .append(tp.clone(), records, AppendMode::Leader { epoch: Epoch(0) })
+                        .await
+                        .map_err(|e| format!("append to {tp}: {e}"))?;
+                    let micros = sent.elapsed().as_micros().max(1) as u64;
+                    histogram.borrow_mut().saturating_record(micros);
+                }
+            }));
         }
         for task in tasks {
             task.await
@@ -388,4 +412,81 @@ fn remove_dir(dir: &Path) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("removing {dir:?}: {e}")),
     }
+}
+
+/// Resident set size of this process, from /proc/self/statm.
+fn rss_bytes() -> Result<u64, String> {
+    let statm = std::fs::read_to_string("/proc/self/statm").map_err(|e| format!("statm: {e}"))?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or("statm has no resident field")?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Ok(pages * page.max(1) as u64)
+}
+
+/// Opens `--idle-partitions` partitions with one small batch each and
+/// reports the growth in resident memory per partition.
+fn measure_idle_partitions(args: &Args) -> Result<(usize, u64), String> {
+    // One open descriptor per partition (its active segment) plus slack.
+    raise_fd_limit(args.idle_partitions as u64 + 1024)?;
+    let data_dir = args.dir.join("sluice-bench-idle");
+    remove_dir(&data_dir)?;
+    let engine = Engine::start(EngineConfig {
+        data_dir: data_dir.clone(),
+        ..EngineConfig::default()
+    })
+    .map_err(|e| format!("starting the engine: {e}"))?;
+    let runtime =
+        sluice_engine::shard::client_runtime().map_err(|e| format!("driver runtime: {e}"))?;
+    let small = build_batch(100, 100)?;
+    let before = rss_bytes()?;
+    runtime.block_on(async {
+        for p in 0..args.idle_partitions {
+            let tp = TopicPartition::new("idle", p as i32);
+            engine
+                .open(tp.clone(), LogConfig::default())
+                .await
+                .map_err(|e| format!("opening {tp}: {e}"))?;
+            engine
+                .append(tp, small.clone(), AppendMode::Leader { epoch: Epoch(0) })
+                .await
+                .map_err(|e| format!("append: {e}"))?;
+        }
+        Ok::<(), String>(())
+    })?;
+    let after = rss_bytes()?;
+    drop(runtime);
+    engine.shutdown().map_err(|e| format!("engine shutdown: {e}"))?;
+    remove_dir(&data_dir)?;
+    let per_partition = after.saturating_sub(before) / args.idle_partitions as u64;
+    Ok((args.idle_partitions, per_partition))
+}
+
+fn raise_fd_limit(wanted: u64) -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if limit.rlim_cur >= wanted {
+        return Ok(());
+    }
+    limit.rlim_cur = wanted.min(limit.rlim_max);
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if limit.rlim_cur < wanted {
+        return Err(format!(
+            "{wanted} file descriptors needed, the hard limit is {}",
+            limit.rlim_max
+        ));
+    }
+    Ok(())
 }
