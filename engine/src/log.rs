@@ -28,7 +28,10 @@
 //! A full disk (ENOSPC) is the exception: the partial write is cut off again
 //! and the log stays online, so appends resume once space is freed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+
+use compio::runtime::JoinHandle;
+use futures_util::FutureExt;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
@@ -168,6 +171,9 @@ pub struct Log {
     epochs: EpochCache,
     last_checkpoint_ms: u64,
     offline: Option<String>,
+    /// Flushes of rolled segments in flight, oldest first, each with the
+    /// offset below which everything is flushed once it completes.
+    background_flushes: VecDeque<(Offset, JoinHandle<Result<()>>)>,
 }
 
 impl Log {
@@ -214,6 +220,7 @@ impl Log {
             epochs: EpochCache::default(),
             last_checkpoint_ms: now_ms,
             offline: None,
+            background_flushes: VecDeque::new(),
         };
         let report = log.recover(&bases, recovery_point, now_ms).await?;
         if report.bytes_truncated > 0 || report.segments_deleted > 0 {
@@ -276,17 +283,27 @@ impl Log {
             report.batches_recovered += scan.batches;
             epoch_starts.extend(scan.epoch_starts);
             let cut = file_len - scan.end.0;
-            if scan.stop != ScanStop::End || cut > 0 {
+            // A segment that lost its tail leaves a hole before the next
+            // one, whose batches may have survived: the log ends at the hole.
+            // (Valid only while nothing compacts: compaction leaves gaps.)
+            let hole = bases
+                .get(i + 1)
+                .filter(|&&next_base| seg.next_offset != next_base);
+            if scan.stop != ScanStop::End || cut > 0 || hole.is_some() {
                 report.bytes_truncated += cut;
-                report.truncation_reason = Some(match &scan.stop {
-                    ScanStop::End => "trailing bytes".to_string(),
-                    ScanStop::Torn => {
+                report.truncation_reason = Some(match (&scan.stop, hole) {
+                    (ScanStop::Torn, _) => {
                         format!("torn batch at position {} of segment {}", scan.end.0, base)
                     }
-                    ScanStop::Invalid(why) => format!(
+                    (ScanStop::Invalid(why), _) => format!(
                         "invalid batch at position {} of segment {}: {why}",
                         scan.end.0, base
                     ),
+                    (ScanStop::End, Some(next_base)) => format!(
+                        "segment {base} ends at offset {} but the next segment starts at {next_base}",
+                        seg.next_offset
+                    ),
+                    (ScanStop::End, None) => "trailing bytes".to_string(),
                 });
                 seg.file
                     .set_len(scan.end.0)
@@ -575,6 +592,9 @@ impl Log {
         if let Err(e) = self.check_online() {
             return requests.iter().map(|_| Err(e.clone())).collect();
         }
+        if let Err(e) = self.reap_background_flushes(false).await {
+            return requests.iter().map(|_| Err(e.clone())).collect();
+        }
         // Batches staged for the active segment: bytes, their headers and
         // positions, and which results they belong to.
         let mut staged = Staged::default();
@@ -763,7 +783,11 @@ impl Log {
         Ok(())
     }
 
-    /// Starts a new active segment at the log end, flushing the old one.
+    /// Starts a new active segment at the log end. The old segment and its
+    /// indexes are flushed by a background task on this shard, as Kafka
+    /// flushes a rolled segment off the append path: fsyncing up to a
+    /// gigabyte of dirty pages inline would stall the partition for seconds.
+    /// The flushed offset and the recovery point move when it completes.
     /// Does nothing while the active segment is empty.
     pub async fn roll(&mut self, now_ms: u64) -> Result<()> {
         self.check_online()?;
@@ -772,29 +796,66 @@ impl Log {
         }
         let base = self.log_end_offset();
         let old = self.active();
-        if let Err(e) = old.file.sync_data().await {
-            return Err(self.fail(Error::io("flushing a segment on roll", e)));
-        }
-        if let Err(e) = old.persist_indexes(&self.fs, &self.dir).await {
-            return Err(self.fail(e));
-        }
+        let (file, indexes, fs) = (old.file.clone(), old.index_files(&self.dir), self.fs.clone());
+        let task = compio::runtime::spawn(async move {
+            file.sync_data()
+                .await
+                .map_err(|e| Error::io("flushing a rolled segment", e))?;
+            segment::write_files_synced(&fs, indexes).await
+        });
+        self.background_flushes.push_back((base, task));
         let seg = match Segment::create(&self.fs, &self.dir, base, &self.config, now_ms).await {
             Ok(seg) => seg,
             Err(e) => return Err(self.fail(e)),
         };
         self.segments.insert(base, seg);
+        // The new segment's name must survive a crash once its data is
+        // flushed; sync the directory now rather than at its first flush.
         if let Err(e) = self.fs.sync_dir(&self.dir).await {
             return Err(self.fail(Error::io("syncing the log directory on roll", e)));
         }
-        self.flushed = base;
-        self.policy.on_flushed();
-        self.checkpoint_recovery_point().await
+        Ok(())
+    }
+
+    /// Collects finished background flushes of rolled segments (all of
+    /// them, waiting, when `wait` is set), moving the flushed offset and the
+    /// recovery point. A failed one takes the log offline.
+    pub async fn reap_background_flushes(&mut self, wait: bool) -> Result<()> {
+        while let Some((_, task)) = self.background_flushes.front_mut() {
+            let outcome = if wait {
+                task.await
+            } else {
+                match task.now_or_never() {
+                    Some(outcome) => outcome,
+                    None => return Ok(()),
+                }
+            };
+            let Some((base, _)) = self.background_flushes.pop_front() else {
+                break;
+            };
+            match outcome {
+                Ok(Ok(())) => {
+                    self.flushed = self.flushed.max(base);
+                    self.checkpoint_segment_start(base).await?;
+                }
+                Ok(Err(e)) => return Err(self.fail(e)),
+                Err(_) => {
+                    let err = Error::io(
+                        "flushing a rolled segment",
+                        std::io::Error::other("the background flush task panicked"),
+                    );
+                    return Err(self.fail(err));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// fsyncs everything appended so far. A failure takes the log offline:
     /// the flush is never retried.
     pub async fn flush(&mut self, now_ms: u64) -> Result<()> {
         self.check_online()?;
+        self.reap_background_flushes(true).await?;
         let end = self.log_end_offset();
         if self.flushed == end {
             return Ok(());
@@ -816,16 +877,40 @@ impl Log {
 
     /// Runs a `flush.ms` flush if one is due.
     pub async fn maybe_flush(&mut self, now_ms: u64) -> Result<bool> {
-        if self.offline.is_some() || !self.policy.is_due(now_ms) {
+        if self.offline.is_some() {
+            return Ok(false);
+        }
+        self.reap_background_flushes(false).await?;
+        if !self.policy.is_due(now_ms) {
             return Ok(false);
         }
         self.flush(now_ms).await.map(|()| true)
+    }
+
+    /// Records that everything before the segment starting at `base` is
+    /// flushed: recovery then scans from that segment's start.
+    async fn checkpoint_segment_start(&mut self, base: Offset) -> Result<()> {
+        if self.flushed == self.log_end_offset() && self.background_flushes.is_empty() {
+            return self.checkpoint_recovery_point().await;
+        }
+        let rp = RecoveryPoint {
+            offset: base,
+            segment_base: base,
+            position: FilePosition(0),
+            max_timestamp: -1,
+            max_timestamp_offset: base,
+        };
+        self.fs
+            .replace_atomically(&self.dir.join(RECOVERY_POINT_FILE), rp.encode())
+            .await
+            .map_err(|e| self.fail(Error::io("writing the recovery point", e)))
     }
 
     /// Persists the active segment's indexes and the recovery point. Only
     /// valid when everything is flushed.
     async fn checkpoint_recovery_point(&mut self) -> Result<()> {
         debug_assert_eq!(self.flushed, self.log_end_offset());
+        debug_assert!(self.background_flushes.is_empty());
         let active = self.active();
         let rp = RecoveryPoint {
             offset: active.next_offset,
@@ -950,6 +1035,7 @@ impl Log {
         if offset >= self.log_end_offset() {
             return Ok(());
         }
+        self.reap_background_flushes(true).await?;
         let result = self.truncate_inner(offset, now_ms).await;
         if let Err(e) = result {
             return Err(self.fail(e));
@@ -1000,6 +1086,7 @@ impl Log {
     /// segments went.
     pub async fn apply_retention(&mut self, now_ms: u64) -> Result<usize> {
         self.check_online()?;
+        self.reap_background_flushes(true).await?;
         let now = now_ms as i64;
         let expired = |seg: &Segment, retention_ms: Option<u64>| {
             retention_ms.is_some_and(|r| {

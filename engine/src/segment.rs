@@ -7,6 +7,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::config::LogConfig;
@@ -124,7 +125,8 @@ pub(crate) struct ScanResult {
 #[derive(Debug)]
 pub struct Segment {
     pub(crate) base: Offset,
-    pub(crate) file: File,
+    /// Shared with a background flush after the segment rolls.
+    pub(crate) file: Rc<File>,
     /// Bytes of whole, written batches.
     pub(crate) size: u64,
     /// One past the last offset stored here; `base` while empty.
@@ -152,7 +154,7 @@ impl Segment {
         let max_entries = config.max_index_entries();
         Segment {
             base,
-            file,
+            file: Rc::new(file),
             size: 0,
             next_offset: base,
             index: OffsetIndex::new(base, max_entries),
@@ -391,22 +393,22 @@ impl Segment {
 
     /// Writes both index files in full and syncs them.
     pub(crate) async fn persist_indexes(&self, fs: &Fs, dir: &Path) -> Result<()> {
-        let outputs = [
-            (INDEX_SUFFIX, self.index.encode()),
-            (TIME_INDEX_SUFFIX, self.time_index.encode()),
-        ];
-        for (suffix, bytes) in outputs {
-            let path = Segment::path(dir, self.base, suffix);
-            let ctx = |e| Error::io(format!("writing {}", path.display()), e);
-            let file = fs.open(&path, true).await.map_err(ctx)?;
-            let len = bytes.len() as u64;
-            if !bytes.is_empty() {
-                file.write_all_at(bytes, 0).await.map_err(ctx)?;
-            }
-            file.set_len(len).await.map_err(ctx)?;
-            file.sync_data().await.map_err(ctx)?;
-        }
-        Ok(())
+        write_files_synced(fs, self.index_files(dir)).await
+    }
+
+    /// The index files' paths and contents, for writing elsewhere (a
+    /// background flush after a roll).
+    pub(crate) fn index_files(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        vec![
+            (
+                Segment::path(dir, self.base, INDEX_SUFFIX),
+                self.index.encode(),
+            ),
+            (
+                Segment::path(dir, self.base, TIME_INDEX_SUFFIX),
+                self.time_index.encode(),
+            ),
+        ]
     }
 
     /// Loads both index files, validating them against the segment; `None`
@@ -449,6 +451,21 @@ impl Segment {
         drop(self.file);
         remove_segment_files(fs, dir, base).await
     }
+}
+
+/// Writes each file in full and syncs it.
+pub(crate) async fn write_files_synced(fs: &Fs, files: Vec<(PathBuf, Vec<u8>)>) -> Result<()> {
+    for (path, bytes) in files {
+        let ctx = |e| Error::io(format!("writing {}", path.display()), e);
+        let file = fs.open(&path, true).await.map_err(ctx)?;
+        let len = bytes.len() as u64;
+        if !bytes.is_empty() {
+            file.write_all_at(bytes, 0).await.map_err(ctx)?;
+        }
+        file.set_len(len).await.map_err(ctx)?;
+        file.sync_data().await.map_err(ctx)?;
+    }
+    Ok(())
 }
 
 /// Removes a segment's log and index files (absent ones are fine).
