@@ -260,7 +260,6 @@ fn run_engine(
         } else {
             sluice_engine::io::Fs::Os
         },
-        log: log.clone(),
         ..EngineConfig::default()
     };
     if let Some(shards) = args.shards {
@@ -459,7 +458,9 @@ fn measure_idle_partitions(args: &Args) -> Result<(usize, u64), String> {
     })?;
     let after = rss_bytes()?;
     drop(runtime);
-    engine.shutdown().map_err(|e| format!("engine shutdown: {e}"))?;
+    engine
+        .shutdown()
+        .map_err(|e| format!("engine shutdown: {e}"))?;
     remove_dir(&data_dir)?;
     let per_partition = after.saturating_sub(before) / args.idle_partitions as u64;
     Ok((args.idle_partitions, per_partition))

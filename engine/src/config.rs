@@ -59,8 +59,9 @@ impl Default for LogConfig {
     }
 }
 
-/// Kafka's smallest `segment.bytes`: a segment must hold at least one batch
-/// header, and file positions in the index are 32-bit.
+/// Kafka's smallest `segment.bytes` (its legacy record overhead; a smaller
+/// segment still takes one whole batch, since a segment never splits one)
+/// and largest (file positions in the index are 32-bit).
 pub const MIN_SEGMENT_BYTES: u64 = 14;
 pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 

@@ -14,8 +14,8 @@ pub enum Error {
     /// batches (Kafka: CORRUPT_MESSAGE).
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] BatchError),
-    /// A batch, or a whole append, is larger than the configured maximum
-    /// (Kafka: MESSAGE_TOO_LARGE).
+    /// A batch is larger than the configured maximum (Kafka:
+    /// MESSAGE_TOO_LARGE).
     #[error("record batch of {size} bytes exceeds the maximum of {max} bytes")]
     BatchTooLarge { size: usize, max: usize },
     /// A follower append whose offsets do not continue the log.
@@ -27,16 +27,18 @@ pub enum Error {
         log_start: Offset,
         log_end: Offset,
     },
-    /// The disk is full. The partial write was cut off again and the log is
-    /// still consistent; appends may succeed once space is freed.
+    /// The disk is full. On the append path the partial write is cut off
+    /// again and the log stays online, so appends may succeed once space is
+    /// freed; elsewhere (roll, checkpoints) the log goes offline as for any
+    /// other write error.
     #[error("no space left on device ({context})")]
     NoSpace {
         context: String,
         #[source]
         source: Arc<io::Error>,
     },
-    /// An I/O error the log cannot vouch for having survived. The log went
-    /// offline when it happened.
+    /// An I/O error. A failed write or fsync also takes the log offline; a
+    /// failed read or open leaves it as it was.
     #[error("I/O error ({context})")]
     Io {
         context: String,

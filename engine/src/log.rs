@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::batch::{self, BatchHeader};
+use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::config::LogConfig;
 use crate::epoch_cache::{self, EpochCache};
 use crate::error::{Error, Result};
@@ -98,7 +98,8 @@ pub struct ReadResult {
 /// What recovery did when the log was opened.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecoveryReport {
-    /// The checkpointed recovery point recovery started from, if usable.
+    /// The checkpointed recovery point recovery started from, if it was
+    /// found and usable.
     pub recovery_point: Option<Offset>,
     pub segments_scanned: usize,
     pub bytes_scanned: u64,
@@ -189,6 +190,12 @@ impl Log {
         fs.create_dir_all(&dir)
             .await
             .map_err(|e| ctx("creating", e))?;
+        // The partition directory's own name must survive a power loss.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.sync_dir(parent)
+                .await
+                .map_err(|e| ctx("syncing the parent of", e))?;
+        }
         let names = fs.list_dir(&dir).await.map_err(|e| ctx("listing", e))?;
         let mut bases = Vec::new();
         for name in &names {
@@ -249,12 +256,10 @@ impl Log {
         recovery_point: Option<RecoveryPoint>,
         now_ms: u64,
     ) -> Result<RecoveryReport> {
-        let mut report = RecoveryReport {
-            recovery_point: recovery_point.map(|rp| rp.offset),
-            ..RecoveryReport::default()
-        };
+        let mut report = RecoveryReport::default();
         let scan_from_base = recovery_point.map_or(Offset(i64::MIN), |rp| rp.segment_base);
-        let mut scanned_any = false;
+        // Segments recovery read and may have cut: made durable at the end.
+        let mut scanned: Vec<Offset> = Vec::new();
         let mut epoch_starts = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let path = Segment::path(&self.dir, base, segment::LOG_SUFFIX);
@@ -274,10 +279,11 @@ impl Log {
             } else if let Some(rp) = recovery_point.filter(|rp| rp.segment_base == base) {
                 if self.restore_up_to(&mut seg, file_len, rp).await? {
                     start = rp.position;
+                    report.recovery_point = Some(rp.offset);
                 }
             }
             let scan = seg.scan(start, file_len, &self.config).await?;
-            scanned_any = true;
+            scanned.push(base);
             report.segments_scanned += 1;
             report.bytes_scanned += scan.end.0 - start.0;
             report.batches_recovered += scan.batches;
@@ -326,7 +332,7 @@ impl Log {
             let seg =
                 Segment::create(&self.fs, &self.dir, Offset::ZERO, &self.config, now_ms).await?;
             self.segments.insert(Offset::ZERO, seg);
-            scanned_any = true;
+            scanned.push(Offset::ZERO);
         }
         // Drop empty segments that a crash left behind before the active one.
         let empty_old: Vec<Offset> = self
@@ -364,9 +370,9 @@ impl Log {
 
         // What recovery kept is made durable, and the next recovery starts
         // after it.
-        if scanned_any {
+        if !scanned.is_empty() {
             let last_base = self.active().base;
-            for seg in self.segments.range(scan_from_base..).map(|(_, s)| s) {
+            for seg in scanned.iter().filter_map(|b| self.segments.get(b)) {
                 seg.file
                     .sync_data()
                     .await
@@ -462,6 +468,11 @@ impl Log {
             time_index,
             (rp.max_timestamp, rp.max_timestamp_offset),
         );
+        // segment.ms counts from the first batch's timestamp.
+        let mut window = Window::new(&seg.file, rp.position.0, HEADER_LEN);
+        if let Ok(Some(first)) = window.header_at(0, self.config.max_batch_bytes).await {
+            seg.first_batch_timestamp = Some(first.max_timestamp);
+        }
         Ok(true)
     }
 
@@ -516,6 +527,10 @@ impl Log {
 
     /// When a `flush.ms` flush falls due, if one is pending.
     pub fn next_flush_deadline_ms(&self) -> Option<u64> {
+        if self.offline.is_some() {
+            // Nothing will ever flush it; the shard must not wake for it.
+            return None;
+        }
         self.policy.next_deadline_ms()
     }
 
@@ -579,9 +594,10 @@ impl Log {
             .unwrap_or(Err(Error::InvalidConfig("empty append group".into())))
     }
 
-    /// Appends several requests in one go (group commit): one write per
-    /// segment touched and at most one fsync, with a result per request in
-    /// order. A request that fails validation fails alone; an I/O error
+    /// Appends several requests in one go (group commit): one vectored
+    /// write per segment touched and at most one fsync of the active segment
+    /// (a roll in between flushes the old one in the background), with a
+    /// result per request in order. A request that fails validation fails alone; an I/O error
     /// fails every request not yet written.
     pub async fn append_group(
         &mut self,
@@ -620,7 +636,7 @@ impl Log {
                 now_ms,
                 &self.config,
             ) {
-                if let Err(e) = self.write_staged(&mut staged, &mut results).await {
+                if let Err(e) = self.write_staged(&mut staged, &mut results, now_ms).await {
                     failure = Some(e.clone());
                     results.push(Err(e));
                     continue;
@@ -645,7 +661,7 @@ impl Log {
             results.push(Ok(info));
         }
         if failure.is_none() {
-            if let Err(e) = self.write_staged(&mut staged, &mut results).await {
+            if let Err(e) = self.write_staged(&mut staged, &mut results, now_ms).await {
                 failure = Some(e);
             }
         }
@@ -717,7 +733,9 @@ impl Log {
             AppendMode::Follower => {
                 let mut expected = next;
                 for header in &headers {
-                    if header.base_offset < expected.0 {
+                    // Offsets must continue the log exactly: nothing here
+                    // compacts, and recovery treats a gap as lost data.
+                    if header.base_offset != expected.0 {
                         return Err(Error::NonContiguousAppend {
                             first: Offset(header.base_offset),
                             log_end: expected,
@@ -736,6 +754,7 @@ impl Log {
         &mut self,
         staged: &mut Staged,
         results: &mut [Result<AppendInfo>],
+        now_ms: u64,
     ) -> Result<()> {
         if staged.len == 0 {
             return Ok(());
@@ -764,6 +783,7 @@ impl Log {
             return Err(self.fail(err));
         }
         let interval = self.config.index_interval_bytes;
+        self.active_mut().last_append_ms = now_ms;
         let mut pos = start;
         let mut epoch_changed = false;
         for header in &headers {
@@ -795,8 +815,13 @@ impl Log {
             return Ok(());
         }
         let base = self.log_end_offset();
+        self.active_mut().seal();
         let old = self.active();
-        let (file, indexes, fs) = (old.file.clone(), old.index_files(&self.dir), self.fs.clone());
+        let (file, indexes, fs) = (
+            old.file.clone(),
+            old.index_files(&self.dir),
+            self.fs.clone(),
+        );
         let task = compio::runtime::spawn(async move {
             file.sync_data()
                 .await
@@ -1089,9 +1114,12 @@ impl Log {
         self.reap_background_flushes(true).await?;
         let now = now_ms as i64;
         let expired = |seg: &Segment, retention_ms: Option<u64>| {
-            retention_ms.is_some_and(|r| {
-                !seg.is_empty() && seg.max_timestamp < now.saturating_sub(r as i64)
-            })
+            let newest = if seg.max_timestamp >= 0 {
+                seg.max_timestamp
+            } else {
+                seg.last_append_ms as i64
+            };
+            retention_ms.is_some_and(|r| !seg.is_empty() && newest < now.saturating_sub(r as i64))
         };
         let mut deleted = 0;
         if self.segments.len() == 1 && expired(self.active(), self.config.retention_ms) {
@@ -1131,7 +1159,9 @@ impl Log {
                 return Err(self.fail(Error::io("syncing the log directory after retention", e)));
             }
             if self.epochs.truncate_from_start(self.log_start) {
-                self.persist_epochs().await?;
+                if let Err(e) = self.persist_epochs().await {
+                    return Err(self.fail(e));
+                }
             }
             info!(dir = %self.dir.display(), deleted, log_start_offset = %self.log_start, "retention deleted segments");
         }

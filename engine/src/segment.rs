@@ -143,6 +143,10 @@ pub struct Segment {
     /// When this process created or opened the segment; `segment.ms`
     /// counts from here when batches carry no timestamps.
     pub(crate) created_ms: u64,
+    /// When this process last appended here (or opened the segment):
+    /// `retention.ms` measures from here when batches carry no timestamps,
+    /// where Kafka would use the file's modification time.
+    pub(crate) last_append_ms: u64,
 }
 
 impl Segment {
@@ -164,6 +168,7 @@ impl Segment {
             max_timestamp_offset: base,
             first_batch_timestamp: None,
             created_ms: now_ms,
+            last_append_ms: now_ms,
         }
     }
 
@@ -212,8 +217,9 @@ impl Segment {
             };
             waited >= max_age as i64
         });
-        // Relative offsets in the indexes are 32-bit.
-        let offsets_exhausted = self.next_offset.0 - self.base.0 > i64::from(u32::MAX) / 2;
+        // Relative offsets in the indexes are 32-bit; leave room for any one
+        // batch (at most i32::MAX records).
+        let offsets_exhausted = self.next_offset.0 - self.base.0 > i64::from(u32::MAX / 2);
         too_big || too_old || self.index.is_full() || self.time_index.is_full() || offsets_exhausted
     }
 
@@ -227,15 +233,17 @@ impl Segment {
         debug_assert_eq!(position.0, self.size, "batches are contiguous");
         debug_assert!(header.base_offset >= self.next_offset.0);
         let len = header.total_len() as u64;
-        if self.bytes_since_index_entry >= index_interval_bytes || self.index.is_empty() {
-            self.index.append(Offset(header.base_offset), position);
-            self.bytes_since_index_entry = 0;
-        }
         if header.max_timestamp > self.max_timestamp {
             self.max_timestamp = header.max_timestamp;
             self.max_timestamp_offset = Offset(header.base_offset);
+        }
+        // As in Kafka, the time index gets an entry (the maximum so far)
+        // only when the offset index does, so both stay sparse.
+        if self.bytes_since_index_entry >= index_interval_bytes || self.index.is_empty() {
+            self.index.append(Offset(header.base_offset), position);
             self.time_index
-                .maybe_append(header.max_timestamp, Offset(header.base_offset));
+                .maybe_append(self.max_timestamp, self.max_timestamp_offset);
+            self.bytes_since_index_entry = 0;
         }
         self.first_batch_timestamp
             .get_or_insert(header.max_timestamp);
@@ -281,9 +289,9 @@ impl Segment {
                 .last()
                 .map(|(h, _): &(BatchHeader, u64)| h.last_offset() + 1)
                 .unwrap_or(self.next_offset.0);
-            if header.base_offset < expected {
+            if header.base_offset != expected {
                 break ScanStop::Invalid(format!(
-                    "batch at position {pos} has base offset {} but offsets must continue from {expected}",
+                    "batch at position {pos} has base offset {} but offsets continue from {expected}",
                     header.base_offset
                 ));
             }
@@ -396,6 +404,16 @@ impl Segment {
         write_files_synced(fs, self.index_files(dir)).await
     }
 
+    /// Records the segment's final maximum timestamp in its time index, as
+    /// Kafka does when a segment stops being active, so a reopened segment
+    /// knows its maximum timestamp from the index alone.
+    pub(crate) fn seal(&mut self) {
+        if !self.is_empty() {
+            self.time_index
+                .maybe_append(self.max_timestamp, self.max_timestamp_offset);
+        }
+    }
+
     /// The index files' paths and contents, for writing elsewhere (a
     /// background flush after a roll).
     pub(crate) fn index_files(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -470,7 +488,9 @@ pub(crate) async fn write_files_synced(fs: &Fs, files: Vec<(PathBuf, Vec<u8>)>) 
 
 /// Removes a segment's log and index files (absent ones are fine).
 pub(crate) async fn remove_segment_files(fs: &Fs, dir: &Path, base: Offset) -> Result<()> {
-    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+    // The .log goes last: a crash in between leaves a segment whose index
+    // files are missing (rebuilt on open), never orphaned index files.
+    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
         let path = Segment::path(dir, base, suffix);
         match fs.remove_file(&path).await {
             Ok(()) => {}

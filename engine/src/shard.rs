@@ -93,7 +93,7 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Number of shard threads; defaults to the number of cores.
     pub shards: usize,
-    /// Pin shard `i` to core `i % cores`.
+    /// Pin shard `i` to the `i`-th CPU this process may run on (wrapping).
     pub pin_cores: bool,
     pub io_driver: IoDriver,
     /// The filesystem: the real one, or the crash simulator in tests.
@@ -113,8 +113,6 @@ pub struct EngineConfig {
     /// How often each shard applies retention (Kafka's
     /// `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
-    /// The configuration of logs opened without one.
-    pub log: LogConfig,
 }
 
 impl Default for EngineConfig {
@@ -130,7 +128,6 @@ impl Default for EngineConfig {
             ring_entries: 1024,
             remote_wakes_max: REMOTE_WAKES_MAX,
             retention_check_interval_ms: 300_000,
-            log: LogConfig::default(),
         }
     }
 }
@@ -377,6 +374,22 @@ fn choose_backend(driver: IoDriver, ring_entries: u32) -> Result<Backend> {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask, which a cgroup or
+/// `taskset` may have narrowed), in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
 /// A stable hash (FNV-1a) of a partition's name: the same partition lands
 /// on the same shard in every process, whatever the standard library's
 /// hasher seed.
@@ -404,9 +417,8 @@ impl Engine {
                 "queue capacity and commands per turn must be positive".into(),
             ));
         }
-        config.log.validate()?;
         let backend = choose_backend(config.io_driver, config.ring_entries)?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = allowed_cpus();
         let mut handles = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
         for id in 0..config.shards {
@@ -423,8 +435,8 @@ impl Engine {
             builder
                 .with_proactor(proactor)
                 .sync_queue_size(config.remote_wakes_max.max(config.queue_capacity));
-            if config.pin_cores {
-                builder.thread_affinity(HashSet::from([id % cores]));
+            if config.pin_cores && !cpus.is_empty() {
+                builder.thread_affinity(HashSet::from([cpus[id % cpus.len()]]));
             }
             let (fs, data_dir) = (config.fs.clone(), config.data_dir.clone());
             let (turn_commands_max, retention_check_interval_ms) =

@@ -432,3 +432,23 @@ fn recovery_truncates_a_torn_tail_and_keeps_flushed_batches() {
         assert_eq!(read_all(&log).await.len(), 5);
     });
 }
+
+#[test]
+fn retention_ms_uses_the_append_time_when_batches_carry_no_timestamp() {
+    on_each_backend(|_, fs, dir| async move {
+        let config = LogConfig {
+            retention_ms: Some(60_000),
+            ..small_segments()
+        };
+        let mut log = open(&fs, &dir, config).await;
+        for _ in 0..20 {
+            log.append(batch(2, 200, -1), LEADER, NOW).await.unwrap();
+        }
+        // A missing timestamp (-1) is not "older than everything".
+        assert_eq!(log.apply_retention(NOW + 1_000).await.unwrap(), 0);
+        assert_eq!(log.log_start_offset(), Offset(0));
+        // Once the appends themselves are older than retention.ms, they go.
+        assert!(log.apply_retention(NOW + 120_000).await.unwrap() > 0);
+        assert_eq!(log.log_start_offset(), Offset(40));
+    });
+}
