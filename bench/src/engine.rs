@@ -156,7 +156,7 @@ pub fn run(args: Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("creating {:?}: {e}", args.dir))?;
 
     let (engine, backend) = run_engine(&args, &batch, batches, records_per_batch)?;
-    let raw = run_raw(&args.dir, &batch, batches, args.flush)?;
+    let raw = run_raw(&args.dir, &batch, batches, args.flush, args.segment_bytes)?;
 
     let idle = if args.idle_partitions > 0 {
         Some(measure_idle_partitions(&args)?)
@@ -359,7 +359,17 @@ fn run_engine(
     Ok((outcome, backend))
 }
 
-fn run_raw(dir: &Path, batch: &[u8], batches: u64, flush: FlushMode) -> Result<Outcome, String> {
+/// The baseline: `pwrite` the same block sequentially, with `fdatasync` at
+/// the engine's cadence: after every write for `every-batch`, every N ms for
+/// `ms:N`, and in every mode each time `segment.bytes` is crossed, since
+/// the engine flushes a segment when it rolls.
+fn run_raw(
+    dir: &Path,
+    batch: &[u8],
+    batches: u64,
+    flush: FlushMode,
+    segment_bytes: u64,
+) -> Result<Outcome, String> {
     let path = dir.join("sluice-bench-raw.dat");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -375,12 +385,14 @@ fn run_raw(dir: &Path, batch: &[u8], batches: u64, flush: FlushMode) -> Result<O
     for _ in 0..batches {
         file.write_all_at(batch, pos)
             .map_err(|e| format!("raw write: {e}"))?;
+        let rolled = (pos + batch.len() as u64) / segment_bytes.max(1) > pos / segment_bytes.max(1);
         pos += batch.len() as u64;
-        let due = match flush {
-            FlushMode::None => false,
-            FlushMode::EveryBatch => true,
-            FlushMode::IntervalMs(ms) => last_sync.elapsed() >= Duration::from_millis(ms),
-        };
+        let due = rolled
+            || match flush {
+                FlushMode::None => false,
+                FlushMode::EveryBatch => true,
+                FlushMode::IntervalMs(ms) => last_sync.elapsed() >= Duration::from_millis(ms),
+            };
         if due {
             file.sync_data()
                 .map_err(|e| format!("raw fdatasync: {e}"))?;
