@@ -1,0 +1,195 @@
+//! Framing and the request header: a 4-byte big-endian length, then the
+//! header and body, all encoded by `kafka-protocol` (no hand-written
+//! layouts). This module decides which API versions the broker accepts; the
+//! handlers decode bodies at those versions.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+/// The APIs and versions this broker implements, and so advertises in
+/// ApiVersions. Ranges stop where a version would need a feature the broker
+/// lacks (Fetch v13+ addresses topics by id only, for instance).
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+];
+
+pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(key, _, _)| *key == api_key)
+        .map(|&(_, min, max)| (min, max))
+}
+
+/// Why a frame could not be turned into a request.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {0} bytes is too short for a request header")]
+    TooShort(usize),
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("{api_key:?} version {version} is not supported")]
+    UnsupportedVersion {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    },
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+}
+
+/// A decoded request header and the undecoded body.
+#[derive(Debug)]
+pub struct Request {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: Bytes,
+}
+
+/// Splits a frame (without its length prefix) into header and body.
+pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
+    if frame.len() < 8 {
+        return Err(DecodeError::TooShort(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(raw_key).map_err(|_| DecodeError::UnknownApiKey(raw_key))?;
+    match supported_range(api_key) {
+        Some((min, max)) if (min..=max).contains(&version) => {}
+        _ => {
+            return Err(DecodeError::UnsupportedVersion {
+                api_key,
+                version,
+                correlation_id,
+            })
+        }
+    }
+    let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
+        .map_err(|e| DecodeError::Malformed {
+            what: "request header",
+            reason: e.to_string(),
+        })?;
+    Ok(Request {
+        api_key,
+        version,
+        header,
+        body: frame,
+    })
+}
+
+/// Decodes a request body at the request's version.
+pub fn decode_body<T: Decodable>(request: &Request) -> Result<T, DecodeError> {
+    let mut body = request.body.clone();
+    let value = T::decode(&mut body, request.version).map_err(|e| DecodeError::Malformed {
+        what: "request body",
+        reason: e.to_string(),
+    })?;
+    if body.has_remaining() {
+        return Err(DecodeError::Malformed {
+            what: "request body",
+            reason: format!("{} bytes left over", body.remaining()),
+        });
+    }
+    Ok(value)
+}
+
+/// Encodes a response with its header and length prefix.
+pub fn encode_response<T: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> anyhow_free::Result<Vec<u8>> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut buf, api_key.response_header_version(version))
+        .map_err(anyhow_free::Error::from_display)?;
+    body.encode(&mut buf, version)
+        .map_err(anyhow_free::Error::from_display)?;
+    let len = i32::try_from(buf.len() - 4)
+        .map_err(|_| anyhow_free::Error("response too large".into()))?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.to_vec())
+}
+
+/// A tiny error type so this crate does not depend on anyhow.
+pub mod anyhow_free {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    pub struct Error(pub String);
+
+    impl Error {
+        pub fn from_display(e: impl std::fmt::Display) -> Error {
+            Error(e.to_string())
+        }
+    }
+
+    pub type Result<T> = std::result::Result<T, Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::ApiVersionsRequest;
+
+    fn frame(api_key: i16, version: i16, header_version: i16) -> Bytes {
+        let mut header = RequestHeader::default();
+        header.request_api_key = api_key;
+        header.request_api_version = version;
+        header.correlation_id = 7;
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, header_version).unwrap();
+        if let Ok(key) = ApiKey::try_from(api_key) {
+            if key == ApiKey::ApiVersions && version <= 3 {
+                ApiVersionsRequest::default()
+                    .encode(&mut buf, version)
+                    .unwrap();
+            }
+        }
+        buf.freeze()
+    }
+
+    #[test]
+    fn headers_decode_and_bad_ones_say_why() {
+        let request = decode_request(frame(18, 3, 2)).unwrap();
+        assert_eq!(request.api_key, ApiKey::ApiVersions);
+        assert_eq!(request.header.correlation_id, 7);
+        let body: ApiVersionsRequest = decode_body(&request).unwrap();
+        assert_eq!(body, ApiVersionsRequest::default());
+        assert!(matches!(
+            decode_request(frame(999, 0, 1)),
+            Err(DecodeError::UnknownApiKey(999))
+        ));
+        assert!(matches!(
+            decode_request(frame(18, 99, 1)),
+            Err(DecodeError::UnsupportedVersion {
+                correlation_id: 7,
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode_request(Bytes::from_static(b"abc")),
+            Err(DecodeError::TooShort(3))
+        ));
+        // A header that claims a client id longer than the frame.
+        let mut bad = BytesMut::new();
+        bad.put_i16(18);
+        bad.put_i16(1);
+        bad.put_i32(1);
+        bad.put_i16(500);
+        assert!(matches!(
+            decode_request(bad.freeze()),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+}

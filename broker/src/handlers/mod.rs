@@ -1,0 +1,57 @@
+//! One module per Kafka API. Each decodes its request body, does the work
+//! (reaching partitions through their shards) and encodes its response.
+
+pub mod api_versions;
+pub mod create_topics;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::StrBytes;
+
+use crate::codec::{DecodeError, Request};
+use crate::Broker;
+
+/// What a handler produced: bytes to send, or nothing (Produce with
+/// `acks=0` gets no response).
+pub type Reply = Result<Option<Vec<u8>>, DecodeError>;
+
+pub async fn dispatch(broker: &Broker, request: Request) -> Reply {
+    match request.api_key {
+        ApiKey::ApiVersions => api_versions::handle(&request),
+        ApiKey::Metadata => metadata::handle(broker, &request).await,
+        ApiKey::Produce => produce::handle(broker, &request).await,
+        ApiKey::Fetch => fetch::handle(broker, &request).await,
+        ApiKey::ListOffsets => list_offsets::handle(broker, &request).await,
+        ApiKey::CreateTopics => create_topics::handle(broker, &request).await,
+        other => Err(DecodeError::UnsupportedVersion {
+            api_key: other,
+            version: request.version,
+            correlation_id: request.header.correlation_id,
+        }),
+    }
+}
+
+/// Encodes `body` as the response to `request`.
+pub(crate) fn respond<T: kafka_protocol::protocol::Encodable>(
+    request: &Request,
+    body: &T,
+) -> Reply {
+    crate::codec::encode_response(
+        request.api_key,
+        request.version,
+        request.header.correlation_id,
+        body,
+    )
+    .map(Some)
+    .map_err(|e| DecodeError::Malformed {
+        what: "response",
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}

@@ -1,0 +1,30 @@
+//! Sluice's broker shell: the Kafka wire protocol over the storage engine.
+//!
+//! # Layout
+//!
+//! - [`config`]: `server.properties` and `--set` overrides, Kafka's names.
+//! - [`codec`]: framing, request headers, the supported API versions.
+//! - [`topics`]: the topic registry (names, partition counts, configs).
+//! - [`server`]: listeners on every shard (`SO_REUSEPORT`), connections,
+//!   request dispatch.
+//! - [`handlers`]: one module per Kafka API.
+//! - [`errors`]: engine errors as Kafka error codes.
+
+pub mod codec;
+pub mod config;
+pub mod errors;
+pub mod handlers;
+pub mod server;
+pub mod topics;
+
+use std::sync::Arc;
+
+use sluice_engine::Engine;
+
+/// What every connection shares. Read-mostly; the engine is reached by
+/// messages to its shards.
+pub struct Broker {
+    pub config: config::BrokerConfig,
+    pub engine: Arc<Engine>,
+    pub topics: topics::Topics,
+}

@@ -1,0 +1,131 @@
+//! `sluice`: the broker. `sluice` alone starts a single node on
+//! 127.0.0.1:9092 with data in ./sluice-data; `sluice serve --config
+//! server.properties --set key=value` reads Kafka-style configuration.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use sluice_broker::config::BrokerConfig;
+use sluice_broker::server;
+
+#[derive(Parser)]
+#[command(name = "sluice", about = "A Kafka-compatible message log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (the default).
+    Serve {
+        /// A Kafka-style server.properties file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override one setting, e.g. --set log.dirs=/data (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset; the mask
+    // is set before any other thread exists, so every thread inherits it and
+    // only the main thread's sigwait sees these signals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn load_pairs(config: Option<PathBuf>, set: Vec<String>) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    if let Some(path) = config {
+        let file =
+            std::fs::File::open(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let map = java_properties::read(std::io::BufReader::new(file))
+            .map_err(|e| format!("parsing {}: {e}", path.display()))?;
+        let mut entries: Vec<(String, String)> = map.into_iter().collect();
+        entries.sort();
+        pairs.extend(entries);
+    }
+    for item in set {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--set {item:?}: expected KEY=VALUE"))?;
+        pairs.push((key.trim().to_string(), value.to_string()));
+    }
+    Ok(pairs)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let (config, set) = match cli.command {
+        Some(Command::Serve { config, set }) => (config, set),
+        None => (None, Vec::new()),
+    };
+    let signals = block_termination_signals();
+    let pairs = match load_pairs(config, set) {
+        Ok(pairs) => pairs,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            std::process::exit(2);
+        }
+    };
+    let config = match BrokerConfig::from_pairs(&pairs) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            std::process::exit(2);
+        }
+    };
+    let listen = config.listen;
+    let broker = match server::start(config) {
+        Ok(broker) => broker,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("sluice listening on {listen}");
+    use std::io::Write;
+    drop(std::io::stdout().flush());
+    let mut signal = 0;
+    // SAFETY: `signals` is the set blocked above; sigwait stores the signal.
+    unsafe { libc::sigwait(&signals, &mut signal) };
+    tracing::info!(signal, "shutting down: flushing and closing logs");
+    // Connections hold the broker too; the engine shuts down when the last
+    // reference goes, so shut it down explicitly through its shards.
+    let shards = broker.engine.shards().to_vec();
+    let runtime = sluice_engine::shard::client_runtime();
+    let mut failed = false;
+    if let Ok(runtime) = runtime {
+        for shard in shards {
+            for (name, state) in broker.topics.all() {
+                for p in 0..state.partitions {
+                    let tp = sluice_engine::TopicPartition::new(name.clone(), p);
+                    if broker.engine.shard_for(&tp).id() != shard.id() {
+                        continue;
+                    }
+                    if let Err(e) = runtime.block_on(shard.close(tp.clone(), false)) {
+                        tracing::error!(partition = %tp, error = %e, "closing a log failed");
+                        failed = true;
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("shutdown complete");
+    std::process::exit(if failed { 1 } else { 0 });
+}

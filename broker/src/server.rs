@@ -1,0 +1,163 @@
+//! Listeners and connections, on the engine's shard threads.
+//!
+//! Every shard binds its own listener on the same address with
+//! `SO_REUSEPORT`, so the kernel spreads connections over the shards and a
+//! connection lives on one shard thread from accept to close. A connection
+//! reads one request at a time and answers it before reading the next, so
+//! responses leave in request order and each connection has at most one
+//! request in flight; clients that pipeline simply wait in the socket
+//! buffer. A frame's length is checked against `socket.request.max.bytes`
+//! before anything is allocated for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::net::{TcpListener, TcpStream};
+use kafka_protocol::messages::ApiKey;
+use sluice_engine::{Engine, EngineConfig};
+use tracing::{debug, info, warn};
+
+use crate::codec::{self, DecodeError};
+use crate::config::BrokerConfig;
+use crate::handlers;
+use crate::topics::Topics;
+use crate::Broker;
+
+/// Starts the engine, loads the topics on disk, and listens on every shard.
+pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
+    let mut engine_config = EngineConfig {
+        data_dir: config.log_dir.clone(),
+        io_driver: config.io_driver,
+        ..EngineConfig::default()
+    };
+    if let Some(shards) = config.shards {
+        engine_config.shards = shards;
+    }
+    let engine = Arc::new(
+        Engine::start(engine_config).map_err(|e| format!("starting the storage engine: {e}"))?,
+    );
+    let topics = Topics::default();
+    let runtime =
+        sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
+    runtime
+        .block_on(topics.load(&engine, &config.log))
+        .map_err(|e| format!("opening the logs in {}: {e}", config.log_dir.display()))?;
+    let broker = Arc::new(Broker {
+        config,
+        engine,
+        topics,
+    });
+    for shard in broker.engine.shards() {
+        let listener = bind_reuseport(broker.config.listen)
+            .map_err(|e| format!("listening on {}: {e}", broker.config.listen))?;
+        let for_shard = broker.clone();
+        let id = shard.id();
+        runtime
+            .block_on(shard.spawn(move || match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    compio::runtime::spawn(accept_loop(listener, for_shard, id)).detach()
+                }
+                Err(e) => warn!(shard = id, error = %e, "cannot register the listener"),
+            }))
+            .map_err(|e| format!("starting the listener on shard {id}: {e}"))?;
+    }
+    info!(addr = %broker.config.listen, shards = broker.engine.shard_count(), backend = %broker.engine.backend(), "broker started");
+    Ok(broker)
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, shard: usize) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                debug!(shard, %peer, "connection accepted");
+                compio::runtime::spawn(serve_connection(stream, peer, broker.clone())).detach();
+            }
+            Err(e) => {
+                // Out of descriptors, most likely: back off rather than spin.
+                warn!(shard, error = %e, "accept failed");
+                compio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads exactly `len` bytes, or `None` at a clean end of stream.
+async fn read_exact(stream: &mut TcpStream, len: usize) -> std::io::Result<Vec<u8>> {
+    let compio::BufResult(result, buf) = stream.read_exact(Vec::with_capacity(len)).await;
+    result.map(|()| buf)
+}
+
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+    let max = broker.config.socket_request_max_bytes;
+    loop {
+        let prefix = match read_exact(&mut stream, 4).await {
+            Ok(prefix) => prefix,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Err(e) => {
+                debug!(%peer, error = %e, "connection read failed");
+                return;
+            }
+        };
+        let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        if len <= 0 || len as usize > max {
+            warn!(%peer, len, max, "closing connection: frame length outside (0, socket.request.max.bytes]");
+            return;
+        }
+        let frame = match read_exact(&mut stream, len as usize).await {
+            Ok(frame) => Bytes::from(frame),
+            Err(e) => {
+                debug!(%peer, error = %e, "client went away mid-request");
+                return;
+            }
+        };
+        let reply = match codec::decode_request(frame) {
+            Ok(request) => {
+                let api_key = request.api_key;
+                match handlers::dispatch(&broker, request).await {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
+                        return;
+                    }
+                }
+            }
+            Err(DecodeError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                correlation_id,
+                version,
+            }) => {
+                debug!(%peer, version, "ApiVersions at an unknown version: answering with v0");
+                handlers::api_versions::unsupported_version(correlation_id)
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "closing connection: undecodable request");
+                return;
+            }
+        };
+        if let Some(bytes) = reply {
+            let compio::BufResult(result, _) = stream.write_all(bytes).await;
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "connection write failed");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The topic registry: which topics exist, with how many partitions and
+//! which log configuration.
+//!
+//! Until the controller quorum exists, the registry is rebuilt at start-up
+//! from the partition directories on disk, and topics are created here.
+//! A read-write lock guards it: it is read once per request, never on the
+//! engine's append or read path, and written only when a topic is created.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use sluice_engine::{Engine, LogConfig, TopicPartition};
+use tracing::info;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicState {
+    pub partitions: i32,
+    pub config: LogConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Topics {
+    inner: Arc<RwLock<BTreeMap<String, TopicState>>>,
+}
+
+/// Why a topic could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("topic {0:?} already exists")]
+    Exists(String),
+    #[error("invalid topic name {0:?}: {1}")]
+    InvalidName(String, &'static str),
+    #[error("opening the partitions failed: {0}")]
+    Engine(#[from] sluice_engine::Error),
+}
+
+/// Kafka's topic-name rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > 249 {
+        return Err("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("'.' and '..' are not allowed");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+impl Topics {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TopicState>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<TopicState> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<(String, TopicState)> {
+        self.read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Opens every partition directory the engine finds and registers the
+    /// topics, with `config` as their log configuration.
+    pub async fn load(&self, engine: &Engine, config: &LogConfig) -> sluice_engine::Result<()> {
+        let mut counts: HashMap<String, i32> = HashMap::new();
+        for tp in engine.existing_partitions()? {
+            if validate_name(&tp.topic).is_err() || tp.partition < 0 {
+                continue;
+            }
+            let report = engine.open(tp.clone(), config.clone()).await?;
+            if report.bytes_truncated > 0 {
+                info!(partition = %tp, bytes = report.bytes_truncated, "recovery truncated a partition");
+            }
+            let count = counts.entry(tp.topic.clone()).or_default();
+            *count = (*count).max(tp.partition + 1);
+        }
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for (topic, partitions) in counts {
+            // A missing middle partition directory is recreated empty.
+            for p in 0..partitions {
+                let tp = TopicPartition::new(topic.clone(), p);
+                match engine.open(tp, config.clone()).await {
+                    Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            map.insert(
+                topic,
+                TopicState {
+                    partitions,
+                    config: config.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates a topic: opens its partitions on their shards, then makes
+    /// it visible. Two concurrent creations of one topic both succeed.
+    pub async fn create(
+        &self,
+        engine: &Engine,
+        name: &str,
+        state: TopicState,
+    ) -> Result<TopicState, CreateError> {
+        validate_name(name).map_err(|why| CreateError::InvalidName(name.to_string(), why))?;
+        if self.get(name).is_some() {
+            return Err(CreateError::Exists(name.to_string()));
+        }
+        for p in 0..state.partitions {
+            let tp = TopicPartition::new(name, p);
+            match engine.open(tp, state.config.clone()).await {
+                Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(name.to_string()).or_insert(state).clone();
+        info!(topic = name, partitions = entry.partitions, "created topic");
+        Ok(entry)
+    }
+
+    /// The topic's state, creating it with the broker defaults if it is
+    /// missing and `auto_create` allows.
+    pub async fn get_or_create(
+        &self,
+        engine: &Engine,
+        name: &str,
+        auto_create: bool,
+        defaults: impl FnOnce() -> TopicState,
+    ) -> Result<Option<TopicState>, CreateError> {
+        if let Some(state) = self.get(name) {
+            return Ok(Some(state));
+        }
+        if !auto_create {
+            return Ok(None);
+        }
+        match self.create(engine, name, defaults()).await {
+            Ok(state) => Ok(Some(state)),
+            Err(CreateError::Exists(_)) => Ok(self.get(name)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_name;
+
+    #[test]
+    fn topic_names_follow_kafkas_rules() {
+        for good in ["a", "orders.v1", "A_b-c", &"x".repeat(249)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "has space", "slash/", "ü", &"x".repeat(250)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}
