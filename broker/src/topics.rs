@@ -85,8 +85,7 @@ impl Topics {
             let count = counts.entry(tp.topic.clone()).or_default();
             *count = (*count).max(tp.partition + 1);
         }
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        for (topic, partitions) in counts {
+        for (topic, &partitions) in &counts {
             // A missing middle partition directory is recreated empty.
             for p in 0..partitions {
                 let tp = TopicPartition::new(topic.clone(), p);
@@ -95,6 +94,9 @@ impl Topics {
                     Err(e) => return Err(e),
                 }
             }
+        }
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for (topic, partitions) in counts {
             map.insert(
                 topic,
                 TopicState {
