@@ -191,6 +191,13 @@ enum Command {
     },
     /// Run a closure on the shard thread (it may spawn compio tasks there).
     Spawn(ShardTask),
+    /// Reply once the partition's log end offset passes `after` (a fetch
+    /// waiting for data). The reply is dropped if the log goes away.
+    WaitForAppend {
+        tp: TopicPartition,
+        after: crate::Offset,
+        reply: Reply<crate::Offset>,
+    },
     Shutdown {
         reply: std::sync::mpsc::SyncSender<Result<()>>,
     },
@@ -305,6 +312,18 @@ impl ShardHandle {
     /// Closes a partition's log (flushing it), optionally deleting it.
     pub async fn close(&self, tp: TopicPartition, delete: bool) -> Result<()> {
         self.call(|reply| Command::Close { tp, delete, reply })
+            .await
+    }
+
+    /// Waits until the partition's log end offset is greater than `after`
+    /// and returns it (a long-polling fetch). Callers bound the wait with
+    /// their own timeout; a dropped wait is cleaned up by the shard.
+    pub async fn wait_for_append(
+        &self,
+        tp: TopicPartition,
+        after: crate::Offset,
+    ) -> Result<crate::Offset> {
+        self.call(|reply| Command::WaitForAppend { tp, after, reply })
             .await
     }
 
@@ -461,6 +480,7 @@ impl Engine {
                         turn_commands_max,
                         retention_check_interval_ms,
                         logs: HashMap::new(),
+                        waiters: HashMap::new(),
                     };
                     runtime.block_on(shard.run(rx));
                 })
@@ -608,7 +628,13 @@ struct Shard {
     turn_commands_max: usize,
     retention_check_interval_ms: u64,
     logs: HashMap<TopicPartition, Log>,
+    /// Fetches waiting for appends, per partition.
+    waiters: HashMap<TopicPartition, Vec<(crate::Offset, Reply<crate::Offset>)>>,
 }
+
+/// Most waiters one partition keeps; beyond it the oldest are answered at
+/// once (they re-read and find nothing new, which is harmless).
+const WAITERS_PER_PARTITION_MAX: usize = 4096;
 
 enum Work {
     Append(Vec<u8>, AppendMode, Reply<AppendInfo>),
@@ -720,6 +746,10 @@ impl Shard {
                     self.run_partitions(std::mem::take(&mut turn)).await;
                     drop(reply.send(self.close(tp, delete).await));
                 }
+                Command::WaitForAppend { tp, after, reply } => {
+                    self.run_partitions(std::mem::take(&mut turn)).await;
+                    self.add_waiter(tp, after, reply);
+                }
                 Command::Spawn(f) => {
                     self.run_partitions(std::mem::take(&mut turn)).await;
                     f();
@@ -750,7 +780,52 @@ impl Shard {
             }));
         }
         for (tp, log) in join_all(tasks).await {
-            self.logs.insert(tp, log);
+            let end = log.log_end_offset();
+            self.logs.insert(tp.clone(), log);
+            self.wake_waiters(&tp, end);
+        }
+    }
+
+    fn add_waiter(
+        &mut self,
+        tp: TopicPartition,
+        after: crate::Offset,
+        reply: Reply<crate::Offset>,
+    ) {
+        let Some(log) = self.logs.get(&tp) else {
+            drop(reply.send(Err(Error::UnknownPartition(tp))));
+            return;
+        };
+        let end = log.log_end_offset();
+        if end > after {
+            drop(reply.send(Ok(end)));
+            return;
+        }
+        let waiters = self.waiters.entry(tp).or_default();
+        // Fetches that timed out have dropped their receivers.
+        waiters.retain(|(_, r)| !r.is_canceled());
+        if waiters.len() >= WAITERS_PER_PARTITION_MAX {
+            let (_, oldest) = waiters.remove(0);
+            drop(oldest.send(Ok(end)));
+        }
+        waiters.push((after, reply));
+    }
+
+    fn wake_waiters(&mut self, tp: &TopicPartition, end: crate::Offset) {
+        let Some(waiters) = self.waiters.get_mut(tp) else {
+            return;
+        };
+        let mut i = 0;
+        while i < waiters.len() {
+            if waiters[i].0 < end {
+                let (_, reply) = waiters.swap_remove(i);
+                drop(reply.send(Ok(end)));
+            } else {
+                i += 1;
+            }
+        }
+        if waiters.is_empty() {
+            self.waiters.remove(tp);
         }
     }
 
@@ -765,6 +840,8 @@ impl Shard {
     }
 
     async fn close(&mut self, tp: TopicPartition, delete: bool) -> Result<()> {
+        // Waiting fetches see their wait end with the shard's reply gone.
+        self.waiters.remove(&tp);
         let log = self
             .logs
             .remove(&tp)

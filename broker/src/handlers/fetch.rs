@@ -1,7 +1,8 @@
 //! Fetch: stored batch bytes as they are, whole batches, up to the high
 //! watermark (the log end offset on a single node), within `max_bytes` and
 //! each partition's `partition_max_bytes`. When less than `min_bytes` is
-//! available the request waits up to `max_wait_ms`, re-reading as it goes.
+//! available the request waits up to `max_wait_ms`, woken by the shards as
+//! soon as any of its partitions is appended to.
 
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,6 @@ use super::{respond, Reply};
 use crate::codec::{decode_body, Request};
 use crate::{errors, Broker};
 
-/// How often a waiting fetch looks again. A fetch should be woken by the
-/// append instead; until then this bounds the added latency.
-const FETCH_RECHECK: Duration = Duration::from_millis(5);
 /// Longest wait honoured, whatever the client asks.
 const MAX_WAIT_MS_MAX: i32 = 30_000;
 
@@ -100,11 +98,40 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             .iter()
             .flat_map(|t| &t.partitions)
             .any(|p| p.error_code != 0);
-        if total >= min_bytes.max(1) || errors || Instant::now() >= deadline {
+        let now = Instant::now();
+        if total >= min_bytes.max(1) || errors || now >= deadline {
             break (topics, total);
         }
-        compio::time::sleep(FETCH_RECHECK.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
+        // Wait for an append past what this read saw on any partition.
+        let waits: Vec<_> = topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(move |p| {
+                    let tp = TopicPartition::new(t.topic.0.as_str(), p.partition_index);
+                    let seen = Offset(p.high_watermark);
+                    Box::pin(async move {
+                        broker
+                            .engine
+                            .shard_for(&tp)
+                            .wait_for_append(tp.clone(), seen)
+                            .await
+                    })
+                })
+            })
+            .collect();
+        if waits.is_empty() {
+            break (topics, total);
+        }
+        let timeout = compio::time::sleep(deadline - now);
+        futures_util::pin_mut!(timeout);
+        let woken =
+            futures_util::future::select(futures_util::future::select_all(waits), timeout).await;
+        if let futures_util::future::Either::Left(((Err(e), _, _), _)) = woken {
+            // The partition went away or its shard stopped: answer with
+            // what there is rather than spin until the deadline.
+            tracing::debug!(error = %e, "fetch wait ended early");
+            break (topics, total);
+        }
     };
     let mut response = FetchResponse::default();
     response.responses = topics;
