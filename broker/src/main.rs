@@ -105,27 +105,15 @@ fn main() {
     // SAFETY: `signals` is the set blocked above; sigwait stores the signal.
     unsafe { libc::sigwait(&signals, &mut signal) };
     tracing::info!(signal, "shutting down: flushing and closing logs");
-    // Connections hold the broker too; the engine shuts down when the last
-    // reference goes, so shut it down explicitly through its shards.
-    let shards = broker.engine.shards().to_vec();
-    let runtime = sluice_engine::shard::client_runtime();
-    let mut failed = false;
-    if let Ok(runtime) = runtime {
-        for shard in shards {
-            for (name, state) in broker.topics.all() {
-                for p in 0..state.partitions {
-                    let tp = sluice_engine::TopicPartition::new(name.clone(), p);
-                    if broker.engine.shard_for(&tp).id() != shard.id() {
-                        continue;
-                    }
-                    if let Err(e) = runtime.block_on(shard.close(tp.clone(), false)) {
-                        tracing::error!(partition = %tp, error = %e, "closing a log failed");
-                        failed = true;
-                    }
-                }
-            }
+    // Connections hold the broker too, so the engine is closed through a
+    // shared reference: every log is flushed and closed, then the shards stop.
+    let failed = match broker.engine.close() {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::error!(error = %e, "closing the logs failed");
+            true
         }
-    }
+    };
     tracing::info!("shutdown complete");
     std::process::exit(if failed { 1 } else { 0 });
 }

@@ -581,7 +581,10 @@ impl Engine {
         self.stop()
     }
 
-    fn stop(&mut self) -> Result<()> {
+    /// Flushes and closes every log and stops the shard loops, through a
+    /// shared reference (a server whose connections still hold the engine).
+    /// The threads end on their own; later calls find the shards stopped.
+    pub fn close(&self) -> Result<()> {
         let mut first_error = None;
         let mut replies = Vec::new();
         for handle in &self.handles {
@@ -600,6 +603,11 @@ impl Engine {
                 first_error.get_or_insert(e);
             }
         }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let mut first_error = self.close().err();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 first_error.get_or_insert(Error::ShardStopped(usize::MAX));
