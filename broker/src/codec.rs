@@ -92,10 +92,14 @@ pub fn decode_body<T: Decodable>(request: &Request) -> Result<T, DecodeError> {
         reason: e.to_string(),
     })?;
     if body.has_remaining() {
-        return Err(DecodeError::Malformed {
-            what: "request body",
-            reason: format!("{} bytes left over", body.remaining()),
-        });
+        // Kafka ignores trailing bytes too; librdkafka's Metadata requests
+        // carry some. Worth a trace, not a closed connection.
+        tracing::debug!(
+            api_key = ?request.api_key,
+            version = request.version,
+            left = body.remaining(),
+            "request body has trailing bytes"
+        );
     }
     Ok(value)
 }
