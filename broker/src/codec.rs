@@ -17,6 +17,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::CreatePartitions, 0, 3),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -195,5 +197,62 @@ mod tests {
             decode_request(bad.freeze()),
             Err(DecodeError::Malformed { .. })
         ));
+    }
+
+    use kafka_protocol::messages::{
+        CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
+        ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    };
+    use proptest::prelude::*;
+
+    /// Decodes `body` as every request type the broker handles, at `version`;
+    /// any error is fine, a panic is not.
+    fn decode_everything(body: &[u8], version: i16) {
+        for &(api_key, min, max) in SUPPORTED {
+            if !(min..=max).contains(&version) {
+                continue;
+            }
+            let request = Request {
+                api_key,
+                version,
+                header: RequestHeader::default(),
+                body: Bytes::copy_from_slice(body),
+            };
+            let _ = match api_key {
+                ApiKey::Produce => decode_body::<ProduceRequest>(&request).map(drop),
+                ApiKey::Fetch => decode_body::<FetchRequest>(&request).map(drop),
+                ApiKey::ListOffsets => decode_body::<ListOffsetsRequest>(&request).map(drop),
+                ApiKey::Metadata => decode_body::<MetadataRequest>(&request).map(drop),
+                ApiKey::ApiVersions => decode_body::<ApiVersionsRequest>(&request).map(drop),
+                ApiKey::CreateTopics => decode_body::<CreateTopicsRequest>(&request).map(drop),
+                ApiKey::DeleteTopics => decode_body::<DeleteTopicsRequest>(&request).map(drop),
+                ApiKey::CreatePartitions => {
+                    decode_body::<CreatePartitionsRequest>(&request).map(drop)
+                }
+                _ => Ok(()),
+            };
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000),
+            ..ProptestConfig::default()
+        })]
+
+        /// Hostile frames: the header decoder never panics.
+        #[test]
+        fn arbitrary_frames_never_panic_the_header_decoder(frame in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_request(Bytes::from(frame));
+        }
+
+        /// Hostile bodies: no request decoder panics, whatever the bytes.
+        #[test]
+        fn arbitrary_bodies_never_panic_a_request_decoder(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            version in 0i16..13,
+        ) {
+            decode_everything(&body, version);
+        }
     }
 }

@@ -9,7 +9,10 @@
 //!   request dispatch.
 //! - [`handlers`]: one module per Kafka API.
 //! - [`errors`]: engine errors as Kafka error codes.
+//! - [`alloc`]: the global allocator that keeps hostile array lengths from
+//!   aborting the broker.
 
+pub mod alloc;
 pub mod codec;
 pub mod config;
 pub mod errors;
@@ -20,6 +23,9 @@ pub mod topics;
 use std::sync::Arc;
 
 use sluice_engine::Engine;
+
+#[global_allocator]
+static GLOBAL: alloc::NoReserveLarge = alloc::NoReserveLarge;
 
 /// What every connection shares. Read-mostly; the engine is reached by
 /// messages to its shards.

@@ -34,6 +34,24 @@ pub enum CreateError {
     Engine(#[from] sluice_engine::Error),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("unknown topic {0:?}")]
+    Unknown(String),
+    #[error("deleting the partitions failed: {0}")]
+    Engine(sluice_engine::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrowError {
+    #[error("unknown topic {0:?}")]
+    Unknown(String),
+    #[error("the topic has {current} partitions; {requested} is not more")]
+    NotMore { current: i32, requested: i32 },
+    #[error("opening the new partitions failed: {0}")]
+    Engine(sluice_engine::Error),
+}
+
 /// Kafka's topic-name rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -131,6 +149,61 @@ impl Topics {
         let entry = map.entry(name.to_string()).or_insert(state).clone();
         info!(topic = name, partitions = entry.partitions, "created topic");
         Ok(entry)
+    }
+
+    /// Deletes a topic: it disappears from the registry first, so new
+    /// requests see UNKNOWN_TOPIC_OR_PARTITION, then each partition's log is
+    /// closed and its directory removed on its shard.
+    pub async fn delete(&self, engine: &Engine, name: &str) -> Result<(), DeleteError> {
+        let state = {
+            let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            map.remove(name)
+                .ok_or_else(|| DeleteError::Unknown(name.to_string()))?
+        };
+        for p in 0..state.partitions {
+            let tp = TopicPartition::new(name, p);
+            match engine.shard_for(&tp).close(tp.clone(), true).await {
+                Ok(()) | Err(sluice_engine::Error::UnknownPartition(_)) => {}
+                Err(e) => return Err(DeleteError::Engine(e)),
+            }
+        }
+        info!(topic = name, partitions = state.partitions, "deleted topic");
+        Ok(())
+    }
+
+    /// Grows a topic to `count` partitions.
+    pub async fn add_partitions(
+        &self,
+        engine: &Engine,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), GrowError> {
+        let state = self
+            .get(name)
+            .ok_or_else(|| GrowError::Unknown(name.to_string()))?;
+        if count <= state.partitions {
+            return Err(GrowError::NotMore {
+                current: state.partitions,
+                requested: count,
+            });
+        }
+        if validate_only {
+            return Ok(());
+        }
+        for p in state.partitions..count {
+            let tp = TopicPartition::new(name, p);
+            match engine.open(tp, state.config.clone()).await {
+                Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
+                Err(e) => return Err(GrowError::Engine(e)),
+            }
+        }
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(name) {
+            entry.partitions = entry.partitions.max(count);
+        }
+        info!(topic = name, partitions = count, "added partitions");
+        Ok(())
     }
 
     /// The topic's state, creating it with the broker defaults if it is

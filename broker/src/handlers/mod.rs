@@ -2,7 +2,9 @@
 //! (reaching partitions through their shards) and encodes its response.
 
 pub mod api_versions;
+pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_topics;
 pub mod fetch;
 pub mod list_offsets;
 pub mod metadata;
@@ -26,6 +28,8 @@ pub async fn dispatch(broker: &Broker, request: Request) -> Reply {
         ApiKey::Fetch => fetch::handle(broker, &request).await,
         ApiKey::ListOffsets => list_offsets::handle(broker, &request).await,
         ApiKey::CreateTopics => create_topics::handle(broker, &request).await,
+        ApiKey::DeleteTopics => delete_topics::handle(broker, &request).await,
+        ApiKey::CreatePartitions => create_partitions::handle(broker, &request).await,
         other => Err(DecodeError::UnsupportedVersion {
             api_key: other,
             version: request.version,

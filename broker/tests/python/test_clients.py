@@ -108,3 +108,29 @@ def test_offsets_for_times_and_end_offsets(broker):
     assert found.offset == 5
     assert consumer.offsets_for_times({tp: 9_999_999})[tp] is None
     consumer.close()
+
+
+def test_confluent_admin_deletes_topics_and_adds_partitions(broker):
+    from confluent_kafka.admin import NewPartitions
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("grow", num_partitions=1, replication_factor=1),
+                         NewTopic("gone", num_partitions=2, replication_factor=1)])["grow"].result(timeout=30)
+    admin.create_partitions([NewPartitions("grow", 4)])["grow"].result(timeout=30)
+    assert len(admin.list_topics(timeout=30).topics["grow"].partitions) == 4
+    shrink = admin.create_partitions([NewPartitions("grow", 2)])["grow"]
+    try:
+        shrink.result(timeout=30)
+        raise AssertionError("shrinking a topic succeeded")
+    except Exception as e:
+        assert "INVALID_PARTITIONS" in str(e) or "not more" in str(e)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce("gone", value=b"x", partition=1)
+    assert producer.flush(30) == 0
+    admin.delete_topics(["gone"])["gone"].result(timeout=30)
+    assert "gone" not in admin.list_topics(timeout=30).topics
+    missing = admin.delete_topics(["never-existed"])["never-existed"]
+    try:
+        missing.result(timeout=30)
+        raise AssertionError("deleting an unknown topic succeeded")
+    except Exception as e:
+        assert "UNKNOWN_TOPIC" in str(e)
