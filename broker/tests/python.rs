@@ -17,12 +17,24 @@ fn python_clients_produce_consume_and_administer() {
         "the Python client tests need: pip install confluent-kafka kafka-python pytest (.ci/run does this)"
     );
     let output = Command::new("python3")
-        .args(["-m", "pytest", dir, "-q", "-p", "no:warnings", "-p", "no:cacheprovider"])
+        .args([
+            "-m",
+            "pytest",
+            dir,
+            "-q",
+            "-p",
+            "no:warnings",
+            "-p",
+            "no:cacheprovider",
+        ])
         .env("SLUICE_BIN", env!("CARGO_BIN_EXE_sluice"))
         .output()
         .expect("pytest runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "pytest failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("passed"), "pytest ran no test:\n{stdout}");
 }
