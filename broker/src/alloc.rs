@@ -12,7 +12,8 @@
 //! this large do not occur in the broker (requests are capped by
 //! `socket.request.max.bytes`). Under `vm.overcommit_memory=2` the kernel
 //! ignores MAP_NORESERVE and the old abort remains; the bound should move
-//! into the decoder itself (reported upstream as a follow-up).
+//! into the decoder itself (kafka-protocol-rs has open pull requests that do
+//! this; when one lands, this allocator can go).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
