@@ -19,6 +19,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {

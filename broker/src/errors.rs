@@ -15,6 +15,9 @@ pub fn code(err: &Error) -> i16 {
         }
         Error::ShardBusy(_) | Error::ShardStopped(_) => ResponseError::RequestTimedOut,
         Error::InvalidConfig(_) => ResponseError::InvalidConfig,
+        Error::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        Error::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        Error::InvalidRecord(_) => ResponseError::InvalidRecord,
         Error::NonContiguousAppend { .. } | Error::PartitionExists(_) => {
             ResponseError::UnknownServerError
         }

@@ -9,6 +9,7 @@
 //!   request dispatch.
 //! - [`handlers`]: one module per Kafka API.
 //! - [`errors`]: engine errors as Kafka error codes.
+//! - [`producer_ids`]: durable producer-id allocation (InitProducerId).
 //! - [`alloc`]: the global allocator that keeps hostile array lengths from
 //!   aborting the broker.
 
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod config;
 pub mod errors;
 pub mod handlers;
+pub mod producer_ids;
 pub mod server;
 pub mod topics;
 
@@ -33,4 +35,5 @@ pub struct Broker {
     pub config: config::BrokerConfig,
     pub engine: Arc<Engine>,
     pub topics: topics::Topics,
+    pub producer_ids: producer_ids::ProducerIds,
 }

@@ -28,6 +28,8 @@ use crate::Broker;
 
 /// Starts the engine, loads the topics on disk, and listens on every shard.
 pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
+    std::fs::create_dir_all(&config.log_dir)
+        .map_err(|e| format!("creating {}: {e}", config.log_dir.display()))?;
     let mut engine_config = EngineConfig {
         data_dir: config.log_dir.clone(),
         io_driver: config.io_driver,
@@ -45,10 +47,12 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     runtime
         .block_on(topics.load(&engine, &config.log))
         .map_err(|e| format!("opening the logs in {}: {e}", config.log_dir.display()))?;
+    let producer_ids = crate::producer_ids::ProducerIds::load(&config.log_dir)?;
     let broker = Arc::new(Broker {
         config,
         engine,
         topics,
+        producer_ids,
     });
     for shard in broker.engine.shards() {
         let listener = bind_reuseport(broker.config.listen)

@@ -21,6 +21,25 @@ pub enum Error {
     /// A follower append whose offsets do not continue the log.
     #[error("append at offset {first} does not continue the log ending at {log_end}")]
     NonContiguousAppend { first: Offset, log_end: Offset },
+    /// An idempotent producer's batch does not continue its sequence
+    /// (Kafka: OUT_OF_ORDER_SEQUENCE_NUMBER).
+    #[error("producer {producer_id}: expected sequence {expected}, got {got}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    /// A batch from a producer epoch older than the current one (Kafka:
+    /// INVALID_PRODUCER_EPOCH).
+    #[error("producer {producer_id}: epoch {epoch} is older than the current {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    /// Well-formed batches that break a rule (Kafka: INVALID_RECORD).
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
     #[error("offset {requested} is outside the log [{log_start}, {log_end}]")]
     OffsetOutOfRange {
         requested: Offset,

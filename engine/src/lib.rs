@@ -8,6 +8,7 @@
 //! - [`offset_index`], [`time_index`]: a segment's sparse indexes. (pure)
 //! - [`epoch_cache`]: leader epoch → start offset, and its checkpoint. (pure)
 //! - [`flush`]: the `flush.messages` / `flush.ms` policy. (pure)
+//! - [`producer_state`]: idempotent producers' sequences per partition. (pure)
 //! - [`config`]: per-log configuration with Kafka's names and defaults.
 //! - [`segment`]: one `.log` file and its indexes; recovery scan.
 //! - [`log`]: one partition: append, read, truncate, retention, flush,
@@ -27,6 +28,7 @@ pub mod flush;
 pub mod io;
 pub mod log;
 pub mod offset_index;
+pub mod producer_state;
 pub mod segment;
 pub mod shard;
 pub mod sim;

@@ -43,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::flush::FlushPolicy;
 use crate::io::Fs;
 use crate::offset_index::OffsetIndex;
+use crate::producer_state::{BatchMeta, Check, ProducerState};
 use crate::segment::{self, ScanStop, Segment, Window};
 use crate::time_index::TimeIndex;
 use crate::types::{Epoch, FilePosition, Offset};
@@ -175,6 +176,8 @@ pub struct Log {
     /// Flushes of rolled segments in flight, oldest first, each with the
     /// offset below which everything is flushed once it completes.
     background_flushes: VecDeque<(Offset, JoinHandle<Result<()>>)>,
+    /// Idempotent producers' recent batches, rebuilt from the log on open.
+    producers: ProducerState,
 }
 
 impl Log {
@@ -228,8 +231,10 @@ impl Log {
             last_checkpoint_ms: now_ms,
             offline: None,
             background_flushes: VecDeque::new(),
+            producers: ProducerState::default(),
         };
         let report = log.recover(&bases, recovery_point, now_ms).await?;
+        log.rebuild_producer_state().await?;
         if report.bytes_truncated > 0 || report.segments_deleted > 0 {
             warn!(
                 dir = %log.dir.display(),
@@ -390,6 +395,25 @@ impl Log {
         self.checkpoint_recovery_point().await?;
         report.log_end_offset = log_end;
         Ok(report)
+    }
+
+    /// Rebuilds the idempotent-producer state by walking every batch header
+    /// (Kafka keeps snapshots to avoid the walk; until this log does, an
+    /// open costs one header read per batch).
+    async fn rebuild_producer_state(&mut self) -> Result<()> {
+        let mut state = ProducerState::default();
+        let max_batch = self.config.max_batch_bytes;
+        for seg in self.segments.values() {
+            let mut window = Window::new(&seg.file, seg.size, 1 << 20);
+            let mut pos = 0;
+            while let Some(header) = window.header_at(pos, max_batch).await? {
+                state.update(&header);
+                pos += header.total_len() as u64;
+            }
+        }
+        state.commit();
+        self.producers = state;
+        Ok(())
     }
 
     /// Restores a segment wholly below the recovery point from its index
@@ -621,7 +645,7 @@ impl Log {
                 results.push(Err(err.clone()));
                 continue;
             }
-            let headers = match self.validate_append(&mut records, mode, next) {
+            let headers = match self.parse_append(&records) {
                 Ok(h) => h,
                 Err(e) => {
                     results.push(Err(e));
@@ -630,6 +654,8 @@ impl Log {
             };
             let bytes = records.len() as u64;
             let incoming_timestamp = headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1);
+            // Roll before this request touches the producer state, so the
+            // write of what is staged commits only what it wrote.
             if self.active().should_roll(
                 staged.len + bytes,
                 incoming_timestamp,
@@ -647,6 +673,26 @@ impl Log {
                     continue;
                 }
             }
+            let headers = match self.assign(&mut records, headers, mode, next) {
+                Ok(Validated::Append(h)) => h,
+                Ok(Validated::Duplicate(meta)) => {
+                    // A retry of a batch already in the log: its original
+                    // offsets, nothing appended (Kafka's answer).
+                    results.push(Ok(AppendInfo {
+                        base_offset: meta.first_offset,
+                        last_offset: meta.last_offset,
+                        records: 0,
+                        max_timestamp: -1,
+                        log_append_time_ms: now_ms as i64,
+                        durability: Durability::PageCache,
+                    }));
+                    continue;
+                }
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
             let last = headers.last().map_or(next, |h| Offset(h.last_offset()));
             let info = AppendInfo {
                 base_offset: Offset(headers.first().map_or(next.0, |h| h.base_offset)),
@@ -690,14 +736,9 @@ impl Log {
         results
     }
 
-    /// Checks one request's batches, and for a leader assigns offsets and
-    /// the epoch by patching the headers in place.
-    fn validate_append(
-        &self,
-        records: &mut [u8],
-        mode: AppendMode,
-        next: Offset,
-    ) -> Result<Vec<BatchHeader>> {
+    /// Checks that one request's bytes are whole, valid v2 batches within
+    /// the size limit. Changes nothing.
+    fn parse_append(&self, records: &[u8]) -> Result<Vec<BatchHeader>> {
         let max = self.config.max_batch_bytes;
         if records.is_empty() {
             return Err(batch::BatchError::Truncated {
@@ -716,6 +757,53 @@ impl Log {
                 });
             }
             headers.push(header);
+        }
+        Ok(headers)
+    }
+
+    /// Checks an idempotent producer's sequence, and for a leader assigns
+    /// offsets and the epoch by patching the headers in place; records the
+    /// batches in the producer state (taken back if their write fails).
+    fn assign(
+        &mut self,
+        records: &mut [u8],
+        mut headers: Vec<BatchHeader>,
+        mode: AppendMode,
+        next: Offset,
+    ) -> Result<Validated> {
+        if let Some(first) = headers
+            .iter()
+            .find(|h| h.producer_id >= 0 && h.base_sequence >= 0)
+        {
+            // Kafka's rule: a request from an idempotent producer carries
+            // exactly one batch per partition.
+            if headers.len() != 1 {
+                return Err(Error::InvalidRecord(format!(
+                    "producer {} sent {} batches in one request; idempotent producers send one",
+                    first.producer_id,
+                    headers.len()
+                )));
+            }
+            if mode != AppendMode::Follower {
+                match self.producers.check(first) {
+                    Check::Append => {}
+                    Check::Duplicate(meta) => return Ok(Validated::Duplicate(meta)),
+                    Check::Fenced { epoch, current } => {
+                        return Err(Error::InvalidProducerEpoch {
+                            producer_id: first.producer_id,
+                            epoch,
+                            current,
+                        })
+                    }
+                    Check::OutOfOrder { expected, got } => {
+                        return Err(Error::OutOfOrderSequence {
+                            producer_id: first.producer_id,
+                            expected,
+                            got,
+                        })
+                    }
+                }
+            }
         }
         match mode {
             AppendMode::Leader { epoch } => {
@@ -745,7 +833,11 @@ impl Log {
                 }
             }
         }
-        Ok(headers)
+        // Taken back if the write fails (see write_staged).
+        for header in &headers {
+            self.producers.update(header);
+        }
+        Ok(Validated::Append(headers))
     }
 
     /// Writes the staged batches to the active segment and accounts for
@@ -767,6 +859,11 @@ impl Log {
         } = std::mem::take(staged);
         let start = self.active().size;
         let written = self.active().file.write_vectored_all_at(bufs, start).await;
+        if written.is_ok() {
+            self.producers.commit();
+        } else {
+            self.producers.rollback();
+        }
         if let Err(io_err) = written {
             let err = Error::io("appending to the active segment", io_err);
             for &owner in &owners {
@@ -1065,6 +1162,7 @@ impl Log {
         if let Err(e) = result {
             return Err(self.fail(e));
         }
+        self.rebuild_producer_state().await?;
         self.last_checkpoint_ms = now_ms;
         self.checkpoint_recovery_point().await
     }
@@ -1216,6 +1314,13 @@ impl Log {
     pub fn index_of(&self, base: Offset) -> Option<(&OffsetIndex, &TimeIndex)> {
         self.segments.get(&base).map(|s| (&s.index, &s.time_index))
     }
+}
+
+/// A request's batches after validation.
+enum Validated {
+    Append(Vec<BatchHeader>),
+    /// An idempotent producer's retry of a batch already in the log.
+    Duplicate(BatchMeta),
 }
 
 /// Requests staged for one vectored write to the active segment: their

@@ -452,3 +452,77 @@ fn retention_ms_uses_the_append_time_when_batches_carry_no_timestamp() {
         assert_eq!(log.log_start_offset(), Offset(40));
     });
 }
+
+#[test]
+fn idempotent_producers_get_duplicates_answered_and_gaps_refused_across_reopen() {
+    use common::idempotent_batch;
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        let first = log
+            .append(idempotent_batch(42, 0, 0, 3), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.base_offset, first.last_offset),
+            (Offset(0), Offset(2))
+        );
+        // The producer retries the same batch: same offsets, nothing appended.
+        let retry = log
+            .append(idempotent_batch(42, 0, 0, 3), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            (retry.base_offset, retry.last_offset),
+            (Offset(0), Offset(2))
+        );
+        assert_eq!(log.log_end_offset(), Offset(3));
+        let gap = log
+            .append(idempotent_batch(42, 0, 5, 1), LEADER, NOW)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                gap,
+                Error::OutOfOrderSequence {
+                    expected: 3,
+                    got: 5,
+                    ..
+                }
+            ),
+            "{gap}"
+        );
+        let next = log
+            .append(idempotent_batch(42, 0, 3, 2), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(next.base_offset, Offset(3));
+        // A batch group with two idempotent batches is refused, as Kafka does.
+        let mut two = idempotent_batch(42, 0, 5, 1);
+        two.extend(idempotent_batch(42, 0, 6, 1));
+        assert!(matches!(
+            log.append(two, LEADER, NOW).await,
+            Err(Error::InvalidRecord(_))
+        ));
+        // The state survives a reopen: it is rebuilt from the log.
+        drop(log);
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        let again = log
+            .append(idempotent_batch(42, 0, 3, 2), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(again.base_offset, Offset(3));
+        assert_eq!(log.log_end_offset(), Offset(5));
+        // A new epoch starts at 0 and fences the old one.
+        log.append(idempotent_batch(42, 1, 0, 1), LEADER, NOW)
+            .await
+            .unwrap();
+        let fenced = log
+            .append(idempotent_batch(42, 0, 5, 1), LEADER, NOW)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(fenced, Error::InvalidProducerEpoch { .. }),
+            "{fenced}"
+        );
+    });
+}

@@ -6,6 +6,7 @@ pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_topics;
 pub mod fetch;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -30,6 +31,7 @@ pub async fn dispatch(broker: &Broker, request: Request) -> Reply {
         ApiKey::CreateTopics => create_topics::handle(broker, &request).await,
         ApiKey::DeleteTopics => delete_topics::handle(broker, &request).await,
         ApiKey::CreatePartitions => create_partitions::handle(broker, &request).await,
+        ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,
         other => Err(DecodeError::UnsupportedVersion {
             api_key: other,
             version: request.version,

@@ -9,9 +9,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic as KpNewTopic
 
-# kafka-python 3 turns idempotence on by default, which needs InitProducerId;
-# the broker does not have it yet, so these producers ask for plain acks.
-# When idempotent producers land, drop this and test the default.
+# kafka-python 3 turns idempotence on by default (as the Java client does);
+# most producers below keep that default, some ask for plain acks.
 PLAIN = {"enable_idempotence": False}
 
 
@@ -73,7 +72,7 @@ def test_kafka_python_produces_consumes_and_administers(broker):
     admin.create_topics([KpNewTopic("kp", num_partitions=2, replication_factor=1)])
     admin.close()
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
-                             compression_type="gzip", **PLAIN)
+                             compression_type="gzip")
     for i in range(100):
         producer.send("kp", key=b"key", value=f"m{i}".encode(), partition=i % 2)
     producer.flush(timeout=30)
@@ -85,7 +84,7 @@ def test_kafka_python_produces_consumes_and_administers(broker):
 
 
 def test_acknowledged_messages_survive_kill_and_restart(broker):
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", **PLAIN)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     for i in range(50):
         producer.send("durable", value=f"d{i}".encode()).get(timeout=30)
     producer.close()
@@ -134,3 +133,25 @@ def test_confluent_admin_deletes_topics_and_adds_partitions(broker):
         raise AssertionError("deleting an unknown topic succeeded")
     except Exception as e:
         assert "UNKNOWN_TOPIC" in str(e)
+
+
+def test_idempotent_confluent_producer_writes_each_message_once(broker):
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True,
+                         "linger.ms": 2, "max.in.flight.requests.per.connection": 5})
+    delivered = []
+    for i in range(2000):
+        producer.produce("idem", key=str(i % 7), value=f"i{i}",
+                         on_delivery=lambda err, msg: delivered.append(err))
+        if i % 500 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+    assert delivered.count(None) == 2000
+    records = consume_all(broker.bootstrap, "idem", 0, 2000)
+    assert [r.value for r in records] == [f"i{i}".encode() for i in range(2000)]
+
+
+def test_plain_kafka_python_producer_still_works(broker):
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, **PLAIN)
+    producer.send("plain", value=b"p").get(timeout=30)
+    producer.close()
+    assert [r.value for r in consume_all(broker.bootstrap, "plain", 0, 1)] == [b"p"]

@@ -61,6 +61,39 @@ pub fn batch_with(
     buf.to_vec()
 }
 
+/// A batch from an idempotent producer: `count` records with sequences
+/// `base_sequence..`.
+pub fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, count: usize) -> Vec<u8> {
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: base_sequence + i as i32,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from(vec![b'i'; 20])),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("kafka-protocol encodes a batch");
+    buf.to_vec()
+}
+
 /// The backends every storage test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -1,0 +1,299 @@
+//! Idempotent-producer state (pure): per producer id, its epoch and the
+//! sequence and offset ranges of its last five batches, so that a retried
+//! batch is recognised and answered with its original offsets instead of
+//! being appended twice, and a gap in sequences is refused.
+//!
+//! Kafka's rules (ProducerStateManager / ProducerAppendInfo): a batch from
+//! an older epoch is fenced (INVALID_PRODUCER_EPOCH); a newer epoch must
+//! start at sequence 0; within an epoch, a batch whose sequence range equals
+//! one of the last five is a duplicate, and any other batch must start one
+//! past the last sequence (wrapping at `i32::MAX`), else it is out of order.
+//! A producer this log has no state for must start at sequence 0.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::batch::BatchHeader;
+use crate::types::Offset;
+
+/// How many recent batches per producer are remembered for duplicates,
+/// matching the producer's `max.in.flight.requests.per.connection` limit.
+pub const BATCHES_PER_PRODUCER: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMeta {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub first_offset: Offset,
+    pub last_offset: Offset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Entry {
+    epoch: i16,
+    batches: VecDeque<BatchMeta>,
+}
+
+/// What to do with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Not an idempotent batch, or the next in sequence: append it.
+    Append,
+    /// Already in the log: answer with these offsets, append nothing.
+    Duplicate(BatchMeta),
+    /// A batch from an epoch older than the producer's current one.
+    Fenced { epoch: i16, current: i16 },
+    /// A gap (or a restart not at 0).
+    OutOfOrder { expected: i32, got: i32 },
+}
+
+/// Owned by one log (one shard).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerState {
+    producers: HashMap<i64, Entry>,
+    /// The entries as they were before updates not yet known written, so
+    /// a failed write can take them back.
+    undo: Vec<(i64, Option<Entry>)>,
+}
+
+fn is_idempotent(header: &BatchHeader) -> bool {
+    header.producer_id >= 0 && header.base_sequence >= 0
+}
+
+fn last_seq(header: &BatchHeader) -> i32 {
+    // Sequences wrap at i32::MAX like Kafka's DefaultRecordBatch.
+    let span = i64::from(header.last_offset_delta);
+    ((i64::from(header.base_sequence) + span) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+impl ProducerState {
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Decides what to do with `header` (whose offsets are not yet final).
+    pub fn check(&self, header: &BatchHeader) -> Check {
+        if !is_idempotent(header) {
+            return Check::Append;
+        }
+        let got = header.base_sequence;
+        let Some(entry) = self.producers.get(&header.producer_id) else {
+            return if got == 0 {
+                Check::Append
+            } else {
+                Check::OutOfOrder { expected: 0, got }
+            };
+        };
+        if header.producer_epoch < entry.epoch {
+            return Check::Fenced {
+                epoch: header.producer_epoch,
+                current: entry.epoch,
+            };
+        }
+        if header.producer_epoch > entry.epoch {
+            return if got == 0 {
+                Check::Append
+            } else {
+                Check::OutOfOrder { expected: 0, got }
+            };
+        }
+        let last = last_seq(header);
+        if let Some(meta) = entry
+            .batches
+            .iter()
+            .find(|m| m.first_seq == got && m.last_seq == last)
+        {
+            return Check::Duplicate(*meta);
+        }
+        let expected = entry.batches.back().map_or(0, |m| next_seq(m.last_seq));
+        if got == expected {
+            Check::Append
+        } else {
+            Check::OutOfOrder { expected, got }
+        }
+    }
+
+    /// Records a batch at its final offsets. Until [`ProducerState::commit`]
+    /// the update can be taken back with [`ProducerState::rollback`] (the
+    /// write that was to store the batch failed).
+    pub fn update(&mut self, header: &BatchHeader) {
+        if !is_idempotent(header) {
+            return;
+        }
+        if !self.undo.iter().any(|(pid, _)| *pid == header.producer_id) {
+            let before = self.producers.get(&header.producer_id).cloned();
+            self.undo.push((header.producer_id, before));
+        }
+        let entry = self.producers.entry(header.producer_id).or_default();
+        if header.producer_epoch > entry.epoch || entry.batches.is_empty() {
+            if header.producer_epoch != entry.epoch {
+                entry.batches.clear();
+            }
+            entry.epoch = header.producer_epoch.max(entry.epoch);
+        }
+        if header.producer_epoch < entry.epoch {
+            return;
+        }
+        entry.batches.push_back(BatchMeta {
+            first_seq: header.base_sequence,
+            last_seq: last_seq(header),
+            first_offset: Offset(header.base_offset),
+            last_offset: Offset(header.last_offset()),
+        });
+        while entry.batches.len() > BATCHES_PER_PRODUCER {
+            entry.batches.pop_front();
+        }
+    }
+
+    /// The updates so far are in the log.
+    pub fn commit(&mut self) {
+        self.undo.clear();
+    }
+
+    /// Takes back the updates since the last commit.
+    pub fn rollback(&mut self) {
+        for (pid, before) in self.undo.drain(..).rev() {
+            match before {
+                Some(entry) => {
+                    self.producers.insert(pid, entry);
+                }
+                None => {
+                    self.producers.remove(&pid);
+                }
+            }
+        }
+    }
+
+    /// Forgets batches at or after `end` (the log was truncated there).
+    pub fn truncate_to(&mut self, end: Offset) {
+        for entry in self.producers.values_mut() {
+            entry.batches.retain(|m| m.last_offset < end);
+        }
+        self.producers.retain(|_, e| !e.batches.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: i64, epoch: i16, seq: i32, records: i32, base: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset: base,
+            batch_length: 100,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: records - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            record_count: records,
+        }
+    }
+
+    #[test]
+    fn sequences_duplicates_gaps_and_epochs_follow_kafka() {
+        let mut state = ProducerState::default();
+        let first = header(7, 0, 0, 3, 0);
+        assert_eq!(state.check(&first), Check::Append);
+        state.update(&first);
+        // A retry of the same batch is a duplicate with its offsets.
+        match state.check(&header(7, 0, 0, 3, 99)) {
+            Check::Duplicate(meta) => {
+                assert_eq!(
+                    (meta.first_offset, meta.last_offset),
+                    (Offset(0), Offset(2))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            state.check(&header(7, 0, 5, 1, 3)),
+            Check::OutOfOrder {
+                expected: 3,
+                got: 5
+            }
+        );
+        let second = header(7, 0, 3, 2, 3);
+        assert_eq!(state.check(&second), Check::Append);
+        state.update(&second);
+        // A new epoch starts at 0; an old one is fenced.
+        assert_eq!(
+            state.check(&header(7, 1, 4, 1, 5)),
+            Check::OutOfOrder {
+                expected: 0,
+                got: 4
+            }
+        );
+        let bumped = header(7, 1, 0, 1, 5);
+        assert_eq!(state.check(&bumped), Check::Append);
+        state.update(&bumped);
+        assert_eq!(
+            state.check(&header(7, 0, 5, 1, 6)),
+            Check::Fenced {
+                epoch: 0,
+                current: 1
+            }
+        );
+        // An unknown producer must start at 0; non-idempotent batches pass.
+        assert_eq!(
+            state.check(&header(8, 0, 1, 1, 6)),
+            Check::OutOfOrder {
+                expected: 0,
+                got: 1
+            }
+        );
+        assert_eq!(state.check(&header(-1, -1, -1, 1, 6)), Check::Append);
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered_and_sequences_wrap() {
+        let mut state = ProducerState::default();
+        for i in 0..7 {
+            state.update(&header(1, 0, i, 1, i64::from(i)));
+        }
+        assert!(matches!(
+            state.check(&header(1, 0, 6, 1, 0)),
+            Check::Duplicate(_)
+        ));
+        assert!(matches!(
+            state.check(&header(1, 0, 1, 1, 0)),
+            Check::OutOfOrder { .. }
+        ));
+        let mut wrap = ProducerState::default();
+        wrap.update(&header(2, 0, i32::MAX - 1, 2, 0));
+        assert_eq!(wrap.check(&header(2, 0, 0, 1, 2)), Check::Append);
+    }
+
+    #[test]
+    fn a_rollback_takes_back_uncommitted_updates() {
+        let mut state = ProducerState::default();
+        state.update(&header(1, 0, 0, 1, 0));
+        state.commit();
+        state.update(&header(1, 0, 1, 1, 1));
+        state.update(&header(2, 0, 0, 1, 2));
+        state.rollback();
+        assert_eq!(state.check(&header(1, 0, 1, 1, 1)), Check::Append);
+        assert_eq!(state.producer_count(), 1);
+    }
+
+    #[test]
+    fn truncation_forgets_batches_past_the_new_end() {
+        let mut state = ProducerState::default();
+        state.update(&header(1, 0, 0, 2, 0));
+        state.update(&header(1, 0, 2, 2, 2));
+        state.truncate_to(Offset(2));
+        assert_eq!(state.check(&header(1, 0, 2, 2, 2)), Check::Append);
+    }
+}
