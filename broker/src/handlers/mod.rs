@@ -5,10 +5,12 @@ pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_topics;
+pub mod describe_cluster;
 pub mod fetch;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use kafka_protocol::messages::ApiKey;
@@ -32,6 +34,8 @@ pub async fn dispatch(broker: &Broker, request: Request) -> Reply {
         ApiKey::DeleteTopics => delete_topics::handle(broker, &request).await,
         ApiKey::CreatePartitions => create_partitions::handle(broker, &request).await,
         ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
+        ApiKey::DescribeCluster => describe_cluster::handle(broker, &request).await,
         other => Err(DecodeError::UnsupportedVersion {
             api_key: other,
             version: request.version,

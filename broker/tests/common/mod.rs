@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

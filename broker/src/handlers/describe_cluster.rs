@@ -1,0 +1,34 @@
+//! DescribeCluster: this broker, which is also the controller.
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
+use kafka_protocol::ResponseError;
+
+use super::metadata::CLUSTER_ID;
+use super::{respond, str_bytes, Reply};
+use crate::codec::{decode_body, Request};
+use crate::Broker;
+
+/// `endpoint_type` 1: brokers (KIP-919); 2 asks for controllers.
+const ENDPOINT_BROKERS: i8 = 1;
+
+pub async fn handle(broker: &Broker, request: &Request) -> Reply {
+    let body: DescribeClusterRequest = decode_body(request)?;
+    let mut response = DescribeClusterResponse::default();
+    if request.version >= 1 && body.endpoint_type != ENDPOINT_BROKERS {
+        response.error_code = ResponseError::UnsupportedEndpointType.code();
+        return respond(request, &response);
+    }
+    if request.version >= 1 {
+        response.endpoint_type = ENDPOINT_BROKERS;
+    }
+    response.cluster_id = str_bytes(CLUSTER_ID);
+    response.controller_id = BrokerId(broker.config.node_id);
+    response.cluster_authorized_operations = i32::MIN;
+    let mut me = DescribeClusterBroker::default();
+    me.broker_id = BrokerId(broker.config.node_id);
+    me.host = str_bytes(&broker.config.advertised_host);
+    me.port = i32::from(broker.config.advertised_port);
+    response.brokers = vec![me];
+    respond(request, &response)
+}

@@ -1,0 +1,145 @@
+//! APIs that no client library in the tests exercises directly, spoken raw:
+//! ApiVersions lists exactly what is implemented, OffsetForLeaderEpoch
+//! answers and fences by epoch, DescribeCluster describes this node, and a
+//! retried idempotent batch gets its original offset.
+
+mod common;
+
+use bytes::BytesMut;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{
+    ApiVersionsRequest, DescribeClusterRequest, InitProducerIdRequest, OffsetForLeaderEpochRequest,
+    ProducerId,
+};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+use common::raw::*;
+use common::{produce, Broker};
+
+const UNKNOWN_LEADER_EPOCH: i16 = 75;
+
+#[test]
+fn api_versions_lists_exactly_the_implemented_apis() {
+    let broker = Broker::start();
+    let mut s = connect(&broker.addr());
+    let resp = call(&mut s, &broker, 3, 1, &ApiVersionsRequest::default());
+    let mut listed: Vec<(i16, i16, i16)> = resp
+        .api_keys
+        .iter()
+        .map(|k| (k.api_key, k.min_version, k.max_version))
+        .collect();
+    listed.sort();
+    let mut expected: Vec<(i16, i16, i16)> = sluice_broker::codec::SUPPORTED
+        .iter()
+        .map(|&(key, min, max)| (key as i16, min, max))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+#[test]
+fn offset_for_leader_epoch_answers_the_log_end_and_fences_unknown_epochs() {
+    let broker = Broker::start();
+    produce(&broker, "epochs", &[], b"a\nb\nc\n");
+    let mut s = connect(&broker.addr());
+    let ask = |current: i32| {
+        let partition = OffsetForLeaderPartition::default()
+            .with_partition(0)
+            .with_current_leader_epoch(current)
+            .with_leader_epoch(0);
+        let topic = OffsetForLeaderTopic::default()
+            .with_topic(topic_name("epochs"))
+            .with_partitions(vec![partition]);
+        OffsetForLeaderEpochRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![topic])
+    };
+    let resp = call(&mut s, &broker, 4, 2, &ask(0));
+    let p = &resp.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.leader_epoch, p.end_offset), (0, 0, 3));
+    let resp = call(&mut s, &broker, 4, 3, &ask(5));
+    assert_eq!(
+        resp.topics[0].partitions[0].error_code,
+        UNKNOWN_LEADER_EPOCH
+    );
+}
+
+#[test]
+fn describe_cluster_describes_this_broker_as_its_controller() {
+    let broker = Broker::start();
+    let mut s = connect(&broker.addr());
+    let resp = call(
+        &mut s,
+        &broker,
+        1,
+        4,
+        &DescribeClusterRequest::default().with_endpoint_type(1),
+    );
+    assert_eq!(resp.error_code, 0);
+    assert_eq!(resp.controller_id.0, 1);
+    assert_eq!(resp.brokers.len(), 1);
+    assert_eq!(i32::from(broker.port()), resp.brokers[0].port);
+}
+
+fn idempotent_batch(producer_id: i64, sequence: i32) -> Vec<u8> {
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence,
+        timestamp: 0,
+        key: None,
+        value: Some(bytes::Bytes::from_static(b"once")),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.to_vec()
+}
+
+#[test]
+fn a_retried_idempotent_batch_gets_its_original_offset_and_is_stored_once() {
+    let broker = Broker::start();
+    produce(&broker, "idem", &[], b"first\n");
+    let mut s = connect(&broker.addr());
+    let init = call(
+        &mut s,
+        &broker,
+        4,
+        1,
+        &InitProducerIdRequest::default()
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    let send = |s: &mut std::net::TcpStream, correlation: i32, seq: i32| {
+        let req = produce_req("idem", 0, idempotent_batch(pid, seq)).with_acks(-1);
+        call(s, &broker, 9, correlation, &req).responses[0].partition_responses[0].clone()
+    };
+    let first = send(&mut s, 2, 0);
+    assert_eq!((first.error_code, first.base_offset), (0, 1));
+    let retry = send(&mut s, 3, 0);
+    assert_eq!((retry.error_code, retry.base_offset), (0, 1));
+    let gap = send(&mut s, 4, 7);
+    assert_eq!(gap.error_code, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    let next = send(&mut s, 5, 1);
+    assert_eq!((next.error_code, next.base_offset), (0, 2));
+}
