@@ -22,6 +22,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -202,6 +204,7 @@ mod tests {
         ));
     }
 
+    use kafka_protocol::messages;
     use kafka_protocol::messages::{
         CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
         ListOffsetsRequest, MetadataRequest, ProduceRequest,
@@ -232,7 +235,22 @@ mod tests {
                 ApiKey::CreatePartitions => {
                     decode_body::<CreatePartitionsRequest>(&request).map(drop)
                 }
-                _ => Ok(()),
+                ApiKey::InitProducerId => {
+                    decode_body::<messages::InitProducerIdRequest>(&request).map(drop)
+                }
+                ApiKey::OffsetForLeaderEpoch => {
+                    decode_body::<messages::OffsetForLeaderEpochRequest>(&request).map(drop)
+                }
+                ApiKey::DescribeCluster => {
+                    decode_body::<messages::DescribeClusterRequest>(&request).map(drop)
+                }
+                ApiKey::DescribeConfigs => {
+                    decode_body::<messages::DescribeConfigsRequest>(&request).map(drop)
+                }
+                ApiKey::IncrementalAlterConfigs => {
+                    decode_body::<messages::IncrementalAlterConfigsRequest>(&request).map(drop)
+                }
+                other => panic!("{other:?} is served but not fuzzed: add it here"),
             };
         }
     }

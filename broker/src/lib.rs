@@ -5,6 +5,7 @@
 //! - [`config`]: `server.properties` and `--set` overrides, Kafka's names.
 //! - [`codec`]: framing, request headers, the supported API versions.
 //! - [`topics`]: the topic registry (names, partition counts, configs).
+//! - [`topic_configs`]: topic-level settings, their sources, persistence.
 //! - [`server`]: listeners on every shard (`SO_REUSEPORT`), connections,
 //!   request dispatch.
 //! - [`handlers`]: one module per Kafka API.
@@ -20,6 +21,7 @@ pub mod errors;
 pub mod handlers;
 pub mod producer_ids;
 pub mod server;
+pub mod topic_configs;
 pub mod topics;
 
 use std::sync::Arc;

@@ -41,12 +41,12 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     let engine = Arc::new(
         Engine::start(engine_config).map_err(|e| format!("starting the storage engine: {e}"))?,
     );
-    let topics = Topics::default();
+    let topics = Topics::new(config.log_dir.clone());
     let runtime =
         sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
     runtime
         .block_on(topics.load(&engine, &config.log))
-        .map_err(|e| format!("opening the logs in {}: {e}", config.log_dir.display()))?;
+        .map_err(|e| format!("loading the topics in {}: {e}", config.log_dir.display()))?;
     let producer_ids = crate::producer_ids::ProducerIds::load(&config.log_dir)?;
     let broker = Arc::new(Broker {
         config,

@@ -7,6 +7,7 @@
 //! engine's append or read path, and written only when a topic is created.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use sluice_engine::{Engine, LogConfig, TopicPartition};
@@ -15,12 +16,17 @@ use tracing::info;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicState {
     pub partitions: i32,
+    /// The broker defaults with `overrides` applied.
     pub config: LogConfig,
+    /// The topic-level settings this topic sets (Kafka names), persisted.
+    pub overrides: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Topics {
     inner: Arc<RwLock<BTreeMap<String, TopicState>>>,
+    /// `log.dirs`, where topic overrides are persisted.
+    log_dir: PathBuf,
 }
 
 /// Why a topic could not be created.
@@ -32,6 +38,8 @@ pub enum CreateError {
     InvalidName(String, &'static str),
     #[error("opening the partitions failed: {0}")]
     Engine(#[from] sluice_engine::Error),
+    #[error("persisting the topic's configuration failed: {0}")]
+    Persist(std::io::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,18 @@ pub enum DeleteError {
     #[error("unknown topic {0:?}")]
     Unknown(String),
     #[error("deleting the partitions failed: {0}")]
+    Engine(sluice_engine::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlterError {
+    #[error("unknown topic {0:?}")]
+    Unknown(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("persisting the configuration failed: {0}")]
+    Persist(std::io::Error),
+    #[error("applying the configuration failed: {0}")]
     Engine(sluice_engine::Error),
 }
 
@@ -73,6 +93,13 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
 }
 
 impl Topics {
+    pub fn new(log_dir: PathBuf) -> Topics {
+        Topics {
+            inner: Arc::default(),
+            log_dir,
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TopicState>> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -89,14 +116,26 @@ impl Topics {
     }
 
     /// Opens every partition directory the engine finds and registers the
-    /// topics, with `config` as their log configuration.
-    pub async fn load(&self, engine: &Engine, config: &LogConfig) -> sluice_engine::Result<()> {
+    /// topics, with the broker defults `base` plus each topic's persisted
+    /// overrides as their log configuration.
+    pub async fn load(&self, engine: &Engine, base: &LogConfig) -> Result<(), String> {
         let mut counts: HashMap<String, i32> = HashMap::new();
-        for tp in engine.existing_partitions()? {
+        let mut configs: HashMap<String, (LogConfig, BTreeMap<String, String>)> = HashMap::new();
+        for tp in engine.existing_partitions().map_err(|e| e.to_string())? {
             if validate_name(&tp.topic).is_err() || tp.partition < 0 {
                 continue;
             }
-            let report = engine.open(tp.clone(), config.clone()).await?;
+            if !configs.contains_key(&tp.topic) {
+                let overrides = crate::topic_configs::load(&self.log_dir, &tp.topic)?;
+                let config = crate::topic_configs::apply(base, &overrides)
+                    .map_err(|e| format!("topic {}: {e}", tp.topic))?;
+                configs.insert(tp.topic.clone(), (config, overrides));
+            }
+            let config = configs[&tp.topic].0.clone();
+            let report = engine
+                .open(tp.clone(), config)
+                .await
+                .map_err(|e| format!("opening {tp}: {e}"))?;
             if report.bytes_truncated > 0 {
                 info!(partition = %tp, bytes = report.bytes_truncated, "recovery truncated a partition");
             }
@@ -107,22 +146,64 @@ impl Topics {
             // A missing middle partition directory is recreated empty.
             for p in 0..partitions {
                 let tp = TopicPartition::new(topic.clone(), p);
-                match engine.open(tp, config.clone()).await {
+                match engine.open(tp.clone(), configs[topic].0.clone()).await {
                     Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(format!("opening {tp}: {e}")),
                 }
             }
         }
         let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for (topic, partitions) in counts {
+            let (config, overrides) = configs.remove(&topic).unwrap_or_default();
             map.insert(
                 topic,
                 TopicState {
                     partitions,
-                    config: config.clone(),
+                    config,
+                    overrides,
                 },
             );
         }
+        Ok(())
+    }
+
+    /// Replaces a topic's overrides: validated against the broker defaults
+    /// `base`, persisted, then applied to every partition's log.
+    pub async fn alter(
+        &self,
+        engine: &Engine,
+        base: &LogConfig,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), AlterError> {
+        let state = self
+            .get(name)
+            .ok_or_else(|| AlterError::Unknown(name.to_string()))?;
+        let config = crate::topic_configs::apply(base, &overrides).map_err(AlterError::Invalid)?;
+        if validate_only {
+            return Ok(());
+        }
+        crate::topic_configs::save(&self.log_dir, name, &overrides).map_err(AlterError::Persist)?;
+        {
+            let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = map.get_mut(name) {
+                entry.config = config.clone();
+                entry.overrides = overrides;
+            }
+        }
+        for p in 0..state.partitions {
+            let tp = TopicPartition::new(name, p);
+            let config = config.clone();
+            engine
+                .shard_for(&tp)
+                .with_log(tp.clone(), move |log, _| {
+                    Box::pin(async move { log.set_config(config) })
+                })
+                .await
+                .map_err(AlterError::Engine)?;
+        }
+        info!(topic = name, "topic configuration changed");
         Ok(())
     }
 
@@ -138,6 +219,8 @@ impl Topics {
         if self.get(name).is_some() {
             return Err(CreateError::Exists(name.to_string()));
         }
+        crate::topic_configs::save(&self.log_dir, name, &state.overrides)
+            .map_err(CreateError::Persist)?;
         for p in 0..state.partitions {
             let tp = TopicPartition::new(name, p);
             match engine.open(tp, state.config.clone()).await {
@@ -166,6 +249,9 @@ impl Topics {
                 Ok(()) | Err(sluice_engine::Error::UnknownPartition(_)) => {}
                 Err(e) => return Err(DeleteError::Engine(e)),
             }
+        }
+        if let Err(e) = crate::topic_configs::save(&self.log_dir, name, &BTreeMap::new()) {
+            tracing::warn!(topic = name, error = %e, "removing the topic's configuration failed");
         }
         info!(topic = name, partitions = state.partitions, "deleted topic");
         Ok(())

@@ -558,6 +558,17 @@ impl Log {
         self.policy.next_deadline_ms()
     }
 
+    /// Replaces the log's configuration (a topic config change). New limits
+    /// apply from the next append, roll or retention check; segments already
+    /// written are not rewritten.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.policy
+            .set_limits(config.flush_messages, config.flush_ms);
+        self.config = config;
+        Ok(())
+    }
+
     /// Changes the flush limits (a topic config change).
     pub fn set_flush_limits(&mut self, flush_messages: Option<u64>, flush_ms: Option<u64>) {
         self.config.flush_messages = flush_messages;

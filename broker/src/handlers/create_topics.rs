@@ -4,61 +4,11 @@
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
-use sluice_engine::LogConfig;
 
 use super::{respond, str_bytes, Reply};
 use crate::codec::{decode_body, Request};
 use crate::topics::{validate_name, CreateError, TopicState};
-use crate::Broker;
-
-/// Applies Kafka topic-level configs to `config`; the error names the key.
-pub fn apply_topic_configs(
-    config: &mut LogConfig,
-    configs: &[(String, Option<String>)],
-) -> Result<(), String> {
-    for (key, value) in configs {
-        let Some(value) = value else { continue };
-        let long = || {
-            value
-                .parse::<i64>()
-                .map_err(|_| format!("{key}={value:?} is not a number"))
-        };
-        let limit = |v: i64| match v {
-            -1 => Ok(None),
-            v if v >= 0 => Ok(Some(v as u64)),
-            _ => Err(format!("{key}={value} must be -1 or non-negative")),
-        };
-        match key.as_str() {
-            "segment.bytes" => {
-                config.segment_bytes =
-                    u64::try_from(long()?).map_err(|_| format!("{key} must be positive"))?
-            }
-            "segment.ms" => config.segment_ms = limit(long()?)?,
-            "retention.ms" => config.retention_ms = limit(long()?)?,
-            "retention.bytes" => config.retention_bytes = limit(long()?)?,
-            "flush.messages" => {
-                config.flush_messages = limit(long()?)?.filter(|&n| n < i64::MAX as u64)
-            }
-            "flush.ms" => config.flush_ms = limit(long()?)?.filter(|&n| n < i64::MAX as u64),
-            "max.message.bytes" => {
-                config.max_batch_bytes =
-                    usize::try_from(long()?).map_err(|_| format!("{key} must be positive"))?
-            }
-            "index.interval.bytes" => {
-                config.index_interval_bytes =
-                    u64::try_from(long()?).map_err(|_| format!("{key} must be positive"))?
-            }
-            "cleanup.policy" if value == "delete" => {}
-            "cleanup.policy" => {
-                return Err(format!(
-                    "cleanup.policy={value} is not supported (only delete)"
-                ))
-            }
-            _ => return Err(format!("unknown topic config {key}")),
-        }
-    }
-    config.validate().map_err(|e| e.to_string())
-}
+use crate::{topic_configs, Broker};
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: CreateTopicsRequest = decode_body(request)?;
@@ -79,17 +29,17 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         } else {
             topic.num_partitions
         };
-        let configs: Vec<(String, Option<String>)> = topic
+        let overrides: std::collections::BTreeMap<String, String> = topic
             .configs
             .iter()
-            .map(|c| {
-                (
+            .filter_map(|c| {
+                Some((
                     c.name.as_str().to_string(),
-                    c.value.as_ref().map(|v| v.as_str().to_string()),
-                )
+                    c.value.as_ref()?.as_str().to_string(),
+                ))
             })
             .collect();
-        let mut log_config = broker.config.log.clone();
+        let log_config = topic_configs::apply(&broker.config.log, &overrides);
         let outcome = if let Err(why) = validate_name(&name) {
             fail(
                 result,
@@ -116,8 +66,8 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 ResponseError::InvalidReplicationFactor,
                 "a single broker supports replication factor 1 only".into(),
             )
-        } else if let Err(why) = apply_topic_configs(&mut log_config, &configs) {
-            fail(result, ResponseError::InvalidConfig, why)
+        } else if let Err(why) = &log_config {
+            fail(result, ResponseError::InvalidConfig, why.clone())
         } else if body.validate_only {
             result.num_partitions = partitions;
             result.replication_factor = 1;
@@ -125,7 +75,8 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         } else {
             let state = TopicState {
                 partitions,
-                config: log_config,
+                config: log_config.unwrap_or_else(|_| broker.config.log.clone()),
+                overrides,
             };
             match broker.topics.create(&broker.engine, &name, state).await {
                 Ok(state) => {
@@ -144,34 +95,4 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         response.topics.push(outcome);
     }
     respond(request, &response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::apply_topic_configs;
-    use sluice_engine::LogConfig;
-
-    #[test]
-    fn topic_configs_apply_and_bad_ones_are_rejected() {
-        let mut config = LogConfig::default();
-        let ok = [
-            ("retention.ms".to_string(), Some("-1".to_string())),
-            ("flush.messages".into(), Some("1".into())),
-        ];
-        apply_topic_configs(&mut config, &ok).unwrap();
-        assert_eq!(config.retention_ms, None);
-        assert_eq!(config.flush_messages, Some(1));
-        for (k, v) in [
-            ("segment.bytes", "1"),
-            ("retention.ms", "x"),
-            ("cleanup.policy", "compact"),
-            ("nope", "1"),
-        ] {
-            let mut config = LogConfig::default();
-            assert!(
-                apply_topic_configs(&mut config, &[(k.to_string(), Some(v.to_string()))]).is_err(),
-                "{k}={v}"
-            );
-        }
-    }
 }

@@ -20,6 +20,7 @@ pub(crate) fn default_topic(broker: &Broker) -> TopicState {
     TopicState {
         partitions: broker.config.num_partitions,
         config: broker.config.log.clone(),
+        overrides: Default::default(),
     }
 }
 

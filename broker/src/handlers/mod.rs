@@ -6,7 +6,9 @@ pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_topics;
 pub mod describe_cluster;
+pub mod describe_configs;
 pub mod fetch;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
@@ -36,6 +38,10 @@ pub async fn dispatch(broker: &Broker, request: Request) -> Reply {
         ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
         ApiKey::DescribeCluster => describe_cluster::handle(broker, &request).await,
+        ApiKey::DescribeConfigs => describe_configs::handle(broker, &request).await,
+        ApiKey::IncrementalAlterConfigs => {
+            incremental_alter_configs::handle(broker, &request).await
+        }
         other => Err(DecodeError::UnsupportedVersion {
             api_key: other,
             version: request.version,

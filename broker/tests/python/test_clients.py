@@ -155,3 +155,45 @@ def test_plain_kafka_python_producer_still_works(broker):
     producer.send("plain", value=b"p").get(timeout=30)
     producer.close()
     assert [r.value for r in consume_all(broker.bootstrap, "plain", 0, 1)] == [b"p"]
+
+
+def test_topic_configs_are_described_altered_validated_and_kept_across_restart(broker):
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       ConfigSource, ResourceType)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("cfg", num_partitions=2, replication_factor=1,
+                                  config={"retention.ms": "3600000"})])["cfg"].result(timeout=30)
+    resource = ConfigResource(ResourceType.TOPIC, "cfg")
+
+    def describe():
+        return admin.describe_configs([resource])[resource].result(timeout=30)
+
+    configs = describe()
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert configs["segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+
+    alter = ConfigResource(ResourceType.TOPIC, "cfg", incremental_configs=[
+        ConfigEntry("flush.messages", "1", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE)])
+    admin.incremental_alter_configs([alter])[alter].result(timeout=30)
+    configs = describe()
+    assert configs["flush.messages"].value == "1"
+    assert configs["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+
+    bad = ConfigResource(ResourceType.TOPIC, "cfg", incremental_configs=[
+        ConfigEntry("segment.bytes", "3", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("retention.ms", "5", incremental_operation=AlterConfigOpType.SET)])
+    try:
+        admin.incremental_alter_configs([bad])[bad].result(timeout=30)
+        raise AssertionError("an invalid config was accepted")
+    except Exception as e:
+        assert "INVALID_CONFIG" in str(e) or "segment.bytes" in str(e)
+    assert describe()["retention.ms"].source == ConfigSource.DEFAULT_CONFIG.value
+
+    broker.stop()
+    broker.start()
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    configs = describe()
+    assert configs["flush.messages"].value == "1"
+    assert configs["flush.messages"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value

@@ -1,0 +1,86 @@
+//! IncrementalAlterConfigs: SET and DELETE of topic settings, validated as
+//! a whole before anything changes, persisted, and applied to the running
+//! logs. An invalid value gets INVALID_CONFIG and changes nothing.
+
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
+use kafka_protocol::ResponseError;
+use tracing::warn;
+
+use super::describe_configs::RESOURCE_TOPIC;
+use super::{respond, str_bytes, Reply};
+use crate::codec::{decode_body, Request};
+use crate::topics::AlterError;
+use crate::Broker;
+
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+pub async fn handle(broker: &Broker, request: &Request) -> Reply {
+    let body: IncrementalAlterConfigsRequest = decode_body(request)?;
+    let mut response = IncrementalAlterConfigsResponse::default();
+    for resource in body.resources {
+        let mut result = AlterConfigsResourceResponse::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        let name = resource.resource_name.as_str().to_string();
+        let outcome: Result<(), (ResponseError, String)> = if resource.resource_type
+            != RESOURCE_TOPIC
+        {
+            Err((
+                ResponseError::InvalidRequest,
+                "only topic settings can be altered on this broker".into(),
+            ))
+        } else {
+            match broker.topics.get(&name) {
+                None => Err((
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("unknown topic {name}"),
+                )),
+                Some(state) => {
+                    let mut overrides = state.overrides.clone();
+                    let mut bad = None;
+                    for op in &resource.configs {
+                        let key = op.name.as_str().to_string();
+                        match (op.config_operation, &op.value) {
+                            (OP_SET, Some(value)) => {
+                                overrides.insert(key, value.as_str().to_string());
+                            }
+                            (OP_DELETE, _) => {
+                                overrides.remove(&key);
+                            }
+                            (OP_SET, None) => bad = Some(format!("{key}: SET needs a value")),
+                            (other, _) => {
+                                bad = Some(format!("{key}: operation {other} applies to list settings; none are supported"))
+                            }
+                        }
+                    }
+                    match bad {
+                        Some(why) => Err((ResponseError::InvalidConfig, why)),
+                        None => broker
+                            .topics
+                            .alter(&broker.engine, &broker.config.log, &name, overrides, body.validate_only)
+                            .await
+                            .map_err(|e| {
+                                let code = match &e {
+                                    AlterError::Unknown(_) => ResponseError::UnknownTopicOrPartition,
+                                    AlterError::Invalid(_) => ResponseError::InvalidConfig,
+                                    AlterError::Persist(_) | AlterError::Engine(_) => {
+                                        warn!(topic = %name, error = %e, "altering a topic's configuration failed");
+                                        ResponseError::KafkaStorageError
+                                    }
+                                };
+                                (code, e.to_string())
+                            }),
+                    }
+                }
+            }
+        };
+        if let Err((code, message)) = outcome {
+            result.error_code = code.code();
+            result.error_message = Some(str_bytes(&message));
+        }
+        response.responses.push(result);
+    }
+    respond(request, &response)
+}
