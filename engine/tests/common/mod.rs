@@ -48,10 +48,15 @@ pub fn batch_with(
             headers: Default::default(),
         })
         .collect();
+    encode(&records, compression)
+}
+
+/// Encodes `records` as v2 batches with kafka-protocol's encoder.
+fn encode(records: &[Record], compression: Compression) -> Vec<u8> {
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
-        &records,
+        records,
         &RecordEncodeOptions {
             version: 2,
             compression,
@@ -81,17 +86,7 @@ pub fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, count:
             headers: Default::default(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("kafka-protocol encodes a batch");
-    buf.to_vec()
+    encode(&records, Compression::None)
 }
 
 /// The backends every storage test runs on.
