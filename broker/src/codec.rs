@@ -24,6 +24,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -249,6 +250,9 @@ mod tests {
                 }
                 ApiKey::IncrementalAlterConfigs => {
                     decode_body::<messages::IncrementalAlterConfigsRequest>(&request).map(drop)
+                }
+                ApiKey::DeleteRecords => {
+                    decode_body::<messages::DeleteRecordsRequest>(&request).map(drop)
                 }
                 other => panic!("{other:?} is served but not fuzzed: add it here"),
             };

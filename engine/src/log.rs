@@ -49,6 +49,8 @@ use crate::time_index::TimeIndex;
 use crate::types::{Epoch, FilePosition, Offset};
 
 pub const RECOVERY_POINT_FILE: &str = "recovery-point-checkpoint";
+/// The log start offset when DeleteRecords moved it inside a segment.
+pub const LOG_START_FILE: &str = "log-start-offset-checkpoint";
 
 /// Who assigns the offsets of an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +356,24 @@ impl Log {
             }
         }
         self.log_start = self.first_segment().base;
+        // DeleteRecords may have moved the start inside the first segment.
+        let checkpointed = self
+            .fs
+            .read_small(&self.dir.join(LOG_START_FILE))
+            .await
+            .map_err(|e| Error::io("reading the log start offset", e))?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| {
+                t.trim()
+                    .strip_prefix("1 ")
+                    .and_then(|o| o.parse::<i64>().ok())
+            })
+            .map(Offset);
+        if let Some(start) = checkpointed {
+            if start > self.log_start && start <= self.log_end_offset() {
+                self.log_start = start;
+            }
+        }
 
         let checkpoint = self
             .fs
@@ -1195,6 +1215,7 @@ impl Log {
             let seg = Segment::create(&self.fs, &self.dir, start, &self.config, now_ms).await?;
             self.segments.insert(start, seg);
             self.log_start = start;
+            self.persist_log_start().await?;
         } else {
             let config = self.config.clone();
             self.active_mut().truncate_to(offset, &config).await?;
@@ -1263,7 +1284,7 @@ impl Log {
             }
         }
         if deleted > 0 {
-            self.log_start = self.first_segment().base;
+            self.log_start = self.log_start.max(self.first_segment().base);
             if let Err(e) = self.fs.sync_dir(&self.dir).await {
                 return Err(self.fail(Error::io("syncing the log directory after retention", e)));
             }
@@ -1275,6 +1296,69 @@ impl Log {
             info!(dir = %self.dir.display(), deleted, log_start_offset = %self.log_start, "retention deleted segments");
         }
         Ok(deleted)
+    }
+
+    /// Kafka's DeleteRecords: moves the log start offset up to `offset` (at
+    /// most the log end), so reads below it are out of range, and deletes
+    /// the segments wholly below it. The new start is durable before it is
+    /// visible. Returns the log start offset (the low watermark).
+    pub async fn delete_records_before(&mut self, offset: Offset) -> Result<Offset> {
+        self.check_online()?;
+        let log_end = self.log_end_offset();
+        if offset > log_end || offset.0 < 0 {
+            return Err(Error::OffsetOutOfRange {
+                requested: offset,
+                log_start: self.log_start,
+                log_end,
+            });
+        }
+        if offset <= self.log_start {
+            return Ok(self.log_start);
+        }
+        self.reap_background_flushes(true).await?;
+        self.log_start = offset;
+        if let Err(e) = self.persist_log_start().await {
+            return Err(self.fail(e));
+        }
+        let doomed: Vec<Offset> = self
+            .segments
+            .iter()
+            .rev()
+            .skip(1)
+            .filter(|(_, seg)| seg.next_offset <= offset)
+            .map(|(base, _)| *base)
+            .collect();
+        for base in &doomed {
+            if let Some(seg) = self.segments.remove(base) {
+                if let Err(e) = seg.remove_files(&self.fs, &self.dir).await {
+                    return Err(self.fail(e));
+                }
+            }
+        }
+        if !doomed.is_empty() {
+            if let Err(e) = self.fs.sync_dir(&self.dir).await {
+                return Err(self.fail(Error::io(
+                    "syncing the log directory after DeleteRecords",
+                    e,
+                )));
+            }
+        }
+        if self.epochs.truncate_from_start(self.log_start) {
+            if let Err(e) = self.persist_epochs().await {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(self.log_start)
+    }
+
+    async fn persist_log_start(&self) -> Result<()> {
+        self.fs
+            .replace_atomically(
+                &self.dir.join(LOG_START_FILE),
+                format!("1 {}\n", self.log_start.0).into_bytes(),
+            )
+            .await
+            .map_err(|e| Error::io("writing the log start offset", e))
     }
 
     /// The first batch whose maximum timestamp is at least `timestamp`: its

@@ -526,3 +526,36 @@ fn idempotent_producers_get_duplicates_answered_and_gaps_refused_across_reopen()
         );
     });
 }
+
+#[test]
+fn delete_records_moves_the_log_start_durably_and_drops_whole_segments_below_it() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        fill(&mut log, 40, 3, 200).await;
+        let segments = log.segment_count();
+        assert_eq!(
+            log.delete_records_before(Offset(50)).await.unwrap(),
+            Offset(50)
+        );
+        assert!(log.segment_count() < segments);
+        assert!(matches!(
+            log.read(Offset(49), 100, None, true).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        // The batch holding offset 50 starts at 48 and is returned whole.
+        let r = log.read(Offset(50), 1, None, true).await.unwrap();
+        assert_eq!(split_batches(&r.records)[0].0, 48);
+        // Moving it back is a no-op; past the log end is out of range.
+        assert_eq!(
+            log.delete_records_before(Offset(10)).await.unwrap(),
+            Offset(50)
+        );
+        assert!(matches!(
+            log.delete_records_before(Offset(121)).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        drop(log);
+        let log = open(&fs, &dir, small_segments()).await;
+        assert_eq!(log.log_start_offset(), Offset(50));
+    });
+}

@@ -4,6 +4,7 @@
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -38,6 +39,7 @@ pub async fn dispatch(broker: &Broker, request: Request) -> Reply {
         ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
         ApiKey::DescribeCluster => describe_cluster::handle(broker, &request).await,
+        ApiKey::DeleteRecords => delete_records::handle(broker, &request).await,
         ApiKey::DescribeConfigs => describe_configs::handle(broker, &request).await,
         ApiKey::IncrementalAlterConfigs => {
             incremental_alter_configs::handle(broker, &request).await

@@ -197,3 +197,21 @@ def test_topic_configs_are_described_altered_validated_and_kept_across_restart(b
     configs = describe()
     assert configs["flush.messages"].value == "1"
     assert configs["flush.messages"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+
+def test_delete_records_moves_the_low_watermark(broker):
+    from confluent_kafka import TopicPartition as CkTopicPartition
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(10):
+        producer.produce("trim", value=f"t{i}".encode())
+        producer.flush(30)  # one batch per message, so the cut is exact
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    futures = admin.delete_records([CkTopicPartition("trim", 0, 4)])
+    result = list(futures.values())[0].result(timeout=30)
+    assert result.low_watermark == 4
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None)
+    tp = TopicPartition("trim", 0)
+    assert consumer.beginning_offsets([tp])[tp] == 4
+    consumer.close()
+    records = consume_all(broker.bootstrap, "trim", 0, 6)
+    assert [r.value for r in records] == [f"t{i}".encode() for i in range(4, 10)]

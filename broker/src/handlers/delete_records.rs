@@ -1,0 +1,64 @@
+//! DeleteRecords: move partitions' log start offsets forward (offset -1
+//! means the high watermark), answering each partition's new low watermark.
+
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+use kafka_protocol::ResponseError;
+use sluice_engine::{Offset, TopicPartition};
+
+use super::{respond, Reply};
+use crate::codec::{decode_body, Request};
+use crate::{errors, Broker};
+
+/// `offset` -1: delete everything below the high watermark.
+const HIGH_WATERMARK: i64 = -1;
+
+pub async fn handle(broker: &Broker, request: &Request) -> Reply {
+    let body: DeleteRecordsRequest = decode_body(request)?;
+    let mut response = DeleteRecordsResponse::default();
+    for topic in body.topics {
+        let name = topic.name.0.as_str().to_string();
+        let state = broker.topics.get(&name);
+        let mut out = DeleteRecordsTopicResult::default();
+        out.name = topic.name.clone();
+        for partition in topic.partitions {
+            let mut p = DeleteRecordsPartitionResult::default();
+            p.partition_index = partition.partition_index;
+            p.low_watermark = -1;
+            if state
+                .as_ref()
+                .is_none_or(|s| !(0..s.partitions).contains(&partition.partition_index))
+            {
+                p.error_code = ResponseError::UnknownTopicOrPartition.code();
+                out.partitions.push(p);
+                continue;
+            }
+            let tp = TopicPartition::new(name.clone(), partition.partition_index);
+            let requested = partition.offset;
+            let result = broker
+                .engine
+                .shard_for(&tp)
+                .with_log(tp.clone(), move |log, _| {
+                    Box::pin(async move {
+                        // On a single node the high watermark is the log end.
+                        let target = if requested == HIGH_WATERMARK {
+                            log.log_end_offset()
+                        } else {
+                            Offset(requested)
+                        };
+                        log.delete_records_before(target).await
+                    })
+                })
+                .await;
+            match result {
+                Ok(start) => p.low_watermark = start.0,
+                Err(e) => p.error_code = errors::code(&e),
+            }
+            out.partitions.push(p);
+        }
+        response.topics.push(out);
+    }
+    respond(request, &response)
+}
