@@ -10,6 +10,7 @@
 //!   request dispatch.
 //! - [`handlers`]: one module per Kafka API.
 //! - [`errors`]: engine errors as Kafka error codes.
+//! - [`groups`]: consumer groups; so far the pure group state machine.
 //! - [`producer_ids`]: durable producer-id allocation (InitProducerId).
 //! - [`alloc`]: the global allocator that keeps hostile array lengths from
 //!   aborting the broker.
@@ -18,6 +19,7 @@ pub mod alloc;
 pub mod codec;
 pub mod config;
 pub mod errors;
+pub mod groups;
 pub mod handlers;
 pub mod producer_ids;
 pub mod server;
