@@ -25,6 +25,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 pub fn supported_range(api_key: ApiKey) -> Option<(i16, i16)> {
@@ -253,6 +263,30 @@ mod tests {
                 }
                 ApiKey::DeleteRecords => {
                     decode_body::<messages::DeleteRecordsRequest>(&request).map(drop)
+                }
+                ApiKey::FindCoordinator => {
+                    decode_body::<messages::FindCoordinatorRequest>(&request).map(drop)
+                }
+                ApiKey::JoinGroup => decode_body::<messages::JoinGroupRequest>(&request).map(drop),
+                ApiKey::SyncGroup => decode_body::<messages::SyncGroupRequest>(&request).map(drop),
+                ApiKey::Heartbeat => decode_body::<messages::HeartbeatRequest>(&request).map(drop),
+                ApiKey::LeaveGroup => {
+                    decode_body::<messages::LeaveGroupRequest>(&request).map(drop)
+                }
+                ApiKey::OffsetCommit => {
+                    decode_body::<messages::OffsetCommitRequest>(&request).map(drop)
+                }
+                ApiKey::OffsetFetch => {
+                    decode_body::<messages::OffsetFetchRequest>(&request).map(drop)
+                }
+                ApiKey::ListGroups => {
+                    decode_body::<messages::ListGroupsRequest>(&request).map(drop)
+                }
+                ApiKey::DescribeGroups => {
+                    decode_body::<messages::DescribeGroupsRequest>(&request).map(drop)
+                }
+                ApiKey::DeleteGroups => {
+                    decode_body::<messages::DeleteGroupsRequest>(&request).map(drop)
                 }
                 other => panic!("{other:?} is served but not fuzzed: add it here"),
             };

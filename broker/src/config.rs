@@ -42,6 +42,8 @@ pub struct BrokerConfig {
     pub shards: Option<usize>,
     /// `sluice.io.driver`: auto, io_uring or poll.
     pub io_driver: sluice_engine::IoDriver,
+    /// `group.*` limits of the group coordinator.
+    pub group_limits: crate::groups::state::Limits,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -68,6 +70,9 @@ const KNOWN_KEYS: &[&str] = &[
     "log.retention.bytes",
     "log.index.interval.bytes",
     "log.index.size.max.bytes",
+    "group.initial.rebalance.delay.ms",
+    "group.min.session.timeout.ms",
+    "group.max.session.timeout.ms",
     "sluice.shards",
     "sluice.io.driver",
 ];
@@ -302,7 +307,32 @@ impl BrokerConfig {
                 .map_err(|_| bad("sluice.io.driver", text, "must be auto, io_uring or poll"))?,
             None => sluice_engine::IoDriver::Auto,
         };
+        let group_defaults = crate::groups::state::Limits::default();
+        let group_limits = crate::groups::state::Limits {
+            initial_rebalance_delay_ms: num(
+                "group.initial.rebalance.delay.ms",
+                get("group.initial.rebalance.delay.ms"),
+                group_defaults.initial_rebalance_delay_ms,
+                |_| true,
+                "must be a non-negative integer",
+            )?,
+            min_session_timeout_ms: num(
+                "group.min.session.timeout.ms",
+                get("group.min.session.timeout.ms"),
+                group_defaults.min_session_timeout_ms,
+                |v| *v >= 1,
+                "must be at least 1",
+            )?,
+            max_session_timeout_ms: num(
+                "group.max.session.timeout.ms",
+                get("group.max.session.timeout.ms"),
+                group_defaults.max_session_timeout_ms,
+                |v| *v >= 1,
+                "must be at least 1",
+            )?,
+        };
         Ok(BrokerConfig {
+            group_limits,
             node_id,
             listen,
             advertised_host,

@@ -10,7 +10,9 @@
 //!   request dispatch.
 //! - [`handlers`]: one module per Kafka API.
 //! - [`errors`]: engine errors as Kafka error codes.
-//! - [`groups`]: consumer groups; so far the pure group state machine.
+//! - [`groups`]: consumer groups: the pure state machine, the coordinator
+//!   that parks and answers requests, committed offsets in
+//!   `__consumer_offsets`.
 //! - [`producer_ids`]: durable producer-id allocation (InitProducerId).
 //! - [`alloc`]: the global allocator that keeps hostile array lengths from
 //!   aborting the broker.
@@ -40,4 +42,6 @@ pub struct Broker {
     pub engine: Arc<Engine>,
     pub topics: topics::Topics,
     pub producer_ids: producer_ids::ProducerIds,
+    pub groups: groups::coordinator::Coordinator,
+    pub offsets: groups::offsets_topic::OffsetStore,
 }

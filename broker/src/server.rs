@@ -22,8 +22,13 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, DecodeError};
 use crate::config::BrokerConfig;
+use crate::groups::coordinator::Coordinator;
+use crate::groups::offsets_topic;
 use crate::handlers;
 use crate::topics::Topics;
+
+/// How often group sessions and rebalance deadlines are checked.
+const GROUP_TICK: Duration = Duration::from_millis(100);
 use crate::Broker;
 
 /// Starts the engine, loads the topics on disk, and listens on every shard.
@@ -48,12 +53,46 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         .block_on(topics.load(&engine, &config.log))
         .map_err(|e| format!("loading the topics in {}: {e}", config.log_dir.display()))?;
     let producer_ids = crate::producer_ids::ProducerIds::load(&config.log_dir)?;
+    // The internal offsets topic exists from the first start on.
+    if topics.get(offsets_topic::TOPIC).is_none() {
+        let state = crate::topics::TopicState {
+            partitions: offsets_topic::PARTITIONS,
+            config: config.log.clone(),
+            overrides: Default::default(),
+        };
+        runtime
+            .block_on(topics.create(&engine, offsets_topic::TOPIC, state))
+            .map_err(|e| format!("creating {}: {e}", offsets_topic::TOPIC))?;
+    }
+    let groups = Coordinator::new(config.group_limits);
+    let offsets = offsets_topic::OffsetStore;
+    let restored = runtime
+        .block_on(offsets.load(&engine, &groups))
+        .map_err(|e| format!("loading committed offsets: {e}"))?;
+    info!(records = restored, "committed offsets loaded");
     let broker = Arc::new(Broker {
         config,
         engine,
         topics,
         producer_ids,
+        groups,
+        offsets,
     });
+    // Group sessions and rebalance deadlines advance on shard 0.
+    if let Some(shard) = broker.engine.shards().first() {
+        let for_ticker = broker.clone();
+        runtime
+            .block_on(shard.spawn(move || {
+                compio::runtime::spawn(async move {
+                    loop {
+                        compio::time::sleep(GROUP_TICK).await;
+                        for_ticker.groups.tick(sluice_engine::shard::now_ms());
+                    }
+                })
+                .detach();
+            }))
+            .map_err(|e| format!("starting the group ticker: {e}"))?;
+    }
     for shard in broker.engine.shards() {
         let listener = bind_reuseport(broker.config.listen)
             .map_err(|e| format!("listening on {}: {e}", broker.config.listen))?;

@@ -394,3 +394,50 @@ fn reading_from_an_offset_and_from_the_end() {
     let first3 = consume(&broker, "offsets", &["-o", "beginning", "-c", "3"]);
     assert_eq!(offsets(&first3), vec![0, 1, 2], "-o beginning -c 3");
 }
+
+#[test]
+fn a_kcat_consumer_group_reads_everything_once_and_resumes_from_its_commits() {
+    let broker = Broker::start_with(&[("group.initial.rebalance.delay.ms", "100")]);
+    let (input, expected) = common::numbered("g", 10);
+    produce(&broker, "grouped", &[], &input);
+    let addr = broker.addr();
+    let first = common::kcat_on(
+        &broker,
+        &[
+            "-b",
+            &addr,
+            "-G",
+            "readers",
+            "grouped",
+            "-o",
+            "beginning",
+            "-e",
+            "-J",
+            "-X",
+            "auto.commit.interval.ms=100",
+        ],
+        None,
+    );
+    let got: Vec<String> = common::parse_messages(&first.stdout)
+        .into_iter()
+        .filter_map(|m| m.value)
+        .collect();
+    assert_eq!(got, expected, "{}", common::describe(&first));
+    // The group committed its position: a second run finds nothing new.
+    produce(&broker, "grouped", &[], b"late\n");
+    let second = common::kcat_on(
+        &broker,
+        &["-b", &addr, "-G", "readers", "grouped", "-e", "-J"],
+        None,
+    );
+    let got: Vec<String> = common::parse_messages(&second.stdout)
+        .into_iter()
+        .filter_map(|m| m.value)
+        .collect();
+    assert_eq!(
+        got,
+        vec!["late".to_string()],
+        "{}",
+        common::describe(&second)
+    );
+}

@@ -1,5 +1,8 @@
-//! Consumer groups (the classic protocol). Only the pure state machine
-//! exists so far; the coordinator that parks requests, persists committed
-//! offsets in `__consumer_offsets` and serves the group APIs comes next.
+//! Consumer groups (the classic protocol): [`state`] is the pure state
+//! machine of one group, [`coordinator`] parks and answers requests for all
+//! groups, [`offsets_topic`] persists committed offsets in
+//! `__consumer_offsets` and replays them at start.
 
+pub mod coordinator;
+pub mod offsets_topic;
 pub mod state;

@@ -542,10 +542,11 @@ impl Group {
         if generation != self.generation {
             return code::ILLEGAL_GENERATION;
         }
+        // As in Kafka: members may still commit while a rebalance is being
+        // prepared (that is how they commit what they processed before
+        // giving partitions up), not while assignments are handed out.
         match self.state {
-            GroupState::PreparingRebalance | GroupState::CompletingRebalance => {
-                code::REBALANCE_IN_PROGRESS
-            }
+            GroupState::CompletingRebalance => code::REBALANCE_IN_PROGRESS,
             _ => code::NONE,
         }
     }
@@ -649,7 +650,8 @@ mod tests {
         assert_eq!(code_left, code::NONE);
         assert_eq!(g.state, GroupState::PreparingRebalance);
         assert_eq!(g.heartbeat(201, &a, 1), code::REBALANCE_IN_PROGRESS);
-        assert_eq!(g.check_commit(&a, 1), code::REBALANCE_IN_PROGRESS);
+        // Committing what it processed before rejoining is still allowed.
+        assert_eq!(g.check_commit(&a, 1), code::NONE);
         // The only member left rejoins: the rebalance completes at once.
         let (outcome, done) = g.join(202, req(&a, &["range"]));
         assert_eq!(outcome, Outcome::Wait);

@@ -36,6 +36,7 @@ fn describe(
     topic.name = Some(TopicName(str_bytes(name)));
     topic.error_code = error;
     topic.topic_authorized_operations = i32::MIN;
+    topic.is_internal = name == crate::groups::offsets_topic::TOPIC;
     if let Some(state) = state {
         topic.partitions = (0..state.partitions)
             .map(|p| {

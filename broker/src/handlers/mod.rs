@@ -4,17 +4,27 @@
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
 pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sync_group;
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
@@ -40,6 +50,16 @@ pub async fn dispatch(broker: &Broker, request: Request) -> Reply {
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
         ApiKey::DescribeCluster => describe_cluster::handle(broker, &request).await,
         ApiKey::DeleteRecords => delete_records::handle(broker, &request).await,
+        ApiKey::FindCoordinator => find_coordinator::handle(broker, &request).await,
+        ApiKey::JoinGroup => join_group::handle(broker, &request).await,
+        ApiKey::SyncGroup => sync_group::handle(broker, &request).await,
+        ApiKey::Heartbeat => heartbeat::handle(broker, &request).await,
+        ApiKey::LeaveGroup => leave_group::handle(broker, &request).await,
+        ApiKey::OffsetCommit => offset_commit::handle(broker, &request).await,
+        ApiKey::OffsetFetch => offset_fetch::handle(broker, &request).await,
+        ApiKey::ListGroups => list_groups::handle(broker, &request).await,
+        ApiKey::DescribeGroups => describe_groups::handle(broker, &request).await,
+        ApiKey::DeleteGroups => delete_groups::handle(broker, &request).await,
         ApiKey::DescribeConfigs => describe_configs::handle(broker, &request).await,
         ApiKey::IncrementalAlterConfigs => {
             incremental_alter_configs::handle(broker, &request).await

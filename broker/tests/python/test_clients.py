@@ -215,3 +215,114 @@ def test_delete_records_moves_the_low_watermark(broker):
     consumer.close()
     records = consume_all(broker.bootstrap, "trim", 0, 6)
     assert [r.value for r in records] == [f"t{i}".encode() for i in range(4, 10)]
+
+
+def _group_broker():
+    from conftest import Broker
+    return Broker(extra=["group.initial.rebalance.delay.ms=100"])
+
+
+def test_a_consumer_group_of_three_rebalances_and_consumes_every_message_exactly_once():
+    import threading
+    from confluent_kafka import Consumer
+    broker = _group_broker()
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic("work", num_partitions=6, replication_factor=1)])["work"].result(timeout=30)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
+        total = 3000
+        for i in range(total):
+            producer.produce("work", key=str(i), value=str(i))
+        assert producer.flush(30) == 0
+
+        seen = []
+        errors = []
+        lock = threading.Lock()
+        stop = {}
+
+        def member(name):
+            try:
+                run_member(name)
+            except Exception as e:  # a dead thread must fail the test, not hang it
+                errors.append(f"{name}: {e!r}")
+
+        def run_member(name):
+            consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "workers",
+                                 "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                                 "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+                                 "client.id": name})
+            # With a revoke callback, librdkafka lets the application take its
+            # partitions back inside poll() before rejoining, so every commit
+            # below lands before the group hands partitions out again (a
+            # commit then would get REBALANCE_IN_PROGRESS, as from Kafka).
+            consumer.subscribe(["work"], on_revoke=lambda c, partitions: None)
+            while not stop.get(name):
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                with lock:
+                    seen.append(int(msg.value()))
+                # Commit after processing, before the next poll can rebalance.
+                consumer.commit(message=msg, asynchronous=False)
+            consumer.close()
+
+        threads = {n: threading.Thread(target=member, args=(n,)) for n in ("a", "b", "c")}
+        threads["a"].start()
+        deadline = time.monotonic() + 60
+        while len(seen) < 500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        threads["b"].start()
+        threads["c"].start()
+        while len(seen) < 1500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop["a"] = True
+        threads["a"].join(timeout=30)
+        while len(seen) < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop["b"] = stop["c"] = True
+        for t in threads.values():
+            t.join(timeout=30)
+        assert not errors, errors
+        assert sorted(seen) == list(range(total)), f"{len(seen)} processed, {len(set(seen))} distinct"
+    finally:
+        broker.kill()
+
+
+def test_committed_offsets_survive_a_restart():
+    from confluent_kafka import Consumer
+    broker = _group_broker()
+    try:
+        producer = Producer({"bootstrap.servers": broker.bootstrap})
+        for i in range(20):
+            producer.produce("resume", value=str(i))
+        assert producer.flush(30) == 0
+
+        def consumer():
+            c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "resumers",
+                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+            c.subscribe(["resume"])
+            return c
+
+        c = consumer()
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error():
+                got.append(int(msg.value()))
+                c.commit(message=msg, asynchronous=False)
+        c.close()
+        broker.stop()
+        broker.start()
+        c = consumer()
+        rest = []
+        deadline = time.monotonic() + 30
+        while len(rest) < 10 and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error():
+                rest.append(int(msg.value()))
+        c.close()
+        assert got == list(range(10))
+        assert rest == list(range(10, 20))
+    finally:
+        broker.kill()

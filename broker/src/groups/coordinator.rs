@@ -1,0 +1,303 @@
+//! The group coordinator's shell around the pure [`Group`] state machine:
+//! it parks JoinGroup and SyncGroup requests that must wait for a
+//! rebalance step, delivers the answers when [`Group`] produces them, ticks
+//! time forward, and keeps the groups' committed offsets.
+//!
+//! Shared by every shard's connections; the mutex is held only for the
+//! state machine's synchronous steps, never across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use futures_channel::oneshot;
+
+use super::state::{code, Completion, Group, JoinRequest, JoinResponse, Limits, Outcome};
+
+/// A committed offset, as OffsetCommit stores and OffsetFetch returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+#[derive(Default)]
+struct Entry {
+    group: Option<Group>,
+    join_waiters: HashMap<String, oneshot::Sender<JoinResponse>>,
+    sync_waiters: HashMap<String, oneshot::Sender<(i16, Vec<u8>)>>,
+    offsets: BTreeMap<(String, i32), Committed>,
+}
+
+impl Entry {
+    fn deliver(&mut self, completions: Vec<Completion>) {
+        for completion in completions {
+            match completion {
+                Completion::Join(response) => {
+                    if let Some(tx) = self.join_waiters.remove(&response.member_id) {
+                        // The member may have given up waiting; nothing to do.
+                        drop(tx.send(response));
+                    }
+                }
+                Completion::Sync(member, error, assignment) => {
+                    if let Some(tx) = self.sync_waiters.remove(&member) {
+                        drop(tx.send((error, assignment)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An answer now, or a receiver that yields it when the rebalance step ends.
+pub enum Wait<T> {
+    Ready(T),
+    Later(oneshot::Receiver<T>),
+}
+
+/// Every group of this broker.
+pub struct Coordinator {
+    limits: Limits,
+    groups: Mutex<HashMap<String, Entry>>,
+}
+
+/// What DescribeGroups and ListGroups show of a group.
+#[derive(Debug, Clone)]
+pub struct Description {
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<MemberDescription>,
+}
+
+/// One member as DescribeGroups shows it.
+#[derive(Debug, Clone)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Vec<u8>,
+    pub assignment: Vec<u8>,
+}
+
+impl Coordinator {
+    pub fn new(limits: Limits) -> Coordinator {
+        Coordinator {
+            limits,
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with<T>(&self, group_id: &str, f: impl FnOnce(&mut Entry, Limits) -> T) -> T {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = groups.entry(group_id.to_string()).or_default();
+        f(entry, self.limits)
+    }
+
+    pub fn join(&self, group_id: &str, now_ms: u64, req: JoinRequest) -> Wait<JoinResponse> {
+        self.with(group_id, |entry, limits| {
+            let member = req.member_id.clone();
+            let group = entry
+                .group
+                .get_or_insert_with(|| Group::new(group_id, limits));
+            let (outcome, completions) = group.join(now_ms, req);
+            let wait = match outcome {
+                Outcome::Now(response) => Wait::Ready(response),
+                Outcome::Wait => {
+                    let (tx, rx) = oneshot::channel();
+                    // A second join from the same member replaces the first.
+                    entry.join_waiters.insert(member, tx);
+                    Wait::Later(rx)
+                }
+            };
+            entry.deliver(completions);
+            wait
+        })
+    }
+
+    pub fn sync(
+        &self,
+        group_id: &str,
+        now_ms: u64,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Vec<u8>)>,
+    ) -> Wait<(i16, Vec<u8>)> {
+        self.with(group_id, |entry, _| {
+            let Some(group) = entry.group.as_mut() else {
+                return Wait::Ready((code::UNKNOWN_MEMBER_ID, Vec::new()));
+            };
+            let (outcome, completions) = group.sync(now_ms, member_id, generation, assignments);
+            let wait = match outcome {
+                Outcome::Now(answer) => Wait::Ready(answer),
+                Outcome::Wait => {
+                    let (tx, rx) = oneshot::channel();
+                    entry.sync_waiters.insert(member_id.to_string(), tx);
+                    Wait::Later(rx)
+                }
+            };
+            entry.deliver(completions);
+            wait
+        })
+    }
+
+    pub fn heartbeat(&self, group_id: &str, now_ms: u64, member_id: &str, generation: i32) -> i16 {
+        self.with(group_id, |entry, _| match entry.group.as_mut() {
+            Some(group) => group.heartbeat(now_ms, member_id, generation),
+            None => code::UNKNOWN_MEMBER_ID,
+        })
+    }
+
+    pub fn leave(&self, group_id: &str, now_ms: u64, member_id: &str) -> i16 {
+        self.with(group_id, |entry, _| {
+            let Some(group) = entry.group.as_mut() else {
+                return code::UNKNOWN_MEMBER_ID;
+            };
+            let (error, completions) = group.leave(now_ms, member_id);
+            entry.deliver(completions);
+            error
+        })
+    }
+
+    /// Advances every group's clock, delivering what that completes.
+    pub fn tick(&self, now_ms: u64) {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in groups.values_mut() {
+            if let Some(group) = entry.group.as_mut() {
+                let completions = group.tick(now_ms);
+                entry.deliver(completions);
+            }
+        }
+    }
+
+    /// Whether an OffsetCommit from `member_id` at `generation` is allowed
+    /// now: the Kafka error code that applies to all its partitions.
+    pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+        self.with(group_id, |entry, limits| {
+            let verdict = match entry.group.as_ref() {
+                Some(group) => group.check_commit(member_id, generation),
+                None => Group::new(group_id, limits).check_commit(member_id, generation),
+            };
+            if verdict != code::NONE {
+                tracing::debug!(
+                    group = group_id,
+                    member = member_id,
+                    generation,
+                    current = entry.group.as_ref().map(|g| g.generation),
+                    state = ?entry.group.as_ref().map(|g| g.state),
+                    verdict,
+                    "offset commit refused"
+                );
+            }
+            verdict
+        })
+    }
+
+    /// Makes committed offsets visible (after they were persisted).
+    pub fn record(&self, group_id: &str, offsets: Vec<((String, i32), Committed)>) {
+        self.with(group_id, |entry, _| entry.offsets.extend(offsets))
+    }
+
+    /// Restores a committed offset read back from `__consumer_offsets`
+    /// (`None` is a tombstone).
+    pub fn restore(&self, group_id: &str, key: (String, i32), value: Option<Committed>) {
+        self.with(group_id, |entry, _| match value {
+            Some(v) => {
+                entry.offsets.insert(key, v);
+            }
+            None => {
+                entry.offsets.remove(&key);
+            }
+        })
+    }
+
+    /// The group's committed offsets (all, or for the listed partitions).
+    pub fn committed(&self, group_id: &str) -> BTreeMap<(String, i32), Committed> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .get(group_id)
+            .map(|e| e.offsets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every group with members or committed offsets, with its protocol type.
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .iter()
+            .filter(|(_, e)| {
+                e.group.as_ref().is_some_and(|g| !g.members.is_empty()) || !e.offsets.is_empty()
+            })
+            .map(|(id, e)| {
+                let g = e.group.as_ref();
+                (
+                    id.clone(),
+                    g.and_then(|g| g.protocol_type.clone())
+                        .unwrap_or_else(|| "consumer".into()),
+                    g.map_or("Empty", |g| state_name(g)),
+                )
+            })
+            .collect()
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<Description> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = groups.get(group_id)?;
+        let Some(group) = entry.group.as_ref() else {
+            return Some(Description {
+                state: "Empty",
+                protocol_type: String::new(),
+                protocol: String::new(),
+                members: Vec::new(),
+            });
+        };
+        Some(Description {
+            state: state_name(group),
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            protocol: group.protocol.clone().unwrap_or_default(),
+            members: group
+                .members
+                .values()
+                .map(|m| {
+                    let metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(p, _)| Some(p) == group.protocol.as_ref())
+                        .map(|(_, meta)| meta.clone())
+                        .unwrap_or_default();
+                    MemberDescription {
+                        member_id: m.id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        metadata,
+                        assignment: m.assignment.clone(),
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// Deletes an empty group and its offsets; the Kafka error code.
+    pub fn delete(&self, group_id: &str) -> i16 {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        match groups.get(group_id) {
+            None => 69, // GROUP_ID_NOT_FOUND
+            Some(e) if e.group.as_ref().is_some_and(|g| !g.members.is_empty()) => 68, // NON_EMPTY_GROUP
+            Some(_) => {
+                groups.remove(group_id);
+                code::NONE
+            }
+        }
+    }
+}
+
+fn state_name(group: &Group) -> &'static str {
+    use super::state::GroupState::*;
+    match group.state {
+        Empty => "Empty",
+        PreparingRebalance => "PreparingRebalance",
+        CompletingRebalance => "CompletingRebalance",
+        Stable => "Stable",
+    }
+}

@@ -1,0 +1,270 @@
+//! Committed offsets in the internal topic `__consumer_offsets`, in Kafka's
+//! record format: key (version 1) = group, topic, partition; value
+//! (version 3) = offset, leader epoch, metadata, commit timestamp; a null
+//! value is a tombstone. A group's records go to partition
+//! `abs(javaHashCode(group)) % 50`, as in Kafka, so the latest record per key
+//! is the committed offset (compaction semantics; the log itself is kept
+//! whole until compaction exists).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use sluice_engine::{AppendMode, Engine, Epoch, Offset, TopicPartition};
+
+use super::coordinator::{Committed, Coordinator};
+
+pub const TOPIC: &str = "__consumer_offsets";
+/// Kafka's `offsets.topic.num.partitions` default.
+pub const PARTITIONS: i32 = 50;
+
+/// Java's `String.hashCode`, over UTF-16 code units.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+pub fn partition_for(group: &str) -> i32 {
+    (java_hash(group) & 0x7fff_ffff) % PARTITIONS
+}
+
+fn put_string(buf: &mut BytesMut, s: &str) {
+    buf.put_i16(s.len().min(i16::MAX as usize) as i16);
+    buf.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
+}
+
+fn get_string(buf: &mut Bytes) -> Option<String> {
+    if buf.remaining() < 2 {
+        return None;
+    }
+    let len = usize::try_from(buf.get_i16()).ok()?;
+    if buf.remaining() < len {
+        return None;
+    }
+    String::from_utf8(buf.split_to(len).to_vec()).ok()
+}
+
+pub fn encode_key(group: &str, topic: &str, partition: i32) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i16(1);
+    put_string(&mut buf, group);
+    put_string(&mut buf, topic);
+    buf.put_i32(partition);
+    buf.freeze()
+}
+
+pub fn encode_value(c: &Committed) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i16(3);
+    buf.put_i64(c.offset);
+    buf.put_i32(c.leader_epoch);
+    put_string(&mut buf, &c.metadata);
+    buf.put_i64(c.commit_timestamp_ms);
+    buf.freeze()
+}
+
+/// (group, topic, partition) from an offset-commit key; `None` for other
+/// record kinds (group metadata) and for malformed keys.
+pub fn decode_key(mut key: Bytes) -> Option<(String, String, i32)> {
+    if key.remaining() < 2 {
+        return None;
+    }
+    if !matches!(key.get_i16(), 0 | 1) {
+        return None;
+    }
+    let group = get_string(&mut key)?;
+    let topic = get_string(&mut key)?;
+    if key.remaining() < 4 {
+        return None;
+    }
+    Some((group, topic, key.get_i32()))
+}
+
+pub fn decode_value(mut value: Bytes) -> Option<Committed> {
+    if value.remaining() < 2 {
+        return None;
+    }
+    let version = value.get_i16();
+    if value.remaining() < 8 {
+        return None;
+    }
+    let offset = value.get_i64();
+    let leader_epoch = if version >= 3 && value.remaining() >= 4 {
+        value.get_i32()
+    } else {
+        -1
+    };
+    let metadata = get_string(&mut value)?;
+    let commit_timestamp_ms = if value.remaining() >= 8 {
+        value.get_i64()
+    } else {
+        -1
+    };
+    Some(Committed {
+        offset,
+        leader_epoch,
+        metadata,
+        commit_timestamp_ms,
+    })
+}
+
+/// Writes and reads committed offsets through the engine.
+#[derive(Debug, Default)]
+pub struct OffsetStore;
+
+impl OffsetStore {
+    async fn append(
+        &self,
+        engine: &Engine,
+        group: &str,
+        records: Vec<Record>,
+    ) -> Result<(), String> {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| format!("encoding offset records: {e}"))?;
+        let tp = TopicPartition::new(TOPIC, partition_for(group));
+        engine
+            .append(tp, buf.to_vec(), AppendMode::Leader { epoch: Epoch(0) })
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn record(key: Bytes, value: Option<Bytes>, offset: i64, timestamp: i64) -> Record {
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            // kafka-protocol batches records while offset - sequence is constant.
+            sequence: offset as i32 - 1,
+            timestamp,
+            key: Some(key),
+            value,
+            headers: Default::default(),
+        }
+    }
+
+    pub async fn persist(
+        &self,
+        engine: &Engine,
+        group: &str,
+        offsets: &[((String, i32), Committed)],
+    ) -> Result<(), String> {
+        let records = offsets
+            .iter()
+            .enumerate()
+            .map(|(i, ((topic, partition), c))| {
+                Self::record(
+                    encode_key(group, topic, *partition),
+                    Some(encode_value(c)),
+                    i as i64,
+                    c.commit_timestamp_ms,
+                )
+            })
+            .collect();
+        self.append(engine, group, records).await
+    }
+
+    pub async fn tombstone(
+        &self,
+        engine: &Engine,
+        group: &str,
+        keys: &[(String, i32)],
+    ) -> Result<(), String> {
+        let now = sluice_engine::shard::now_ms() as i64;
+        let records = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (topic, partition))| {
+                Self::record(encode_key(group, topic, *partition), None, i as i64, now)
+            })
+            .collect();
+        self.append(engine, group, records).await
+    }
+
+    /// Replays every `__consumer_offsets` partition into the coordinator.
+    pub async fn load(&self, engine: &Engine, coordinator: &Coordinator) -> Result<usize, String> {
+        let mut restored = 0;
+        for p in 0..PARTITIONS {
+            let tp = TopicPartition::new(TOPIC, p);
+            let mut from: Option<Offset> = None;
+            loop {
+                let start = match from {
+                    Some(o) => o,
+                    None => {
+                        engine
+                            .shard_for(&tp)
+                            .info(tp.clone())
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .log_start_offset
+                    }
+                };
+                let read = engine
+                    .read(tp.clone(), start, 1 << 20, None, true)
+                    .await
+                    .map_err(|e| format!("reading {tp}: {e}"))?;
+                if read.records.is_empty() {
+                    break;
+                }
+                let mut bytes = Bytes::from(read.records);
+                let sets = RecordBatchDecoder::decode_all(&mut bytes)
+                    .map_err(|e| format!("decoding {tp}: {e}"))?;
+                for set in sets {
+                    for record in set.records {
+                        let Some((group, topic, partition)) = record.key.and_then(decode_key)
+                        else {
+                            continue;
+                        };
+                        let value = record.value.and_then(decode_value);
+                        coordinator.restore(&group, (topic, partition), value);
+                        restored += 1;
+                    }
+                }
+                from = Some(read.next_offset);
+            }
+        }
+        Ok(restored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_map_to_partitions_as_kafka_does() {
+        // Java: "my-group".hashCode() == -1906497762; Kafka's Utils.abs
+        // masks the sign bit: 240985886 % 50 == 36.
+        assert_eq!(java_hash("my-group"), -1_906_497_762);
+        assert_eq!(partition_for("my-group"), 36);
+        assert!((0..50).contains(&partition_for("\u{7fff}weird")));
+    }
+
+    #[test]
+    fn keys_and_values_round_trip_and_garbage_is_skipped() {
+        let key = encode_key("g", "t", 3);
+        assert_eq!(decode_key(key), Some(("g".into(), "t".into(), 3)));
+        let c = Committed {
+            offset: 42,
+            leader_epoch: 0,
+            metadata: "m".into(),
+            commit_timestamp_ms: 7,
+        };
+        assert_eq!(decode_value(encode_value(&c)), Some(c));
+        assert_eq!(decode_key(Bytes::from_static(b"\x00\x02junk")), None);
+        assert_eq!(decode_value(Bytes::from_static(b"\x00")), None);
+    }
+}

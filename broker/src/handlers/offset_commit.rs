@@ -1,0 +1,82 @@
+//! OffsetCommit: generation-checked commits, persisted to
+//! `__consumer_offsets` before they are acknowledged.
+
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
+use kafka_protocol::ResponseError;
+
+use super::{respond, Reply};
+use crate::codec::{decode_body, Request};
+use crate::groups::coordinator::Committed;
+use crate::groups::state::code;
+use crate::Broker;
+
+pub async fn handle(broker: &Broker, request: &Request) -> Reply {
+    let body: OffsetCommitRequest = decode_body(request)?;
+    let group = body.group_id.0.as_str().to_string();
+    let now = sluice_engine::shard::now_ms() as i64;
+    let mut known = Vec::new();
+    let mut response = OffsetCommitResponse::default();
+    let mut errors: Vec<Vec<i16>> = Vec::new();
+    for topic in &body.topics {
+        let state = broker.topics.get(topic.name.0.as_str());
+        let mut codes = Vec::new();
+        for p in &topic.partitions {
+            if state
+                .as_ref()
+                .is_some_and(|s| (0..s.partitions).contains(&p.partition_index))
+            {
+                known.push((
+                    (topic.name.0.as_str().to_string(), p.partition_index),
+                    Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: if request.version >= 6 {
+                            p.committed_leader_epoch
+                        } else {
+                            -1
+                        },
+                        metadata: p
+                            .committed_metadata
+                            .as_ref()
+                            .map(|m| m.as_str().to_string())
+                            .unwrap_or_default(),
+                        commit_timestamp_ms: now,
+                    },
+                ));
+                codes.push(code::NONE);
+            } else {
+                codes.push(ResponseError::UnknownTopicOrPartition.code());
+            }
+        }
+        errors.push(codes);
+    }
+    let mut verdict = broker.groups.check_commit(
+        &group,
+        body.member_id.as_str(),
+        body.generation_id_or_member_epoch,
+    );
+    if verdict == code::NONE && !known.is_empty() {
+        // Durable first, then visible: an acknowledged commit survives a crash.
+        match broker.offsets.persist(&broker.engine, &group, &known).await {
+            Ok(()) => broker.groups.record(&group, known),
+            Err(e) => {
+                tracing::warn!(group = %group, error = %e, "persisting committed offsets failed");
+                verdict = ResponseError::CoordinatorNotAvailable.code();
+            }
+        }
+    }
+    for (topic, codes) in body.topics.iter().zip(errors) {
+        let mut out = OffsetCommitResponseTopic::default();
+        out.name = topic.name.clone();
+        for (p, c) in topic.partitions.iter().zip(codes) {
+            let mut r = OffsetCommitResponsePartition::default();
+            r.partition_index = p.partition_index;
+            r.error_code = if c == code::NONE { verdict } else { c };
+            out.partitions.push(r);
+        }
+        response.topics.push(out);
+    }
+    respond(request, &response)
+}
