@@ -143,3 +143,49 @@ fn a_retried_idempotent_batch_gets_its_original_offset_and_is_stored_once() {
     let next = send(&mut s, 5, 1);
     assert_eq!((next.error_code, next.base_offset), (0, 2));
 }
+
+#[test]
+fn acks_all_needs_min_insync_replicas_and_acks_one_does_not() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::CreateTopicsRequest;
+    use kafka_protocol::protocol::StrBytes;
+    let broker = Broker::start();
+    let mut s = connect(&broker.addr());
+    let topic = CreatableTopic::default()
+        .with_name(topic_name("strict"))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(vec![CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str("min.insync.replicas"))
+            .with_value(Some(StrBytes::from_static_str("2")))]);
+    let created = call(
+        &mut s,
+        &broker,
+        5,
+        1,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(created.topics[0].error_code, 0);
+    let batch = idempotent_batch(-1, -1);
+    let all = call(
+        &mut s,
+        &broker,
+        9,
+        2,
+        &produce_req("strict", 0, batch.clone()).with_acks(-1),
+    );
+    assert_eq!(
+        all.responses[0].partition_responses[0].error_code, 19,
+        "NOT_ENOUGH_REPLICAS"
+    );
+    let one = call(
+        &mut s,
+        &broker,
+        9,
+        3,
+        &produce_req("strict", 0, batch).with_acks(1),
+    );
+    assert_eq!(one.responses[0].partition_responses[0].error_code, 0);
+}
