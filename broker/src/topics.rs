@@ -22,6 +22,13 @@ pub struct TopicState {
     pub overrides: BTreeMap<String, String>,
 }
 
+impl TopicState {
+    /// Whether `partition` is one of this topic's.
+    pub fn has(&self, partition: i32) -> bool {
+        (0..self.partitions).contains(&partition)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Topics {
     inner: Arc<RwLock<BTreeMap<String, TopicState>>>,

@@ -29,7 +29,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             p.low_watermark = -1;
             if state
                 .as_ref()
-                .is_none_or(|s| !(0..s.partitions).contains(&partition.partition_index))
+                .is_none_or(|s| !s.has(partition.partition_index))
             {
                 p.error_code = ResponseError::UnknownTopicOrPartition.code();
                 out.partitions.push(p);

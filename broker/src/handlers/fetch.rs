@@ -39,10 +39,7 @@ async fn read_all(
             data.last_stable_offset = -1;
             data.log_start_offset = -1;
             data.aborted_transactions = Some(Vec::new());
-            if state
-                .as_ref()
-                .is_none_or(|s| !(0..s.partitions).contains(&partition.partition))
-            {
+            if state.as_ref().is_none_or(|s| !s.has(partition.partition)) {
                 data.error_code = ResponseError::UnknownTopicOrPartition.code();
                 out.partitions.push(data);
                 continue;

@@ -33,7 +33,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             }
             if state
                 .as_ref()
-                .is_none_or(|s| !(0..s.partitions).contains(&partition.partition_index))
+                .is_none_or(|s| !s.has(partition.partition_index))
             {
                 p.error_code = ResponseError::UnknownTopicOrPartition.code();
                 out.partitions.push(p);

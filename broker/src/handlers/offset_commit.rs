@@ -24,10 +24,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         let state = broker.topics.get(topic.name.0.as_str());
         let mut codes = Vec::new();
         for p in &topic.partitions {
-            if state
-                .as_ref()
-                .is_some_and(|s| (0..s.partitions).contains(&p.partition_index))
-            {
+            if state.as_ref().is_some_and(|s| s.has(p.partition_index)) {
                 known.push((
                     (topic.name.0.as_str().to_string(), p.partition_index),
                     Committed {

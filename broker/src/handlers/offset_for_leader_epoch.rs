@@ -32,10 +32,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             p.partition = partition.partition;
             p.leader_epoch = -1;
             p.end_offset = -1;
-            if state
-                .as_ref()
-                .is_none_or(|s| !(0..s.partitions).contains(&partition.partition))
-            {
+            if state.as_ref().is_none_or(|s| !s.has(partition.partition)) {
                 p.error_code = ResponseError::UnknownTopicOrPartition.code();
             } else if partition.current_leader_epoch > LEADER_EPOCH {
                 p.error_code = ResponseError::UnknownLeaderEpoch.code();

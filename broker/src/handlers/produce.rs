@@ -52,7 +52,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 if !valid_acks {
                     return failed(index, ResponseError::InvalidRequiredAcks.code());
                 }
-                let Some(state) = state.filter(|s| (0..s.partitions).contains(&index)) else {
+                let Some(state) = state.filter(|s| s.has(index)) else {
                     return failed(index, ResponseError::UnknownTopicOrPartition.code());
                 };
                 let Some(records) = data.records else {
