@@ -326,3 +326,37 @@ def test_committed_offsets_survive_a_restart():
         assert rest == list(range(10, 20))
     finally:
         broker.kill()
+
+
+def test_kafka_python_group_consumer_commits_and_a_successor_resumes():
+    broker = _group_broker()
+    try:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        for i in range(30):
+            producer.send("kpg", value=f"m{i}".encode())
+        producer.flush(timeout=30)
+        producer.close()
+
+        def read(expected):
+            consumer = KafkaConsumer("kpg", bootstrap_servers=broker.bootstrap, group_id="kp-readers",
+                                     auto_offset_reset="earliest", enable_auto_commit=False,
+                                     session_timeout_ms=6000, heartbeat_interval_ms=500)
+            got = []
+            deadline = time.monotonic() + 30
+            while len(got) < expected and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=500).values():
+                    got.extend(r.value for r in batch)
+            consumer.commit()
+            consumer.close()
+            return got
+
+        assert read(30) == [f"m{i}".encode() for i in range(30)]
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        for i in range(30, 35):
+            producer.send("kpg", value=f"m{i}".encode())
+        producer.flush(timeout=30)
+        producer.close()
+        # A successor in the same group starts from the committed position.
+        assert read(5) == [f"m{i}".encode() for i in range(30, 35)]
+    finally:
+        broker.kill()
