@@ -35,6 +35,8 @@ use crate::Broker;
 pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     std::fs::create_dir_all(&config.log_dir)
         .map_err(|e| format!("creating {}: {e}", config.log_dir.display()))?;
+    lock_log_dir(&config.log_dir)?;
+    ensure_port_free(config.listen)?;
     let mut engine_config = EngineConfig {
         data_dir: config.log_dir.clone(),
         io_driver: config.io_driver,
@@ -109,6 +111,49 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     }
     info!(addr = %broker.config.listen, shards = broker.engine.shard_count(), backend = %broker.engine.backend(), "broker started");
     Ok(broker)
+}
+
+/// Takes `<log.dirs>/.lock` for the life of the process, as Kafka does, so
+/// a second broker cannot open the same logs.
+fn lock_log_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "{} is in use by another broker ({})",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // The lock lives as long as the descriptor: keep it open until exit.
+    std::mem::forget(file);
+    Ok(())
+}
+
+/// Fails if another process listens on `addr`. The shards' listeners share
+/// the port with SO_REUSEPORT, which would otherwise let a second broker
+/// started on the same port join the group and take half the connections.
+fn ensure_port_free(addr: SocketAddr) -> Result<(), String> {
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|e| format!("probing {addr}: {e}"))?;
+    probe
+        .set_reuse_address(true)
+        .map_err(|e| format!("probing {addr}: {e}"))?;
+    probe
+        .bind(&addr.into())
+        .map_err(|e| format!("listening on {addr}: {e}"))?;
+    Ok(())
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -189,3 +189,27 @@ fn acks_all_needs_min_insync_replicas_and_acks_one_does_not() {
     );
     assert_eq!(one.responses[0].partition_responses[0].error_code, 0);
 }
+
+#[test]
+fn a_second_broker_on_the_same_port_or_data_dir_refuses_to_start() {
+    let broker = Broker::start();
+    let other_dir = tempfile::tempdir().unwrap();
+    let run = |listener: String, dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "serve",
+                "--set",
+                &format!("listeners=PLAINTEXT://{listener}"),
+            ])
+            .args(["--set", &format!("log.dirs={}", dir.display())])
+            .output()
+            .unwrap()
+    };
+    let same_port = run(broker.addr(), other_dir.path());
+    assert!(!same_port.status.success());
+    assert!(String::from_utf8_lossy(&same_port.stderr).contains("in use"));
+    let free = common::free_port();
+    let same_dir = run(format!("127.0.0.1:{free}"), &broker.data_dir());
+    assert!(!same_dir.status.success());
+    assert!(String::from_utf8_lossy(&same_dir.stderr).contains("in use by another broker"));
+}
