@@ -140,20 +140,39 @@ fn lock_log_dir(dir: &std::path::Path) -> Result<(), String> {
 /// Fails if another process listens on `addr`. The shards' listeners share
 /// the port with SO_REUSEPORT, which would otherwise let a second broker
 /// started on the same port join the group and take half the connections.
+/// A connect, not a bind, is the probe: a bind also trips over the previous
+/// run's connections still closing on that port. A listener of a process
+/// that just exited can still accept for a moment (the kernel tears its
+/// io_uring down asynchronously, and a pending accept holds the socket), so
+/// the probe retries for a bounded time before giving up.
 fn ensure_port_free(addr: SocketAddr) -> Result<(), String> {
-    let probe = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )
-    .map_err(|e| format!("probing {addr}: {e}"))?;
-    probe
-        .set_reuse_address(true)
-        .map_err(|e| format!("probing {addr}: {e}"))?;
-    probe
-        .bind(&addr.into())
-        .map_err(|e| format!("listening on {addr}: {e}"))?;
-    Ok(())
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    loop {
+        match probe_listener(addr) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// How long start-up waits for a previous listener on the port to go away.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+fn probe_listener(addr: SocketAddr) -> Result<(), String> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    match std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
+        Ok(_) => Err(format!(
+            "listening on {addr}: address already in use by another process"
+        )),
+        Err(_) => Ok(()),
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
