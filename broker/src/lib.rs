@@ -45,3 +45,32 @@ pub struct Broker {
     pub groups: groups::coordinator::Coordinator,
     pub offsets: groups::offsets_topic::OffsetStore,
 }
+
+impl Broker {
+    /// Runs `f` on a partition's log, on the shard that owns it. A partition
+    /// `state` (the topic, if it exists) does not have is
+    /// `UnknownPartition`, which answers UNKNOWN_TOPIC_OR_PARTITION.
+    pub async fn with_partition_log<R, F>(
+        &self,
+        state: Option<&topics::TopicState>,
+        topic: &str,
+        partition: i32,
+        f: F,
+    ) -> sluice_engine::Result<R>
+    where
+        R: Send + 'static,
+        F: for<'a> FnOnce(
+                &'a mut sluice_engine::Log,
+                u64,
+            )
+                -> futures_util::future::LocalBoxFuture<'a, sluice_engine::Result<R>>
+            + Send
+            + 'static,
+    {
+        let tp = sluice_engine::TopicPartition::new(topic, partition);
+        if state.is_none_or(|s| !s.has(partition)) {
+            return Err(sluice_engine::Error::UnknownPartition(tp));
+        }
+        self.engine.shard_for(&tp).with_log(tp.clone(), f).await
+    }
+}

@@ -234,21 +234,8 @@ fn tmp_path(path: &Path) -> PathBuf {
 impl File {
     /// Writes all of `buf` at `pos` and hands the buffer back for reuse.
     pub async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<Vec<u8>> {
-        match self {
-            File::Os {
-                file,
-                ring_writes: true,
-            } => {
-                let mut writer = file;
-                let compio::BufResult(result, buf) = writer.write_all_at(buf, pos).await;
-                result.map(|()| buf)
-            }
-            File::Os { file, .. } => {
-                pwritev_all(file.as_raw_fd(), std::slice::from_ref(&buf), pos)?;
-                Ok(buf)
-            }
-            File::Sim(file) => file.write_at(&buf, pos).map(|()| buf),
-        }
+        let mut bufs = self.write_vectored_all_at(vec![buf], pos).await?;
+        Ok(bufs.pop().unwrap_or_default())
     }
 
     /// Writes the buffers back to back from `pos`, as one vectored write

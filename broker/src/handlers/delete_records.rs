@@ -5,8 +5,7 @@ use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
-use kafka_protocol::ResponseError;
-use sluice_engine::{Offset, TopicPartition};
+use sluice_engine::Offset;
 
 use super::{respond, Reply};
 use crate::codec::{decode_body, Request};
@@ -27,30 +26,24 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             let mut p = DeleteRecordsPartitionResult::default();
             p.partition_index = partition.partition_index;
             p.low_watermark = -1;
-            if state
-                .as_ref()
-                .is_none_or(|s| !s.has(partition.partition_index))
-            {
-                p.error_code = ResponseError::UnknownTopicOrPartition.code();
-                out.partitions.push(p);
-                continue;
-            }
-            let tp = TopicPartition::new(name.clone(), partition.partition_index);
             let requested = partition.offset;
             let result = broker
-                .engine
-                .shard_for(&tp)
-                .with_log(tp.clone(), move |log, _| {
-                    Box::pin(async move {
-                        // On a single node the high watermark is the log end.
-                        let target = if requested == HIGH_WATERMARK {
-                            log.log_end_offset()
-                        } else {
-                            Offset(requested)
-                        };
-                        log.delete_records_before(target).await
-                    })
-                })
+                .with_partition_log(
+                    state.as_ref(),
+                    &name,
+                    partition.partition_index,
+                    move |log, _| {
+                        Box::pin(async move {
+                            // On a single node the high watermark is the log end.
+                            let target = if requested == HIGH_WATERMARK {
+                                log.log_end_offset()
+                            } else {
+                                Offset(requested)
+                            };
+                            log.delete_records_before(target).await
+                        })
+                    },
+                )
                 .await;
             match result {
                 Ok(start) => p.low_watermark = start.0,

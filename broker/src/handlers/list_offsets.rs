@@ -6,7 +6,6 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
-use sluice_engine::TopicPartition;
 
 use super::{respond, Reply};
 use crate::codec::{decode_body, Request};
@@ -31,31 +30,25 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             if request.version >= 4 {
                 p.leader_epoch = 0;
             }
-            if state
-                .as_ref()
-                .is_none_or(|s| !s.has(partition.partition_index))
-            {
-                p.error_code = ResponseError::UnknownTopicOrPartition.code();
-                out.partitions.push(p);
-                continue;
-            }
-            let tp = TopicPartition::new(name.clone(), partition.partition_index);
             let timestamp = partition.timestamp;
             let found = broker
-                .engine
-                .shard_for(&tp)
-                .with_log(tp.clone(), move |log, _| {
-                    Box::pin(async move {
-                        match timestamp {
-                            EARLIEST => Ok(Some((log.log_start_offset(), -1))),
-                            LATEST => Ok(Some((log.log_end_offset(), -1))),
-                            t if t >= 0 => log.offset_for_timestamp(t).await,
-                            other => Err(sluice_engine::Error::InvalidConfig(format!(
-                                "timestamp {other} is not supported"
-                            ))),
-                        }
-                    })
-                })
+                .with_partition_log(
+                    state.as_ref(),
+                    &name,
+                    partition.partition_index,
+                    move |log, _| {
+                        Box::pin(async move {
+                            match timestamp {
+                                EARLIEST => Ok(Some((log.log_start_offset(), -1))),
+                                LATEST => Ok(Some((log.log_end_offset(), -1))),
+                                t if t >= 0 => log.offset_for_timestamp(t).await,
+                                other => Err(sluice_engine::Error::InvalidConfig(format!(
+                                    "timestamp {other} is not supported"
+                                ))),
+                            }
+                        })
+                    },
+                )
                 .await;
             match found {
                 Ok(Some((offset, ts))) => {
