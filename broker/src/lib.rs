@@ -4,8 +4,11 @@
 //!
 //! - [`config`]: `server.properties` and `--set` overrides, Kafka's names.
 //! - [`codec`]: framing, request headers, the supported API versions.
-//! - [`topics`]: the topic registry (names, partition counts, configs).
-//! - [`topic_configs`]: topic-level settings, their sources, persistence.
+//! - [`controller`]: the metadata quorum (openraft): records, the image
+//!   they build, the Raft log's storage.
+//! - [`topics`]: the topics this broker serves, from the controller's
+//!   image, reconciled with the local logs.
+//! - [`topic_configs`]: topic-level settings and their sources.
 //! - [`server`]: listeners on every shard (`SO_REUSEPORT`), connections,
 //!   request dispatch.
 //! - [`handlers`]: one module per Kafka API.
@@ -20,6 +23,7 @@
 pub mod alloc;
 pub mod codec;
 pub mod config;
+pub mod controller;
 pub mod errors;
 pub mod groups;
 pub mod handlers;
@@ -40,7 +44,7 @@ static GLOBAL: alloc::NoReserveLarge = alloc::NoReserveLarge;
 pub struct Broker {
     pub config: config::BrokerConfig,
     pub engine: Arc<Engine>,
-    pub topics: topics::Topics,
+    pub topics: Arc<topics::Topics>,
     pub producer_ids: producer_ids::ProducerIds,
     pub groups: groups::coordinator::Coordinator,
     pub offsets: groups::offsets_topic::OffsetStore,

@@ -66,7 +66,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -105,6 +105,8 @@ fn main() {
     // SAFETY: `signals` is the set blocked above; sigwait stores the signal.
     unsafe { libc::sigwait(&signals, &mut signal) };
     tracing::info!(signal, "shutting down: flushing and closing logs");
+    // No metadata changes from here on; every committed record is durable.
+    broker.topics.stop_controller();
     // Connections hold the broker too, so the engine is closed through a
     // shared reference: every log is flushed and closed, then the shards stop.
     let failed = match broker.engine.close() {

@@ -22,6 +22,8 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{self, DecodeError};
 use crate::config::BrokerConfig;
+use crate::controller::image::BrokerRegistration;
+use crate::controller::Controller;
 use crate::groups::coordinator::Coordinator;
 use crate::groups::offsets_topic;
 use crate::handlers;
@@ -48,22 +50,50 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     let engine = Arc::new(
         Engine::start(engine_config).map_err(|e| format!("starting the storage engine: {e}"))?,
     );
-    let topics = Topics::new(config.log_dir.clone());
+    let controller = Controller::start(
+        &config.log_dir,
+        config.node_id,
+        format!("{}:{}", config.advertised_host, config.advertised_port),
+    )?;
+    let topics = Arc::new(Topics::new(controller, config.log.clone()));
     let runtime =
         sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
     runtime
-        .block_on(topics.load(&engine, &config.log))
+        .block_on(topics.load(&engine, &config.log_dir))
         .map_err(|e| format!("loading the topics in {}: {e}", config.log_dir.display()))?;
+    // Metadata changes are applied to the local logs on shard 0.
+    let shard0 = engine
+        .shards()
+        .first()
+        .ok_or("the engine has no shards")?
+        .clone();
+    let (for_follower, engine_for_follower) = (topics.clone(), engine.clone());
+    runtime
+        .block_on(shard0.spawn(move || {
+            compio::runtime::spawn(async move {
+                for_follower.follow(&engine_for_follower).await;
+            })
+            .detach();
+        }))
+        .map_err(|e| format!("starting the metadata follower: {e}"))?;
+    runtime
+        .block_on(topics.register(BrokerRegistration {
+            id: config.node_id,
+            host: config.advertised_host.clone(),
+            port: config.advertised_port,
+            rack: None,
+        }))
+        .map_err(|e| format!("registering with the controller: {e}"))?;
     let producer_ids = crate::producer_ids::ProducerIds::load(&config.log_dir)?;
     // The internal offsets topic exists from the first start on.
     if topics.get(offsets_topic::TOPIC).is_none() {
-        let state = crate::topics::TopicState {
-            partitions: offsets_topic::PARTITIONS,
-            config: config.log.clone(),
-            overrides: Default::default(),
-        };
         runtime
-            .block_on(topics.create(&engine, offsets_topic::TOPIC, state))
+            .block_on(topics.create(
+                offsets_topic::TOPIC,
+                offsets_topic::PARTITIONS,
+                config.node_id,
+                Default::default(),
+            ))
             .map_err(|e| format!("creating {}: {e}", offsets_topic::TOPIC))?;
     }
     let groups = Coordinator::new(config.group_limits);
@@ -81,10 +111,10 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         offsets,
     });
     // Group sessions and rebalance deadlines advance on shard 0.
-    if let Some(shard) = broker.engine.shards().first() {
+    {
         let for_ticker = broker.clone();
         runtime
-            .block_on(shard.spawn(move || {
+            .block_on(shard0.spawn(move || {
                 compio::runtime::spawn(async move {
                     loop {
                         compio::time::sleep(GROUP_TICK).await;

@@ -1,20 +1,11 @@
 //! Topic-level configuration: Kafka's topic config names over the engine's
 //! `LogConfig`, with the overrides each topic sets and where values come
-//! from, persisted per topic.
-//!
-//! Overrides live in `<log.dirs>/.sluice-topic-configs/<topic>.properties`,
-//! replaced atomically (temp file, fsync, rename, fsync the directory), so
-//! they survive restarts. The controller's metadata log will take this over.
+//! from. The overrides themselves are records in the controller's
+//! metadata log, so they survive restarts with the topic.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use sluice_engine::LogConfig;
-
-/// The directory under `log.dirs` holding topic overrides. Its name cannot
-/// be mistaken for a partition directory (`<topic>-<number>`).
-pub const DIR: &str = ".sluice-topic-configs";
 
 /// Kafka's `ConfigSource` values used here.
 pub const SOURCE_TOPIC: i8 = 1;
@@ -123,56 +114,6 @@ pub fn apply(base: &LogConfig, overrides: &BTreeMap<String, String>) -> Result<L
     Ok(config)
 }
 
-fn path(log_dir: &Path, topic: &str) -> PathBuf {
-    log_dir.join(DIR).join(format!("{topic}.properties"))
-}
-
-/// Persists a topic's overrides durably (or removes the file when empty).
-pub fn save(
-    log_dir: &Path,
-    topic: &str,
-    overrides: &BTreeMap<String, String>,
-) -> std::io::Result<()> {
-    let dir = log_dir.join(DIR);
-    std::fs::create_dir_all(&dir)?;
-    let target = path(log_dir, topic);
-    if overrides.is_empty() {
-        match std::fs::remove_file(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    } else {
-        let tmp = target.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        for (key, value) in overrides {
-            writeln!(file, "{key}={value}")?;
-        }
-        file.sync_data()?;
-        drop(file);
-        std::fs::rename(&tmp, &target)?;
-    }
-    std::fs::File::open(&dir)?.sync_all()
-}
-
-/// A topic's persisted overrides (none if it has no file).
-pub fn load(log_dir: &Path, topic: &str) -> Result<BTreeMap<String, String>, String> {
-    let target = path(log_dir, topic);
-    let text = match std::fs::read_to_string(&target) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(format!("reading {}: {e}", target.display())),
-    };
-    let mut overrides = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| format!("{}: malformed line {line:?}", target.display()))?;
-        overrides.insert(key.to_string(), value.to_string());
-    }
-    Ok(overrides)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,15 +157,5 @@ mod tests {
                 "{k}={v}"
             );
         }
-    }
-
-    #[test]
-    fn overrides_persist_and_an_empty_set_removes_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let o = overrides(&[("retention.ms", "1000")]);
-        save(dir.path(), "t", &o).unwrap();
-        assert_eq!(load(dir.path(), "t").unwrap(), o);
-        save(dir.path(), "t", &BTreeMap::new()).unwrap();
-        assert!(load(dir.path(), "t").unwrap().is_empty());
     }
 }

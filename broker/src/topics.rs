@@ -1,25 +1,39 @@
-//! The topic registry: which topics exist, with how many partitions and
-//! which log configuration.
+//! Topics as this broker serves them: the controller's metadata image,
+//! reconciled with the partition logs on this node.
 //!
-//! Until the controller quorum exists, the registry is rebuilt at start-up
-//! from the partition directories on disk, and topics are created here.
-//! A read-write lock guards it: it is read once per request, never on the
-//! engine's append or read path, and written only when a topic is created.
+//! Every change (create, delete, grow, alter configs) is a record proposed
+//! to the controller ([`crate::controller`]). Once Raft has committed and
+//! applied it, the follower task ([`Topics::follow`], on shard 0) brings
+//! the local logs in line with the new image — it opens new partitions
+//! *before* publishing the image, so a client never sees a partition
+//! whose log does not exist yet, and deletes removed ones *after*, so no
+//! request finds a topic half-deleted — and then publishes it. A proposer
+//! waits until its record is published before it answers.
+//!
+//! The published view sits behind a read-write lock: it is read once per
+//! request, never on the engine's append or read path, and written only
+//! when the metadata changes.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
 
+use futures_channel::oneshot;
 use sluice_engine::{Engine, LogConfig, TopicPartition};
-use tracing::info;
+use tracing::{error, info, warn};
 
+use crate::controller::image::{
+    BrokerRegistration, MetadataImage, PartitionRecord, TopicId, TopicImage,
+};
+use crate::controller::{Controller, MetadataError, MetadataRecord, ProposeError};
+
+/// A topic as served: its image and the log configuration it implies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicState {
+    pub image: Arc<TopicImage>,
     pub partitions: i32,
-    /// The broker defaults with `overrides` applied.
+    /// The broker defaults with the topic's overrides applied.
     pub config: LogConfig,
-    /// The topic-level settings this topic sets (Kafka names), persisted.
-    pub overrides: BTreeMap<String, String>,
 }
 
 impl TopicState {
@@ -27,56 +41,59 @@ impl TopicState {
     pub fn has(&self, partition: i32) -> bool {
         (0..self.partitions).contains(&partition)
     }
+
+    /// The topic-level settings this topic sets (Kafka names).
+    pub fn overrides(&self) -> &BTreeMap<String, String> {
+        &self.image.overrides
+    }
+
+    pub fn id(&self) -> TopicId {
+        self.image.id
+    }
+
+    fn from_image(base: &LogConfig, name: &str, image: &Arc<TopicImage>) -> TopicState {
+        let config = crate::topic_configs::apply(base, &image.overrides).unwrap_or_else(|why| {
+            // Overrides are validated before they are proposed; a broker
+            // default changed since can still make one invalid.
+            warn!(topic = name, error = %why, "a topic setting does not apply; using the broker defaults");
+            base.clone()
+        });
+        TopicState {
+            image: image.clone(),
+            partitions: i32::try_from(image.partitions.len()).unwrap_or(i32::MAX),
+            config,
+        }
+    }
 }
 
-#[derive(Debug, Clone)]
-pub struct Topics {
-    inner: Arc<RwLock<BTreeMap<String, TopicState>>>,
-    /// `log.dirs`, where topic overrides are persisted.
-    log_dir: PathBuf,
-}
-
-/// Why a topic could not be created.
+/// Why a topic change did not happen.
 #[derive(Debug, thiserror::Error)]
-pub enum CreateError {
+pub enum TopicError {
     #[error("topic {0:?} already exists")]
     Exists(String),
+    #[error("unknown topic {0:?}")]
+    Unknown(String),
     #[error("invalid topic name {0:?}: {1}")]
     InvalidName(String, &'static str),
-    #[error("opening the partitions failed: {0}")]
-    Engine(#[from] sluice_engine::Error),
-    #[error("persisting the topic's configuration failed: {0}")]
-    Persist(std::io::Error),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeleteError {
-    #[error("unknown topic {0:?}")]
-    Unknown(String),
-    #[error("deleting the partitions failed: {0}")]
-    Engine(sluice_engine::Error),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AlterError {
-    #[error("unknown topic {0:?}")]
-    Unknown(String),
     #[error("{0}")]
-    Invalid(String),
-    #[error("persisting the configuration failed: {0}")]
-    Persist(std::io::Error),
-    #[error("applying the configuration failed: {0}")]
-    Engine(sluice_engine::Error),
+    InvalidConfig(String),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error(transparent)]
+    Controller(ProposeError),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum GrowError {
-    #[error("unknown topic {0:?}")]
-    Unknown(String),
-    #[error("the topic has {current} partitions; {requested} is not more")]
-    NotMore { current: i32, requested: i32 },
-    #[error("opening the new partitions failed: {0}")]
-    Engine(sluice_engine::Error),
+impl From<ProposeError> for TopicError {
+    fn from(e: ProposeError) -> TopicError {
+        match e {
+            ProposeError::Rejected(MetadataError::TopicExists(name)) => TopicError::Exists(name),
+            ProposeError::Rejected(MetadataError::UnknownTopic(name)) => TopicError::Unknown(name),
+            ProposeError::Rejected(
+                e @ (MetadataError::NoPartitions | MetadataError::PartitionCountChanged { .. }),
+            ) => TopicError::InvalidPartitions(e.to_string()),
+            e => TopicError::Controller(e),
+        }
+    }
 }
 
 /// Kafka's topic-name rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -99,225 +116,384 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A fresh random topic id.
+fn new_topic_id() -> TopicId {
+    let mut id = [0u8; 16];
+    // SAFETY: getrandom writes at most `id.len()` bytes into `id`.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if usize::try_from(n).ok() != Some(id.len()) {
+        // Never on Linux ≥ 3.17 for 16 bytes; fall back to the clock.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        id = now.to_le_bytes();
+    }
+    id
+}
+
+/// What the broker serves, as of metadata log index `index`.
+#[derive(Default)]
+struct View {
+    index: u64,
+    image: Arc<MetadataImage>,
+    states: BTreeMap<String, TopicState>,
+}
+
+pub struct Topics {
+    controller: Controller,
+    /// The broker's log defaults, under every topic's overrides.
+    base: LogConfig,
+    view: RwLock<View>,
+    /// Proposers waiting for their record's index to be published.
+    waiters: Mutex<Vec<(u64, oneshot::Sender<()>)>>,
+}
+
 impl Topics {
-    pub fn new(log_dir: PathBuf) -> Topics {
+    pub fn new(controller: Controller, base: LogConfig) -> Topics {
         Topics {
-            inner: Arc::default(),
-            log_dir,
+            controller,
+            base,
+            view: RwLock::default(),
+            waiters: Mutex::default(),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, TopicState>> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(&self, name: &str) -> Option<TopicState> {
-        self.read().get(name).cloned()
+        self.read().states.get(name).cloned()
     }
 
     pub fn all(&self) -> Vec<(String, TopicState)> {
         self.read()
+            .states
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect()
     }
 
-    /// Opens every partition directory the engine finds and registers the
-    /// topics, with the broker defults `base` plus each topic's persisted
-    /// overrides as their log configuration.
-    pub async fn load(&self, engine: &Engine, base: &LogConfig) -> Result<(), String> {
-        let mut counts: HashMap<String, i32> = HashMap::new();
-        let mut configs: HashMap<String, (LogConfig, BTreeMap<String, String>)> = HashMap::new();
+    /// The name of the topic with id `id`.
+    pub fn name_of(&self, id: TopicId) -> Option<String> {
+        self.read()
+            .states
+            .iter()
+            .find(|(_, state)| state.id() == id)
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Stops the controller (at shutdown).
+    pub fn stop_controller(&self) {
+        self.controller.stop();
+    }
+
+    /// The whole published image (brokers and topics).
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.read().image.clone()
+    }
+
+    fn states_of(&self, image: &MetadataImage) -> BTreeMap<String, TopicState> {
+        image
+            .topics
+            .iter()
+            .map(|(name, topic)| {
+                (
+                    name.clone(),
+                    TopicState::from_image(&self.base, name, topic),
+                )
+            })
+            .collect()
+    }
+
+    fn publish(&self, index: u64, image: Arc<MetadataImage>, states: BTreeMap<String, TopicState>) {
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = View {
+            index,
+            image,
+            states,
+        };
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let (ready, pending) = std::mem::take(&mut *waiters)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(i, _)| *i <= index);
+        *waiters = pending;
+        for (_, waiter) in ready {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Waits until the view includes metadata log index `index`.
+    async fn published(&self, index: u64) {
+        let wait = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            // `publish` updates the view before it takes this lock.
+            if self.read().index >= index {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            waiters.push((index, tx));
+            rx
+        };
+        // The follower never drops a waiter without answering it.
+        let _ = wait.await;
+    }
+
+    async fn propose(&self, record: MetadataRecord) -> Result<(), TopicError> {
+        let index = self.controller.propose(record).await?;
+        self.published(index).await;
+        Ok(())
+    }
+
+    /// Start-up: opens every partition of the image the controller
+    /// recovered, sets aside partition directories it does not know (left
+    /// by a deletion cut short, or by another cluster), and publishes.
+    pub async fn load(&self, engine: &Engine, log_dir: &Path) -> Result<(), String> {
+        let (index, image) = self.controller.published().get();
+        let states = self.states_of(&image);
         for tp in engine.existing_partitions().map_err(|e| e.to_string())? {
-            if validate_name(&tp.topic).is_err() || tp.partition < 0 {
+            if states.get(&tp.topic).is_some_and(|s| s.has(tp.partition)) {
                 continue;
             }
-            if !configs.contains_key(&tp.topic) {
-                let overrides = crate::topic_configs::load(&self.log_dir, &tp.topic)?;
-                let config = crate::topic_configs::apply(base, &overrides)
-                    .map_err(|e| format!("topic {}: {e}", tp.topic))?;
-                configs.insert(tp.topic.clone(), (config, overrides));
-            }
-            let config = configs[&tp.topic].0.clone();
-            let report = engine
-                .open(tp.clone(), config)
-                .await
-                .map_err(|e| format!("opening {tp}: {e}"))?;
-            if report.bytes_truncated > 0 {
-                info!(partition = %tp, bytes = report.bytes_truncated, "recovery truncated a partition");
-            }
-            let count = counts.entry(tp.topic.clone()).or_default();
-            *count = (*count).max(tp.partition + 1);
+            set_aside(log_dir, &tp)?;
         }
-        for (topic, &partitions) in &counts {
-            // A missing middle partition directory is recreated empty.
-            for p in 0..partitions {
-                let tp = TopicPartition::new(topic.clone(), p);
-                match engine.open(tp.clone(), configs[topic].0.clone()).await {
-                    Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
-                    Err(e) => return Err(format!("opening {tp}: {e}")),
+        for (name, state) in &states {
+            for p in 0..state.partitions {
+                let tp = TopicPartition::new(name.clone(), p);
+                let report = engine
+                    .open(tp.clone(), state.config.clone())
+                    .await
+                    .map_err(|e| format!("opening {tp}: {e}"))?;
+                if report.bytes_truncated > 0 {
+                    info!(partition = %tp, bytes = report.bytes_truncated, "recovery truncated a partition");
                 }
             }
         }
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        for (topic, partitions) in counts {
-            let (config, overrides) = configs.remove(&topic).unwrap_or_default();
-            map.insert(
-                topic,
-                TopicState {
-                    partitions,
-                    config,
-                    overrides,
-                },
-            );
-        }
+        info!(index, topics = states.len(), "metadata loaded");
+        self.publish(index, image, states);
         Ok(())
     }
 
-    /// Replaces a topic's overrides: validated against the broker defaults
-    /// `base`, persisted, then applied to every partition's log.
+    /// Follows the controller: reconciles the local logs with each newly
+    /// applied image and publishes it. Runs for the life of the broker.
+    pub async fn follow(&self, engine: &Engine) {
+        loop {
+            self.controller.published().changed().await;
+            let (index, image) = self.controller.published().get();
+            if index <= self.read().index {
+                continue;
+            }
+            self.reconcile(engine, index, image).await;
+        }
+    }
+
+    async fn reconcile(&self, engine: &Engine, index: u64, image: Arc<MetadataImage>) {
+        let old = self.read().states.clone();
+        let new = self.states_of(&image);
+        for (name, state) in &new {
+            let opened_from = match old.get(name) {
+                Some(before) if before.id() == state.id() => {
+                    if before.config != state.config {
+                        set_config(engine, name, before.partitions, &state.config).await;
+                        info!(topic = %name, "topic configuration changed");
+                    }
+                    before.partitions
+                }
+                Some(before) => {
+                    // Deleted and created again since the last image.
+                    remove_logs(engine, name, before.partitions).await;
+                    0
+                }
+                None => 0,
+            };
+            for p in opened_from..state.partitions {
+                let tp = TopicPartition::new(name.clone(), p);
+                match engine.open(tp.clone(), state.config.clone()).await {
+                    Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
+                    Err(e) => error!(partition = %tp, error = %e, "opening a partition failed"),
+                }
+            }
+            if opened_from < state.partitions {
+                info!(topic = %name, partitions = state.partitions, "topic partitions ready");
+            }
+        }
+        let removed: Vec<(String, i32)> = old
+            .iter()
+            .filter(|(name, _)| !new.contains_key(*name))
+            .map(|(name, state)| (name.clone(), state.partitions))
+            .collect();
+        self.publish(index, image, new);
+        for (name, partitions) in removed {
+            remove_logs(engine, &name, partitions).await;
+            info!(topic = %name, partitions, "deleted topic");
+        }
+    }
+
+    /// Registers this broker's endpoint with the controller unless the
+    /// image already holds exactly this registration.
+    pub async fn register(&self, registration: BrokerRegistration) -> Result<(), TopicError> {
+        if self.image().brokers.get(&registration.id) == Some(&registration) {
+            return Ok(());
+        }
+        self.propose(MetadataRecord::RegisterBroker(registration))
+            .await
+    }
+
+    /// Creates a topic of `partitions` partitions, each led by `leader`,
+    /// with `overrides` (validated against the broker defaults first).
+    pub async fn create(
+        &self,
+        name: &str,
+        partitions: i32,
+        leader: i32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<TopicState, TopicError> {
+        validate_name(name).map_err(|why| TopicError::InvalidName(name.to_string(), why))?;
+        crate::topic_configs::apply(&self.base, &overrides).map_err(TopicError::InvalidConfig)?;
+        let count = usize::try_from(partitions)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                TopicError::InvalidPartitions("number of partitions must be at least 1".into())
+            })?;
+        if self.get(name).is_some() {
+            return Err(TopicError::Exists(name.to_string()));
+        }
+        self.propose(MetadataRecord::CreateTopic {
+            name: name.to_string(),
+            id: new_topic_id(),
+            partitions: vec![PartitionRecord::single(leader); count],
+            overrides,
+        })
+        .await?;
+        self.get(name)
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))
+    }
+
+    /// Deletes a topic: it leaves the published view first, so new
+    /// requests see UNKNOWN_TOPIC_OR_PARTITION, then its logs go.
+    pub async fn delete(&self, name: &str) -> Result<(), TopicError> {
+        if self.get(name).is_none() {
+            return Err(TopicError::Unknown(name.to_string()));
+        }
+        self.propose(MetadataRecord::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    /// Replaces a topic's overrides, validated against the broker defaults.
     pub async fn alter(
         &self,
-        engine: &Engine,
-        base: &LogConfig,
         name: &str,
         overrides: BTreeMap<String, String>,
         validate_only: bool,
-    ) -> Result<(), AlterError> {
-        let state = self
-            .get(name)
-            .ok_or_else(|| AlterError::Unknown(name.to_string()))?;
-        let config = crate::topic_configs::apply(base, &overrides).map_err(AlterError::Invalid)?;
+    ) -> Result<(), TopicError> {
+        if self.get(name).is_none() {
+            return Err(TopicError::Unknown(name.to_string()));
+        }
+        crate::topic_configs::apply(&self.base, &overrides).map_err(TopicError::InvalidConfig)?;
         if validate_only {
             return Ok(());
         }
-        crate::topic_configs::save(&self.log_dir, name, &overrides).map_err(AlterError::Persist)?;
-        {
-            let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-            if let Some(entry) = map.get_mut(name) {
-                entry.config = config.clone();
-                entry.overrides = overrides;
-            }
-        }
-        for p in 0..state.partitions {
-            let tp = TopicPartition::new(name, p);
-            let config = config.clone();
-            engine
-                .shard_for(&tp)
-                .with_log(tp.clone(), move |log, _| {
-                    Box::pin(async move { log.set_config(config) })
-                })
-                .await
-                .map_err(AlterError::Engine)?;
-        }
-        info!(topic = name, "topic configuration changed");
-        Ok(())
+        self.propose(MetadataRecord::AlterTopicConfigs {
+            name: name.to_string(),
+            overrides,
+        })
+        .await
     }
 
-    /// Creates a topic: opens its partitions on their shards, then makes
-    /// it visible. Two concurrent creations of one topic both succeed.
-    pub async fn create(
-        &self,
-        engine: &Engine,
-        name: &str,
-        state: TopicState,
-    ) -> Result<TopicState, CreateError> {
-        validate_name(name).map_err(|why| CreateError::InvalidName(name.to_string(), why))?;
-        if self.get(name).is_some() {
-            return Err(CreateError::Exists(name.to_string()));
-        }
-        crate::topic_configs::save(&self.log_dir, name, &state.overrides)
-            .map_err(CreateError::Persist)?;
-        for p in 0..state.partitions {
-            let tp = TopicPartition::new(name, p);
-            match engine.open(tp, state.config.clone()).await {
-                Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(name.to_string()).or_insert(state).clone();
-        info!(topic = name, partitions = entry.partitions, "created topic");
-        Ok(entry)
-    }
-
-    /// Deletes a topic: it disappears from the registry first, so new
-    /// requests see UNKNOWN_TOPIC_OR_PARTITION, then each partition's log is
-    /// closed and its directory removed on its shard.
-    pub async fn delete(&self, engine: &Engine, name: &str) -> Result<(), DeleteError> {
-        let state = {
-            let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-            map.remove(name)
-                .ok_or_else(|| DeleteError::Unknown(name.to_string()))?
-        };
-        for p in 0..state.partitions {
-            let tp = TopicPartition::new(name, p);
-            match engine.shard_for(&tp).close(tp.clone(), true).await {
-                Ok(()) | Err(sluice_engine::Error::UnknownPartition(_)) => {}
-                Err(e) => return Err(DeleteError::Engine(e)),
-            }
-        }
-        if let Err(e) = crate::topic_configs::save(&self.log_dir, name, &BTreeMap::new()) {
-            tracing::warn!(topic = name, error = %e, "removing the topic's configuration failed");
-        }
-        info!(topic = name, partitions = state.partitions, "deleted topic");
-        Ok(())
-    }
-
-    /// Grows a topic to `count` partitions.
+    /// Grows a topic to `count` partitions, each new one led by `leader`.
     pub async fn add_partitions(
         &self,
-        engine: &Engine,
         name: &str,
         count: i32,
+        leader: i32,
         validate_only: bool,
-    ) -> Result<(), GrowError> {
+    ) -> Result<(), TopicError> {
         let state = self
             .get(name)
-            .ok_or_else(|| GrowError::Unknown(name.to_string()))?;
+            .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         if count <= state.partitions {
-            return Err(GrowError::NotMore {
-                current: state.partitions,
-                requested: count,
-            });
+            return Err(TopicError::InvalidPartitions(format!(
+                "the topic has {} partitions; {count} is not more",
+                state.partitions
+            )));
         }
         if validate_only {
             return Ok(());
         }
-        for p in state.partitions..count {
-            let tp = TopicPartition::new(name, p);
-            match engine.open(tp, state.config.clone()).await {
-                Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
-                Err(e) => return Err(GrowError::Engine(e)),
-            }
-        }
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = map.get_mut(name) {
-            entry.partitions = entry.partitions.max(count);
-        }
-        info!(topic = name, partitions = count, "added partitions");
-        Ok(())
+        let first = state.image.partitions.len();
+        let added = usize::try_from(count).unwrap_or(0).saturating_sub(first);
+        self.propose(MetadataRecord::CreatePartitions {
+            name: name.to_string(),
+            first,
+            partitions: vec![PartitionRecord::single(leader); added],
+        })
+        .await
     }
 
-    /// The topic's state, creating it with the broker defaults if it is
-    /// missing and `auto_create` allows.
+    /// The topic's state, creating it with `partitions` partitions and no
+    /// overrides if it is missing and `auto_create` allows.
     pub async fn get_or_create(
         &self,
-        engine: &Engine,
         name: &str,
         auto_create: bool,
-        defaults: impl FnOnce() -> TopicState,
-    ) -> Result<Option<TopicState>, CreateError> {
+        partitions: i32,
+        leader: i32,
+    ) -> Result<Option<TopicState>, TopicError> {
         if let Some(state) = self.get(name) {
             return Ok(Some(state));
         }
         if !auto_create {
             return Ok(None);
         }
-        match self.create(engine, name, defaults()).await {
+        match self.create(name, partitions, leader, BTreeMap::new()).await {
             Ok(state) => Ok(Some(state)),
-            Err(CreateError::Exists(_)) => Ok(self.get(name)),
+            Err(TopicError::Exists(_)) => Ok(self.get(name)),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Renames a partition directory the metadata does not know to
+/// `<dir>.<millis>.stray`, which is not a partition name, so its data is
+/// kept for an operator but never served or reused.
+fn set_aside(log_dir: &Path, tp: &TopicPartition) -> Result<(), String> {
+    let from = log_dir.join(tp.to_string());
+    let millis = sluice_engine::shard::now_ms();
+    let to = log_dir.join(format!("{tp}.{millis}.stray"));
+    std::fs::rename(&from, &to).map_err(|e| format!("setting aside {}: {e}", from.display()))?;
+    warn!(
+        partition = %tp,
+        moved_to = %to.display(),
+        "the metadata log has no such partition; set its directory aside"
+    );
+    Ok(())
+}
+
+async fn set_config(engine: &Engine, name: &str, partitions: i32, config: &LogConfig) {
+    for p in 0..partitions {
+        let tp = TopicPartition::new(name, p);
+        let config = config.clone();
+        let applied = engine
+            .shard_for(&tp)
+            .with_log(tp.clone(), move |log, _| {
+                Box::pin(async move { log.set_config(config) })
+            })
+            .await;
+        if let Err(e) = applied {
+            error!(partition = %tp, error = %e, "applying a topic configuration failed");
+        }
+    }
+}
+
+async fn remove_logs(engine: &Engine, name: &str, partitions: i32) {
+    for p in 0..partitions {
+        let tp = TopicPartition::new(name, p);
+        match engine.shard_for(&tp).close(tp.clone(), true).await {
+            Ok(()) | Err(sluice_engine::Error::UnknownPartition(_)) => {}
+            Err(e) => error!(partition = %tp, error = %e, "deleting a partition failed"),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! APIs that no client library in the tests exercises directly, spoken raw:
 //! ApiVersions lists exactly what is implemented, OffsetForLeaderEpoch
 //! answers and fences by epoch, DescribeCluster describes this node, and a
-//! retried idempotent batch gets its original offset.
+//! retried idempotent batch gets its original offset. Partition directories
+//! the metadata log does not know are set aside at start.
 
 mod common;
 
@@ -10,8 +11,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::{
-    ApiVersionsRequest, DescribeClusterRequest, InitProducerIdRequest, OffsetForLeaderEpochRequest,
-    ProducerId,
+    ApiVersionsRequest, DescribeClusterRequest, InitProducerIdRequest, MetadataRequest,
+    OffsetForLeaderEpochRequest, ProducerId,
 };
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -212,4 +213,81 @@ fn a_second_broker_on_the_same_port_or_data_dir_refuses_to_start() {
     let same_dir = run(format!("127.0.0.1:{free}"), &broker.data_dir());
     assert!(!same_dir.status.success());
     assert!(String::from_utf8_lossy(&same_dir.stderr).contains("in use by another broker"));
+}
+
+#[test]
+fn a_partition_directory_the_metadata_log_does_not_know_is_set_aside() {
+    let mut broker = Broker::start();
+    produce(&broker, "real", &[], b"kept\n");
+    broker.stop();
+    let ghost = broker.data_dir().join("ghost-0");
+    std::fs::create_dir_all(&ghost).unwrap();
+    std::fs::write(ghost.join("00000000000000000000.log"), b"").unwrap();
+    broker.start_again();
+
+    assert!(!ghost.exists(), "the unknown directory is still in place");
+    let set_aside: Vec<String> = std::fs::read_dir(broker.data_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ghost-0.") && n.ends_with(".stray"))
+        .collect();
+    assert_eq!(set_aside.len(), 1, "the directory was not kept aside");
+    let mut s = connect(&broker.addr());
+    let all = call(
+        &mut s,
+        &broker,
+        9,
+        1,
+        &MetadataRequest::default().with_topics(None),
+    );
+    let names: Vec<&str> = all
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.as_str()))
+        .collect();
+    assert!(
+        names.contains(&"real") && !names.contains(&"ghost"),
+        "{names:?}"
+    );
+    assert!(broker.stderr().contains("set its directory aside"));
+}
+
+#[test]
+fn topics_are_found_and_deleted_by_their_ids() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{DeleteTopicsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    const UNKNOWN_TOPIC_ID: i16 = 100;
+    let broker = Broker::start();
+    produce(&broker, "by-id", &[], b"x\n");
+    let mut s = connect(&broker.addr());
+    let by_name = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("by-id"))))]));
+    let id = call(&mut s, &broker, 12, 1, &by_name).topics[0].topic_id;
+    assert!(!id.is_nil(), "the topic has no id");
+    let by_id = MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+        .with_name(None)
+        .with_topic_id(id)]));
+    let found = call(&mut s, &broker, 12, 2, &by_id);
+    assert_eq!(
+        found.topics[0].name.as_ref().map(|n| n.0.as_str()),
+        Some("by-id")
+    );
+
+    let unknown = uuid::Uuid::from_u128(42);
+    let delete = DeleteTopicsRequest::default().with_topics(vec![
+        DeleteTopicState::default()
+            .with_name(None)
+            .with_topic_id(id),
+        DeleteTopicState::default()
+            .with_name(None)
+            .with_topic_id(unknown),
+    ]);
+    let deleted = call(&mut s, &broker, 6, 3, &delete);
+    assert_eq!(deleted.responses[0].error_code, 0);
+    assert_eq!(deleted.responses[1].error_code, UNKNOWN_TOPIC_ID);
+    let again = call(&mut s, &broker, 12, 4, &by_id);
+    assert_eq!(again.topics[0].error_code, UNKNOWN_TOPIC_ID);
 }

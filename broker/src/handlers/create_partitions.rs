@@ -4,9 +4,9 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::ResponseError;
 
+use super::create_topics::error_for;
 use super::{respond, str_bytes, Reply};
 use crate::codec::{decode_body, Request};
-use crate::topics::GrowError;
 use crate::Broker;
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
@@ -29,20 +29,13 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             broker
                 .topics
                 .add_partitions(
-                    &broker.engine,
                     topic.name.0.as_str(),
                     topic.count,
+                    broker.config.node_id,
                     body.validate_only,
                 )
                 .await
-                .map_err(|e| {
-                    let code = match e {
-                        GrowError::Unknown(_) => ResponseError::UnknownTopicOrPartition,
-                        GrowError::NotMore { .. } => ResponseError::InvalidPartitions,
-                        GrowError::Engine(_) => ResponseError::KafkaStorageError,
-                    };
-                    (code, e.to_string())
-                })
+                .map_err(|e| (error_for(&e), e.to_string()))
         };
         if let Err((code, message)) = outcome {
             result.error_code = code.code();

@@ -4,10 +4,12 @@
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
+use tracing::warn;
+use uuid::Uuid;
 
 use super::{respond, str_bytes, Reply};
 use crate::codec::{decode_body, Request};
-use crate::topics::{validate_name, CreateError, TopicState};
+use crate::topics::{validate_name, TopicError};
 use crate::{topic_configs, Broker};
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
@@ -39,26 +41,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 ))
             })
             .collect();
-        let log_config = topic_configs::apply(&broker.config.log, &overrides);
-        let outcome = if let Err(why) = validate_name(&name) {
-            fail(
-                result,
-                ResponseError::InvalidTopicException,
-                format!("invalid topic name: {why}"),
-            )
-        } else if broker.topics.get(&name).is_some() {
-            fail(
-                result,
-                ResponseError::TopicAlreadyExists,
-                format!("topic {name} already exists"),
-            )
-        } else if partitions < 1 {
-            fail(
-                result,
-                ResponseError::InvalidPartitions,
-                "number of partitions must be at least 1".into(),
-            )
-        } else if !(topic.replication_factor == -1 || topic.replication_factor == 1)
+        let outcome = if !(topic.replication_factor == -1 || topic.replication_factor == 1)
             || !topic.assignments.is_empty()
         {
             fail(
@@ -66,33 +49,59 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 ResponseError::InvalidReplicationFactor,
                 "a single broker supports replication factor 1 only".into(),
             )
-        } else if let Err(why) = &log_config {
-            fail(result, ResponseError::InvalidConfig, why.clone())
         } else if body.validate_only {
-            result.num_partitions = partitions;
-            result.replication_factor = 1;
-            result
-        } else {
-            let state = TopicState {
-                partitions,
-                config: log_config.unwrap_or_else(|_| broker.config.log.clone()),
-                overrides,
-            };
-            match broker.topics.create(&broker.engine, &name, state).await {
-                Ok(state) => {
-                    result.num_partitions = state.partitions;
+            let checked = validate_name(&name)
+                .map_err(|why| TopicError::InvalidName(name.clone(), why))
+                .and_then(|()| {
+                    topic_configs::apply(&broker.config.log, &overrides)
+                        .map_err(TopicError::InvalidConfig)
+                })
+                .and_then(|_| match broker.topics.get(&name) {
+                    Some(_) => Err(TopicError::Exists(name.clone())),
+                    None if partitions < 1 => Err(TopicError::InvalidPartitions(
+                        "number of partitions must be at least 1".into(),
+                    )),
+                    None => Ok(()),
+                });
+            match checked {
+                Ok(()) => {
+                    result.num_partitions = partitions;
                     result.replication_factor = 1;
                     result
                 }
-                Err(CreateError::Exists(_)) => fail(
-                    result,
-                    ResponseError::TopicAlreadyExists,
-                    format!("topic {name} already exists"),
-                ),
-                Err(e) => fail(result, ResponseError::KafkaStorageError, e.to_string()),
+                Err(e) => fail(result, error_for(&e), e.to_string()),
+            }
+        } else {
+            match broker
+                .topics
+                .create(&name, partitions, broker.config.node_id, overrides)
+                .await
+            {
+                Ok(state) => {
+                    result.num_partitions = state.partitions;
+                    result.replication_factor = 1;
+                    result.topic_id = Uuid::from_bytes(state.id());
+                    result
+                }
+                Err(e) => fail(result, error_for(&e), e.to_string()),
             }
         };
         response.topics.push(outcome);
     }
     respond(request, &response)
+}
+
+/// The Kafka error for a topic change that did not happen.
+pub(crate) fn error_for(e: &TopicError) -> ResponseError {
+    match e {
+        TopicError::Exists(_) => ResponseError::TopicAlreadyExists,
+        TopicError::Unknown(_) => ResponseError::UnknownTopicOrPartition,
+        TopicError::InvalidName(..) => ResponseError::InvalidTopicException,
+        TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        TopicError::Controller(e) => {
+            warn!(error = %e, "a topic change did not reach the metadata log");
+            ResponseError::NotController
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! DescribeCluster: this broker, which is also the controller.
+//! DescribeCluster: the registered brokers; this broker is the controller.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
@@ -25,10 +25,16 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     response.cluster_id = str_bytes(CLUSTER_ID);
     response.controller_id = BrokerId(broker.config.node_id);
     response.cluster_authorized_operations = i32::MIN;
-    let mut me = DescribeClusterBroker::default();
-    me.broker_id = BrokerId(broker.config.node_id);
-    me.host = str_bytes(&broker.config.advertised_host);
-    me.port = i32::from(broker.config.advertised_port);
-    response.brokers = vec![me];
+    response.brokers = super::metadata::brokers(broker)
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            let mut b = DescribeClusterBroker::default();
+            b.broker_id = BrokerId(id);
+            b.host = str_bytes(&host);
+            b.port = port;
+            b.rack = rack.as_deref().map(str_bytes);
+            b
+        })
+        .collect();
     respond(request, &response)
 }

@@ -78,11 +78,11 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 Some(state) => {
                     for key in topic_configs::KEYS.iter().filter(|k| wanted(k)) {
                         let Some(value) =
-                            topic_configs::value_of(key, &state.config, &state.overrides)
+                            topic_configs::value_of(key, &state.config, state.overrides())
                         else {
                             continue;
                         };
-                        let source = if state.overrides.contains_key(*key) {
+                        let source = if state.overrides().contains_key(*key) {
                             SOURCE_TOPIC
                         } else {
                             SOURCE_DEFAULT

@@ -1,16 +1,15 @@
 //! IncrementalAlterConfigs: SET and DELETE of topic settings, validated as
-//! a whole before anything changes, persisted, and applied to the running
-//! logs. An invalid value gets INVALID_CONFIG and changes nothing.
+//! a whole before anything changes, then recorded in the metadata log and
+//! applied to the running logs. An invalid value gets INVALID_CONFIG and changes nothing.
 
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 use kafka_protocol::ResponseError;
-use tracing::warn;
 
+use super::create_topics::error_for;
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{respond, str_bytes, Reply};
 use crate::codec::{decode_body, Request};
-use crate::topics::AlterError;
 use crate::Broker;
 
 const OP_SET: i8 = 0;
@@ -38,7 +37,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                     format!("unknown topic {name}"),
                 )),
                 Some(state) => {
-                    let mut overrides = state.overrides.clone();
+                    let mut overrides = state.overrides().clone();
                     let mut bad = None;
                     for op in &resource.configs {
                         let key = op.name.as_str().to_string();
@@ -59,19 +58,9 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                         Some(why) => Err((ResponseError::InvalidConfig, why)),
                         None => broker
                             .topics
-                            .alter(&broker.engine, &broker.config.log, &name, overrides, body.validate_only)
+                            .alter(&name, overrides, body.validate_only)
                             .await
-                            .map_err(|e| {
-                                let code = match &e {
-                                    AlterError::Unknown(_) => ResponseError::UnknownTopicOrPartition,
-                                    AlterError::Invalid(_) => ResponseError::InvalidConfig,
-                                    AlterError::Persist(_) | AlterError::Engine(_) => {
-                                        warn!(topic = %name, error = %e, "altering a topic's configuration failed");
-                                        ResponseError::KafkaStorageError
-                                    }
-                                };
-                                (code, e.to_string())
-                            }),
+                            .map_err(|e| (error_for(&e), e.to_string())),
                     }
                 }
             }

@@ -1,6 +1,8 @@
-//! Metadata: this broker, and the requested (or all) topics with their
-//! partitions led by it. Requested topics that do not exist are created
-//! when the request and `auto.create.topics.enable` both allow it.
+//! Metadata: the registered brokers, and the requested (or all) topics with
+//! their partitions' leaders, epochs, replicas and ISR, all from the
+//! controller's published image. Requested topics that do not exist are
+//! created when the request and `auto.create.topics.enable` both allow it.
+//! Topics can also be looked up by id (v10 and later).
 
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -8,46 +10,38 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::ResponseError;
 use tracing::warn;
+use uuid::Uuid;
 
 use super::{respond, str_bytes, Reply};
 use crate::codec::{decode_body, Request};
-use crate::topics::{CreateError, TopicState};
+use crate::topics::{TopicError, TopicState};
 use crate::Broker;
 
 pub const CLUSTER_ID: &str = "sluice-single-node";
 
-pub(crate) fn default_topic(broker: &Broker) -> TopicState {
-    TopicState {
-        partitions: broker.config.num_partitions,
-        config: broker.config.log.clone(),
-        overrides: Default::default(),
-    }
-}
-
-fn describe(
-    broker: &Broker,
-    version: i16,
-    name: &str,
-    state: Option<&TopicState>,
-    error: i16,
-) -> MetadataResponseTopic {
-    let node = BrokerId(broker.config.node_id);
+fn describe(name: &str, state: Option<&TopicState>, error: i16) -> MetadataResponseTopic {
     let mut topic = MetadataResponseTopic::default();
     topic.name = Some(TopicName(str_bytes(name)));
     topic.error_code = error;
     topic.topic_authorized_operations = i32::MIN;
     topic.is_internal = name == crate::groups::offsets_topic::TOPIC;
     if let Some(state) = state {
-        topic.partitions = (0..state.partitions)
-            .map(|p| {
+        topic.topic_id = Uuid::from_bytes(state.id());
+        topic.partitions = state
+            .image
+            .partitions
+            .iter()
+            .zip(0..)
+            .map(|(record, index)| {
                 let mut partition = MetadataResponsePartition::default();
-                partition.partition_index = p;
-                partition.leader_id = node;
-                if version >= 7 {
-                    partition.leader_epoch = 0;
+                partition.partition_index = index;
+                partition.leader_id = BrokerId(record.leader);
+                partition.leader_epoch = record.leader_epoch;
+                partition.replica_nodes = record.replicas.iter().copied().map(BrokerId).collect();
+                partition.isr_nodes = record.isr.iter().copied().map(BrokerId).collect();
+                if record.leader < 0 {
+                    partition.error_code = ResponseError::LeaderNotAvailable.code();
                 }
-                partition.replica_nodes = vec![node];
-                partition.isr_nodes = vec![node];
                 partition
             })
             .collect();
@@ -55,14 +49,31 @@ fn describe(
     topic
 }
 
+/// The registered brokers, as Metadata and DescribeCluster list them.
+pub(crate) fn brokers(broker: &Broker) -> Vec<(i32, String, i32, Option<String>)> {
+    broker
+        .topics
+        .image()
+        .brokers
+        .values()
+        .map(|b| (b.id, b.host.clone(), i32::from(b.port), b.rack.clone()))
+        .collect()
+}
+
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: MetadataRequest = decode_body(request)?;
     let mut response = MetadataResponse::default();
-    let mut me = MetadataResponseBroker::default();
-    me.node_id = BrokerId(broker.config.node_id);
-    me.host = str_bytes(&broker.config.advertised_host);
-    me.port = i32::from(broker.config.advertised_port);
-    response.brokers = vec![me];
+    response.brokers = brokers(broker)
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            let mut b = MetadataResponseBroker::default();
+            b.node_id = BrokerId(id);
+            b.host = str_bytes(&host);
+            b.port = port;
+            b.rack = rack.as_deref().map(str_bytes);
+            b
+        })
+        .collect();
     response.cluster_id = Some(str_bytes(CLUSTER_ID));
     response.controller_id = BrokerId(broker.config.node_id);
     response.cluster_authorized_operations = i32::MIN;
@@ -72,51 +83,48 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     match body.topics {
         None => {
             for (name, state) in broker.topics.all() {
-                response
-                    .topics
-                    .push(describe(broker, request.version, &name, Some(&state), 0));
+                response.topics.push(describe(&name, Some(&state), 0));
             }
         }
         Some(requested) => {
             for topic in requested {
                 let Some(name) = topic.name else {
-                    // Lookup by topic id only: this broker has no topic ids yet.
-                    let mut unknown = MetadataResponseTopic::default();
-                    unknown.topic_id = topic.topic_id;
-                    unknown.error_code = ResponseError::UnknownTopicId.code();
-                    response.topics.push(unknown);
+                    let found = broker
+                        .topics
+                        .name_of(topic.topic_id.into_bytes())
+                        .and_then(|name| Some((broker.topics.get(&name)?, name)));
+                    response.topics.push(match found {
+                        Some((state, name)) => describe(&name, Some(&state), 0),
+                        None => {
+                            let mut unknown = MetadataResponseTopic::default();
+                            unknown.topic_id = topic.topic_id;
+                            unknown.error_code = ResponseError::UnknownTopicId.code();
+                            unknown
+                        }
+                    });
                     continue;
                 };
                 let name = name.0.as_str().to_string();
                 let found = broker
                     .topics
-                    .get_or_create(&broker.engine, &name, allow, || default_topic(broker))
+                    .get_or_create(
+                        &name,
+                        allow,
+                        broker.config.num_partitions,
+                        broker.config.node_id,
+                    )
                     .await;
                 let described = match found {
-                    Ok(Some(state)) => describe(broker, request.version, &name, Some(&state), 0),
-                    Ok(None) => describe(
-                        broker,
-                        request.version,
-                        &name,
-                        None,
-                        ResponseError::UnknownTopicOrPartition.code(),
-                    ),
-                    Err(CreateError::InvalidName(..)) => describe(
-                        broker,
-                        request.version,
-                        &name,
-                        None,
-                        ResponseError::InvalidTopicException.code(),
-                    ),
+                    Ok(Some(state)) => describe(&name, Some(&state), 0),
+                    Ok(None) => {
+                        describe(&name, None, ResponseError::UnknownTopicOrPartition.code())
+                    }
+                    Err(TopicError::InvalidName(..)) => {
+                        describe(&name, None, ResponseError::InvalidTopicException.code())
+                    }
                     Err(e) => {
                         warn!(topic = %name, error = %e, "auto-creating a topic failed");
-                        describe(
-                            broker,
-                            request.version,
-                            &name,
-                            None,
-                            ResponseError::KafkaStorageError.code(),
-                        )
+                        describe(&name, None, ResponseError::LeaderNotAvailable.code())
                     }
                 };
                 response.topics.push(described);

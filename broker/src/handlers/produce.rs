@@ -64,7 +64,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 // This node is the whole ISR: acks=all needs
                 // min.insync.replicas <= 1 before anything is appended.
                 let min_insync = state
-                    .overrides
+                    .overrides()
                     .get("min.insync.replicas")
                     .and_then(|v| v.parse::<i32>().ok())
                     .unwrap_or(broker.config.min_insync_replicas);

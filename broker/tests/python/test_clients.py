@@ -360,3 +360,30 @@ def test_kafka_python_group_consumer_commits_and_a_successor_resumes():
         assert read(5) == [f"m{i}".encode() for i in range(30, 35)]
     finally:
         broker.kill()
+
+
+def test_topic_metadata_survives_a_kill_with_ids_partitions_and_deletions(broker):
+    import os
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import NewPartitions
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    created = admin.create_topics([NewTopic("kept", num_partitions=2, replication_factor=1),
+                                   NewTopic("dropped", num_partitions=1, replication_factor=1)])
+    for future in created.values():
+        future.result(timeout=30)
+    admin.create_partitions([NewPartitions("kept", 3)])["kept"].result(timeout=30)
+    admin.delete_topics(["dropped"])["dropped"].result(timeout=30)
+
+    def kept():
+        described = admin.describe_topics(TopicCollection(["kept"]))["kept"].result(timeout=30)
+        return str(described.topic_id), len(described.partitions)
+
+    before = kept()
+    assert before[1] == 3
+    assert before[0] != "AAAAAAAAAAAAAAAAAAAAAA"  # a real id, not all zeroes
+    broker.kill()
+    broker.start()
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    assert kept() == before
+    assert "dropped" not in admin.list_topics(timeout=30).topics
+    assert not os.path.exists(os.path.join(broker.dir, "dropped-0"))

@@ -1,0 +1,290 @@
+//! The metadata records the controller's Raft log holds, and the image they
+//! build: registered brokers, topics with their ids, partitions (replicas,
+//! ISR, leader, leader epoch) and topic-level configuration overrides.
+//!
+//! Pure code: [`MetadataImage::apply`] is deterministic (no clock, no I/O,
+//! no broker configuration), so every voter that applies the same log
+//! reaches the same image. A record that does not fit the image (a topic
+//! created twice by two racing requests, say) changes nothing and answers
+//! an error to whoever proposed it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A broker as it registered with the controller: where clients reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// One partition's replica assignment and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    /// The leader's broker id, or -1 when there is none.
+    pub leader: i32,
+    pub leader_epoch: i32,
+}
+
+impl PartitionRecord {
+    /// A partition whose only replica is `broker`, which leads it from
+    /// epoch 0.
+    pub fn single(broker: i32) -> PartitionRecord {
+        PartitionRecord {
+            replicas: vec![broker],
+            isr: vec![broker],
+            leader: broker,
+            leader_epoch: 0,
+        }
+    }
+}
+
+/// A topic id: 16 bytes, as Kafka's UUIDs.
+pub type TopicId = [u8; 16];
+
+/// One entry of the metadata log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataRecord {
+    /// A broker's (re-)registration; replaces an earlier one with its id.
+    RegisterBroker(BrokerRegistration),
+    CreateTopic {
+        name: String,
+        id: TopicId,
+        partitions: Vec<PartitionRecord>,
+        overrides: BTreeMap<String, String>,
+    },
+    /// Appends partitions to a topic, the first with index `first`: a
+    /// proposer that saw an older partition count is refused rather than
+    /// adding more partitions than it asked for.
+    CreatePartitions {
+        name: String,
+        first: usize,
+        partitions: Vec<PartitionRecord>,
+    },
+    /// Replaces a topic's overrides as a whole.
+    AlterTopicConfigs {
+        name: String,
+        overrides: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+}
+
+/// Why a record did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MetadataError {
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("a topic needs at least one partition")]
+    NoPartitions,
+    #[error("topic {topic:?} has {actual} partitions, not {expected}")]
+    PartitionCountChanged {
+        topic: String,
+        expected: usize,
+        actual: usize,
+    },
+}
+
+/// A topic in the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicImage {
+    pub id: TopicId,
+    pub partitions: Vec<PartitionRecord>,
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// The cluster's metadata as of some log index. Topics sit behind `Arc`s
+/// so that publishing a copy of the image after each change costs a
+/// pointer per topic, not a deep copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataImage {
+    pub brokers: BTreeMap<i32, BrokerRegistration>,
+    pub topics: BTreeMap<String, Arc<TopicImage>>,
+}
+
+impl MetadataImage {
+    /// Applies one record; on an error the image is unchanged.
+    pub fn apply(&mut self, record: &MetadataRecord) -> Result<(), MetadataError> {
+        match record {
+            MetadataRecord::RegisterBroker(registration) => {
+                self.brokers.insert(registration.id, registration.clone());
+            }
+            MetadataRecord::CreateTopic {
+                name,
+                id,
+                partitions,
+                overrides,
+            } => {
+                if self.topics.contains_key(name) {
+                    return Err(MetadataError::TopicExists(name.clone()));
+                }
+                if partitions.is_empty() {
+                    return Err(MetadataError::NoPartitions);
+                }
+                self.topics.insert(
+                    name.clone(),
+                    Arc::new(TopicImage {
+                        id: *id,
+                        partitions: partitions.clone(),
+                        overrides: overrides.clone(),
+                    }),
+                );
+            }
+            MetadataRecord::CreatePartitions {
+                name,
+                first,
+                partitions,
+            } => {
+                let topic = self.topic_mut(name)?;
+                if topic.partitions.len() != *first {
+                    return Err(MetadataError::PartitionCountChanged {
+                        topic: name.clone(),
+                        expected: *first,
+                        actual: topic.partitions.len(),
+                    });
+                }
+                topic.partitions.extend(partitions.iter().cloned());
+            }
+            MetadataRecord::AlterTopicConfigs { name, overrides } => {
+                self.topic_mut(name)?.overrides = overrides.clone();
+            }
+            MetadataRecord::DeleteTopic { name } => {
+                self.topics
+                    .remove(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn topic_mut(&mut self, name: &str) -> Result<&mut TopicImage, MetadataError> {
+        self.topics
+            .get_mut(name)
+            .map(Arc::make_mut)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, partitions: usize) -> MetadataRecord {
+        MetadataRecord::CreateTopic {
+            name: name.into(),
+            id: [7; 16],
+            partitions: vec![PartitionRecord::single(1); partitions],
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn topics_are_created_grown_altered_and_deleted() {
+        let mut image = MetadataImage::default();
+        image.apply(&create("t", 2)).unwrap();
+        image
+            .apply(&MetadataRecord::CreatePartitions {
+                name: "t".into(),
+                first: 2,
+                partitions: vec![PartitionRecord::single(1)],
+            })
+            .unwrap();
+        assert_eq!(image.topics["t"].partitions.len(), 3);
+        let overrides = BTreeMap::from([("retention.ms".to_string(), "5".to_string())]);
+        image
+            .apply(&MetadataRecord::AlterTopicConfigs {
+                name: "t".into(),
+                overrides: overrides.clone(),
+            })
+            .unwrap();
+        assert_eq!(image.topics["t"].overrides, overrides);
+        image
+            .apply(&MetadataRecord::DeleteTopic { name: "t".into() })
+            .unwrap();
+        assert!(image.topics.is_empty());
+    }
+
+    #[test]
+    fn a_record_that_does_not_fit_changes_nothing() {
+        let mut image = MetadataImage::default();
+        image.apply(&create("t", 1)).unwrap();
+        let before = image.clone();
+        assert_eq!(
+            image.apply(&create("t", 4)),
+            Err(MetadataError::TopicExists("t".into()))
+        );
+        assert_eq!(
+            image.apply(&create("u", 0)),
+            Err(MetadataError::NoPartitions)
+        );
+        // A proposer that saw 2 partitions where there is 1.
+        assert!(matches!(
+            image.apply(&MetadataRecord::CreatePartitions {
+                name: "t".into(),
+                first: 2,
+                partitions: vec![PartitionRecord::single(1)],
+            }),
+            Err(MetadataError::PartitionCountChanged { actual: 1, .. })
+        ));
+        for record in [
+            MetadataRecord::DeleteTopic { name: "u".into() },
+            MetadataRecord::CreatePartitions {
+                name: "u".into(),
+                first: 0,
+                partitions: vec![PartitionRecord::single(1)],
+            },
+            MetadataRecord::AlterTopicConfigs {
+                name: "u".into(),
+                overrides: BTreeMap::new(),
+            },
+        ] {
+            assert_eq!(
+                image.apply(&record),
+                Err(MetadataError::UnknownTopic("u".into()))
+            );
+        }
+        assert_eq!(image, before);
+    }
+
+    #[test]
+    fn a_published_copy_does_not_see_later_changes() {
+        let mut image = MetadataImage::default();
+        image.apply(&create("t", 1)).unwrap();
+        let published = image.clone();
+        image
+            .apply(&MetadataRecord::CreatePartitions {
+                name: "t".into(),
+                first: 1,
+                partitions: vec![PartitionRecord::single(1)],
+            })
+            .unwrap();
+        assert_eq!(published.topics["t"].partitions.len(), 1);
+        assert_eq!(image.topics["t"].partitions.len(), 2);
+    }
+
+    #[test]
+    fn re_registration_replaces_the_endpoint() {
+        let mut image = MetadataImage::default();
+        for port in [9092, 9093] {
+            image
+                .apply(&MetadataRecord::RegisterBroker(BrokerRegistration {
+                    id: 1,
+                    host: "h".into(),
+                    port,
+                    rack: None,
+                }))
+                .unwrap();
+        }
+        assert_eq!(image.brokers.len(), 1);
+        assert_eq!(image.brokers[&1].port, 9093);
+    }
+}
