@@ -3,11 +3,10 @@
 //! Every shard binds its own listener on the same address with
 //! `SO_REUSEPORT`, so the kernel spreads connections over the shards and a
 //! connection lives on one shard thread from accept to close. A connection
-//! reads one request at a time and answers it before reading the next, so
-//! responses leave in request order and each connection has at most one
-//! request in flight; clients that pipeline simply wait in the socket
-//! buffer. A frame's length is checked against `socket.request.max.bytes`
-//! before anything is allocated for it.
+//! reads requests ahead (at most [`MAX_IN_FLIGHT`] unanswered), runs
+//! read-only ones concurrently and every other one alone in request order,
+//! and writes responses in request order. A frame's length is checked
+//! against `socket.request.max.bytes` before anything is allocated for it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use compio::io::{AsyncReadExt, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
+use futures_channel::oneshot;
 use kafka_protocol::messages::ApiKey;
 use sluice_engine::{Engine, EngineConfig};
 use tracing::{debug, info, warn};
@@ -242,7 +242,70 @@ async fn read_exact(stream: &mut TcpStream, len: usize) -> std::io::Result<Vec<u
     result.map(|()| buf)
 }
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+/// Requests a connection may have read but not yet answered.
+pub const MAX_IN_FLIGHT: usize = 16;
+
+/// The outcome of one request: bytes to send (or none, for `acks=0`), or
+/// `Err` to close the connection once the responses before it are sent.
+type Outcome = Result<Option<Vec<u8>>, ()>;
+
+/// One request's place in a connection's response order.
+enum Pending {
+    /// A request running concurrently with its neighbours.
+    Running(compio::runtime::JoinHandle<Outcome>),
+    Done(Outcome),
+    /// Fired once every earlier response has been written.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Whether a request may run alongside the requests before and after it
+/// on its connection. These only read state (Metadata may create a topic,
+/// which no later request on the connection can have depended on). Every
+/// other request waits for all earlier ones to finish and runs alone, so
+/// a connection's Produce requests append in the order they were sent and
+/// group and offset changes apply in request order, as in Kafka, where a
+/// connection has one request in progress at a time.
+fn runs_concurrently(api_key: ApiKey) -> bool {
+    matches!(
+        api_key,
+        ApiKey::Fetch
+            | ApiKey::Metadata
+            | ApiKey::ListOffsets
+            | ApiKey::ApiVersions
+            | ApiKey::OffsetFetch
+            | ApiKey::DescribeConfigs
+            | ApiKey::DescribeGroups
+            | ApiKey::ListGroups
+            | ApiKey::DescribeCluster
+            | ApiKey::FindCoordinator
+            | ApiKey::OffsetForLeaderEpoch
+    )
+}
+
+/// Serves one connection: this task reads and starts requests while a
+/// second task writes their responses in request order. At most
+/// [`MAX_IN_FLIGHT`] requests are read ahead of the responses written.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+    let (tx, rx) = async_channel::bounded(MAX_IN_FLIGHT);
+    let writer = compio::runtime::spawn(write_responses(stream.clone(), peer, rx));
+    read_requests(stream, peer, broker, tx).await;
+    // The writer sends what was started, then ends when the channel does.
+    let _ = writer.await;
+}
+
+async fn handle(broker: &Broker, request: codec::Request, peer: SocketAddr) -> Outcome {
+    let api_key = request.api_key;
+    handlers::dispatch(broker, request).await.map_err(|e| {
+        warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
+    })
+}
+
+async fn read_requests(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    responses: async_channel::Sender<Pending>,
+) {
     let max = broker.config.socket_request_max_bytes;
     loop {
         let prefix = match read_exact(&mut stream, 4).await {
@@ -256,6 +319,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, broker: Arc<B
         let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
         if len <= 0 || len as usize > max {
             warn!(%peer, len, max, "closing connection: frame length outside (0, socket.request.max.bytes]");
+            let _ = responses.send(Pending::Done(Err(()))).await;
             return;
         }
         let frame = match read_exact(&mut stream, len as usize).await {
@@ -265,16 +329,21 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, broker: Arc<B
                 return;
             }
         };
-        let reply = match codec::decode_request(frame) {
+        let pending = match codec::decode_request(frame) {
+            Ok(request) if runs_concurrently(request.api_key) => {
+                let broker = broker.clone();
+                Pending::Running(compio::runtime::spawn(async move {
+                    handle(&broker, request, peer).await
+                }))
+            }
             Ok(request) => {
-                let api_key = request.api_key;
-                match handlers::dispatch(&broker, request).await {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
-                        return;
-                    }
+                let (done, earlier_sent) = oneshot::channel();
+                if responses.send(Pending::Barrier(done)).await.is_err()
+                    || earlier_sent.await.is_err()
+                {
+                    return;
                 }
+                Pending::Done(handle(&broker, request, peer).await)
             }
             Err(DecodeError::UnsupportedVersion {
                 api_key: ApiKey::ApiVersions,
@@ -282,19 +351,51 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, broker: Arc<B
                 version,
             }) => {
                 debug!(%peer, version, "ApiVersions at an unknown version: answering with v0");
-                handlers::api_versions::unsupported_version(correlation_id)
+                Pending::Done(Ok(handlers::api_versions::unsupported_version(
+                    correlation_id,
+                )))
             }
             Err(e) => {
                 warn!(%peer, error = %e, "closing connection: undecodable request");
-                return;
+                Pending::Done(Err(()))
             }
         };
-        if let Some(bytes) = reply {
-            let compio::BufResult(result, _) = stream.write_all(bytes).await;
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "connection write failed");
-                return;
-            }
+        let closing = matches!(pending, Pending::Done(Err(())));
+        if responses.send(pending).await.is_err() || closing {
+            return;
         }
     }
+}
+
+async fn write_responses(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    pending: async_channel::Receiver<Pending>,
+) {
+    while let Ok(next) = pending.recv().await {
+        let outcome = match next {
+            Pending::Running(task) => task.await.unwrap_or_else(|e| {
+                warn!(%peer, error = ?e, "closing connection: a request handler failed");
+                Err(())
+            }),
+            Pending::Done(outcome) => outcome,
+            Pending::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        match outcome {
+            Ok(Some(bytes)) => {
+                let compio::BufResult(result, _) = stream.write_all(bytes).await;
+                if let Err(e) = result {
+                    debug!(%peer, error = %e, "connection write failed");
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(()) => break,
+        }
+    }
+    // Closing both directions also ends the reader's pending read.
+    let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
 }

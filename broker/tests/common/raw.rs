@@ -126,6 +126,18 @@ pub fn call<R: Request>(
     let what = format!("api key {} v{version}", R::KEY);
     send(s, &typed_request(version, correlation, req).0)
         .unwrap_or_else(|_| broker.fail(&format!("{what}: connection reset while sending")));
+    receive::<R>(s, broker, version, correlation)
+}
+
+/// Reads and decodes the response to an `R` request at `version` that was
+/// sent with `correlation`.
+pub fn receive<R: Request>(
+    s: &mut TcpStream,
+    broker: &Broker,
+    version: i16,
+    correlation: i32,
+) -> R::Response {
+    let what = format!("api key {} v{version}", R::KEY);
     let body = match read_reply(s) {
         Reply::Frame(b) => b,
         other => broker.fail(&format!("{what}: expected a response, got {other:?}")),

@@ -1,0 +1,90 @@
+//! Requests pipelined on one connection: responses come back in request
+//! order, Produce requests append in the order they were sent, and a
+//! read-only request does not wait behind a parked long-poll Fetch.
+
+mod common;
+
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{FetchRequest, MetadataRequest, ProduceRequest};
+
+use common::raw::*;
+use common::{consume, poll_until, produce, values, Broker};
+
+#[test]
+fn pipelined_produce_requests_append_and_answer_in_order() {
+    let broker = Broker::start();
+    produce(&broker, "order", &[], b"first\n");
+    let mut s = connect(&broker.addr());
+    let mut all = Vec::new();
+    let expected: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    for (i, value) in expected.iter().enumerate() {
+        let req = produce_req("order", 0, batch(&[value]));
+        all.extend(typed_request(7, i as i32, &req).0);
+    }
+    // All forty requests leave before any response is read.
+    send(&mut s, &all).unwrap();
+    for i in 0..expected.len() {
+        let resp = receive::<ProduceRequest>(&mut s, &broker, 7, i as i32);
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(
+            (p.error_code, p.base_offset),
+            (0, i as i64 + 1),
+            "request {i}"
+        );
+    }
+    let stored = consume(&broker, "order", &["-o", "1", "-c", "40"]);
+    assert_eq!(values(&stored), expected);
+}
+
+#[test]
+fn a_parked_fetch_does_not_hold_back_the_requests_behind_it() {
+    let broker = Broker::start();
+    produce(&broker, "quiet", &[], b"x\n");
+    let mut s = connect(&broker.addr());
+    // A fetch past the end of the log, willing to wait 60 s for data.
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(60_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name("quiet"))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(1)
+                .with_partition_max_bytes(1 << 20)])]);
+    // Behind it, a Metadata request that auto-creates a topic.
+    let metadata = MetadataRequest::default()
+        .with_allow_auto_topic_creation(true)
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("made-while-parked")))
+        ]));
+    let mut both = typed_request(11, 1, &fetch).0;
+    both.extend(typed_request(9, 2, &metadata).0);
+    send(&mut s, &both).unwrap();
+
+    // The topic appears while the fetch is still parked: the Metadata
+    // request ran without waiting for it.
+    let mut other = connect(&broker.addr());
+    let all = MetadataRequest::default().with_topics(None);
+    poll_until(
+        Duration::from_secs(30),
+        "the pipelined Metadata to run",
+        || {
+            let resp = common::raw::call(&mut other, &broker, 9, 7, &all);
+            resp.topics
+                .iter()
+                .any(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some("made-while-parked"))
+                .then_some(())
+        },
+    );
+    // Data wakes the fetch; then both answers arrive, in request order.
+    produce(&broker, "quiet", &[], b"y\n");
+    let fetched = receive::<FetchRequest>(&mut s, &broker, 11, 1);
+    let records = fetched.responses[0].partitions[0].records.as_ref();
+    assert!(records.is_some_and(|r| !r.is_empty()), "{fetched:?}");
+    let described = receive::<MetadataRequest>(&mut s, &broker, 9, 2);
+    assert_eq!(described.topics[0].error_code, 0);
+}
