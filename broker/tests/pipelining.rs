@@ -65,12 +65,13 @@ fn a_parked_fetch_does_not_hold_back_the_requests_behind_it() {
     both.extend(typed_request(9, 2, &metadata).0);
     send(&mut s, &both).unwrap();
 
-    // The topic appears while the fetch is still parked: the Metadata
-    // request ran without waiting for it.
+    // The topic appears while the fetch is still parked (the broker caps
+    // the wait at 30 s; this looks for 20 s): the Metadata request ran
+    // without waiting for it.
     let mut other = connect(&broker.addr());
     let all = MetadataRequest::default().with_topics(None);
     poll_until(
-        Duration::from_secs(30),
+        Duration::from_secs(20),
         "the pipelined Metadata to run",
         || {
             let resp = common::raw::call(&mut other, &broker, 9, 7, &all);
