@@ -16,7 +16,8 @@
 //! - [`groups`]: consumer groups: the pure state machine, the coordinator
 //!   that parks and answers requests, committed offsets in
 //!   `__consumer_offsets`.
-//! - [`producer_ids`]: durable producer-id allocation (InitProducerId).
+//! - [`producer_ids`]: producer ids (InitProducerId), reserved in blocks
+//!   through the metadata log.
 //! - [`alloc`]: the global allocator that keeps hostile array lengths from
 //!   aborting the broker.
 
@@ -44,6 +45,7 @@ static GLOBAL: alloc::NoReserveLarge = alloc::NoReserveLarge;
 pub struct Broker {
     pub config: config::BrokerConfig,
     pub engine: Arc<Engine>,
+    pub controller: Arc<controller::Controller>,
     pub topics: Arc<topics::Topics>,
     pub producer_ids: producer_ids::ProducerIds,
     pub groups: groups::coordinator::Coordinator,

@@ -106,7 +106,7 @@ fn main() {
     unsafe { libc::sigwait(&signals, &mut signal) };
     tracing::info!(signal, "shutting down: flushing and closing logs");
     // No metadata changes from here on; every committed record is durable.
-    broker.topics.stop_controller();
+    broker.controller.stop();
     // Connections hold the broker too, so the engine is closed through a
     // shared reference: every log is flushed and closed, then the shards stop.
     let failed = match broker.engine.close() {

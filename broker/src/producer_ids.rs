@@ -1,72 +1,71 @@
 //! Producer ids for idempotent producers (InitProducerId), unique across
-//! restarts.
+//! restarts and, with more brokers, across the cluster.
 //!
-//! Ids are reserved in blocks: the end of the current block is written to
-//! `<log.dirs>/producer-id-block` (temp file, fsync, rename, fsync the
-//! directory) before any id of the block is handed out, so a crash can
-//! skip ids but never hand one out twice. Until the controller quorum
-//! exists this file is the single node's source of truth.
+//! Ids are reserved from the controller in blocks: an
+//! `AllocateProducerIds` record in the metadata log moves the cluster's
+//! next free id past the block before any id of it is handed out, so a
+//! crash can skip ids but never hand one out twice.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// Ids reserved per write of the block file.
+use crate::controller::{Applied, Controller, MetadataRecord, ProposeError};
+
+/// Ids reserved per metadata record.
 pub const BLOCK: i64 = 1000;
-const FILE: &str = "producer-id-block";
 
-#[derive(Debug)]
 pub struct ProducerIds {
-    path: PathBuf,
-    /// (next id to hand out, first id not yet reserved)
-    state: Mutex<(i64, i64)>,
-}
-
-fn replace_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_data()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    controller: Arc<Controller>,
+    broker: i32,
+    /// (next id to hand out, first id past the reserved block)
+    block: Mutex<(i64, i64)>,
 }
 
 impl ProducerIds {
-    /// Reads the reserved block's end from `dir` (0 if there is none yet).
-    pub fn load(dir: &Path) -> Result<ProducerIds, String> {
-        let path = dir.join(FILE);
-        let next = match std::fs::read_to_string(&path) {
-            Ok(text) => text
-                .trim()
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| format!("{} is not a producer id: {text:?}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(format!("reading {}: {e}", path.display())),
-        };
-        Ok(ProducerIds {
-            path,
-            state: Mutex::new((next, next)),
+    pub fn new(controller: Arc<Controller>, broker: i32) -> ProducerIds {
+        ProducerIds {
+            controller,
+            broker,
+            block: Mutex::new((0, 0)),
+        }
+    }
+
+    fn take(&self) -> Option<i64> {
+        let mut block = self.block.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, end) = *block;
+        (next < end).then(|| {
+            block.0 = next + 1;
+            next
         })
     }
 
-    /// The next unused producer id. Writes the block file once per
-    /// [`BLOCK`] ids (a short blocking write on the calling shard).
-    pub fn allocate(&self) -> std::io::Result<i64> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (next, reserved) = *state;
-        if next >= reserved {
-            let end = next + BLOCK;
-            replace_durably(&self.path, end.to_string().as_bytes())?;
-            state.1 = end;
+    /// The next unused producer id; reserves a new block from the
+    /// controller when this one is used up.
+    pub async fn allocate(&self) -> Result<i64, ProposeError> {
+        if let Some(id) = self.take() {
+            return Ok(id);
         }
-        state.0 = next + 1;
-        Ok(next)
+        let committed = self
+            .controller
+            .propose(MetadataRecord::AllocateProducerIds {
+                broker: self.broker,
+                count: BLOCK,
+            })
+            .await?;
+        let Applied::ProducerIds { first } = committed.applied else {
+            return Err(ProposeError::Unavailable(format!(
+                "the controller answered a producer-id reservation with {:?}",
+                committed.applied
+            )));
+        };
+        let mut block = self.block.lock().unwrap_or_else(|e| e.into_inner());
+        // A racing request may have installed a block meanwhile; this one
+        // then goes unused, which only skips ids.
+        if block.0 >= block.1 {
+            *block = (first, first + BLOCK);
+        }
+        let id = block.0;
+        block.0 += 1;
+        Ok(id)
     }
 }
 
@@ -77,13 +76,19 @@ mod tests {
     #[test]
     fn ids_are_unique_across_restarts_even_when_a_block_was_not_used_up() {
         let dir = tempfile::tempdir().unwrap();
-        let ids = ProducerIds::load(dir.path()).unwrap();
-        let first: Vec<i64> = (0..3).map(|_| ids.allocate().unwrap()).collect();
+        let runtime = sluice_engine::shard::client_runtime().unwrap();
+        let start = || Arc::new(Controller::start(dir.path(), 1, "127.0.0.1:1".into()).unwrap());
+        let controller = start();
+        let ids = ProducerIds::new(controller.clone(), 1);
+        let first: Vec<i64> = (0..3)
+            .map(|_| runtime.block_on(ids.allocate()).unwrap())
+            .collect();
         assert_eq!(first, vec![0, 1, 2]);
+        controller.stop();
         drop(ids);
-        let ids = ProducerIds::load(dir.path()).unwrap();
-        assert_eq!(ids.allocate().unwrap(), BLOCK);
-        std::fs::write(dir.path().join(FILE), "garbage").unwrap();
-        assert!(ProducerIds::load(dir.path()).is_err());
+        let controller = start();
+        let ids = ProducerIds::new(controller.clone(), 1);
+        assert_eq!(runtime.block_on(ids.allocate()).unwrap(), BLOCK);
+        controller.stop();
     }
 }

@@ -50,12 +50,12 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     let engine = Arc::new(
         Engine::start(engine_config).map_err(|e| format!("starting the storage engine: {e}"))?,
     );
-    let controller = Controller::start(
+    let controller = Arc::new(Controller::start(
         &config.log_dir,
         config.node_id,
         format!("{}:{}", config.advertised_host, config.advertised_port),
-    )?;
-    let topics = Arc::new(Topics::new(controller, config.log.clone()));
+    )?);
+    let topics = Arc::new(Topics::new(controller.clone(), config.log.clone()));
     let runtime =
         sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
     runtime
@@ -84,7 +84,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             rack: None,
         }))
         .map_err(|e| format!("registering with the controller: {e}"))?;
-    let producer_ids = crate::producer_ids::ProducerIds::load(&config.log_dir)?;
+    let producer_ids = crate::producer_ids::ProducerIds::new(controller.clone(), config.node_id);
     // The internal offsets topic exists from the first start on.
     if topics.get(offsets_topic::TOPIC).is_none() {
         runtime
@@ -104,6 +104,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     info!(records = restored, "committed offsets loaded");
     let broker = Arc::new(Broker {
         config,
+        controller,
         engine,
         topics,
         producer_ids,

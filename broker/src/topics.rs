@@ -141,7 +141,7 @@ struct View {
 }
 
 pub struct Topics {
-    controller: Controller,
+    controller: Arc<Controller>,
     /// The broker's log defaults, under every topic's overrides.
     base: LogConfig,
     view: RwLock<View>,
@@ -150,7 +150,7 @@ pub struct Topics {
 }
 
 impl Topics {
-    pub fn new(controller: Controller, base: LogConfig) -> Topics {
+    pub fn new(controller: Arc<Controller>, base: LogConfig) -> Topics {
         Topics {
             controller,
             base,
@@ -182,11 +182,6 @@ impl Topics {
             .iter()
             .find(|(_, state)| state.id() == id)
             .map(|(name, _)| name.clone())
-    }
-
-    /// Stops the controller (at shutdown).
-    pub fn stop_controller(&self) {
-        self.controller.stop();
     }
 
     /// The whole published image (brokers and topics).
@@ -240,8 +235,8 @@ impl Topics {
     }
 
     async fn propose(&self, record: MetadataRecord) -> Result<(), TopicError> {
-        let index = self.controller.propose(record).await?;
-        self.published(index).await;
+        let committed = self.controller.propose(record).await?;
+        self.published(committed.index).await;
         Ok(())
     }
 

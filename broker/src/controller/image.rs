@@ -75,6 +75,22 @@ pub enum MetadataRecord {
     DeleteTopic {
         name: String,
     },
+    /// Reserves the next `count` producer ids for `broker`'s idempotent
+    /// producers (InitProducerId).
+    AllocateProducerIds {
+        broker: i32,
+        count: i64,
+    },
+}
+
+/// What applying a record produced, for its proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    Done,
+    /// The first of the reserved producer ids.
+    ProducerIds {
+        first: i64,
+    },
 }
 
 /// Why a record did not apply.
@@ -86,6 +102,8 @@ pub enum MetadataError {
     UnknownTopic(String),
     #[error("a topic needs at least one partition")]
     NoPartitions,
+    #[error("cannot reserve {0} more producer ids")]
+    ProducerIdsExhausted(i64),
     #[error("topic {topic:?} has {actual} partitions, not {expected}")]
     PartitionCountChanged {
         topic: String,
@@ -109,11 +127,14 @@ pub struct TopicImage {
 pub struct MetadataImage {
     pub brokers: BTreeMap<i32, BrokerRegistration>,
     pub topics: BTreeMap<String, Arc<TopicImage>>,
+    /// The first producer id not yet reserved by any broker.
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 impl MetadataImage {
     /// Applies one record; on an error the image is unchanged.
-    pub fn apply(&mut self, record: &MetadataRecord) -> Result<(), MetadataError> {
+    pub fn apply(&mut self, record: &MetadataRecord) -> Result<Applied, MetadataError> {
         match record {
             MetadataRecord::RegisterBroker(registration) => {
                 self.brokers.insert(registration.id, registration.clone());
@@ -162,8 +183,16 @@ impl MetadataImage {
                     .remove(name)
                     .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
             }
+            MetadataRecord::AllocateProducerIds { broker: _, count } => {
+                let first = self.next_producer_id;
+                self.next_producer_id = Some(*count)
+                    .filter(|c| *c > 0)
+                    .and_then(|c| first.checked_add(c))
+                    .ok_or(MetadataError::ProducerIdsExhausted(*count))?;
+                return Ok(Applied::ProducerIds { first });
+            }
         }
-        Ok(())
+        Ok(Applied::Done)
     }
 
     fn topic_mut(&mut self, name: &str) -> Result<&mut TopicImage, MetadataError> {
@@ -269,6 +298,21 @@ mod tests {
             .unwrap();
         assert_eq!(published.topics["t"].partitions.len(), 1);
         assert_eq!(image.topics["t"].partitions.len(), 2);
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut image = MetadataImage::default();
+        let mut reserve =
+            |count| image.apply(&MetadataRecord::AllocateProducerIds { broker: 1, count });
+        assert_eq!(reserve(1000), Ok(Applied::ProducerIds { first: 0 }));
+        assert_eq!(reserve(10), Ok(Applied::ProducerIds { first: 1000 }));
+        assert_eq!(reserve(0), Err(MetadataError::ProducerIdsExhausted(0)));
+        assert_eq!(
+            reserve(i64::MAX),
+            Err(MetadataError::ProducerIdsExhausted(i64::MAX))
+        );
+        assert_eq!(reserve(1), Ok(Applied::ProducerIds { first: 1010 }));
     }
 
     #[test]

@@ -35,13 +35,13 @@ use openraft::raft::{
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use tracing::{info, warn};
 
-pub use image::{MetadataError, MetadataImage, MetadataRecord};
+pub use image::{Applied, MetadataError, MetadataImage, MetadataRecord};
 
 openraft::declare_raft_types!(
     /// The controller's Raft types: metadata records in, their outcome out.
     pub TypeConfig:
         D = MetadataRecord,
-        R = Result<(), MetadataError>,
+        R = Result<Applied, MetadataError>,
         SnapshotData = std::io::Cursor<Vec<u8>>,
 );
 
@@ -102,9 +102,17 @@ pub enum ProposeError {
     Unavailable(String),
 }
 
+/// A record committed and applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Its index in the metadata log.
+    pub index: u64,
+    pub applied: Applied,
+}
+
 struct Proposal {
     record: MetadataRecord,
-    reply: oneshot::Sender<Result<u64, ProposeError>>,
+    reply: oneshot::Sender<Result<Committed, ProposeError>>,
 }
 
 /// A handle to the controller thread, shared by every shard.
@@ -179,9 +187,9 @@ impl Controller {
         }
     }
 
-    /// Appends `record` to the metadata log; returns its log index once it
-    /// is committed and applied, or why it did not apply.
-    pub async fn propose(&self, record: MetadataRecord) -> Result<u64, ProposeError> {
+    /// Appends `record` to the metadata log; answers once it is committed
+    /// and applied, or why it did not apply.
+    pub async fn propose(&self, record: MetadataRecord) -> Result<Committed, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Proposal { record, reply })
@@ -236,7 +244,10 @@ async fn run(
             let outcome = match raft.client_write(proposal.record).await {
                 Ok(response) => response
                     .data
-                    .map(|()| response.log_id.index)
+                    .map(|applied| Committed {
+                        index: response.log_id.index,
+                        applied,
+                    })
                     .map_err(ProposeError::Rejected),
                 Err(e) => {
                     warn!(error = %e, "the metadata log refused a record");
@@ -358,7 +369,9 @@ mod tests {
 
     fn propose(controller: &Controller, record: MetadataRecord) -> Result<u64, ProposeError> {
         let runtime = sluice_engine::shard::client_runtime().unwrap();
-        runtime.block_on(controller.propose(record))
+        runtime
+            .block_on(controller.propose(record))
+            .map(|committed| committed.index)
     }
 
     fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {

@@ -35,7 +35,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::image::{MetadataError, MetadataImage};
+use super::image::{Applied, MetadataError, MetadataImage};
 use super::{Published, TypeConfig};
 
 type NodeId = u64;
@@ -374,7 +374,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn apply<I>(
         &mut self,
         entries: I,
-    ) -> Result<Vec<Result<(), MetadataError>>, StorageError<NodeId>>
+    ) -> Result<Vec<Result<Applied, MetadataError>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -383,11 +383,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             self.applied = Some(entry.log_id);
             results.push(match entry.payload {
-                EntryPayload::Blank => Ok(()),
+                EntryPayload::Blank => Ok(Applied::Done),
                 EntryPayload::Normal(record) => self.image.apply(&record),
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Ok(())
+                    Ok(Applied::Done)
                 }
             });
         }

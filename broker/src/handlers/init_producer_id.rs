@@ -31,14 +31,14 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         response.producer_epoch = body.producer_epoch + 1;
         return respond(request, &response);
     }
-    match broker.producer_ids.allocate() {
+    match broker.producer_ids.allocate().await {
         Ok(id) => {
             response.producer_id = ProducerId(id);
             response.producer_epoch = 0;
         }
         Err(e) => {
             error!(error = %e, "reserving producer ids failed");
-            response.error_code = ResponseError::KafkaStorageError.code();
+            response.error_code = ResponseError::CoordinatorNotAvailable.code();
         }
     }
     respond(request, &response)
