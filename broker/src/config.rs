@@ -44,6 +44,9 @@ pub struct BrokerConfig {
     pub io_driver: sluice_engine::IoDriver,
     /// `group.*` limits of the group coordinator.
     pub group_limits: crate::groups::state::Limits,
+    /// The known keys the configuration sets (rather than defaults), for
+    /// DescribeConfigs' sources.
+    pub set_keys: std::collections::BTreeSet<String>,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -331,7 +334,9 @@ impl BrokerConfig {
                 "must be at least 1",
             )?,
         };
+        let set_keys = map.keys().map(|k| k.to_string()).collect();
         Ok(BrokerConfig {
+            set_keys,
             group_limits,
             node_id,
             listen,

@@ -28,6 +28,27 @@ pub const KEYS: &[&str] = &[
     "unclean.leader.election.enable",
 ];
 
+/// The broker settings that give topic setting `key` its default.
+pub fn broker_keys(key: &str) -> &'static [&'static str] {
+    match key {
+        "segment.bytes" => &["log.segment.bytes"],
+        "segment.ms" => &["log.roll.ms", "log.roll.hours"],
+        "segment.index.bytes" => &["log.index.size.max.bytes"],
+        "index.interval.bytes" => &["log.index.interval.bytes"],
+        "retention.ms" => &[
+            "log.retention.ms",
+            "log.retention.minutes",
+            "log.retention.hours",
+        ],
+        "retention.bytes" => &["log.retention.bytes"],
+        "flush.messages" => &["log.flush.interval.messages"],
+        "flush.ms" => &["log.flush.interval.ms"],
+        "max.message.bytes" => &["message.max.bytes"],
+        "min.insync.replicas" => &["min.insync.replicas"],
+        _ => &[],
+    }
+}
+
 fn limit_text(value: Option<u64>, unlimited: &str) -> String {
     value.map_or_else(|| unlimited.to_string(), |v| v.to_string())
 }
@@ -38,6 +59,7 @@ pub fn value_of(
     key: &str,
     config: &LogConfig,
     overrides: &BTreeMap<String, String>,
+    min_insync_default: i32,
 ) -> Option<String> {
     Some(match key {
         "cleanup.policy" => "delete".to_string(),
@@ -45,7 +67,10 @@ pub fn value_of(
         "flush.ms" => limit_text(config.flush_ms, "9223372036854775807"),
         "index.interval.bytes" => config.index_interval_bytes.to_string(),
         "max.message.bytes" => config.max_batch_bytes.to_string(),
-        "min.insync.replicas" => overrides.get(key).cloned().unwrap_or_else(|| "1".into()),
+        "min.insync.replicas" => overrides
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| min_insync_default.to_string()),
         "retention.bytes" => limit_text(config.retention_bytes, "-1"),
         "retention.ms" => limit_text(config.retention_ms, "-1"),
         "segment.bytes" => config.segment_bytes.to_string(),
@@ -135,13 +160,16 @@ mod tests {
         let config = apply(&LogConfig::default(), &o).unwrap();
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.flush_messages, Some(1));
-        assert_eq!(value_of("retention.ms", &config, &o).as_deref(), Some("-1"));
         assert_eq!(
-            value_of("min.insync.replicas", &config, &o).as_deref(),
+            value_of("retention.ms", &config, &o, 1).as_deref(),
+            Some("-1")
+        );
+        assert_eq!(
+            value_of("min.insync.replicas", &config, &o, 1).as_deref(),
             Some("2")
         );
         assert_eq!(
-            value_of("flush.ms", &config, &o).as_deref(),
+            value_of("flush.ms", &config, &o, 1).as_deref(),
             Some("9223372036854775807")
         );
         for (k, v) in [

@@ -1,5 +1,6 @@
 //! DescribeConfigs: a topic's settings with their sources (an override
-//! set on the topic, or the default), and the broker's static settings.
+//! set on the topic, a broker setting in the configuration, or the
+//! default), and the broker's static settings.
 
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -77,13 +78,21 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             RESOURCE_TOPIC => match broker.topics.get(resource.resource_name.as_str()) {
                 Some(state) => {
                     for key in topic_configs::KEYS.iter().filter(|k| wanted(k)) {
-                        let Some(value) =
-                            topic_configs::value_of(key, &state.config, state.overrides())
-                        else {
+                        let Some(value) = topic_configs::value_of(
+                            key,
+                            &state.config,
+                            state.overrides(),
+                            broker.config.min_insync_replicas,
+                        ) else {
                             continue;
                         };
+                        let from_broker = topic_configs::broker_keys(key)
+                            .iter()
+                            .any(|k| broker.config.set_keys.contains(*k));
                         let source = if state.overrides().contains_key(*key) {
                             SOURCE_TOPIC
+                        } else if from_broker {
+                            SOURCE_STATIC_BROKER
                         } else {
                             SOURCE_DEFAULT
                         };
@@ -100,9 +109,12 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                     .into_iter()
                     .filter(|(k, _)| wanted(k))
                 {
-                    result
-                        .configs
-                        .push(entry(key, value, SOURCE_STATIC_BROKER, true));
+                    let source = if broker.config.set_keys.contains(key) {
+                        SOURCE_STATIC_BROKER
+                    } else {
+                        SOURCE_DEFAULT
+                    };
+                    result.configs.push(entry(key, value, source, true));
                 }
             }
             other => {

@@ -71,14 +71,15 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 if acks == -1 && min_insync > ISR_SIZE {
                     return failed(index, ResponseError::NotEnoughReplicas.code());
                 }
+                // The leader epoch the metadata log assigned this partition.
+                let epoch = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| state.image.partitions.get(i))
+                    .map_or(Epoch(0), |p| Epoch(p.leader_epoch));
                 let tp = TopicPartition::new(name, index);
                 match broker
                     .engine
-                    .append(
-                        tp.clone(),
-                        records.to_vec(),
-                        AppendMode::Leader { epoch: Epoch(0) },
-                    )
+                    .append(tp.clone(), records.to_vec(), AppendMode::Leader { epoch })
                     .await
                 {
                     Ok(info) => {

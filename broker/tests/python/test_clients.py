@@ -387,3 +387,27 @@ def test_topic_metadata_survives_a_kill_with_ids_partitions_and_deletions(broker
     assert kept() == before
     assert "dropped" not in admin.list_topics(timeout=30).topics
     assert not os.path.exists(os.path.join(broker.dir, "dropped-0"))
+
+
+def test_described_sources_tell_topic_broker_and_default_settings_apart():
+    from conftest import Broker
+    from confluent_kafka.admin import ConfigResource, ConfigSource, ResourceType
+    broker = Broker(extra=["log.retention.ms=7200000", "min.insync.replicas=2"])
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic("src", num_partitions=1, replication_factor=1,
+                                      config={"segment.ms": "60000"})])["src"].result(timeout=30)
+        topic = ConfigResource(ResourceType.TOPIC, "src")
+        configs = admin.describe_configs([topic])[topic].result(timeout=30)
+        assert configs["segment.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+        assert configs["retention.ms"].value == "7200000"
+        assert configs["retention.ms"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+        assert configs["min.insync.replicas"].value == "2"
+        assert configs["min.insync.replicas"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+        assert configs["segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+        node = ConfigResource(ResourceType.BROKER, "1")
+        configs = admin.describe_configs([node])[node].result(timeout=30)
+        assert configs["log.retention.ms"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+        assert configs["log.segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+    finally:
+        broker.kill()
