@@ -44,6 +44,9 @@ pub struct BrokerConfig {
     pub io_driver: sluice_engine::IoDriver,
     /// `group.*` limits of the group coordinator.
     pub group_limits: crate::groups::state::Limits,
+    /// `sluice.offsets.compact.records`: records appended to a
+    /// `__consumer_offsets` partition before it is compacted.
+    pub offsets_compact_records: u64,
     /// The known keys the configuration sets (rather than defaults), for
     /// DescribeConfigs' sources.
     pub set_keys: std::collections::BTreeSet<String>,
@@ -74,6 +77,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log.index.interval.bytes",
     "log.index.size.max.bytes",
     "group.initial.rebalance.delay.ms",
+    "sluice.offsets.compact.records",
     "group.min.session.timeout.ms",
     "group.max.session.timeout.ms",
     "sluice.shards",
@@ -310,6 +314,13 @@ impl BrokerConfig {
                 .map_err(|_| bad("sluice.io.driver", text, "must be auto, io_uring or poll"))?,
             None => sluice_engine::IoDriver::Auto,
         };
+        let offsets_compact_records = num(
+            "sluice.offsets.compact.records",
+            get("sluice.offsets.compact.records"),
+            crate::groups::offsets_topic::COMPACT_RECORDS,
+            |v| *v >= 1,
+            "must be at least 1",
+        )?;
         let group_defaults = crate::groups::state::Limits::default();
         let group_limits = crate::groups::state::Limits {
             initial_rebalance_delay_ms: num(
@@ -337,6 +348,7 @@ impl BrokerConfig {
         let set_keys = map.keys().map(|k| k.to_string()).collect();
         Ok(BrokerConfig {
             set_keys,
+            offsets_compact_records,
             group_limits,
             node_id,
             listen,

@@ -88,16 +88,22 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     // The internal offsets topic exists from the first start on.
     if topics.get(offsets_topic::TOPIC).is_none() {
         runtime
-            .block_on(topics.create(
-                offsets_topic::TOPIC,
-                offsets_topic::PARTITIONS,
-                config.node_id,
-                Default::default(),
-            ))
+            .block_on(
+                topics.create(
+                    offsets_topic::TOPIC,
+                    offsets_topic::PARTITIONS,
+                    config.node_id,
+                    // Only compaction removes committed offsets.
+                    [("retention.ms", "-1"), ("retention.bytes", "-1")]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            )
             .map_err(|e| format!("creating {}: {e}", offsets_topic::TOPIC))?;
     }
     let groups = Coordinator::new(config.group_limits);
-    let offsets = offsets_topic::OffsetStore;
+    let offsets = offsets_topic::OffsetStore::new(config.offsets_compact_records);
     let restored = runtime
         .block_on(offsets.load(&engine, &groups))
         .map_err(|e| format!("loading committed offsets: {e}"))?;

@@ -212,6 +212,25 @@ impl Coordinator {
         })
     }
 
+    /// Every committed offset of the groups `keep` selects, as
+    /// (group, (topic, partition), offset).
+    pub fn committed_where(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<(String, (String, i32), Committed)> {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .iter()
+            .filter(|(group, _)| keep(group))
+            .flat_map(|(group, entry)| {
+                entry
+                    .offsets
+                    .iter()
+                    .map(move |(key, c)| (group.clone(), key.clone(), c.clone()))
+            })
+            .collect()
+    }
+
     /// The group's committed offsets (all, or for the listed partitions).
     pub fn committed(&self, group_id: &str) -> BTreeMap<(String, i32), Committed> {
         let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());

@@ -3,8 +3,22 @@
 //! (version 3) = offset, leader epoch, metadata, commit timestamp; a null
 //! value is a tombstone. A group's records go to partition
 //! `abs(javaHashCode(group)) % 50`, as in Kafka, so the latest record per key
-//! is the committed offset (compaction semantics; the log itself is kept
-//! whole until compaction exists).
+//! is the committed offset.
+//!
+//! # Compaction
+//!
+//! Kafka compacts this topic in place. Sluice's logs keep offsets
+//! contiguous, so a partition is compacted by checkpoint instead: once
+//! `sluice.offsets.compact.records` records (and at least twice the live
+//! ones) have been appended since the last time, the live offsets of its
+//! groups are appended again as fresh records, the partition is flushed,
+//! and its log start moves to the first of them (a durable DeleteRecords).
+//! Replaying from the log start then still yields the latest record per
+//! key, and the partition holds about one copy of the live offsets plus
+//! what came since. A per-partition lock keeps commits and compaction
+//! apart, so no commit can land below the new log start without being in
+//! the checkpoint. The topic has no time or size retention: only
+//! compaction removes records.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
@@ -108,17 +122,50 @@ pub fn decode_value(mut value: Bytes) -> Option<Committed> {
     })
 }
 
+/// The default of `sluice.offsets.compact.records`.
+pub const COMPACT_RECORDS: u64 = 100_000;
+
+/// Largest checkpoint batch, in key and value bytes.
+const CHECKPOINT_BATCH_BYTES: usize = 256 << 10;
+
+/// A partition's bookkeeping for compaction.
+#[derive(Default)]
+struct Growth {
+    /// Records appended since the last compaction (or replayed at start).
+    appended: u64,
+    /// Live offsets the last checkpoint held.
+    live: u64,
+}
+
 /// Writes and reads committed offsets through the engine.
-#[derive(Debug, Default)]
-pub struct OffsetStore;
+pub struct OffsetStore {
+    compact_after: u64,
+    /// Per partition, behind a lock held across each commit and each
+    /// compaction.
+    partitions: Vec<futures_util::lock::Mutex<Growth>>,
+}
 
 impl OffsetStore {
+    pub fn new(compact_after: u64) -> OffsetStore {
+        OffsetStore {
+            compact_after,
+            partitions: (0..PARTITIONS)
+                .map(|_| futures_util::lock::Mutex::new(Growth::default()))
+                .collect(),
+        }
+    }
+
+    fn lock(&self, partition: i32) -> futures_util::lock::MutexLockFuture<'_, Growth> {
+        let index = usize::try_from(partition).unwrap_or(0);
+        self.partitions[index % self.partitions.len()].lock()
+    }
+
     async fn append(
         &self,
         engine: &Engine,
-        group: &str,
+        partition: i32,
         records: Vec<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<Offset, String> {
         let mut buf = BytesMut::new();
         RecordBatchEncoder::encode(
             &mut buf,
@@ -129,11 +176,11 @@ impl OffsetStore {
             },
         )
         .map_err(|e| format!("encoding offset records: {e}"))?;
-        let tp = TopicPartition::new(TOPIC, partition_for(group));
+        let tp = TopicPartition::new(TOPIC, partition);
         engine
             .append(tp, buf.to_vec(), AppendMode::Leader { epoch: Epoch(0) })
             .await
-            .map(drop)
+            .map(|info| info.base_offset)
             .map_err(|e| e.to_string())
     }
 
@@ -156,12 +203,18 @@ impl OffsetStore {
         }
     }
 
-    pub async fn persist(
+    /// Appends a group's commit, then makes it visible in `coordinator`
+    /// (durable first, so an acknowledged commit survives a restart), and
+    /// compacts the partition when it is due.
+    pub async fn commit(
         &self,
         engine: &Engine,
+        coordinator: &Coordinator,
         group: &str,
-        offsets: &[((String, i32), Committed)],
+        offsets: Vec<((String, i32), Committed)>,
     ) -> Result<(), String> {
+        let partition = partition_for(group);
+        let mut growth = self.lock(partition).await;
         let records = offsets
             .iter()
             .enumerate()
@@ -174,7 +227,80 @@ impl OffsetStore {
                 )
             })
             .collect();
-        self.append(engine, group, records).await
+        self.append(engine, partition, records).await?;
+        growth.appended += offsets.len() as u64;
+        coordinator.record(group, offsets);
+        if growth.appended >= self.compact_after.max(2 * growth.live) {
+            match self.compact(engine, coordinator, partition).await {
+                Ok(live) => {
+                    *growth = Growth {
+                        appended: live,
+                        live,
+                    }
+                }
+                // The commit itself is durable; compaction retries later.
+                Err(e) => tracing::warn!(partition, error = %e, "compacting {TOPIC} failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints partition `partition` (see the module documentation);
+    /// returns how many live offsets the checkpoint holds. The caller holds
+    /// the partition's lock.
+    async fn compact(
+        &self,
+        engine: &Engine,
+        coordinator: &Coordinator,
+        partition: i32,
+    ) -> Result<u64, String> {
+        let tp = TopicPartition::new(TOPIC, partition);
+        let live = coordinator.committed_where(|group| partition_for(group) == partition);
+        let mut batches: Vec<Vec<Record>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for (group, (topic, p), c) in &live {
+            let key = encode_key(group, topic, *p);
+            let value = encode_value(c);
+            if bytes + key.len() + value.len() > CHECKPOINT_BATCH_BYTES {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += key.len() + value.len();
+            let batch = batches.last_mut().expect("one batch at least");
+            let offset = batch.len() as i64;
+            batch.push(Self::record(
+                key,
+                Some(value),
+                offset,
+                c.commit_timestamp_ms,
+            ));
+        }
+        let mut start = None;
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+            let base = self.append(engine, partition, batch).await?;
+            start.get_or_insert(base);
+        }
+        let shard = engine.shard_for(&tp);
+        // The checkpoint is durable before the records it replaces go.
+        shard.flush(tp.clone()).await.map_err(|e| e.to_string())?;
+        let start = match start {
+            Some(start) => start,
+            None => {
+                shard
+                    .info(tp.clone())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .log_end_offset
+            }
+        };
+        shard
+            .with_log(tp.clone(), move |log, _| {
+                Box::pin(async move { log.delete_records_before(start).await })
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(partition = %tp, live = live.len(), log_start = start.0, "compacted committed offsets");
+        Ok(live.len() as u64)
     }
 
     pub async fn tombstone(
@@ -183,6 +309,8 @@ impl OffsetStore {
         group: &str,
         keys: &[(String, i32)],
     ) -> Result<(), String> {
+        let partition = partition_for(group);
+        let mut growth = self.lock(partition).await;
         let now = sluice_engine::shard::now_ms() as i64;
         let records = keys
             .iter()
@@ -191,13 +319,16 @@ impl OffsetStore {
                 Self::record(encode_key(group, topic, *partition), None, i as i64, now)
             })
             .collect();
-        self.append(engine, group, records).await
+        self.append(engine, partition, records).await?;
+        growth.appended += keys.len() as u64;
+        Ok(())
     }
 
     /// Replays every `__consumer_offsets` partition into the coordinator.
     pub async fn load(&self, engine: &Engine, coordinator: &Coordinator) -> Result<usize, String> {
         let mut restored = 0;
         for p in 0..PARTITIONS {
+            let before = restored;
             let tp = TopicPartition::new(TOPIC, p);
             let mut from: Option<Offset> = None;
             loop {
@@ -235,6 +366,8 @@ impl OffsetStore {
                 }
                 from = Some(read.next_offset);
             }
+            // Replayed records count toward the next compaction.
+            self.lock(p).await.appended = (restored - before) as u64;
         }
         Ok(restored)
     }

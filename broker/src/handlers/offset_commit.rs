@@ -56,8 +56,12 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     );
     if verdict == code::NONE && !known.is_empty() {
         // Durable first, then visible: an acknowledged commit survives a crash.
-        match broker.offsets.persist(&broker.engine, &group, &known).await {
-            Ok(()) => broker.groups.record(&group, known),
+        match broker
+            .offsets
+            .commit(&broker.engine, &broker.groups, &group, known)
+            .await
+        {
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(group = %group, error = %e, "persisting committed offsets failed");
                 verdict = ResponseError::CoordinatorNotAvailable.code();

@@ -411,3 +411,47 @@ def test_described_sources_tell_topic_broker_and_default_settings_apart():
         assert configs["log.segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
     finally:
         broker.kill()
+
+
+def _java_hash(s):
+    """Java's String.hashCode (ASCII strings), as an unsigned 32-bit value."""
+    h = 0
+    for c in s:
+        h = (h * 31 + ord(c)) & 0xFFFFFFFF
+    return h
+
+
+def test_committed_offsets_are_compacted_and_the_latest_survive_a_kill():
+    from confluent_kafka import Consumer, TopicPartition as Tp
+    from conftest import Broker
+    broker = Broker(extra=["sluice.offsets.compact.records=20"])
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic("compacted", num_partitions=2,
+                                      replication_factor=1)])["compacted"].result(timeout=30)
+        group = "compacting-group"
+
+        def consumer():
+            return Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                             "enable.auto.commit": False})
+
+        c = consumer()
+        # Partition 1 is committed once, early: compaction must keep it.
+        c.commit(offsets=[Tp("compacted", 1, 5)], asynchronous=False)
+        for i in range(1, 201):
+            c.commit(offsets=[Tp("compacted", 0, i)], asynchronous=False)
+        offsets_partition = (_java_hash(group) & 0x7FFFFFFF) % 50
+        low, high = c.get_watermark_offsets(Tp("__consumer_offsets", offsets_partition),
+                                            timeout=30)
+        assert low > 0, "nothing was compacted away"
+        assert high - low < 60, f"the partition still holds {high - low} records"
+        c.close()
+
+        broker.kill()
+        broker.start()
+        c = consumer()
+        committed = c.committed([Tp("compacted", 0), Tp("compacted", 1)], timeout=30)
+        assert [tp.offset for tp in committed] == [200, 5]
+        c.close()
+    finally:
+        broker.kill()
