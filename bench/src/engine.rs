@@ -288,6 +288,7 @@ fn run_engine(
     let runtime =
         sluice_engine::shard::client_runtime().map_err(|e| format!("driver runtime: {e}"))?;
     let outcome = runtime.block_on(async {
+        let opening = Instant::now();
         for tp in &partitions {
             engine
                 .open(tp.clone(), log.clone())
@@ -295,6 +296,11 @@ fn run_engine(
                 .map_err(|e| format!("opening {tp}: {e}"))?;
         }
         sync_all();
+        eprintln!(
+            "opened {} partition(s) in {:.1} s; appending",
+            partitions.len(),
+            opening.elapsed().as_secs_f64()
+        );
         let histogram = Rc::new(RefCell::new(
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .map_err(|e| format!("histogram: {e}"))?,
