@@ -234,10 +234,24 @@ impl Topics {
         let _ = wait.await;
     }
 
+    /// Proposes `record` and waits until the view includes it. A refused
+    /// record waits too, for the view to include what the controller has
+    /// applied: a creation refused because a racing request created the
+    /// topic first answers only once that topic is served.
     async fn propose(&self, record: MetadataRecord) -> Result<(), TopicError> {
-        let committed = self.controller.propose(record).await?;
-        self.published(committed.index).await;
-        Ok(())
+        match self.controller.propose(record).await {
+            Ok(committed) => {
+                self.published(committed.index).await;
+                Ok(())
+            }
+            Err(e) => {
+                if let ProposeError::Rejected(_) = e {
+                    let (applied, _) = self.controller.published().get();
+                    self.published(applied).await;
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Start-up: opens every partition of the image the controller

@@ -1,6 +1,7 @@
 //! Requests pipelined on one connection: responses come back in request
 //! order, Produce requests append in the order they were sent, and a
-//! read-only request does not wait behind a parked long-poll Fetch.
+//! read-only request does not wait behind a parked long-poll Fetch, and
+//! racing auto-creations of one topic all answer with the topic.
 
 mod common;
 
@@ -88,4 +89,37 @@ fn a_parked_fetch_does_not_hold_back_the_requests_behind_it() {
     assert!(records.is_some_and(|r| !r.is_empty()), "{fetched:?}");
     let described = receive::<MetadataRequest>(&mut s, &broker, 9, 2);
     assert_eq!(described.topics[0].error_code, 0);
+}
+
+#[test]
+fn racing_auto_creations_of_one_topic_all_see_it_with_its_partitions() {
+    let broker = Broker::start();
+    for round in 0..10 {
+        let topic = format!("race-{round}");
+        let ask = MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name(&topic)))
+            ]));
+        // Four connections, each with four requests pipelined.
+        let mut connections: Vec<_> = (0..4).map(|_| connect(&broker.addr())).collect();
+        for s in &mut connections {
+            let mut all = Vec::new();
+            for i in 0..4 {
+                all.extend(typed_request(9, i, &ask).0);
+            }
+            send(s, &all).unwrap();
+        }
+        for s in &mut connections {
+            for i in 0..4 {
+                let resp = receive::<MetadataRequest>(s, &broker, 9, i);
+                let t = &resp.topics[0];
+                assert_eq!(
+                    (t.error_code, t.partitions.len()),
+                    (0, 1),
+                    "{topic}, request {i}: {t:?}"
+                );
+            }
+        }
+    }
 }
