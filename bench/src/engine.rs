@@ -156,7 +156,28 @@ pub fn run(args: Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("creating {:?}: {e}", args.dir))?;
 
     let (engine, backend) = run_engine(&args, &batch, batches, records_per_batch)?;
-    let raw = run_raw(&args.dir, &batch, batches, args.flush, args.segment_bytes)?;
+    let raw = run_raw(
+        &args.dir,
+        &batch,
+        batches,
+        args.flush,
+        args.segment_bytes,
+        1,
+    )?;
+    // With several partitions, also the same loop spread over as many
+    // files: what the filesystem itself gives that access pattern.
+    let raw_spread = if args.partitions > 1 {
+        Some(run_raw(
+            &args.dir,
+            &batch,
+            batches,
+            args.flush,
+            args.segment_bytes,
+            args.partitions,
+        )?)
+    } else {
+        None
+    };
 
     let idle = if args.idle_partitions > 0 {
         Some(measure_idle_partitions(&args)?)
@@ -199,6 +220,10 @@ pub fn run(args: Args) -> Result<(), String> {
         "raw_seconds": raw.seconds,
     });
     let mut report = report;
+    if let Some(spread) = &raw_spread {
+        report["raw_spread_mb_s"] = mb(spread).into();
+        report["ratio_spread"] = (engine_mb_s / mb(spread)).into();
+    }
     if let Some((count, per_partition)) = idle {
         report["idle_partitions"] = count.into();
         report["rss_per_idle_partition_bytes"] = per_partition.into();
@@ -223,6 +248,14 @@ pub fn run(args: Args) -> Result<(), String> {
         );
         println!("raw:    {raw_mb_s:9.1} MB/s  (pwrite loop, same block size and fsync cadence)");
         println!("ratio:  {ratio:.3} (engine / raw)");
+        if let Some(spread) = &raw_spread {
+            println!(
+                "raw over {} files: {:9.1} MB/s  ratio {:.3} (engine / raw over as many files as partitions)",
+                args.partitions,
+                mb(spread),
+                engine_mb_s / mb(spread)
+            );
+        }
         if let Some((count, per_partition)) = idle {
             println!(
                 "memory: {count} idle partitions cost {per_partition} B resident each ({:.1} KiB)",
@@ -375,43 +408,58 @@ fn run_raw(
     batches: u64,
     flush: FlushMode,
     segment_bytes: u64,
+    files: usize,
 ) -> Result<Outcome, String> {
-    let path = dir.join("sluice-bench-raw.dat");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("creating {path:?}: {e}"))?;
+    // Write i goes to file i mod `files`, as the engine's append i goes to
+    // partition i mod P; each file rolls (fsyncs) at its own
+    // `segment.bytes`, and `every-batch` fsyncs the file just written.
+    let raw_dir = dir.join("sluice-bench-raw");
+    std::fs::create_dir_all(&raw_dir).map_err(|e| format!("creating {raw_dir:?}: {e}"))?;
+    let mut open = Vec::with_capacity(files);
+    for i in 0..files.max(1) {
+        let path = raw_dir.join(format!("{i}.dat"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("creating {path:?}: {e}"))?;
+        open.push((file, 0u64));
+    }
     sync_all();
     let start = Instant::now();
     let mut last_sync = start;
-    let mut pos = 0u64;
-    for _ in 0..batches {
-        file.write_all_at(batch, pos)
+    let mut written = 0u64;
+    let roll = segment_bytes.max(1);
+    for i in 0..batches {
+        let (file, pos) = &mut open[(i % files.max(1) as u64) as usize];
+        file.write_all_at(batch, *pos)
             .map_err(|e| format!("raw write: {e}"))?;
-        let rolled = (pos + batch.len() as u64) / segment_bytes.max(1) > pos / segment_bytes.max(1);
-        pos += batch.len() as u64;
-        let due = rolled
-            || match flush {
-                FlushMode::None => false,
-                FlushMode::EveryBatch => true,
-                FlushMode::IntervalMs(ms) => last_sync.elapsed() >= Duration::from_millis(ms),
-            };
-        if due {
+        let rolled = (*pos + batch.len() as u64) / roll > *pos / roll;
+        *pos += batch.len() as u64;
+        written += batch.len() as u64;
+        if rolled || flush == FlushMode::EveryBatch {
             file.sync_data()
                 .map_err(|e| format!("raw fdatasync: {e}"))?;
-            last_sync = Instant::now();
+        }
+        if let FlushMode::IntervalMs(ms) = flush {
+            if last_sync.elapsed() >= Duration::from_millis(ms) {
+                for (file, _) in &open {
+                    file.sync_data()
+                        .map_err(|e| format!("raw fdatasync: {e}"))?;
+                }
+                last_sync = Instant::now();
+            }
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(&path).map_err(|e| format!("removing {path:?}: {e}"))?;
+    drop(open);
+    remove_dir(&raw_dir)?;
     std::io::stdout().flush().ok();
     Ok(Outcome {
         seconds,
-        bytes: pos,
+        bytes: written,
         records: 0,
         latency: None,
     })
