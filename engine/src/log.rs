@@ -49,6 +49,21 @@ use crate::time_index::TimeIndex;
 use crate::types::{Epoch, FilePosition, Offset};
 
 pub const RECOVERY_POINT_FILE: &str = "recovery-point-checkpoint";
+
+/// Producer-state snapshots: `<20-digit offset>.snapshot`, the state after
+/// every batch below that offset.
+const SNAPSHOT_SUFFIX: &str = ".snapshot";
+
+fn snapshot_name(offset: Offset) -> String {
+    format!("{:020}{SNAPSHOT_SUFFIX}", offset.0)
+}
+
+fn parse_snapshot_name(name: &str) -> Option<Offset> {
+    let digits = name.strip_suffix(SNAPSHOT_SUFFIX)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(Offset))
+        .flatten()
+}
 /// The log start offset when DeleteRecords moved it inside a segment.
 pub const LOG_START_FILE: &str = "log-start-offset-checkpoint";
 
@@ -417,23 +432,106 @@ impl Log {
         Ok(report)
     }
 
-    /// Rebuilds the idempotent-producer state by walking every batch header
-    /// (Kafka keeps snapshots to avoid the walk; until this log does, an
-    /// open costs one header read per batch).
+    /// Rebuilds the idempotent-producer state: from the newest producer
+    /// snapshot at or below the log end (written at each roll and at a
+    /// clean close), then by walking the batch headers after it. Snapshots
+    /// past the log end describe batches a truncation removed; they are
+    /// deleted, durably, before anything can be appended over them.
     async fn rebuild_producer_state(&mut self) -> Result<()> {
-        let mut state = ProducerState::default();
+        let end = self.log_end_offset();
+        let ctx = |what: &str, e| Error::io(format!("{what} {}", self.dir.display()), e);
+        let names = self
+            .fs
+            .list_dir(&self.dir)
+            .await
+            .map_err(|e| ctx("listing", e))?;
+        let mut offsets: Vec<Offset> = names
+            .iter()
+            .filter_map(|n| parse_snapshot_name(n))
+            .collect();
+        offsets.sort();
+        let stale: Vec<Offset> = offsets.iter().copied().filter(|o| *o > end).collect();
+        for o in &stale {
+            self.fs
+                .remove_file(&self.dir.join(snapshot_name(*o)))
+                .await
+                .map_err(|e| ctx("removing a stale producer snapshot in", e))?;
+        }
+        if !stale.is_empty() {
+            self.fs
+                .sync_dir(&self.dir)
+                .await
+                .map_err(|e| ctx("syncing", e))?;
+        }
+        let mut restored = None;
+        for o in offsets.iter().rev().filter(|o| **o <= end) {
+            let path = self.dir.join(snapshot_name(*o));
+            let bytes = self
+                .fs
+                .read_small(&path)
+                .await
+                .map_err(|e| ctx("reading a producer snapshot in", e))?;
+            match bytes.as_deref().and_then(ProducerState::decode) {
+                Some(state) => {
+                    restored = Some((*o, state));
+                    break;
+                }
+                None => warn!(path = %path.display(), "ignoring a damaged producer snapshot"),
+            }
+        }
+        let (from, mut state) = restored.unwrap_or_default();
         let max_batch = self.config.max_batch_bytes;
-        for seg in self.segments.values() {
+        let first = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map_or(Offset::ZERO, |(base, _)| *base);
+        for seg in self.segments.range(first..).map(|(_, seg)| seg) {
             let mut window = Window::new(&seg.file, seg.size, 1 << 20);
             let mut pos = 0;
             while let Some(header) = window.header_at(pos, max_batch).await? {
-                state.update(&header);
+                if Offset(header.base_offset) >= from {
+                    state.update(&header);
+                }
                 pos += header.total_len() as u64;
             }
         }
         state.commit();
         self.producers = state;
         Ok(())
+    }
+
+    /// Writes the producer state as of offset `at` (the log end) to a
+    /// snapshot. Snapshots only spare a walk at the next open, so a failed
+    /// write is logged, not fatal.
+    async fn write_producer_snapshot(&mut self, at: Offset) {
+        let path = self.dir.join(snapshot_name(at));
+        if let Err(e) = self
+            .fs
+            .replace_atomically(&path, self.producers.encode())
+            .await
+        {
+            warn!(path = %path.display(), error = %e, "writing a producer snapshot failed");
+        }
+    }
+
+    /// Deletes producer snapshots below the log start, keeping the newest.
+    async fn prune_producer_snapshots(&mut self) {
+        let Ok(names) = self.fs.list_dir(&self.dir).await else {
+            return;
+        };
+        let mut offsets: Vec<Offset> = names
+            .iter()
+            .filter_map(|n| parse_snapshot_name(n))
+            .collect();
+        offsets.sort();
+        offsets.pop();
+        for o in offsets.into_iter().filter(|o| *o < self.log_start) {
+            let path = self.dir.join(snapshot_name(o));
+            if let Err(e) = self.fs.remove_file(&path).await {
+                warn!(path = %path.display(), error = %e, "removing an old producer snapshot failed");
+            }
+        }
     }
 
     /// Restores a segment wholly below the recovery point from its index
@@ -967,6 +1065,7 @@ impl Log {
         if let Err(e) = self.fs.sync_dir(&self.dir).await {
             return Err(self.fail(Error::io("syncing the log directory on roll", e)));
         }
+        self.write_producer_snapshot(base).await;
         Ok(())
     }
 
@@ -1294,6 +1393,7 @@ impl Log {
                 }
             }
             info!(dir = %self.dir.display(), deleted, log_start_offset = %self.log_start, "retention deleted segments");
+            self.prune_producer_snapshots().await;
         }
         Ok(deleted)
     }
@@ -1342,6 +1442,7 @@ impl Log {
                     e,
                 )));
             }
+            self.prune_producer_snapshots().await;
         }
         if self.epochs.truncate_from_start(self.log_start) {
             if let Err(e) = self.persist_epochs().await {
@@ -1391,7 +1492,10 @@ impl Log {
             return self.check_online();
         }
         self.flush(now_ms).await?;
-        self.checkpoint_recovery_point().await
+        self.checkpoint_recovery_point().await?;
+        let end = self.log_end_offset();
+        self.write_producer_snapshot(end).await;
+        Ok(())
     }
 
     /// Deletes the log and its directory.

@@ -559,3 +559,122 @@ fn delete_records_moves_the_log_start_durably_and_drops_whole_segments_below_it(
         assert_eq!(log.log_start_offset(), Offset(50));
     });
 }
+
+async fn snapshot_files(fs: &Fs, dir: &std::path::Path) -> Vec<i64> {
+    let mut offsets: Vec<i64> = fs
+        .list_dir(dir)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.strip_suffix(".snapshot")?.parse().ok())
+        .collect();
+    offsets.sort();
+    offsets
+}
+
+#[test]
+fn a_producer_whose_batches_retention_removed_is_remembered_through_its_snapshot() {
+    use common::idempotent_batch;
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        let mut seq = 0;
+        for _ in 0..100 {
+            log.append(idempotent_batch(7, 0, seq, 3), LEADER, NOW)
+                .await
+                .unwrap();
+            seq += 3;
+        }
+        fill(&mut log, 40, 3, 200).await;
+        assert!(log.segment_count() > 4);
+        // Every batch of producer 7 goes.
+        let end = log.log_end_offset();
+        log.delete_records_before(Offset(end.0 - 3)).await.unwrap();
+        log.close(NOW).await.unwrap();
+        assert!(snapshot_files(&fs, &dir).await.contains(&end.0));
+
+        // A walk of the remaining batches would not know producer 7 (its
+        // next batch would have to start at 0); the snapshot does.
+        let mut log = open(&fs, &dir, small_segments()).await;
+        let gap = log
+            .append(idempotent_batch(7, 0, seq + 1, 1), LEADER, NOW)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(gap, Error::OutOfOrderSequence { expected, .. } if expected == seq),
+            "{gap}"
+        );
+        log.append(idempotent_batch(7, 0, seq, 1), LEADER, NOW)
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn producer_snapshots_past_a_truncation_are_removed_and_the_state_follows_the_log() {
+    use common::idempotent_batch;
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        for k in 0..100 {
+            log.append(idempotent_batch(9, 0, 3 * k, 3), LEADER, NOW)
+                .await
+                .unwrap();
+        }
+        assert!(
+            snapshot_files(&fs, &dir).await.len() >= 2,
+            "rolls wrote snapshots"
+        );
+        log.truncate_to(Offset(3), NOW).await.unwrap();
+        assert!(
+            snapshot_files(&fs, &dir).await.iter().all(|o| *o <= 3),
+            "{:?}",
+            snapshot_files(&fs, &dir).await
+        );
+        // The batch at sequence 3 was truncated: it is appended anew, not
+        // answered as a duplicate.
+        let again = log
+            .append(idempotent_batch(9, 0, 3, 3), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(again.base_offset, Offset(3));
+        log.close(NOW).await.unwrap();
+        let mut log = open(&fs, &dir, small_segments()).await;
+        let retry = log
+            .append(idempotent_batch(9, 0, 3, 3), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            (retry.base_offset, log.log_end_offset()),
+            (Offset(3), Offset(6))
+        );
+    });
+}
+
+#[test]
+fn a_damaged_producer_snapshot_is_ignored_for_an_older_one_or_the_batches() {
+    use common::idempotent_batch;
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        for k in 0..60 {
+            log.append(idempotent_batch(5, 0, 3 * k, 3), LEADER, NOW)
+                .await
+                .unwrap();
+        }
+        log.close(NOW).await.unwrap();
+        let newest = *snapshot_files(&fs, &dir).await.last().unwrap();
+        let path = dir.join(format!("{newest:020}.snapshot"));
+        fs.replace_atomically(&path, b"garbage".to_vec())
+            .await
+            .unwrap();
+        let mut log = open(&fs, &dir, small_segments()).await;
+        let retry = log
+            .append(idempotent_batch(5, 0, 3 * 59, 3), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            retry.base_offset,
+            Offset(3 * 59),
+            "the last batch is a duplicate"
+        );
+        assert_eq!(log.log_end_offset(), Offset(180));
+    });
+}
