@@ -54,6 +54,10 @@ pub const RECOVERY_POINT_FILE: &str = "recovery-point-checkpoint";
 /// every batch below that offset.
 const SNAPSHOT_SUFFIX: &str = ".snapshot";
 
+/// A clean close writes a producer snapshot when the active segment holds
+/// at least this much; below it, open walks the segment instead.
+const SNAPSHOT_AT_CLOSE_BYTES: u64 = 1 << 20;
+
 fn snapshot_name(offset: Offset) -> String {
     format!("{:020}{SNAPSHOT_SUFFIX}", offset.0)
 }
@@ -1493,8 +1497,12 @@ impl Log {
         }
         self.flush(now_ms).await?;
         self.checkpoint_recovery_point().await?;
-        let end = self.log_end_offset();
-        self.write_producer_snapshot(end).await;
+        // Walking a small active segment at the next open is cheaper than
+        // the two fsyncs of a snapshot (a broker closes every partition).
+        if self.active().size >= SNAPSHOT_AT_CLOSE_BYTES {
+            let end = self.log_end_offset();
+            self.write_producer_snapshot(end).await;
+        }
         Ok(())
     }
 

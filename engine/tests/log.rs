@@ -590,7 +590,8 @@ fn a_producer_whose_batches_retention_removed_is_remembered_through_its_snapshot
         let end = log.log_end_offset();
         log.delete_records_before(Offset(end.0 - 3)).await.unwrap();
         log.close(NOW).await.unwrap();
-        assert!(snapshot_files(&fs, &dir).await.contains(&end.0));
+        // Snapshots below the log start went, except the newest.
+        assert_eq!(snapshot_files(&fs, &dir).await.len(), 1);
 
         // A walk of the remaining batches would not know producer 7 (its
         // next batch would have to start at 0); the snapshot does.
@@ -676,5 +677,33 @@ fn a_damaged_producer_snapshot_is_ignored_for_an_older_one_or_the_batches() {
             "the last batch is a duplicate"
         );
         assert_eq!(log.log_end_offset(), Offset(180));
+    });
+}
+
+#[test]
+fn a_clean_close_of_a_large_active_segment_snapshots_the_producers_at_the_log_end() {
+    use common::idempotent_batch;
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        let mut k = 0;
+        while log.size_bytes() < 1 << 20 {
+            log.append(idempotent_batch(4, 0, 300 * k, 300), LEADER, NOW)
+                .await
+                .unwrap();
+            k += 1;
+        }
+        let end = log.log_end_offset();
+        log.close(NOW).await.unwrap();
+        assert_eq!(snapshot_files(&fs, &dir).await, vec![end.0]);
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        let retry = log
+            .append(idempotent_batch(4, 0, 300 * (k - 1), 300), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            retry.last_offset.0,
+            end.0 - 1,
+            "the last batch is a duplicate"
+        );
     });
 }
