@@ -276,6 +276,23 @@ async fn elect(
         .map_err(|e| format!("starting the controller: {e}"))?;
     let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
     if initialized {
+        // The membership read from the log reaches the metrics shortly
+        // after start.
+        let voters: Vec<u64> = raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| m.membership_config.voter_ids().next().is_some(),
+                "the stored membership",
+            )
+            .await
+            .map(|m| m.membership_config.voter_ids().collect())
+            .unwrap_or_default();
+        if !voters.contains(&id) {
+            return Err(format!(
+                "the metadata log belongs to a quorum of node(s) {voters:?}, not to node.id {id}; \
+                 start with the node.id it was created with"
+            ));
+        }
         // Do not wait out an election timeout to lead a quorum of one.
         raft.trigger().elect().await.map_err(|e| e.to_string())?;
     } else {
@@ -423,6 +440,17 @@ mod tests {
         assert_eq!(image.topics.len(), 39);
         assert!(!image.topics.contains_key("t0"));
         controller.stop();
+    }
+
+    #[test]
+    fn a_metadata_log_refuses_a_node_id_it_was_not_created_with() {
+        let dir = tempfile::tempdir().unwrap();
+        start(dir.path(), 1000).stop();
+        let refused = Controller::start(dir.path(), 2, "127.0.0.1:9092".into())
+            .err()
+            .expect("node 2 started on node 1's metadata log");
+        assert!(refused.contains("node.id 2"), "{refused}");
+        start(dir.path(), 1000).stop();
     }
 
     #[test]
