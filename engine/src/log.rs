@@ -1517,6 +1517,11 @@ impl Log {
             .map_err(|e| Error::io(format!("deleting {}", dir.display()), e))
     }
 
+    /// The idempotent-producer state, for tests and tools.
+    pub fn producer_state(&self) -> &ProducerState {
+        &self.producers
+    }
+
     /// The in-memory index of a segment, for tests and tools.
     pub fn index_of(&self, base: Offset) -> Option<(&OffsetIndex, &TimeIndex)> {
         self.segments.get(&base).map(|s| (&s.index, &s.time_index))

@@ -108,8 +108,38 @@ fn crash_point(seed: u64) -> Run {
         let mut appended: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
         let mut flushed: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
         let ops = 5 + rng.below(40);
+        let mut next_seq = 0;
         for _ in 0..ops {
-            match rng.below(12) {
+            match rng.below(14) {
+                11..=12 => {
+                    // An idempotent producer, at the sequence the log
+                    // expects (a truncation may have moved it back).
+                    let count = 1 + rng.below(4) as usize;
+                    let mut outcome = log
+                        .append(
+                            common::idempotent_batch(77, 0, next_seq, count),
+                            LEADER,
+                            NOW,
+                        )
+                        .await;
+                    if let Err(Error::OutOfOrderSequence { expected, .. }) = outcome {
+                        next_seq = expected;
+                        outcome = log
+                            .append(
+                                common::idempotent_batch(77, 0, next_seq, count),
+                                LEADER,
+                                NOW,
+                            )
+                            .await;
+                    }
+                    let info = outcome.expect("idempotent append");
+                    let b = common::idempotent_batch(77, 0, next_seq, count);
+                    next_seq += count as i32;
+                    appended.insert(info.base_offset.0, without_offsets(&b));
+                    if info.durability == Durability::Flushed {
+                        flushed.insert(info.base_offset.0, without_offsets(&b));
+                    }
+                }
                 0..=8 => {
                     let codec = [Compression::None, Compression::Gzip, Compression::Lz4]
                         [rng.below(3) as usize];
@@ -175,6 +205,18 @@ fn crash_point(seed: u64) -> Run {
                 "seed {seed}: batch at {offset} is not what was appended"
             );
         }
+        // The producer state (from snapshots and the batches after them)
+        // is what the recovered batches say, nothing more or less.
+        let mut expected = sluice_engine::producer_state::ProducerState::default();
+        for (_, bytes) in &stored {
+            expected.update(&sluice_engine::batch::validate(bytes, usize::MAX).unwrap());
+        }
+        expected.commit();
+        assert_eq!(
+            log.producer_state(),
+            &expected,
+            "seed {seed}: producer state"
+        );
         // Recovery made its result durable: a second crash right away
         // changes nothing, and appends continue.
         let again = crashed.crash(seed ^ 1);
