@@ -42,6 +42,15 @@ impl TopicState {
         (0..self.partitions).contains(&partition)
     }
 
+    /// The leader epoch the metadata log gives `partition` (one of this
+    /// topic's, see [`TopicState::has`]).
+    pub fn leader_epoch(&self, partition: i32) -> i32 {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.image.partitions.get(i))
+            .map_or(0, |p| p.leader_epoch)
+    }
+
     /// The topic-level settings this topic sets (Kafka names).
     pub fn overrides(&self) -> &BTreeMap<String, String> {
         &self.image.overrides

@@ -62,6 +62,14 @@ fn snapshot_name(offset: Offset) -> String {
     format!("{:020}{SNAPSHOT_SUFFIX}", offset.0)
 }
 
+/// Writes a producer snapshot. Snapshots only spare a walk at the next
+/// open, so a failed write is logged, not fatal.
+async fn write_snapshot(fs: &Fs, path: &Path, contents: Vec<u8>) {
+    if let Err(e) = fs.replace_atomically(path, contents).await {
+        warn!(path = %path.display(), error = %e, "writing a producer snapshot failed");
+    }
+}
+
 fn parse_snapshot_name(name: &str) -> Option<Offset> {
     let digits = name.strip_suffix(SNAPSHOT_SUFFIX)?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
@@ -503,20 +511,6 @@ impl Log {
         state.commit();
         self.producers = state;
         Ok(())
-    }
-
-    /// Writes the producer state as of offset `at` (the log end) to a
-    /// snapshot. Snapshots only spare a walk at the next open, so a failed
-    /// write is logged, not fatal.
-    async fn write_producer_snapshot(&mut self, at: Offset) {
-        let path = self.dir.join(snapshot_name(at));
-        if let Err(e) = self
-            .fs
-            .replace_atomically(&path, self.producers.encode())
-            .await
-        {
-            warn!(path = %path.display(), error = %e, "writing a producer snapshot failed");
-        }
     }
 
     /// Deletes producer snapshots below the log start, keeping the newest.
@@ -1052,11 +1046,16 @@ impl Log {
             old.index_files(&self.dir),
             self.fs.clone(),
         );
+        // The producer state as of the new segment's base, written once
+        // the data below it is durable, off the append path.
+        let snapshot = (self.dir.join(snapshot_name(base)), self.producers.encode());
         let task = compio::runtime::spawn(async move {
             file.sync_data()
                 .await
                 .map_err(|e| Error::io("flushing a rolled segment", e))?;
-            segment::write_files_synced(&fs, indexes).await
+            segment::write_files_synced(&fs, indexes).await?;
+            write_snapshot(&fs, &snapshot.0, snapshot.1).await;
+            Ok(())
         });
         self.background_flushes.push_back((base, task));
         let seg = match Segment::create(&self.fs, &self.dir, base, &self.config, now_ms).await {
@@ -1069,7 +1068,6 @@ impl Log {
         if let Err(e) = self.fs.sync_dir(&self.dir).await {
             return Err(self.fail(Error::io("syncing the log directory on roll", e)));
         }
-        self.write_producer_snapshot(base).await;
         Ok(())
     }
 
@@ -1500,8 +1498,8 @@ impl Log {
         // Walking a small active segment at the next open is cheaper than
         // the two fsyncs of a snapshot (a broker closes every partition).
         if self.active().size >= SNAPSHOT_AT_CLOSE_BYTES {
-            let end = self.log_end_offset();
-            self.write_producer_snapshot(end).await;
+            let path = self.dir.join(snapshot_name(self.log_end_offset()));
+            write_snapshot(&self.fs, &path, self.producers.encode()).await;
         }
         Ok(())
     }

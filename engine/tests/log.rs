@@ -620,6 +620,9 @@ fn producer_snapshots_past_a_truncation_are_removed_and_the_state_follows_the_lo
                 .await
                 .unwrap();
         }
+        // Rolled segments are flushed, and their snapshots written, in the
+        // background; wait for all of them.
+        log.reap_background_flushes(true).await.unwrap();
         assert!(
             snapshot_files(&fs, &dir).await.len() >= 2,
             "rolls wrote snapshots"

@@ -67,13 +67,13 @@ enum Frame {
 
 const FRAME_HEADER: usize = 8;
 
-fn encode(frame: &Frame, out: &mut Vec<u8>) {
-    // Serializing our own plain data types cannot fail.
-    let json = serde_json::to_vec(frame).unwrap_or_default();
-    let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+fn encode(frame: &Frame, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let json = serde_json::to_vec(frame).map_err(std::io::Error::other)?;
+    let len = u32::try_from(json.len()).map_err(std::io::Error::other)?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
     out.extend_from_slice(&json);
+    Ok(())
 }
 
 /// Decodes frames from `bytes`; returns them with the length of the valid
@@ -117,7 +117,7 @@ impl Journal {
     fn write_frames(&mut self, frames: &[Frame]) -> std::io::Result<()> {
         let mut buf = Vec::new();
         for frame in frames {
-            encode(frame, &mut buf);
+            encode(frame, &mut buf)?;
         }
         self.file.write_all(&buf)?;
         self.file.sync_data()
@@ -126,10 +126,10 @@ impl Journal {
     fn rewrite(&mut self) -> std::io::Result<()> {
         let mut buf = Vec::new();
         if let Some(purged) = self.purged {
-            encode(&Frame::Purged(purged), &mut buf);
+            encode(&Frame::Purged(purged), &mut buf)?;
         }
         for entry in self.entries.values() {
-            encode(&Frame::Entry(entry.clone()), &mut buf);
+            encode(&Frame::Entry(entry.clone()), &mut buf)?;
         }
         let path = self.path();
         replace_durably(&path, &buf)?;
@@ -454,9 +454,9 @@ mod tests {
     #[test]
     fn decoding_stops_at_the_first_torn_or_corrupt_frame() {
         let mut bytes = Vec::new();
-        encode(&Frame::Truncate(5), &mut bytes);
+        encode(&Frame::Truncate(5), &mut bytes).unwrap();
         let one = bytes.len();
-        encode(&Frame::Truncate(7), &mut bytes);
+        encode(&Frame::Truncate(7), &mut bytes).unwrap();
         let two = bytes.len();
         let (frames, valid) = decode_all(&bytes);
         assert_eq!((frames.len(), valid), (2, two));

@@ -25,14 +25,17 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     response.cluster_id = str_bytes(CLUSTER_ID);
     response.controller_id = BrokerId(broker.config.node_id);
     response.cluster_authorized_operations = i32::MIN;
-    response.brokers = super::metadata::brokers(broker)
-        .into_iter()
-        .map(|(id, host, port, rack)| {
+    response.brokers = broker
+        .topics
+        .image()
+        .brokers
+        .values()
+        .map(|r| {
             let mut b = DescribeClusterBroker::default();
-            b.broker_id = BrokerId(id);
-            b.host = str_bytes(&host);
-            b.port = port;
-            b.rack = rack.as_deref().map(str_bytes);
+            b.broker_id = BrokerId(r.id);
+            b.host = str_bytes(&r.host);
+            b.port = i32::from(r.port);
+            b.rack = r.rack.as_deref().map(str_bytes);
             b
         })
         .collect();

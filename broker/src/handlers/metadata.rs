@@ -49,28 +49,20 @@ fn describe(name: &str, state: Option<&TopicState>, error: i16) -> MetadataRespo
     topic
 }
 
-/// The registered brokers, as Metadata and DescribeCluster list them.
-pub(crate) fn brokers(broker: &Broker) -> Vec<(i32, String, i32, Option<String>)> {
-    broker
+pub async fn handle(broker: &Broker, request: &Request) -> Reply {
+    let body: MetadataRequest = decode_body(request)?;
+    let mut response = MetadataResponse::default();
+    response.brokers = broker
         .topics
         .image()
         .brokers
         .values()
-        .map(|b| (b.id, b.host.clone(), i32::from(b.port), b.rack.clone()))
-        .collect()
-}
-
-pub async fn handle(broker: &Broker, request: &Request) -> Reply {
-    let body: MetadataRequest = decode_body(request)?;
-    let mut response = MetadataResponse::default();
-    response.brokers = brokers(broker)
-        .into_iter()
-        .map(|(id, host, port, rack)| {
+        .map(|r| {
             let mut b = MetadataResponseBroker::default();
-            b.node_id = BrokerId(id);
-            b.host = str_bytes(&host);
-            b.port = port;
-            b.rack = rack.as_deref().map(str_bytes);
+            b.node_id = BrokerId(r.id);
+            b.host = str_bytes(&r.host);
+            b.port = i32::from(r.port);
+            b.rack = r.rack.as_deref().map(str_bytes);
             b
         })
         .collect();

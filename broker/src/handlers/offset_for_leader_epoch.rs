@@ -1,7 +1,7 @@
 //! OffsetForLeaderEpoch: where a leader epoch ended in this broker's log
 //! (KIP-101), for followers and for consumers validating their position
-//! after a leader change (KIP-320). This single node leads every partition
-//! at epoch 0.
+//! after a leader change (KIP-320). The current epoch of each partition
+//! is the one the metadata image gives it.
 
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
@@ -13,11 +13,6 @@ use sluice_engine::{Epoch, TopicPartition};
 use super::{respond, Reply};
 use crate::codec::{decode_body, Request};
 use crate::{errors, Broker};
-
-/// The epoch this broker leads every partition in. With nothing below it,
-/// no request can carry an older (FENCED_LEADER_EPOCH) epoch yet; leader
-/// elections will add that case.
-pub const LEADER_EPOCH: i32 = 0;
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: OffsetForLeaderEpochRequest = decode_body(request)?;
@@ -32,9 +27,14 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             p.partition = partition.partition;
             p.leader_epoch = -1;
             p.end_offset = -1;
-            if state.as_ref().is_none_or(|s| !s.has(partition.partition)) {
+            let Some(state) = state.as_ref().filter(|s| s.has(partition.partition)) else {
                 p.error_code = ResponseError::UnknownTopicOrPartition.code();
-            } else if partition.current_leader_epoch > LEADER_EPOCH {
+                out.partitions.push(p);
+                continue;
+            };
+            // Nothing has led below the current epoch yet, so no request can
+            // carry an older (FENCED_LEADER_EPOCH) one; elections add it.
+            if partition.current_leader_epoch > state.leader_epoch(partition.partition) {
                 p.error_code = ResponseError::UnknownLeaderEpoch.code();
             } else {
                 let tp = TopicPartition::new(name.clone(), partition.partition);

@@ -71,11 +71,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 if acks == -1 && min_insync > ISR_SIZE {
                     return failed(index, ResponseError::NotEnoughReplicas.code());
                 }
-                // The leader epoch the metadata log assigned this partition.
-                let epoch = usize::try_from(index)
-                    .ok()
-                    .and_then(|i| state.image.partitions.get(i))
-                    .map_or(Epoch(0), |p| Epoch(p.leader_epoch));
+                let epoch = Epoch(state.leader_epoch(index));
                 let tp = TopicPartition::new(name, index);
                 match broker
                     .engine
