@@ -674,6 +674,14 @@ impl Log {
         self.policy.next_deadline_ms()
     }
 
+    /// Whether [`Log::maybe_flush`] may have anything to do, now or later: a
+    /// flush limit pending, or a rolled segment's background flush to reap.
+    /// A shard visits only such logs between turns.
+    pub fn has_flush_work(&self) -> bool {
+        self.offline.is_none()
+            && (self.policy.has_pending_limit() || !self.background_flushes.is_empty())
+    }
+
     /// Replaces the log's configuration (a topic config change). New limits
     /// apply from the next append, roll or retention check; segments already
     /// written are not rewritten.

@@ -480,6 +480,7 @@ impl Engine {
                         turn_commands_max,
                         retention_check_interval_ms,
                         logs: HashMap::new(),
+                        flush_watch: HashSet::new(),
                         waiters: HashMap::new(),
                     };
                     runtime.block_on(shard.run(rx));
@@ -636,6 +637,10 @@ struct Shard {
     turn_commands_max: usize,
     retention_check_interval_ms: u64,
     logs: HashMap<TopicPartition, Log>,
+    /// The logs that may have flush work between turns
+    /// ([`Log::has_flush_work`]). Visiting only these keeps a turn's cost
+    /// independent of how many idle partitions the shard holds.
+    flush_watch: HashSet<TopicPartition>,
     /// Fetches waiting for appends, per partition.
     waiters: HashMap<TopicPartition, Vec<(crate::Offset, Reply<crate::Offset>)>>,
 }
@@ -674,9 +679,9 @@ impl Shard {
         loop {
             let now = now_ms();
             let deadline = self
-                .logs
-                .values()
-                .filter_map(Log::next_flush_deadline_ms)
+                .flush_watch
+                .iter()
+                .filter_map(|tp| self.logs.get(tp).and_then(Log::next_flush_deadline_ms))
                 .min()
                 .unwrap_or(u64::MAX)
                 .min(next_retention_ms);
@@ -789,6 +794,9 @@ impl Shard {
         }
         for (tp, log) in join_all(tasks).await {
             let end = log.log_end_offset();
+            if log.has_flush_work() {
+                self.flush_watch.insert(tp.clone());
+            }
             self.logs.insert(tp.clone(), log);
             self.wake_waiters(&tp, end);
         }
@@ -843,6 +851,9 @@ impl Shard {
         }
         let dir = self.data_dir.join(tp.dir_name());
         let (log, report) = Log::open(self.fs.clone(), dir, config, now_ms()).await?;
+        if log.has_flush_work() {
+            self.flush_watch.insert(tp.clone());
+        }
         self.logs.insert(tp, log);
         Ok(report)
     }
@@ -850,6 +861,7 @@ impl Shard {
     async fn close(&mut self, tp: TopicPartition, delete: bool) -> Result<()> {
         // Waiting fetches see their wait end with the shard's reply gone.
         self.waiters.remove(&tp);
+        self.flush_watch.remove(&tp);
         let log = self
             .logs
             .remove(&tp)
@@ -862,10 +874,21 @@ impl Shard {
     }
 
     async fn flush_due(&mut self, now: u64) {
-        for (tp, log) in self.logs.iter_mut() {
+        let mut done = Vec::new();
+        for tp in &self.flush_watch {
+            let Some(log) = self.logs.get_mut(tp) else {
+                done.push(tp.clone());
+                continue;
+            };
             if let Err(e) = log.maybe_flush(now).await {
                 error!(shard = self.id, partition = %tp, error = %e, "time-based flush failed");
             }
+            if !log.has_flush_work() {
+                done.push(tp.clone());
+            }
+        }
+        for tp in done {
+            self.flush_watch.remove(&tp);
         }
     }
 

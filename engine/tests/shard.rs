@@ -212,6 +212,117 @@ fn flush_ms_is_run_by_the_shard_without_further_appends() {
     engine.shutdown().unwrap();
 }
 
+/// Polls the partition's flushed offset until it reaches `want`.
+async fn wait_flushed(engine: &Engine, tp: &TopicPartition, want: Offset, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = engine.shard_for(tp).info(tp.clone()).await.unwrap();
+        if info.flushed_offset >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: flushed offset stuck at {:?}",
+            info.flushed_offset
+        );
+        compio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn flush_ms_set_by_a_config_change_is_run_among_many_idle_partitions() {
+    let sim = SimFs::new();
+    let engine = Engine::start(EngineConfig {
+        data_dir: "/data".into(),
+        shards: 1,
+        fs: Fs::Sim(sim),
+        io_driver: IoDriver::Poll,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        // Idle partitions with unflushed data and no flush limit: the shard
+        // must leave them alone, and still find the one that gets a limit.
+        for p in 0..50 {
+            let tp = TopicPartition::new("idle", p);
+            engine.open(tp.clone(), LogConfig::default()).await.unwrap();
+            engine
+                .append(tp, common::batch(1, 10, 0), LEADER)
+                .await
+                .unwrap();
+        }
+        let tp = TopicPartition::new("t", 0);
+        engine.open(tp.clone(), LogConfig::default()).await.unwrap();
+        engine
+            .append(tp.clone(), common::batch(3, 10, 0), LEADER)
+            .await
+            .unwrap();
+        engine
+            .shard_for(&tp)
+            .with_log(tp.clone(), |log, _| {
+                Box::pin(async move {
+                    log.set_config(LogConfig {
+                        flush_ms: Some(20),
+                        ..LogConfig::default()
+                    })
+                })
+            })
+            .await
+            .unwrap();
+        wait_flushed(&engine, &tp, Offset(3), "flush.ms after a config change").await;
+        let idle = TopicPartition::new("idle", 0);
+        let info = engine.shard_for(&idle).info(idle.clone()).await.unwrap();
+        assert_eq!(
+            info.flushed_offset,
+            Offset(0),
+            "an idle partition without a limit was flushed"
+        );
+    });
+    drop(rt);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn a_rolled_segments_background_flush_is_reaped_without_further_appends() {
+    for driver in drivers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::start(config(tmp.path(), driver, 1)).unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let rt = common::runtime(DriverType::Poll).unwrap();
+        rt.block_on(async {
+            let log_config = LogConfig {
+                segment_bytes: 4096,
+                ..LogConfig::default()
+            };
+            engine.open(tp.clone(), log_config).await.unwrap();
+            let mut last = Offset(0);
+            for _ in 0..8 {
+                let info = engine
+                    .append(tp.clone(), common::batch(10, 100, 0), LEADER)
+                    .await
+                    .unwrap();
+                last = info.last_offset;
+            }
+            let info = engine.shard_for(&tp).info(tp.clone()).await.unwrap();
+            assert!(info.segments > 1, "{driver:?}: the log never rolled");
+            // Everything below the active segment is flushed by the rolls'
+            // background tasks; only reaping them moves the flushed offset.
+            let active_base = engine
+                .shard_for(&tp)
+                .with_log(tp.clone(), |log, _| {
+                    Box::pin(async move { Ok(*log.segment_bases().last().unwrap()) })
+                })
+                .await
+                .unwrap();
+            assert!(active_base > Offset(0) && active_base <= last);
+            wait_flushed(&engine, &tp, active_base, "background flush").await;
+        });
+        drop(rt);
+        engine.shutdown().unwrap();
+    }
+}
+
 #[test]
 fn tasks_spawned_on_a_shard_run_on_its_thread() {
     let tmp = tempfile::tempdir().unwrap();
