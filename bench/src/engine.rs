@@ -3,10 +3,14 @@
 //!
 //! The engine phase starts the shard threads, opens the partitions and
 //! appends pre-built v2 record batches with `--inflight` appends outstanding
-//! per partition, timing each append (hdrhistogram). The raw phase writes
-//! blocks of the same size to one file with `pwrite`, with `fdatasync` at
-//! the same cadence as the flush policy. Both start from a clean page cache
-//! state (`sync` first) and neither counts set-up or shutdown.
+//! per partition, timing each append (hdrhistogram). The appending tasks run
+//! on one client thread, or with `--clients shards` on the shard threads as
+//! the broker's connections do. The raw phase writes blocks of the same size
+//! to one file with `pwrite`, with `fdatasync` at the same cadence as the
+//! flush policy. With several partitions the run also times one partition
+//! carrying the same bytes, and the raw loop spread over as many files. Every
+//! phase starts from a clean page cache state (`sync` first) and none counts
+//! set-up or shutdown.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -42,6 +46,13 @@ fn parse_flush(text: &str) -> Result<FlushMode, String> {
             )),
         },
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Clients {
+    Thread,
+    Shards,
+    ShardsLocal,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +106,12 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Where the appending tasks run: `thread` (one client thread outside
+    /// the shards), `shards` (on the shard threads, as the broker's
+    /// connections do, each appending to every partition) or
+    /// `shards-local` (on the shard threads, each to its own partitions).
+    #[arg(long, value_enum, default_value = "thread")]
+    clients: Clients,
 }
 
 /// Builds one v2 batch of records with `record_size`-byte values, about
@@ -155,7 +172,26 @@ pub fn run(args: Args) -> Result<(), String> {
     let batches = (args.total_bytes / batch.len() as u64).max(1);
     std::fs::create_dir_all(&args.dir).map_err(|e| format!("creating {:?}: {e}", args.dir))?;
 
-    let (engine, backend) = run_engine(&args, &batch, batches, records_per_batch)?;
+    let (engine, backend) = run_engine(
+        &args,
+        args.partitions,
+        args.segment_bytes,
+        &batch,
+        batches,
+        records_per_batch,
+    )?;
+    // With several partitions, also one partition carrying the same bytes,
+    // its segments as large as the P partitions' together so that it rolls
+    // (and fsyncs at the roll) as often as each of them does.
+    let single = if args.partitions > 1 {
+        let segment_bytes = args
+            .segment_bytes
+            .saturating_mul(args.partitions as u64)
+            .min(sluice_engine::config::MAX_SEGMENT_BYTES);
+        Some(run_engine(&args, 1, segment_bytes, &batch, batches, records_per_batch)?.0)
+    } else {
+        None
+    };
     let raw = run_raw(
         &args.dir,
         &batch,
@@ -196,6 +232,8 @@ pub fn run(args: Args) -> Result<(), String> {
         FlushMode::EveryBatch => "every-batch".to_string(),
         FlushMode::IntervalMs(ms) => format!("ms:{ms}"),
     };
+    let clients = clap::ValueEnum::to_possible_value(&args.clients)
+        .map_or_else(String::new, |v| v.get_name().to_string());
     let report = serde_json::json!({
         "workload": {
             "record_size": args.record_size,
@@ -224,6 +262,11 @@ pub fn run(args: Args) -> Result<(), String> {
         report["raw_spread_mb_s"] = mb(spread).into();
         report["ratio_spread"] = (engine_mb_s / mb(spread)).into();
     }
+    if let Some(single) = &single {
+        report["single_mb_s"] = mb(single).into();
+        report["ratio_single"] = (engine_mb_s / mb(single)).into();
+    }
+    report["clients"] = clients.clone().into();
     if let Some((count, per_partition)) = idle {
         report["idle_partitions"] = count.into();
         report["rss_per_idle_partition_bytes"] = per_partition.into();
@@ -232,7 +275,7 @@ pub fn run(args: Args) -> Result<(), String> {
         println!("{report}");
     } else {
         println!(
-            "workload: {} batches of {} B ({} records of {} B), {} partition(s), flush {flush}, backend {backend}",
+            "workload: {} batches of {} B ({} records of {} B), {} partition(s), flush {flush}, backend {backend}, clients on {clients}",
             batches,
             batch.len(),
             records_per_batch,
@@ -248,6 +291,14 @@ pub fn run(args: Args) -> Result<(), String> {
         );
         println!("raw:    {raw_mb_s:9.1} MB/s  (pwrite loop, same block size and fsync cadence)");
         println!("ratio:  {ratio:.3} (engine / raw)");
+        if let Some(single) = &single {
+            println!(
+                "engine, 1 partition: {:9.1} MB/s  ratio {:.3} ({} partitions / 1, same bytes and rolls)",
+                mb(single),
+                engine_mb_s / mb(single),
+                args.partitions
+            );
+        }
         if let Some(spread) = &raw_spread {
             println!(
                 "raw over {} files: {:9.1} MB/s  ratio {:.3} (engine / raw over as many files as partitions)",
@@ -268,6 +319,8 @@ pub fn run(args: Args) -> Result<(), String> {
 
 fn run_engine(
     args: &Args,
+    partition_count: usize,
+    segment_bytes: u64,
     batch: &[u8],
     batches: u64,
     records_per_batch: u64,
@@ -275,7 +328,7 @@ fn run_engine(
     let data_dir = args.dir.join("sluice-bench-engine");
     remove_dir(&data_dir)?;
     let log = LogConfig {
-        segment_bytes: args.segment_bytes,
+        segment_bytes,
         flush_messages: (args.flush == FlushMode::EveryBatch).then_some(1),
         flush_ms: match args.flush {
             FlushMode::IntervalMs(ms) => Some(ms),
@@ -309,7 +362,7 @@ fn run_engine(
     if args.ring_writes {
         backend.push_str("+ring-writes");
     }
-    let partitions: Vec<TopicPartition> = (0..args.partitions)
+    let partitions: Vec<TopicPartition> = (0..partition_count)
         .map(|i| TopicPartition::new("bench", i as i32))
         .collect();
 
@@ -334,6 +387,18 @@ fn run_engine(
             partitions.len(),
             opening.elapsed().as_secs_f64()
         );
+        if args.clients != Clients::Thread {
+            let local = args.clients == Clients::ShardsLocal;
+            let workers = (args.inflight * partitions.len()).min(args.max_inflight.max(1));
+            let (seconds, latency) =
+                append_from_shards(&engine, &partitions, batch, batches, workers, local).await?;
+            return Ok(Outcome {
+                seconds,
+                bytes: batches * batch.len() as u64,
+                records: batches * records_per_batch,
+                latency: Some(latency),
+            });
+        }
         let histogram = Rc::new(RefCell::new(
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .map_err(|e| format!("histogram: {e}"))?,
@@ -396,6 +461,114 @@ fn run_engine(
     }
     remove_dir(&data_dir)?;
     Ok((outcome, backend))
+}
+
+/// Runs the appending tasks on the shard threads, `workers` in all, split
+/// evenly over the shards. Each task copies the batch from its shard's own
+/// template and appends it to partition i mod P (every partition), or with
+/// `local` only to partitions its own shard owns. Returns the elapsed time
+/// and the merged latency histogram.
+async fn append_from_shards(
+    engine: &Engine,
+    partitions: &[TopicPartition],
+    batch: &[u8],
+    batches: u64,
+    workers: usize,
+    local: bool,
+) -> Result<(f64, Histogram<u64>), String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let shards = engine.shards().to_vec();
+    let per_shard = workers.div_ceil(shards.len()).max(1);
+    // Each shard's share of the partitions (all of them unless `local`) and
+    // of the appends.
+    let mut plans = Vec::new();
+    for (k, shard) in shards.iter().enumerate() {
+        let routes: Vec<(TopicPartition, sluice_engine::shard::ShardHandle)> = partitions
+            .iter()
+            .map(|tp| (tp.clone(), engine.shard_for(tp).clone()))
+            .filter(|(_, owner)| !local || owner.id() == shard.id())
+            .collect();
+        let share = if local {
+            // Append i goes to partition i mod P, as in the other modes.
+            let p = partitions.len() as u64;
+            partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, tp)| engine.shard_for(tp).id() == shard.id())
+                .map(|(j, _)| batches / p + u64::from((j as u64) < batches % p))
+                .sum()
+        } else {
+            batches / shards.len() as u64 + u64::from((k as u64) < batches % shards.len() as u64)
+        };
+        plans.push((shard.clone(), routes, share));
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<Histogram<u64>, String>>();
+    let start = Instant::now();
+    let mut tasks = 0;
+    for (shard, routes, share) in plans {
+        if routes.is_empty() || share == 0 {
+            continue;
+        }
+        let routes = Arc::new(routes);
+        let next = Arc::new(AtomicU64::new(0));
+        let template = Arc::new(batch.to_vec());
+        let done_tx = done_tx.clone();
+        tasks += per_shard;
+        shard
+            .spawn(move || {
+                for _ in 0..per_shard {
+                    let (routes, next, template, done_tx) = (
+                        routes.clone(),
+                        next.clone(),
+                        template.clone(),
+                        done_tx.clone(),
+                    );
+                    compio::runtime::spawn(async move {
+                        let result = async {
+                            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                                .map_err(|e| format!("histogram: {e}"))?;
+                            loop {
+                                let i = next.fetch_add(1, Ordering::Relaxed);
+                                if i >= share {
+                                    return Ok(histogram);
+                                }
+                                let (tp, owner) = &routes[(i % routes.len() as u64) as usize];
+                                let records = template.to_vec();
+                                let sent = Instant::now();
+                                owner
+                                    .append(
+                                        tp.clone(),
+                                        records,
+                                        AppendMode::Leader { epoch: Epoch(0) },
+                                    )
+                                    .await
+                                    .map_err(|e| format!("append to {tp}: {e}"))?;
+                                histogram
+                                    .saturating_record(sent.elapsed().as_micros().max(1) as u64);
+                            }
+                        }
+                        .await;
+                        drop(done_tx.send(result));
+                    })
+                    .detach();
+                }
+            })
+            .await
+            .map_err(|e| format!("starting tasks on shard {}: {e}", shard.id()))?;
+    }
+    drop(done_tx);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| format!("histogram: {e}"))?;
+    for _ in 0..tasks {
+        let histogram = done_rx
+            .recv()
+            .map_err(|_| "an append task on a shard stopped without a result".to_string())??;
+        latency
+            .add(&histogram)
+            .map_err(|e| format!("merging histograms: {e}"))?;
+    }
+    Ok((start.elapsed().as_secs_f64(), latency))
 }
 
 /// The baseline: `pwrite` the same block sequentially, with `fdatasync` at
