@@ -36,14 +36,16 @@ fn drivers() -> Vec<IoDriver> {
     out
 }
 
-/// A batch whose single record's value names its sender and sequence.
+/// A batch whose single record names its sender (the value's bytes) and
+/// the sender's sequence number (the timestamp), so that no two batches of
+/// different senders look alike.
 fn tagged(sender: usize, seq: usize) -> Vec<u8> {
     common::batch_with(
         1,
         8,
-        0,
+        seq as i64,
         kafka_protocol::records::Compression::None,
-        (sender * 31 + seq) as u8,
+        sender as u8,
     )
 }
 
@@ -110,18 +112,21 @@ fn appends_from_many_threads_keep_per_partition_order_on_every_driver() {
                 let batches = split_batches(&r.records);
                 assert_eq!(batches.len(), 3 * per_sender, "{driver:?} {tp}");
                 // Per sender, its batches appear in the order it sent them.
-                let mut next_seq: HashMap<u8, usize> = HashMap::new();
+                let mut next_seq: HashMap<u8, i64> = HashMap::new();
                 for (i, (base, bytes)) in batches.iter().enumerate() {
                     assert_eq!(*base, i as i64);
-                    let fill = bytes[bytes.len() - 2];
-                    let sender = (0..3)
-                        .find(|s| {
-                            let seq = *next_seq.get(&(*s as u8)).unwrap_or(&0);
-                            seq < per_sender && (s * 31 + seq) as u8 == fill
-                        })
-                        .unwrap_or_else(|| panic!("{driver:?} {tp}: batch {i} out of order"));
-                    *next_seq.entry(sender as u8).or_default() += 1;
+                    let sender = bytes[bytes.len() - 2];
+                    let seq = sluice_engine::batch::validate(bytes, usize::MAX)
+                        .unwrap()
+                        .base_timestamp;
+                    let expected = next_seq.entry(sender).or_default();
+                    assert_eq!(
+                        seq, *expected,
+                        "{driver:?} {tp}: batch {i} of sender {sender} out of order"
+                    );
+                    *expected += 1;
                 }
+                assert_eq!(next_seq.len(), 3, "{driver:?} {tp}: {next_seq:?}");
             }
         });
         Arc::try_unwrap(engine).unwrap().shutdown().unwrap();
