@@ -200,6 +200,10 @@ pub struct Log {
     flushed: Offset,
     policy: FlushPolicy,
     epochs: EpochCache,
+    /// The epoch cache has entries its checkpoint file lacks. Appends only
+    /// set this; the checkpoint is written before the next recovery point,
+    /// since recovery rebuilds the entries of the batches it scans.
+    epochs_unpersisted: bool,
     last_checkpoint_ms: u64,
     offline: Option<String>,
     /// Flushes of rolled segments in flight, oldest first, each with the
@@ -257,6 +261,7 @@ impl Log {
             log_start: Offset::ZERO,
             flushed: Offset::ZERO,
             epochs: EpochCache::default(),
+            epochs_unpersisted: false,
             last_checkpoint_ms: now_ms,
             offline: None,
             background_flushes: VecDeque::new(),
@@ -1027,11 +1032,11 @@ impl Log {
                 epoch_changed |= self.epochs.assign(epoch, Offset(header.base_offset));
             }
         }
-        if epoch_changed {
-            if let Err(e) = self.persist_epochs().await {
-                return Err(self.fail(e));
-            }
-        }
+        // A new epoch is not checkpointed here: that is two fsyncs on the
+        // append path of every partition a new leader takes over (Kafka
+        // removed the same from its produce path, KAFKA-15046). Until the
+        // next recovery point the batches themselves carry it.
+        self.epochs_unpersisted |= epoch_changed;
         Ok(())
     }
 
@@ -1155,6 +1160,9 @@ impl Log {
         if self.flushed == self.log_end_offset() && self.background_flushes.is_empty() {
             return self.checkpoint_recovery_point().await;
         }
+        if let Err(e) = self.persist_epochs_if_changed().await {
+            return Err(self.fail(e));
+        }
         let rp = RecoveryPoint {
             offset: base,
             segment_base: base,
@@ -1173,6 +1181,9 @@ impl Log {
     async fn checkpoint_recovery_point(&mut self) -> Result<()> {
         debug_assert_eq!(self.flushed, self.log_end_offset());
         debug_assert!(self.background_flushes.is_empty());
+        if let Err(e) = self.persist_epochs_if_changed().await {
+            return Err(self.fail(e));
+        }
         let active = self.active();
         let rp = RecoveryPoint {
             offset: active.next_offset,
@@ -1192,14 +1203,26 @@ impl Log {
         result.map_err(|e| self.fail(e))
     }
 
-    async fn persist_epochs(&self) -> Result<()> {
+    async fn persist_epochs(&mut self) -> Result<()> {
         self.fs
             .replace_atomically(
                 &self.dir.join(epoch_cache::CHECKPOINT_FILE),
                 self.epochs.encode(),
             )
             .await
-            .map_err(|e| Error::io("writing the leader epoch checkpoint", e))
+            .map_err(|e| Error::io("writing the leader epoch checkpoint", e))?;
+        self.epochs_unpersisted = false;
+        Ok(())
+    }
+
+    /// Writes the epoch checkpoint if appends added entries since the last
+    /// one. Called before every recovery point is written: entries below a
+    /// recovery point are not rebuilt by the next recovery.
+    async fn persist_epochs_if_changed(&mut self) -> Result<()> {
+        if self.epochs_unpersisted {
+            self.persist_epochs().await?;
+        }
+        Ok(())
     }
 
     /// Reads whole batches starting with the one that contains `from`, up to

@@ -96,6 +96,8 @@ fn crash_point(seed: u64) -> Run {
         segment_bytes: 1024 + rng.below(8) * 1024,
         index_interval_bytes: 128 + rng.below(4) * 256,
         flush_messages: [Some(1), Some(3), None][rng.below(3) as usize],
+        // Sometimes every flush writes a recovery point, not only rolls.
+        recovery_checkpoint_interval_ms: [0, 60_000][rng.below(2) as usize],
         retention_ms: None,
         ..LogConfig::default()
     };
@@ -109,7 +111,16 @@ fn crash_point(seed: u64) -> Run {
         let mut flushed: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
         let ops = 5 + rng.below(40);
         let mut next_seq = 0;
+        // The leader epoch the appends carry; some steps start a new one,
+        // as a new leader would.
+        let mut epoch = 1;
         for _ in 0..ops {
+            let leader = AppendMode::Leader {
+                epoch: Epoch(epoch),
+            };
+            if rng.below(6) == 0 {
+                epoch += 1;
+            }
             match rng.below(14) {
                 11..=12 => {
                     // An idempotent producer, at the sequence the log
@@ -118,7 +129,7 @@ fn crash_point(seed: u64) -> Run {
                     let mut outcome = log
                         .append(
                             common::idempotent_batch(77, 0, next_seq, count),
-                            LEADER,
+                            leader,
                             NOW,
                         )
                         .await;
@@ -127,7 +138,7 @@ fn crash_point(seed: u64) -> Run {
                         outcome = log
                             .append(
                                 common::idempotent_batch(77, 0, next_seq, count),
-                                LEADER,
+                                leader,
                                 NOW,
                             )
                             .await;
@@ -150,7 +161,7 @@ fn crash_point(seed: u64) -> Run {
                         codec,
                         rng.next_u64() as u8,
                     );
-                    let info = log.append(b.clone(), LEADER, NOW).await.expect("append");
+                    let info = log.append(b.clone(), leader, NOW).await.expect("append");
                     appended.insert(info.base_offset.0, without_offsets(&b));
                     if info.durability == Durability::Flushed {
                         flushed.insert(info.base_offset.0, without_offsets(&b));
@@ -216,6 +227,18 @@ fn crash_point(seed: u64) -> Run {
             log.producer_state(),
             &expected,
             "seed {seed}: producer state"
+        );
+        // So is the leader epoch cache: each epoch starts at the first
+        // recovered batch that carries it.
+        let mut epochs = sluice_engine::epoch_cache::EpochCache::default();
+        for (base, bytes) in &stored {
+            let header = sluice_engine::batch::validate(bytes, usize::MAX).unwrap();
+            epochs.assign(Epoch(header.partition_leader_epoch), Offset(*base));
+        }
+        assert_eq!(
+            log.epoch_cache().entries(),
+            epochs.entries(),
+            "seed {seed}: leader epochs"
         );
         // Recovery made its result durable: a second crash right away
         // changes nothing, and appends continue.
