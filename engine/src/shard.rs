@@ -677,6 +677,16 @@ impl Shard {
     async fn run(mut self, rx: async_channel::Receiver<Command>) {
         let mut next_retention_ms = now_ms() + self.retention_check_interval_ms;
         loop {
+            // The runtime runs the shard's other tasks (a broker's
+            // connections, rolled segments' background flushes) only while
+            // this loop is pending. Under a steady stream of commands from
+            // other threads it would never be, and they would starve: the
+            // 1,000-partition benchmark with its clients on the shards saw
+            // p99.9 latencies of 90-240 ms from it. So a busy loop yields
+            // once per turn.
+            if !rx.is_empty() {
+                yield_now().await;
+            }
             let now = now_ms();
             let deadline = self
                 .flush_watch
@@ -914,6 +924,22 @@ impl Shard {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Returns pending once, having woken itself, so that the runtime polls its
+/// other ready tasks before the caller continues.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// One partition's share of a turn: consecutive appends become one group

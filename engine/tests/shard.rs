@@ -4,7 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use common::split_batches;
 use compio::driver::DriverType;
 use sluice_engine::io::Fs;
 use sluice_engine::log::{AppendMode, Durability, Log};
+use sluice_engine::shard::ShardHandle;
 use sluice_engine::sim::SimFs;
 use sluice_engine::{
     Backend, Engine, EngineConfig, Epoch, Error, IoDriver, LogConfig, Offset, TopicPartition,
@@ -323,6 +326,80 @@ fn a_rolled_segments_background_flush_is_reaped_without_further_appends() {
             assert!(active_base > Offset(0) && active_base <= last);
             wait_flushed(&engine, &tp, active_base, "background flush").await;
         });
+        drop(rt);
+        engine.shutdown().unwrap();
+    }
+}
+
+/// One link of a chain of `spawn` commands: each sends the next to the same
+/// shard before it returns, so the shard's queue is never empty until the
+/// chain ends. Records the first link that sees `ran` set.
+fn chain_link(
+    shard: ShardHandle,
+    step: usize,
+    steps: usize,
+    ran: Arc<AtomicBool>,
+    seen_at: Arc<AtomicUsize>,
+    done: std::sync::mpsc::Sender<()>,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        if ran.load(Ordering::SeqCst) {
+            seen_at.fetch_min(step, Ordering::SeqCst);
+        }
+        if step == steps {
+            done.send(()).unwrap();
+            return;
+        }
+        let next = chain_link(shard.clone(), step + 1, steps, ran, seen_at, done);
+        // The queue has room, so the send completes on its first poll; no
+        // runtime is needed (and this shard's must not be waited on here).
+        let mut send = std::pin::pin!(shard.spawn(next));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            send.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Ok(()))
+        ));
+    }
+}
+
+#[test]
+fn tasks_on_a_shard_run_while_its_queue_never_empties() {
+    for driver in drivers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = Engine::start(config(tmp.path(), driver, 1)).unwrap();
+        let shard = engine.shards()[0].clone();
+        let steps = 1000;
+        let ran = Arc::new(AtomicBool::new(false));
+        let seen_at = Arc::new(AtomicUsize::new(usize::MAX));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let first = chain_link(
+            shard.clone(),
+            0,
+            steps,
+            ran.clone(),
+            seen_at.clone(),
+            done_tx,
+        );
+        let rt = common::runtime(DriverType::Poll).unwrap();
+        rt.block_on(async {
+            let ran = ran.clone();
+            shard
+                .spawn(move || {
+                    // A task of the shard's own (a broker connection, say),
+                    // ready to run at once, then the chain.
+                    compio::runtime::spawn(async move { ran.store(true, Ordering::SeqCst) })
+                        .detach();
+                    first();
+                })
+                .await
+                .unwrap();
+        });
+        done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let seen = seen_at.load(Ordering::SeqCst);
+        assert!(
+            seen <= 2,
+            "{driver:?}: the shard's task first ran at link {seen} of {steps}"
+        );
         drop(rt);
         engine.shutdown().unwrap();
     }
