@@ -928,7 +928,7 @@ impl Shard {
 
 /// Returns pending once, having woken itself, so that the runtime polls its
 /// other ready tasks before the caller continues.
-async fn yield_now() {
+pub async fn yield_now() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {

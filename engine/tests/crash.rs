@@ -71,20 +71,6 @@ async fn check_log(log: &Log) -> Vec<(i64, Vec<u8>)> {
 }
 
 /// Returns to the executor once, so other tasks on it can run.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
-}
-
 struct Run {
     truncated: bool,
     lost_unflushed: bool,
@@ -174,7 +160,7 @@ fn crash_point(seed: u64) -> Run {
                 10 => {
                     // Let background flushes of rolled segments run, as the
                     // shard's loop does between turns, and collect them.
-                    yield_now().await;
+                    sluice_engine::shard::yield_now().await;
                     log.maybe_flush(NOW).await.expect("background flushes");
                 }
                 _ => {

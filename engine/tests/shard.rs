@@ -31,6 +31,18 @@ fn config(dir: &std::path::Path, driver: IoDriver, shards: usize) -> EngineConfi
     }
 }
 
+/// One shard on the crash simulator, with the poll driver.
+fn sim_engine(sim: &SimFs) -> Engine {
+    Engine::start(EngineConfig {
+        data_dir: "/data".into(),
+        shards: 1,
+        fs: Fs::Sim(sim.clone()),
+        io_driver: IoDriver::Poll,
+        ..EngineConfig::default()
+    })
+    .unwrap()
+}
+
 fn drivers() -> Vec<IoDriver> {
     let mut out = vec![IoDriver::Poll];
     if common::runtime(DriverType::IoUring).is_some() {
@@ -139,16 +151,7 @@ fn appends_from_many_threads_keep_per_partition_order_on_every_driver() {
 #[test]
 fn concurrent_appends_to_one_partition_share_fsyncs() {
     let sim = SimFs::new();
-    let engine = Rc::new(
-        Engine::start(EngineConfig {
-            data_dir: "/data".into(),
-            shards: 1,
-            fs: Fs::Sim(sim.clone()),
-            io_driver: IoDriver::Poll,
-            ..EngineConfig::default()
-        })
-        .unwrap(),
-    );
+    let engine = Rc::new(sim_engine(&sim));
     let tp = TopicPartition::new("t", 0);
     let rt = common::runtime(DriverType::Poll).unwrap();
     let appends = 300;
@@ -184,15 +187,7 @@ fn concurrent_appends_to_one_partition_share_fsyncs() {
 
 #[test]
 fn flush_ms_is_run_by_the_shard_without_further_appends() {
-    let sim = SimFs::new();
-    let engine = Engine::start(EngineConfig {
-        data_dir: "/data".into(),
-        shards: 1,
-        fs: Fs::Sim(sim),
-        io_driver: IoDriver::Poll,
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let engine = sim_engine(&SimFs::new());
     let tp = TopicPartition::new("t", 0);
     let rt = common::runtime(DriverType::Poll).unwrap();
     rt.block_on(async {
@@ -239,15 +234,7 @@ async fn wait_flushed(engine: &Engine, tp: &TopicPartition, want: Offset, what: 
 
 #[test]
 fn flush_ms_set_by_a_config_change_is_run_among_many_idle_partitions() {
-    let sim = SimFs::new();
-    let engine = Engine::start(EngineConfig {
-        data_dir: "/data".into(),
-        shards: 1,
-        fs: Fs::Sim(sim),
-        io_driver: IoDriver::Poll,
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let engine = sim_engine(&SimFs::new());
     let rt = common::runtime(DriverType::Poll).unwrap();
     rt.block_on(async {
         // Idle partitions with unflushed data and no flush limit: the shard
