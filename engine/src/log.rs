@@ -679,6 +679,11 @@ impl Log {
         self.policy.next_deadline_ms()
     }
 
+    /// Whether a rolled segment's background flush is still to be reaped.
+    pub fn has_background_flushes(&self) -> bool {
+        !self.background_flushes.is_empty()
+    }
+
     /// Whether [`Log::maybe_flush`] may have anything to do, now or later: a
     /// flush limit pending, or a rolled segment's background flush to reap.
     /// A shard visits only such logs between turns.
@@ -1385,7 +1390,7 @@ impl Log {
         };
         let mut deleted = 0;
         if self.segments.len() == 1 && expired(self.active(), self.config.retention_ms) {
-            self.roll(now_ms).await?;
+            self.roll_for_retention(now_ms).await?;
         }
         let mut total = self.size_bytes();
         loop {
@@ -1412,7 +1417,7 @@ impl Log {
             deleted += 1;
             // The active segment may have expired too: roll so it can go.
             if self.segments.len() == 1 && expired(self.active(), self.config.retention_ms) {
-                self.roll(now_ms).await?;
+                self.roll_for_retention(now_ms).await?;
             }
         }
         if deleted > 0 {
@@ -1429,6 +1434,14 @@ impl Log {
             self.prune_producer_snapshots().await;
         }
         Ok(deleted)
+    }
+
+    /// Rolls an expired active segment so that retention can delete it, and
+    /// waits for its background flush: that task writes the segment's index
+    /// files, and must not do so after retention has removed them.
+    async fn roll_for_retention(&mut self, now_ms: u64) -> Result<()> {
+        self.roll(now_ms).await?;
+        self.reap_background_flushes(true).await
     }
 
     /// Kafka's DeleteRecords: moves the log start offset up to `offset` (at

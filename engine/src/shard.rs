@@ -645,6 +645,10 @@ struct Shard {
     waiters: HashMap<TopicPartition, Vec<(crate::Offset, Reply<crate::Offset>)>>,
 }
 
+/// How often an otherwise idle shard looks for finished background flushes
+/// of rolled segments.
+const BACKGROUND_FLUSH_POLL_MS: u64 = 10;
+
 /// Most waiters one partition keeps; beyond it the oldest are answered at
 /// once (they re-read and find nothing new, which is harmless).
 const WAITERS_PER_PARTITION_MAX: usize = 4096;
@@ -691,7 +695,19 @@ impl Shard {
             let deadline = self
                 .flush_watch
                 .iter()
-                .filter_map(|tp| self.logs.get(tp).and_then(Log::next_flush_deadline_ms))
+                .filter_map(|tp| self.logs.get(tp))
+                .filter_map(|log| {
+                    // A rolled segment's flush finishes on its own; look
+                    // again soon so the flushed offset and recovery point
+                    // follow without waiting for the next command.
+                    let reap = log
+                        .has_background_flushes()
+                        .then_some(now + BACKGROUND_FLUSH_POLL_MS);
+                    match (log.next_flush_deadline_ms(), reap) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                })
                 .min()
                 .unwrap_or(u64::MAX)
                 .min(next_retention_ms);
@@ -909,6 +925,9 @@ impl Shard {
             }
             if let Err(e) = log.apply_retention(now).await {
                 error!(shard = self.id, partition = %tp, error = %e, "retention failed");
+            }
+            if log.has_flush_work() {
+                self.flush_watch.insert(tp.clone());
             }
         }
     }

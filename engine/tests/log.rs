@@ -272,6 +272,40 @@ fn retention_deletes_whole_old_segments_and_moves_the_log_start() {
 }
 
 #[test]
+fn retention_of_an_expired_active_segment_leaves_no_files_of_it_behind() {
+    on_each_backend(|backend, fs, dir| async move {
+        let config = LogConfig {
+            retention_ms: Some(1000),
+            ..small_segments()
+        };
+        let mut log = open(&fs, &dir, config).await;
+        fill(&mut log, 3, 2, 100).await;
+        // The only segment has expired: retention rolls it, which starts its
+        // background flush, and deletes it.
+        assert_eq!(log.apply_retention(NOW + 10_000).await.unwrap(), 1);
+        log.reap_background_flushes(true).await.unwrap();
+        let names = fs.list_dir(&dir).await.unwrap();
+        let bases: Vec<String> = log
+            .segment_bases()
+            .iter()
+            .map(|b| format!("{:020}", b.0))
+            .collect();
+        for name in &names {
+            if let Some(stem) = name
+                .strip_suffix(".log")
+                .or_else(|| name.strip_suffix(".index"))
+                .or_else(|| name.strip_suffix(".timeindex"))
+            {
+                assert!(
+                    bases.iter().any(|b| b == stem),
+                    "{backend:?}: {name} belongs to no segment; files: {names:?}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
 fn offset_for_timestamp_finds_the_first_batch_at_or_after_it() {
     on_each_backend(|_, fs, dir| async move {
         let mut log = open(&fs, &dir, small_segments()).await;
