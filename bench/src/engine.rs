@@ -399,10 +399,7 @@ fn run_engine(
                 latency: Some(latency),
             });
         }
-        let histogram = Rc::new(RefCell::new(
-            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .map_err(|e| format!("histogram: {e}"))?,
-        ));
+        let histogram = Rc::new(RefCell::new(new_histogram()?));
         let start = Instant::now();
         let mut tasks = Vec::new();
         // Append i goes to partition i mod P. The number of appends in
@@ -461,6 +458,11 @@ fn run_engine(
     }
     remove_dir(&data_dir)?;
     Ok((outcome, backend))
+}
+
+/// Append latencies in microseconds, up to a minute.
+fn new_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| format!("histogram: {e}"))
 }
 
 /// Runs the appending tasks on the shard threads, `workers` in all, split
@@ -526,8 +528,7 @@ async fn append_from_shards(
                     );
                     compio::runtime::spawn(async move {
                         let result = async {
-                            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                                .map_err(|e| format!("histogram: {e}"))?;
+                            let mut histogram = new_histogram()?;
                             loop {
                                 let i = next.fetch_add(1, Ordering::Relaxed);
                                 if i >= share {
@@ -558,8 +559,7 @@ async fn append_from_shards(
             .map_err(|e| format!("starting tasks on shard {}: {e}", shard.id()))?;
     }
     drop(done_tx);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
+    let mut latency = new_histogram()?;
     for _ in 0..tasks {
         let histogram = done_rx
             .recv()

@@ -24,12 +24,6 @@ impl FlushPolicy {
         }
     }
 
-    /// Whether unflushed records wait for a limit (`flush.messages` or
-    /// `flush.ms`) to fall due; without either they wait for a roll or close.
-    pub fn has_pending_limit(&self) -> bool {
-        self.unflushed_messages > 0 && (self.flush_messages.is_some() || self.flush_ms.is_some())
-    }
-
     /// Records an append of `records` at `now_ms`; returns whether the log
     /// must fsync before the append is reported.
     pub fn on_append(&mut self, records: u64, now_ms: u64) -> bool {

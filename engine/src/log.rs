@@ -685,11 +685,13 @@ impl Log {
     }
 
     /// Whether [`Log::maybe_flush`] may have anything to do, now or later: a
-    /// flush limit pending, or a rolled segment's background flush to reap.
-    /// A shard visits only such logs between turns.
+    /// `flush.ms` deadline pending (or a limit already reached), or a rolled
+    /// segment's background flush to reap. A `flush.messages` count below
+    /// its limit is not: only an append can reach it, and the append
+    /// flushes. A shard visits only such logs between turns.
     pub fn has_flush_work(&self) -> bool {
         self.offline.is_none()
-            && (self.policy.has_pending_limit() || !self.background_flushes.is_empty())
+            && (self.policy.is_due(u64::MAX) || !self.background_flushes.is_empty())
     }
 
     /// Replaces the log's configuration (a topic config change). New limits

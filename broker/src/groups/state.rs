@@ -637,14 +637,20 @@ mod tests {
         assert_eq!(g.check_commit("ghost", 1), code::UNKNOWN_MEMBER_ID);
     }
 
-    #[test]
-    fn a_leaving_member_triggers_a_rebalance_that_the_rest_complete() {
+    /// A group whose two members joined and synced generation 1.
+    fn stable_pair() -> (Group, String, String) {
         let mut g = Group::new("g", limits());
         let a = new_member(&mut g, 0, &["range"]);
         let b = new_member(&mut g, 0, &["range"]);
         g.tick(100);
         let leader = g.leader.clone().unwrap();
         g.sync(100, &leader, 1, vec![]);
+        (g, a, b)
+    }
+
+    #[test]
+    fn a_leaving_member_triggers_a_rebalance_that_the_rest_complete() {
+        let (mut g, a, b) = stable_pair();
         assert_eq!(g.state, GroupState::Stable);
         let (code_left, _) = g.leave(200, &b);
         assert_eq!(code_left, code::NONE);
@@ -661,12 +667,7 @@ mod tests {
 
     #[test]
     fn members_that_stop_heartbeating_are_expired() {
-        let mut g = Group::new("g", limits());
-        let a = new_member(&mut g, 0, &["range"]);
-        let b = new_member(&mut g, 0, &["range"]);
-        g.tick(100);
-        let leader = g.leader.clone().unwrap();
-        g.sync(100, &leader, 1, vec![]);
+        let (mut g, a, b) = stable_pair();
         assert_eq!(g.heartbeat(9_000, &a, 1), code::NONE);
         g.tick(10_200);
         assert!(!g.members.contains_key(&b));
@@ -678,12 +679,7 @@ mod tests {
 
     #[test]
     fn a_member_that_does_not_rejoin_is_dropped_at_the_deadline() {
-        let mut g = Group::new("g", limits());
-        let a = new_member(&mut g, 0, &["range"]);
-        let b = new_member(&mut g, 0, &["range"]);
-        g.tick(100);
-        let leader = g.leader.clone().unwrap();
-        g.sync(100, &leader, 1, vec![]);
+        let (mut g, a, b) = stable_pair();
         // A third member joins; only a rejoins before the 5 s deadline.
         let c = new_member(&mut g, 1_000, &["range"]);
         g.join(1_100, req(&a, &["range"]));
