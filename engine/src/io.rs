@@ -310,7 +310,7 @@ impl File {
     pub async fn sync_data(&self) -> io::Result<()> {
         match self {
             File::Os { file, .. } => file.sync_data().await,
-            File::Sim(file) => file.sync_data(),
+            File::Sim(file) => file.sync_data_stalled().await,
         }
     }
 

@@ -109,6 +109,7 @@ struct State {
     fail_syncs: bool,
     space_limit: Option<u64>,
     stats: SimStats,
+    stalls: Vec<Stall>,
 }
 
 impl State {
@@ -152,6 +153,39 @@ pub struct SimFs {
 pub struct SimFile {
     fs: SimFs,
     inode: u64,
+    path: PathBuf,
+}
+
+/// Holds back every fsync of the files under one directory until dropped
+/// ([`SimFs::stall_syncs_under`]): a disk that stalls on one partition, so
+/// a test can show that the others go on.
+#[derive(Debug)]
+pub struct SyncStall {
+    fs: SimFs,
+    dir: PathBuf,
+    /// Closed when the stall is dropped, which lets the held syncs go.
+    _release: async_channel::Sender<()>,
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SyncStall {
+    /// How many fsyncs have reached the stall (held or let go since).
+    pub fn syncs_held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SyncStall {
+    fn drop(&mut self) {
+        self.fs.lock().stalls.retain(|s| s.dir != self.dir);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stall {
+    dir: PathBuf,
+    gate: async_channel::Receiver<()>,
+    held: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SimFs {
@@ -171,10 +205,12 @@ impl SimFs {
             Some(Entry::File(inode)) => Ok(SimFile {
                 fs: self.clone(),
                 inode: *inode,
+                path: path.to_path_buf(),
             }),
             Some(Entry::Dir) => Ok(SimFile {
                 fs: self.clone(),
                 inode: u64::MAX,
+                path: path.to_path_buf(),
             }),
             None if create => {
                 st.check_parent(path)?;
@@ -185,6 +221,7 @@ impl SimFs {
                 Ok(SimFile {
                     fs: self.clone(),
                     inode,
+                    path: path.to_path_buf(),
                 })
             }
             None => Err(not_found(path)),
@@ -280,6 +317,24 @@ impl SimFs {
     }
 
     /// While set, every write fails with EIO and changes nothing.
+    /// Holds every fsync of a file under `dir` until the returned stall is
+    /// dropped. Other files sync as usual.
+    pub fn stall_syncs_under(&self, dir: &Path) -> SyncStall {
+        let (release, gate) = async_channel::bounded(1);
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        self.lock().stalls.push(Stall {
+            dir: dir.to_path_buf(),
+            gate,
+            held: held.clone(),
+        });
+        SyncStall {
+            fs: self.clone(),
+            dir: dir.to_path_buf(),
+            _release: release,
+            held,
+        }
+    }
+
     pub fn set_fail_writes(&self, fail: bool) {
         self.lock().fail_writes = fail;
     }
@@ -457,6 +512,23 @@ impl SimFile {
             ));
         }
         Ok(out)
+    }
+
+    /// Waits while a [`SyncStall`] covers this file, then syncs it.
+    pub async fn sync_data_stalled(&self) -> io::Result<()> {
+        let stall = self
+            .fs
+            .lock()
+            .stalls
+            .iter()
+            .find(|s| self.path.starts_with(&s.dir))
+            .cloned();
+        if let Some(stall) = stall {
+            stall.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Ends with an error once the stall's sender is dropped.
+            let _released = stall.gate.recv().await;
+        }
+        self.sync_data()
     }
 
     pub fn sync_data(&self) -> io::Result<()> {

@@ -554,3 +554,120 @@ fn thousands_of_appends_in_flight_from_one_client_all_complete() {
     drop(rt);
     Rc::try_unwrap(engine).unwrap().shutdown().unwrap();
 }
+
+/// Polls `cond` every millisecond until it holds, failing after 10 s.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        compio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[test]
+fn a_partition_stalled_in_fsync_holds_up_no_other_partition_on_its_shard() {
+    let sim = SimFs::new();
+    let engine = Rc::new(sim_engine(&sim));
+    let (slow, fast) = (
+        TopicPartition::new("slow", 0),
+        TopicPartition::new("fast", 0),
+    );
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        let every_batch = LogConfig {
+            flush_messages: Some(1),
+            ..LogConfig::default()
+        };
+        engine
+            .open(slow.clone(), every_batch.clone())
+            .await
+            .unwrap();
+        engine.open(fast.clone(), every_batch).await.unwrap();
+        let stall = sim.stall_syncs_under(std::path::Path::new("/data/slow-0"));
+        let slow_done = Rc::new(std::cell::Cell::new(false));
+        let slow_append = {
+            let (engine, slow, done) = (engine.clone(), slow.clone(), slow_done.clone());
+            compio::runtime::spawn(async move {
+                let info = engine.append(slow, common::batch(1, 10, 0), LEADER).await;
+                done.set(true);
+                info
+            })
+        };
+        eventually("the slow partition's fsync to be held", || {
+            stall.syncs_held() > 0
+        })
+        .await;
+        // The other partition on the same shard appends (fsync included)
+        // and reads, through the channel and on the shard itself.
+        for _ in 0..5 {
+            let info = engine
+                .append(fast.clone(), common::batch(1, 10, 0), LEADER)
+                .await
+                .unwrap();
+            assert_eq!(info.durability, Durability::Flushed);
+        }
+        let read = engine
+            .read(fast.clone(), Offset(0), 1 << 20, None, true)
+            .await
+            .unwrap();
+        assert_eq!(read.next_offset, Offset(5));
+        let on_shard = {
+            let fast = fast.clone();
+            engine.shard_for(&fast).run(move |local| {
+                Box::pin(async move {
+                    let info = local.append(&fast, common::batch(2, 10, 0), LEADER).await?;
+                    let read = local.read(&fast, Offset(0), 1 << 20, None, true).await?;
+                    Ok::<_, Error>((info.base_offset, read.next_offset))
+                })
+            })
+        };
+        assert_eq!(on_shard.await.unwrap().unwrap(), (Offset(5), Offset(7)));
+        assert!(
+            !slow_done.get(),
+            "the slow partition's append finished while its fsync was held"
+        );
+        drop(stall);
+        let info = slow_append.await.unwrap().unwrap();
+        assert_eq!(info.durability, Durability::Flushed);
+    });
+    drop(rt);
+    Rc::try_unwrap(engine).unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn a_fetch_waiting_for_an_append_does_not_split_group_commit() {
+    // Waiters are registered beside the queue, not as a command that runs
+    // the queued appends early: the appends on either side of a wait still
+    // share one write and one fsync.
+    let sim = SimFs::new();
+    let engine = sim_engine(&sim);
+    let tp = TopicPartition::new("t", 0);
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        let log_config = LogConfig {
+            flush_messages: Some(1),
+            ..LogConfig::default()
+        };
+        engine.open(tp.clone(), log_config).await.unwrap();
+        let shard = engine.shard_for(&tp).clone();
+        let tp2 = tp.clone();
+        let syncs_before = sim.stats().syncs;
+        let (first, woken) = shard
+            .run(move |local| {
+                Box::pin(async move {
+                    let a = local.append(&tp2, common::batch(1, 10, 0), LEADER);
+                    let wait = local.wait_for_append(&tp2, Offset(0));
+                    let b = local.append(&tp2, common::batch(1, 10, 0), LEADER);
+                    let (a, woken, b) = futures_util::join!(a, wait, b);
+                    assert_eq!(b.unwrap().base_offset, Offset(1));
+                    (a.unwrap().base_offset, woken.unwrap())
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!((first, woken), (Offset(0), Offset(2)));
+        assert_eq!(sim.stats().syncs - syncs_before, 1);
+    });
+    drop(rt);
+    engine.shutdown().unwrap();
+}

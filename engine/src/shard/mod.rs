@@ -26,16 +26,17 @@
 //! seccomp profile, `kernel.io_uring_disabled`), in which case every shard
 //! uses compio's epoll and thread-pool driver and one log line says why.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use compio::driver::{DriverType, ProactorBuilder};
 use compio::runtime::RuntimeBuilder;
 use futures_channel::oneshot;
-use futures_util::future::{join_all, LocalBoxFuture};
+use futures_util::future::LocalBoxFuture;
 use tracing::{error, info, warn};
 
 use crate::config::LogConfig;
@@ -43,6 +44,11 @@ use crate::error::{Error, Result};
 use crate::io::Fs;
 use crate::log::{AppendInfo, AppendMode, Log, RecoveryReport};
 use crate::types::TopicPartition;
+
+mod table;
+
+use table::Core;
+pub use table::{local, LocalShard};
 
 /// Which compio driver the shards run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,6 +166,18 @@ pub struct LogInfo {
     pub flushed_offset: crate::Offset,
     pub size_bytes: u64,
     pub segments: usize,
+}
+
+impl LogInfo {
+    pub(crate) fn of(log: &Log) -> LogInfo {
+        LogInfo {
+            log_start_offset: log.log_start_offset(),
+            log_end_offset: log.log_end_offset(),
+            flushed_offset: log.flushed_offset(),
+            size_bytes: log.size_bytes(),
+            segments: log.segment_count(),
+        }
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -291,18 +309,8 @@ impl ShardHandle {
     }
 
     pub async fn info(&self, tp: TopicPartition) -> Result<LogInfo> {
-        self.with_log(tp, |log, _| {
-            Box::pin(async move {
-                Ok(LogInfo {
-                    log_start_offset: log.log_start_offset(),
-                    log_end_offset: log.log_end_offset(),
-                    flushed_offset: log.flushed_offset(),
-                    size_bytes: log.size_bytes(),
-                    segments: log.segment_count(),
-                })
-            })
-        })
-        .await
+        self.with_log(tp, |log, _| Box::pin(async move { Ok(LogInfo::of(log)) }))
+            .await
     }
 
     pub async fn flush(&self, tp: TopicPartition) -> Result<()> {
@@ -325,6 +333,33 @@ impl ShardHandle {
     ) -> Result<crate::Offset> {
         self.call(|reply| Command::WaitForAppend { tp, after, reply })
             .await
+    }
+
+    /// Runs the future `f` makes on this shard's thread, with the shard's
+    /// [`LocalShard`], and returns its output: one message to the shard
+    /// however many partitions `f` touches (none when the caller already
+    /// runs on this shard). This is how a request fans out by shard.
+    pub async fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(LocalShard) -> LocalBoxFuture<'static, R> + Send + 'static,
+    {
+        if let Some(here) = local().filter(|l| l.id() == self.id) {
+            return Ok(f(here).await);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.spawn(move || {
+            // On the shard thread, which always has its LocalShard; without
+            // it `tx` is dropped and the caller sees the shard stopped.
+            if let Some(here) = local() {
+                compio::runtime::spawn(async move {
+                    drop(tx.send(f(here).await));
+                })
+                .detach();
+            }
+        })
+        .await?;
+        rx.await.map_err(|_| Error::ShardStopped(self.id))
     }
 
     /// Runs `f` on this shard's thread. `f` may start compio tasks there
@@ -473,17 +508,13 @@ impl Engine {
                     drop(ready_tx.send(Ok(())));
                     // Logs hold compio files, which are not `Send`: the shard
                     // is built on its own thread and never leaves it.
-                    let shard = Shard {
-                        id,
-                        fs,
-                        data_dir,
+                    let core = Core::new(id, fs, data_dir);
+                    runtime.block_on(run_loop(
+                        core,
+                        rx,
                         turn_commands_max,
                         retention_check_interval_ms,
-                        logs: HashMap::new(),
-                        flush_watch: HashSet::new(),
-                        waiters: HashMap::new(),
-                    };
-                    runtime.block_on(shard.run(rx));
+                    ));
                 })
                 .map_err(|e| Error::io("spawning a shard thread", e))?;
             ready_rx
@@ -629,319 +660,60 @@ impl Drop for Engine {
     }
 }
 
-/// The state of one shard: its logs. Lives on the shard thread only.
-struct Shard {
-    id: usize,
-    fs: Fs,
-    data_dir: PathBuf,
+/// The shard loop: sorts commands into the partition table and never
+/// waits on a partition's work (see [`table`]). It wakes for commands and,
+/// every `log.retention.check.interval.ms`, to queue retention.
+async fn run_loop(
+    core: Rc<Core>,
+    rx: async_channel::Receiver<Command>,
     turn_commands_max: usize,
     retention_check_interval_ms: u64,
-    logs: HashMap<TopicPartition, Log>,
-    /// The logs that may have flush work between turns
-    /// ([`Log::has_flush_work`]). Visiting only these keeps a turn's cost
-    /// independent of how many idle partitions the shard holds.
-    flush_watch: HashSet<TopicPartition>,
-    /// Fetches waiting for appends, per partition.
-    waiters: HashMap<TopicPartition, Vec<(crate::Offset, Reply<crate::Offset>)>>,
-}
-
-/// How often an otherwise idle shard looks for finished background flushes
-/// of rolled segments.
-const BACKGROUND_FLUSH_POLL_MS: u64 = 10;
-
-/// Most waiters one partition keeps; beyond it the oldest are answered at
-/// once (they re-read and find nothing new, which is harmless).
-const WAITERS_PER_PARTITION_MAX: usize = 4096;
-
-enum Work {
-    Append(Vec<u8>, AppendMode, Reply<AppendInfo>),
-    Job(LogJob),
-}
-
-/// Commands of one turn, per partition, in arrival order.
-#[derive(Default)]
-struct Turn {
-    order: Vec<TopicPartition>,
-    work: HashMap<TopicPartition, Vec<Work>>,
-}
-
-impl Turn {
-    fn push(&mut self, tp: TopicPartition, work: Work) {
-        match self.work.get_mut(&tp) {
-            Some(queue) => queue.push(work),
-            None => {
-                self.order.push(tp.clone());
-                self.work.insert(tp, vec![work]);
+) {
+    let mut next_retention_ms = now_ms() + retention_check_interval_ms;
+    loop {
+        // The runtime runs the shard's other tasks (partition workers, a
+        // broker's connections) only while this loop is pending. Under a
+        // steady stream of commands from other threads it would never be,
+        // and they would starve, so a busy loop yields once per batch.
+        if !rx.is_empty() {
+            yield_now().await;
+        }
+        let wait = Duration::from_millis(next_retention_ms.saturating_sub(now_ms()).max(1));
+        let first = match compio::time::timeout(wait, rx.recv()).await {
+            Ok(Ok(cmd)) => Some(cmd),
+            // Every handle is gone: nobody can ask for anything again.
+            Ok(Err(_)) => {
+                // close_all logs each failure itself.
+                if core.close_all().await.is_err() {
+                    error!(shard = core.id, "some logs failed to close");
+                }
+                return;
+            }
+            Err(_elapsed) => None,
+        };
+        // Take what has queued (bounded) before acting on any of it: a
+        // command that sends another (a chain of spawns) must not keep this
+        // batch going for ever.
+        let mut batch: Vec<Command> = first.into_iter().collect();
+        while batch.len() < turn_commands_max {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
             }
         }
-    }
-}
-
-impl Shard {
-    async fn run(mut self, rx: async_channel::Receiver<Command>) {
-        let mut next_retention_ms = now_ms() + self.retention_check_interval_ms;
-        loop {
-            // The runtime runs the shard's other tasks (a broker's
-            // connections, rolled segments' background flushes) only while
-            // this loop is pending. Under a steady stream of commands from
-            // other threads it would never be, and they would starve: the
-            // 1,000-partition benchmark with its clients on the shards saw
-            // p99.9 latencies of 90-240 ms from it. So a busy loop yields
-            // once per turn.
-            if !rx.is_empty() {
-                yield_now().await;
-            }
-            let now = now_ms();
-            let deadline = self
-                .flush_watch
-                .iter()
-                .filter_map(|tp| self.logs.get(tp))
-                .filter_map(|log| {
-                    // A rolled segment's flush finishes on its own; look
-                    // again soon so the flushed offset and recovery point
-                    // follow without waiting for the next command.
-                    let reap = log
-                        .has_background_flushes()
-                        .then_some(now + BACKGROUND_FLUSH_POLL_MS);
-                    match (log.next_flush_deadline_ms(), reap) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    }
-                })
-                .min()
-                .unwrap_or(u64::MAX)
-                .min(next_retention_ms);
-            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
-            let first = match compio::time::timeout(wait, rx.recv()).await {
-                Ok(Ok(cmd)) => Some(cmd),
-                // Every handle is gone: nobody can ask for anything again.
-                Ok(Err(_)) => {
-                    // close_all logs each failure itself.
-                    if self.close_all().await.is_err() {
-                        error!(shard = self.id, "some logs failed to close");
-                    }
-                    return;
-                }
-                Err(_elapsed) => None,
-            };
-            let mut commands: Vec<Command> = first.into_iter().collect();
-            while commands.len() < self.turn_commands_max {
-                match rx.try_recv() {
-                    Ok(cmd) => commands.push(cmd),
-                    Err(_) => break,
-                }
-            }
-            if let Some(reply) = self.run_turn(commands).await {
-                let result = self.close_all().await;
+        for cmd in batch {
+            if let Command::Shutdown { reply } = cmd {
+                let result = core.close_all().await;
                 drop(reply.send(result));
                 return;
             }
-            let now = now_ms();
-            self.flush_due(now).await;
-            if now >= next_retention_ms {
-                next_retention_ms = now + self.retention_check_interval_ms;
-                self.apply_retention(now).await;
-            }
-        }
-    }
-
-    /// Runs one turn; returns the shutdown reply if a shutdown came.
-    async fn run_turn(
-        &mut self,
-        commands: Vec<Command>,
-    ) -> Option<std::sync::mpsc::SyncSender<Result<()>>> {
-        let mut turn = Turn::default();
-        for cmd in commands {
-            match cmd {
-                Command::Append {
-                    tp,
-                    records,
-                    mode,
-                    reply,
-                } => {
-                    if self.logs.contains_key(&tp) {
-                        turn.push(tp, Work::Append(records, mode, reply));
-                    } else {
-                        drop(reply.send(Err(Error::UnknownPartition(tp))));
-                    }
-                }
-                Command::WithLog {
-                    tp,
-                    job,
-                    on_missing,
-                } => {
-                    if self.logs.contains_key(&tp) {
-                        drop(on_missing.send(Ok(())));
-                        turn.push(tp, Work::Job(job));
-                    } else {
-                        drop(on_missing.send(Err(Error::UnknownPartition(tp))));
-                    }
-                }
-                Command::Open { tp, config, reply } => {
-                    self.run_partitions(std::mem::take(&mut turn)).await;
-                    drop(reply.send(self.open(tp, config).await));
-                }
-                Command::Close { tp, delete, reply } => {
-                    self.run_partitions(std::mem::take(&mut turn)).await;
-                    drop(reply.send(self.close(tp, delete).await));
-                }
-                Command::WaitForAppend { tp, after, reply } => {
-                    self.run_partitions(std::mem::take(&mut turn)).await;
-                    self.add_waiter(tp, after, reply);
-                }
-                Command::Spawn(f) => {
-                    self.run_partitions(std::mem::take(&mut turn)).await;
-                    f();
-                }
-                Command::Shutdown { reply } => {
-                    self.run_partitions(std::mem::take(&mut turn)).await;
-                    return Some(reply);
-                }
-            }
-        }
-        self.run_partitions(turn).await;
-        None
-    }
-
-    /// Runs each partition's queued work; partitions run concurrently.
-    async fn run_partitions(&mut self, mut turn: Turn) {
-        if turn.order.is_empty() {
-            return;
+            core.command(cmd);
         }
         let now = now_ms();
-        let mut tasks: Vec<LocalBoxFuture<'static, (TopicPartition, Log)>> = Vec::new();
-        for tp in turn.order {
-            let (Some(work), Some(log)) = (turn.work.remove(&tp), self.logs.remove(&tp)) else {
-                continue;
-            };
-            tasks.push(Box::pin(async move {
-                (tp, run_partition(log, work, now).await)
-            }));
+        if now >= next_retention_ms {
+            next_retention_ms = now + retention_check_interval_ms;
+            core.queue_retention();
         }
-        for (tp, log) in join_all(tasks).await {
-            let end = log.log_end_offset();
-            if log.has_flush_work() {
-                self.flush_watch.insert(tp.clone());
-            }
-            self.logs.insert(tp.clone(), log);
-            self.wake_waiters(&tp, end);
-        }
-    }
-
-    fn add_waiter(
-        &mut self,
-        tp: TopicPartition,
-        after: crate::Offset,
-        reply: Reply<crate::Offset>,
-    ) {
-        let Some(log) = self.logs.get(&tp) else {
-            drop(reply.send(Err(Error::UnknownPartition(tp))));
-            return;
-        };
-        let end = log.log_end_offset();
-        if end > after {
-            drop(reply.send(Ok(end)));
-            return;
-        }
-        let waiters = self.waiters.entry(tp).or_default();
-        // Fetches that timed out have dropped their receivers.
-        waiters.retain(|(_, r)| !r.is_canceled());
-        if waiters.len() >= WAITERS_PER_PARTITION_MAX {
-            let (_, oldest) = waiters.remove(0);
-            drop(oldest.send(Ok(end)));
-        }
-        waiters.push((after, reply));
-    }
-
-    fn wake_waiters(&mut self, tp: &TopicPartition, end: crate::Offset) {
-        let Some(waiters) = self.waiters.get_mut(tp) else {
-            return;
-        };
-        let mut i = 0;
-        while i < waiters.len() {
-            if waiters[i].0 < end {
-                let (_, reply) = waiters.swap_remove(i);
-                drop(reply.send(Ok(end)));
-            } else {
-                i += 1;
-            }
-        }
-        if waiters.is_empty() {
-            self.waiters.remove(tp);
-        }
-    }
-
-    async fn open(&mut self, tp: TopicPartition, config: LogConfig) -> Result<RecoveryReport> {
-        if self.logs.contains_key(&tp) {
-            return Err(Error::PartitionExists(tp));
-        }
-        let dir = self.data_dir.join(tp.dir_name());
-        let (log, report) = Log::open(self.fs.clone(), dir, config, now_ms()).await?;
-        if log.has_flush_work() {
-            self.flush_watch.insert(tp.clone());
-        }
-        self.logs.insert(tp, log);
-        Ok(report)
-    }
-
-    async fn close(&mut self, tp: TopicPartition, delete: bool) -> Result<()> {
-        // Waiting fetches see their wait end with the shard's reply gone.
-        self.waiters.remove(&tp);
-        self.flush_watch.remove(&tp);
-        let log = self
-            .logs
-            .remove(&tp)
-            .ok_or_else(|| Error::UnknownPartition(tp.clone()))?;
-        if delete {
-            log.delete().await
-        } else {
-            log.close(now_ms()).await
-        }
-    }
-
-    async fn flush_due(&mut self, now: u64) {
-        let mut done = Vec::new();
-        for tp in &self.flush_watch {
-            let Some(log) = self.logs.get_mut(tp) else {
-                done.push(tp.clone());
-                continue;
-            };
-            if let Err(e) = log.maybe_flush(now).await {
-                error!(shard = self.id, partition = %tp, error = %e, "time-based flush failed");
-            }
-            if !log.has_flush_work() {
-                done.push(tp.clone());
-            }
-        }
-        for tp in done {
-            self.flush_watch.remove(&tp);
-        }
-    }
-
-    async fn apply_retention(&mut self, now: u64) {
-        for (tp, log) in self.logs.iter_mut() {
-            if log.is_offline() {
-                continue;
-            }
-            if let Err(e) = log.apply_retention(now).await {
-                error!(shard = self.id, partition = %tp, error = %e, "retention failed");
-            }
-            if log.has_flush_work() {
-                self.flush_watch.insert(tp.clone());
-            }
-        }
-    }
-
-    async fn close_all(&mut self) -> Result<()> {
-        let mut first_error = None;
-        let now = now_ms();
-        for (tp, log) in self.logs.drain() {
-            if let Err(e) = log.close(now).await {
-                error!(shard = self.id, partition = %tp, error = %e, "closing a log failed");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -959,40 +731,4 @@ pub async fn yield_now() {
         }
     })
     .await
-}
-
-/// One partition's share of a turn: consecutive appends become one group
-/// commit; other jobs run in between, in order.
-async fn run_partition(mut log: Log, work: Vec<Work>, now: u64) -> Log {
-    let mut appends: Vec<(Vec<u8>, AppendMode)> = Vec::new();
-    let mut replies: Vec<Reply<AppendInfo>> = Vec::new();
-    for item in work {
-        match item {
-            Work::Append(records, mode, reply) => {
-                appends.push((records, mode));
-                replies.push(reply);
-            }
-            Work::Job(job) => {
-                commit(&mut log, &mut appends, &mut replies, now).await;
-                job(&mut log, now).await;
-            }
-        }
-    }
-    commit(&mut log, &mut appends, &mut replies, now).await;
-    log
-}
-
-async fn commit(
-    log: &mut Log,
-    appends: &mut Vec<(Vec<u8>, AppendMode)>,
-    replies: &mut Vec<Reply<AppendInfo>>,
-    now: u64,
-) {
-    if appends.is_empty() {
-        return;
-    }
-    let results = log.append_group(std::mem::take(appends), now).await;
-    for (reply, result) in replies.drain(..).zip(results) {
-        drop(reply.send(result));
-    }
 }

@@ -1,0 +1,629 @@
+//! The shard thread's side: its partition table, one worker per busy
+//! partition, and the same-thread API ([`LocalShard`]).
+//!
+//! ```text
+//!   command channel ──▶ shard loop ──┬─▶ partition A: queue ─▶ worker task (owns the Log while it runs)
+//!   LocalShard (tasks on this  ──────┤─▶ partition B: queue ─▶ (idle: no task)
+//!   thread: broker connections)      └─▶ partition C: queue ─▶ worker task
+//! ```
+//!
+//! There is no turn barrier. The loop only sorts commands into per-partition
+//! queues; a partition with queued work gets a worker task that drains its
+//! queue, runs it, and drains again until the queue is empty. A slow
+//! operation (an fsync, a `flush.ms` flush, retention waiting for a rolled
+//! segment's fsync, recovery at open, a deletion) holds up only its own
+//! partition: every other partition's worker, the loop, and every other task
+//! on the thread go on.
+//!
+//! Group commit comes from the queues: appends that arrive while a worker
+//! is busy (in an fsync, say) wait in the queue and go out together, in one
+//! vectored write and at most one fsync, when the worker next drains it.
+//!
+//! Everything here lives on one shard thread: `Rc`, `RefCell` and `Cell`,
+//! never a lock. Other threads reach it only through the command channel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use futures_util::future::LocalBoxFuture;
+use tracing::{error, warn};
+
+use super::{now_ms, Command, LogInfo, Reply};
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::io::Fs;
+use crate::log::{AppendInfo, AppendMode, Log, ReadResult, RecoveryReport};
+use crate::types::{Offset, TopicPartition};
+
+/// A job on one log, run on the shard thread (not `Send`).
+pub(super) type LocalLogJob = Box<dyn for<'a> FnOnce(&'a mut Log, u64) -> LocalBoxFuture<'a, ()>>;
+
+/// How often a log with a rolled segment's flush in flight is looked at, so
+/// the flushed offset and the recovery point follow without another command.
+const BACKGROUND_FLUSH_POLL_MS: u64 = 10;
+
+/// Most waiters one partition keeps; beyond it the oldest are answered at
+/// once (they re-read and find nothing new, which is harmless).
+const WAITERS_PER_PARTITION_MAX: usize = 4096;
+
+enum Work {
+    Append(Vec<u8>, AppendMode, Reply<AppendInfo>),
+    Job(LocalLogJob),
+    /// Close (and maybe delete) the log once the work before it is done.
+    Close {
+        delete: bool,
+        reply: Reply<()>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Recovery is running; work queues until it ends.
+    Opening,
+    Open,
+    /// A close is queued or running; new work is refused.
+    Closing,
+}
+
+/// One partition on its shard: the log (held by the worker while it runs),
+/// the queued work, and the fetches waiting for its log end to move.
+struct Partition {
+    tp: TopicPartition,
+    phase: Cell<Phase>,
+    log: RefCell<Option<Log>>,
+    queue: RefCell<VecDeque<Work>>,
+    /// Whether a worker task is draining `queue`.
+    running: Cell<bool>,
+    /// The log end offset as of the last finished work.
+    end: Cell<Offset>,
+    waiters: RefCell<Vec<(Offset, Reply<Offset>)>>,
+    /// Told when a close of this partition has finished.
+    closed: RefCell<Vec<oneshot::Sender<()>>>,
+    /// The earliest deadline a flush timer is armed for.
+    flush_timer_ms: Cell<Option<u64>>,
+    /// Whether a flush check is queued and not yet run.
+    flush_queued: Cell<bool>,
+}
+
+impl Partition {
+    fn new(tp: TopicPartition) -> Partition {
+        Partition {
+            tp,
+            phase: Cell::new(Phase::Opening),
+            log: RefCell::new(None),
+            queue: RefCell::new(VecDeque::new()),
+            running: Cell::new(false),
+            end: Cell::new(Offset::ZERO),
+            waiters: RefCell::new(Vec::new()),
+            closed: RefCell::new(Vec::new()),
+            flush_timer_ms: Cell::new(None),
+            flush_queued: Cell::new(false),
+        }
+    }
+}
+
+/// A shard's state, shared by its loop and its worker tasks through `Rc`.
+/// Owned by one shard thread; not `Send`.
+pub(super) struct Core {
+    pub(super) id: usize,
+    fs: Fs,
+    data_dir: PathBuf,
+    partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
+}
+
+thread_local! {
+    /// The shard this thread runs, if it is a shard thread.
+    static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+}
+
+impl Core {
+    pub(super) fn new(id: usize, fs: Fs, data_dir: PathBuf) -> Rc<Core> {
+        let core = Rc::new(Core {
+            id,
+            fs,
+            data_dir,
+            partitions: RefCell::new(HashMap::new()),
+        });
+        CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
+        core
+    }
+
+    fn get(&self, tp: &TopicPartition) -> Option<Rc<Partition>> {
+        self.partitions.borrow().get(tp).cloned()
+    }
+
+    /// Handles one command from the channel. Nothing here awaits: slow work
+    /// is queued on its partition or spawned.
+    pub(super) fn command(self: &Rc<Self>, cmd: Command) {
+        match cmd {
+            Command::Append {
+                tp,
+                records,
+                mode,
+                reply,
+            } => self.push(&tp, Work::Append(records, mode, reply)),
+            Command::WithLog {
+                tp,
+                job,
+                on_missing,
+            } => match self.accepting(&tp) {
+                Some(part) => {
+                    drop(on_missing.send(Ok(())));
+                    self.enqueue(&part, Work::Job(job));
+                }
+                None => drop(on_missing.send(Err(Error::UnknownPartition(tp)))),
+            },
+            Command::Open { tp, config, reply } => self.open(tp, config, reply),
+            Command::Close { tp, delete, reply } => self.close(tp, delete, reply),
+            Command::WaitForAppend { tp, after, reply } => self.add_waiter(tp, after, reply),
+            Command::Spawn(f) => f(),
+            Command::Shutdown { .. } => {
+                // The loop handles shutdown itself.
+            }
+        }
+    }
+
+    /// The partition, if it takes new work.
+    fn accepting(&self, tp: &TopicPartition) -> Option<Rc<Partition>> {
+        self.get(tp).filter(|p| p.phase.get() != Phase::Closing)
+    }
+
+    fn push(self: &Rc<Self>, tp: &TopicPartition, work: Work) {
+        match self.accepting(tp) {
+            Some(part) => self.enqueue(&part, work),
+            None => fail(work, Error::UnknownPartition(tp.clone())),
+        }
+    }
+
+    fn enqueue(self: &Rc<Self>, part: &Rc<Partition>, work: Work) {
+        part.queue.borrow_mut().push_back(work);
+        self.kick(part);
+    }
+
+    /// Starts a worker for `part` unless one runs or there is no log to
+    /// work on (recovery has not finished).
+    fn kick(self: &Rc<Self>, part: &Rc<Partition>) {
+        if part.running.get() || part.log.borrow().is_none() {
+            return;
+        }
+        part.running.set(true);
+        let (core, part) = (self.clone(), part.clone());
+        compio::runtime::spawn(async move { core.drive(part).await }).detach();
+    }
+
+    /// A partition's worker: drains its queue until it is empty.
+    async fn drive(self: Rc<Self>, part: Rc<Partition>) {
+        loop {
+            let work: Vec<Work> = part.queue.borrow_mut().drain(..).collect();
+            if work.is_empty() {
+                part.running.set(false);
+                return;
+            }
+            let Some(log) = part.log.borrow_mut().take() else {
+                for w in work {
+                    fail(w, Error::UnknownPartition(part.tp.clone()));
+                }
+                continue;
+            };
+            let now = now_ms();
+            let (log, close) = run_work(&part.tp, log, work, now).await;
+            match close {
+                None => {
+                    self.after_work(&part, &log);
+                    *part.log.borrow_mut() = Some(log);
+                }
+                Some((delete, reply)) => {
+                    let result = if delete {
+                        log.delete().await
+                    } else {
+                        log.close(now_ms()).await
+                    };
+                    self.finish_close(&part);
+                    drop(reply.send(result));
+                    // Whatever queued behind the close finds no log.
+                }
+            }
+        }
+    }
+
+    /// After a worker's batch: publish the log end, wake the fetches it
+    /// satisfies, and arm a flush timer if the log has flush work.
+    fn after_work(self: &Rc<Self>, part: &Rc<Partition>, log: &Log) {
+        part.end.set(log.log_end_offset());
+        answer_waiters(part);
+        if !log.has_flush_work() {
+            return;
+        }
+        let now = now_ms();
+        let reap = log
+            .has_background_flushes()
+            .then_some(now + BACKGROUND_FLUSH_POLL_MS);
+        let deadline = match (log.next_flush_deadline_ms(), reap) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(now),
+        };
+        if part
+            .flush_timer_ms
+            .get()
+            .is_some_and(|armed| armed <= deadline)
+        {
+            return;
+        }
+        part.flush_timer_ms.set(Some(deadline));
+        let (core, part) = (self.clone(), part.clone());
+        compio::runtime::spawn(async move {
+            let wait = deadline.saturating_sub(now_ms());
+            if wait > 0 {
+                compio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            if part.flush_timer_ms.get() == Some(deadline) {
+                part.flush_timer_ms.set(None);
+            }
+            core.queue_flush_check(&part);
+        })
+        .detach();
+    }
+
+    /// Queues a `flush.ms` check (and the reaping of background flushes) on
+    /// the partition, once.
+    fn queue_flush_check(self: &Rc<Self>, part: &Rc<Partition>) {
+        if part.flush_queued.get() || part.phase.get() != Phase::Open {
+            return;
+        }
+        part.flush_queued.set(true);
+        let flagged = part.clone();
+        let job: LocalLogJob = Box::new(move |log, now| {
+            Box::pin(async move {
+                flagged.flush_queued.set(false);
+                if let Err(e) = log.maybe_flush(now).await {
+                    error!(partition = %flagged.tp, error = %e, "time-based flush failed");
+                }
+            })
+        });
+        self.enqueue(part, Work::Job(job));
+    }
+
+    /// Queues retention on every open partition; each runs on its own
+    /// worker, so a retention that waits on a large fsync holds up nobody
+    /// else.
+    pub(super) fn queue_retention(self: &Rc<Self>) {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for part in parts {
+            if part.phase.get() != Phase::Open {
+                continue;
+            }
+            let tp = part.tp.clone();
+            let job: LocalLogJob = Box::new(move |log, now| {
+                Box::pin(async move {
+                    if log.is_offline() {
+                        return;
+                    }
+                    if let Err(e) = log.apply_retention(now).await {
+                        error!(partition = %tp, error = %e, "retention failed");
+                    }
+                })
+            });
+            self.enqueue(&part, Work::Job(job));
+        }
+    }
+
+    fn open(self: &Rc<Self>, tp: TopicPartition, config: LogConfig, reply: Reply<RecoveryReport>) {
+        let previous = self.get(&tp);
+        let after_close = match &previous {
+            Some(p) if p.phase.get() == Phase::Closing => {
+                let (tx, rx) = oneshot::channel();
+                p.closed.borrow_mut().push(tx);
+                Some(rx)
+            }
+            Some(_) => {
+                drop(reply.send(Err(Error::PartitionExists(tp))));
+                return;
+            }
+            None => None,
+        };
+        let part = Rc::new(Partition::new(tp.clone()));
+        self.partitions
+            .borrow_mut()
+            .insert(tp.clone(), part.clone());
+        let core = self.clone();
+        compio::runtime::spawn(async move {
+            if let Some(rx) = after_close {
+                // A deletion of the same name must be done before this log
+                // creates its directory.
+                let _closed = rx.await;
+            }
+            let dir = core.data_dir.join(tp.dir_name());
+            match Log::open(core.fs.clone(), dir, config, now_ms()).await {
+                Ok((log, report)) => {
+                    // A close may have come during recovery; it stays queued.
+                    if part.phase.get() == Phase::Opening {
+                        part.phase.set(Phase::Open);
+                    }
+                    core.after_work(&part, &log);
+                    *part.log.borrow_mut() = Some(log);
+                    drop(reply.send(Ok(report)));
+                    core.kick(&part);
+                }
+                Err(e) => {
+                    core.finish_close(&part);
+                    let queued: Vec<Work> = part.queue.borrow_mut().drain(..).collect();
+                    for w in queued {
+                        fail(w, Error::UnknownPartition(tp.clone()));
+                    }
+                    drop(reply.send(Err(e)));
+                }
+            }
+        })
+        .detach();
+    }
+
+    fn close(self: &Rc<Self>, tp: TopicPartition, delete: bool, reply: Reply<()>) {
+        let Some(part) = self.accepting(&tp) else {
+            drop(reply.send(Err(Error::UnknownPartition(tp))));
+            return;
+        };
+        part.phase.set(Phase::Closing);
+        // Waiting fetches see their wait end with the shard's reply gone.
+        part.waiters.borrow_mut().clear();
+        part.queue
+            .borrow_mut()
+            .push_back(Work::Close { delete, reply });
+        // An opening partition's worker starts when recovery ends.
+        self.kick(&part);
+    }
+
+    /// A partition's log is gone: take it out of the table (unless a new
+    /// partition of the same name replaced it) and tell who waits.
+    fn finish_close(&self, part: &Rc<Partition>) {
+        part.phase.set(Phase::Closing);
+        part.waiters.borrow_mut().clear();
+        let mut table = self.partitions.borrow_mut();
+        if table.get(&part.tp).is_some_and(|p| Rc::ptr_eq(p, part)) {
+            table.remove(&part.tp);
+        }
+        drop(table);
+        for tx in part.closed.borrow_mut().drain(..) {
+            let _told = tx.send(());
+        }
+    }
+
+    fn add_waiter(&self, tp: TopicPartition, after: Offset, reply: Reply<Offset>) {
+        let Some(part) = self.accepting(&tp) else {
+            drop(reply.send(Err(Error::UnknownPartition(tp))));
+            return;
+        };
+        let end = part.end.get();
+        if end > after && part.phase.get() == Phase::Open {
+            drop(reply.send(Ok(end)));
+            return;
+        }
+        let mut waiters = part.waiters.borrow_mut();
+        // Fetches that timed out have dropped their receivers.
+        waiters.retain(|(_, r)| !r.is_canceled());
+        if waiters.len() >= WAITERS_PER_PARTITION_MAX {
+            let (_, oldest) = waiters.remove(0);
+            drop(oldest.send(Ok(end)));
+        }
+        waiters.push((after, reply));
+    }
+
+    /// Closes every log, waiting for each partition's queued work first.
+    pub(super) async fn close_all(self: &Rc<Self>) -> Result<()> {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let mut replies = Vec::new();
+        for part in parts {
+            match part.phase.get() {
+                Phase::Closing => {
+                    let (tx, rx) = oneshot::channel();
+                    part.closed.borrow_mut().push(tx);
+                    replies.push((part.tp.clone(), None, Some(rx)));
+                }
+                Phase::Open | Phase::Opening => {
+                    let (tx, rx) = oneshot::channel();
+                    self.close(part.tp.clone(), false, tx);
+                    replies.push((part.tp.clone(), Some(rx), None));
+                }
+            }
+        }
+        let mut first_error = None;
+        for (tp, reply, closed) in replies {
+            if let Some(rx) = closed {
+                let _closed = rx.await;
+            }
+            if let Some(rx) = reply {
+                match rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        error!(shard = self.id, partition = %tp, error = %e, "closing a log failed");
+                        first_error.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        warn!(shard = self.id, partition = %tp, "a log's close was dropped");
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Answers every waiter whose offset the log end has passed.
+fn answer_waiters(part: &Partition) {
+    let end = part.end.get();
+    let mut waiters = part.waiters.borrow_mut();
+    let mut i = 0;
+    while i < waiters.len() {
+        if waiters[i].0 < end {
+            let (_, reply) = waiters.swap_remove(i);
+            drop(reply.send(Ok(end)));
+        } else {
+            i += 1;
+        }
+    }
+}
+
+fn fail(work: Work, err: Error) {
+    match work {
+        Work::Append(_, _, reply) => drop(reply.send(Err(err))),
+        // A job's own reply is inside it; dropping it ends the caller's
+        // wait with ShardStopped. Jobs are only queued on accepting
+        // partitions, so this is a close racing them.
+        Work::Job(job) => drop(job),
+        Work::Close { reply, .. } => drop(reply.send(Err(err))),
+    }
+}
+
+/// Runs one drained batch of a partition's work in order: consecutive
+/// appends become one group commit; jobs run in between. Stops at a close
+/// and hands it back with the log; work after a close fails.
+async fn run_work(
+    tp: &TopicPartition,
+    mut log: Log,
+    work: Vec<Work>,
+    now: u64,
+) -> (Log, Option<(bool, Reply<()>)>) {
+    let mut appends: Vec<(Vec<u8>, AppendMode)> = Vec::new();
+    let mut replies: Vec<Reply<AppendInfo>> = Vec::new();
+    let mut items = work.into_iter();
+    let mut close = None;
+    for item in items.by_ref() {
+        match item {
+            Work::Append(records, mode, reply) => {
+                appends.push((records, mode));
+                replies.push(reply);
+            }
+            Work::Job(job) => {
+                commit(&mut log, &mut appends, &mut replies, now).await;
+                job(&mut log, now).await;
+            }
+            Work::Close { delete, reply } => {
+                close = Some((delete, reply));
+                break;
+            }
+        }
+    }
+    commit(&mut log, &mut appends, &mut replies, now).await;
+    for rest in items {
+        fail(rest, Error::UnknownPartition(tp.clone()));
+    }
+    (log, close)
+}
+
+async fn commit(
+    log: &mut Log,
+    appends: &mut Vec<(Vec<u8>, AppendMode)>,
+    replies: &mut Vec<Reply<AppendInfo>>,
+    now: u64,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let results = log.append_group(std::mem::take(appends), now).await;
+    for (reply, result) in replies.drain(..).zip(results) {
+        drop(reply.send(result));
+    }
+}
+
+/// The shard of the calling thread, for tasks running on a shard thread
+/// (the broker's connections): its partitions are reached with no channel
+/// and no lock. `None` on any other thread.
+pub fn local() -> Option<LocalShard> {
+    CURRENT.with(|c| c.borrow().clone()).map(LocalShard)
+}
+
+/// A handle to the shard of the current thread. Not `Send`: it lives on
+/// the shard thread it came from.
+#[derive(Clone)]
+pub struct LocalShard(Rc<Core>);
+
+impl std::fmt::Debug for LocalShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalShard")
+            .field("id", &self.0.id)
+            .finish()
+    }
+}
+
+impl LocalShard {
+    pub fn id(&self) -> usize {
+        self.0.id
+    }
+
+    /// Whether this shard holds `tp` (open or opening).
+    pub fn has(&self, tp: &TopicPartition) -> bool {
+        self.0.accepting(tp).is_some()
+    }
+
+    /// Appends one request's batches; group-committed with the other
+    /// appends queued on the partition.
+    pub async fn append(
+        &self,
+        tp: &TopicPartition,
+        records: Vec<u8>,
+        mode: AppendMode,
+    ) -> Result<AppendInfo> {
+        let (tx, rx) = oneshot::channel();
+        self.0.push(tp, Work::Append(records, mode, tx));
+        rx.await.map_err(|_| Error::ShardStopped(self.0.id))?
+    }
+
+    /// Runs `f` on the partition's log, in order with its other work.
+    pub async fn with_log<R, F>(&self, tp: &TopicPartition, f: F) -> Result<R>
+    where
+        R: 'static,
+        F: for<'a> FnOnce(&'a mut Log, u64) -> LocalBoxFuture<'a, Result<R>> + 'static,
+    {
+        let Some(part) = self.0.accepting(tp) else {
+            return Err(Error::UnknownPartition(tp.clone()));
+        };
+        let (tx, rx) = oneshot::channel::<Result<R>>();
+        let job: LocalLogJob = Box::new(move |log, now| {
+            Box::pin(async move {
+                drop(tx.send(f(log, now).await));
+            })
+        });
+        self.0.enqueue(&part, Work::Job(job));
+        rx.await.map_err(|_| Error::UnknownPartition(tp.clone()))?
+    }
+
+    pub async fn read(
+        &self,
+        tp: &TopicPartition,
+        from: Offset,
+        max_bytes: usize,
+        upper_bound: Option<Offset>,
+        min_one_batch: bool,
+    ) -> Result<ReadResult> {
+        self.with_log(tp, move |log, _| {
+            Box::pin(log.read(from, max_bytes, upper_bound, min_one_batch))
+        })
+        .await
+    }
+
+    pub async fn info(&self, tp: &TopicPartition) -> Result<LogInfo> {
+        self.with_log(tp, |log, _| Box::pin(async move { Ok(LogInfo::of(log)) }))
+            .await
+    }
+
+    /// The log end offset as of the partition's last finished work, without
+    /// queueing behind its current work.
+    pub fn log_end_offset(&self, tp: &TopicPartition) -> Option<Offset> {
+        self.0
+            .accepting(tp)
+            .filter(|p| p.phase.get() == Phase::Open)
+            .map(|p| p.end.get())
+    }
+
+    /// Waits until the partition's log end offset is greater than `after`.
+    /// Registering does not wait for the partition's queued work, nor make
+    /// it run early.
+    pub async fn wait_for_append(&self, tp: &TopicPartition, after: Offset) -> Result<Offset> {
+        let (tx, rx) = oneshot::channel();
+        self.0.add_waiter(tp.clone(), after, tx);
+        rx.await.map_err(|_| Error::UnknownPartition(tp.clone()))?
+    }
+}
