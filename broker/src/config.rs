@@ -47,6 +47,14 @@ pub struct BrokerConfig {
     /// `sluice.offsets.compact.records`: records appended to a
     /// `__consumer_offsets` partition before it is compacted.
     pub offsets_compact_records: u64,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response holds,
+    /// whatever the client asks (the first batch is returned whole even if
+    /// larger, as Kafka does). Also each connection's budget of response
+    /// bytes in flight.
+    pub fetch_max_bytes: usize,
+    /// `queued.max.request.bytes`: the broker-wide budget of response bytes
+    /// read and not yet written to their sockets.
+    pub queued_max_request_bytes: usize,
     /// The known keys the configuration sets (rather than defaults), for
     /// DescribeConfigs' sources.
     pub set_keys: std::collections::BTreeSet<String>,
@@ -82,7 +90,15 @@ const KNOWN_KEYS: &[&str] = &[
     "group.max.session.timeout.ms",
     "sluice.shards",
     "sluice.io.driver",
+    "fetch.max.bytes",
+    "queued.max.request.bytes",
 ];
+
+/// Kafka's default `fetch.max.bytes` (55 MiB).
+pub const FETCH_MAX_BYTES: usize = 57_671_680;
+/// Sluice's default `queued.max.request.bytes` (Kafka's is -1, unbounded).
+pub const QUEUED_MAX_REQUEST_BYTES: usize = 512 << 20;
+const _: () = assert!(FETCH_MAX_BYTES <= QUEUED_MAX_REQUEST_BYTES);
 
 impl BrokerConfig {
     /// Builds the configuration from `server.properties`-style pairs, later
@@ -345,8 +361,35 @@ impl BrokerConfig {
                 "must be at least 1",
             )?,
         };
+        let fetch_max_bytes = num(
+            "fetch.max.bytes",
+            get("fetch.max.bytes"),
+            FETCH_MAX_BYTES,
+            |v| (1024..=i32::MAX as usize).contains(v),
+            "must be between 1024 and 2147483647",
+        )?;
+        let queued_max_request_bytes = match get("queued.max.request.bytes") {
+            // Kafka's "unbounded". Sluice always bounds what it holds for
+            // clients, so the default stands in.
+            Some("-1") => {
+                warn!(
+                    default = QUEUED_MAX_REQUEST_BYTES,
+                    "queued.max.request.bytes=-1 (unbounded) is not supported; using the default"
+                );
+                QUEUED_MAX_REQUEST_BYTES
+            }
+            text => num(
+                "queued.max.request.bytes",
+                text,
+                QUEUED_MAX_REQUEST_BYTES,
+                |v| *v >= 1024,
+                "must be at least 1024, or -1 for the default",
+            )?,
+        };
         let set_keys = map.keys().map(|k| k.to_string()).collect();
         Ok(BrokerConfig {
+            fetch_max_bytes,
+            queued_max_request_bytes,
             set_keys,
             offsets_compact_records,
             group_limits,

@@ -12,6 +12,9 @@
 //! - [`server`]: listeners on every shard (`SO_REUSEPORT`), connections,
 //!   request dispatch.
 //! - [`handlers`]: one module per Kafka API.
+//! - [`partition`]: the broker's partition table on each shard (ISR, high
+//!   watermark, leader epoch, high-watermark waiters) beside the engine's
+//!   logs; the pure [`partition::state`]; byte budgets for responses.
 //! - [`errors`]: engine errors as Kafka error codes.
 //! - [`groups`]: consumer groups: the pure state machine, the coordinator
 //!   that parks and answers requests, committed offsets in
@@ -28,6 +31,7 @@ pub mod controller;
 pub mod errors;
 pub mod groups;
 pub mod handlers;
+pub mod partition;
 pub mod producer_ids;
 pub mod server;
 pub mod topic_configs;
@@ -50,6 +54,9 @@ pub struct Broker {
     pub producer_ids: producer_ids::ProducerIds,
     pub groups: groups::coordinator::Coordinator,
     pub offsets: groups::offsets_topic::OffsetStore,
+    /// Response bytes read for clients and not yet written to their sockets,
+    /// broker-wide (`queued.max.request.bytes`).
+    pub memory: Arc<partition::budget::Budget>,
 }
 
 impl Broker {

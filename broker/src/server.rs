@@ -108,7 +108,9 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         .block_on(offsets.load(&engine, &groups))
         .map_err(|e| format!("loading committed offsets: {e}"))?;
     info!(records = restored, "committed offsets loaded");
+    let memory = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
     let broker = Arc::new(Broker {
+        memory,
         config,
         controller,
         engine,
@@ -252,9 +254,10 @@ async fn read_exact(stream: &mut TcpStream, len: usize) -> std::io::Result<Vec<u
 /// Requests a connection may have read but not yet answered.
 pub const MAX_IN_FLIGHT: usize = 16;
 
-/// The outcome of one request: bytes to send (or none, for `acks=0`), or
-/// `Err` to close the connection once the responses before it are sent.
-type Outcome = Result<Option<Vec<u8>>, ()>;
+/// The outcome of one request: a response to send (or none, for
+/// `acks=0`), or `Err` to close the connection once the responses before it
+/// are sent.
+type Outcome = Result<Option<handlers::Response>, ()>;
 
 /// One request's place in a connection's response order.
 enum Pending {
@@ -295,24 +298,36 @@ fn runs_concurrently(api_key: ApiKey) -> bool {
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     let (tx, rx) = async_channel::bounded(MAX_IN_FLIGHT);
     let writer = compio::runtime::spawn(write_responses(stream.clone(), peer, rx));
-    read_requests(stream, peer, broker, tx).await;
+    let connection = Arc::new(handlers::Connection {
+        peer,
+        budget: crate::partition::budget::Budget::new(broker.config.fetch_max_bytes),
+    });
+    read_requests(stream, connection, broker, tx).await;
     // The writer sends what was started, then ends when the channel does.
     let _ = writer.await;
 }
 
-async fn handle(broker: &Broker, request: codec::Request, peer: SocketAddr) -> Outcome {
+async fn handle(
+    broker: &Broker,
+    request: codec::Request,
+    connection: &handlers::Connection,
+) -> Outcome {
     let api_key = request.api_key;
-    handlers::dispatch(broker, request).await.map_err(|e| {
-        warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
-    })
+    let peer = connection.peer;
+    handlers::dispatch(broker, request, connection)
+        .await
+        .map_err(|e| {
+            warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
+        })
 }
 
 async fn read_requests(
     mut stream: TcpStream,
-    peer: SocketAddr,
+    connection: Arc<handlers::Connection>,
     broker: Arc<Broker>,
     responses: async_channel::Sender<Pending>,
 ) {
+    let peer = connection.peer;
     let max = broker.config.socket_request_max_bytes;
     loop {
         let prefix = match read_exact(&mut stream, 4).await {
@@ -338,9 +353,9 @@ async fn read_requests(
         };
         let pending = match codec::decode_request(frame) {
             Ok(request) if runs_concurrently(request.api_key) => {
-                let broker = broker.clone();
+                let (broker, connection) = (broker.clone(), connection.clone());
                 Pending::Running(compio::runtime::spawn(async move {
-                    handle(&broker, request, peer).await
+                    handle(&broker, request, &connection).await
                 }))
             }
             Ok(request) => {
@@ -350,7 +365,7 @@ async fn read_requests(
                 {
                     return;
                 }
-                Pending::Done(handle(&broker, request, peer).await)
+                Pending::Done(handle(&broker, request, &connection).await)
             }
             Err(DecodeError::UnsupportedVersion {
                 api_key: ApiKey::ApiVersions,
@@ -360,7 +375,8 @@ async fn read_requests(
                 debug!(%peer, version, "ApiVersions at an unknown version: answering with v0");
                 Pending::Done(Ok(handlers::api_versions::unsupported_version(
                     correlation_id,
-                )))
+                )
+                .map(handlers::Response::from)))
             }
             Err(e) => {
                 warn!(%peer, error = %e, "closing connection: undecodable request");
@@ -392,8 +408,12 @@ async fn write_responses(
             }
         };
         match outcome {
-            Ok(Some(bytes)) => {
+            Ok(Some(response)) => {
+                // The budget bytes the response holds go back once it is
+                // written (when `held` drops at the end of this arm).
+                let handlers::Response { bytes, held } = response;
                 let compio::BufResult(result, _) = stream.write_all(bytes).await;
+                drop(held);
                 if let Err(e) = result {
                     debug!(%peer, error = %e, "connection write failed");
                     break;

@@ -51,6 +51,14 @@ impl TopicState {
             .map_or(0, |p| p.leader_epoch)
     }
 
+    /// How many in-sync replicas the metadata log gives `partition`.
+    pub fn in_sync_replicas(&self, partition: i32) -> usize {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.image.partitions.get(i))
+            .map_or(0, |p| p.isr.len())
+    }
+
     /// The topic-level settings this topic sets (Kafka names).
     pub fn overrides(&self) -> &BTreeMap<String, String> {
         &self.image.overrides
@@ -141,12 +149,16 @@ fn new_topic_id() -> TopicId {
     id
 }
 
+/// Every served topic by name: one `Arc` for a request to hold, so that
+/// looking up its topics takes no lock and copies nothing.
+pub type TopicsSnapshot = Arc<BTreeMap<String, Arc<TopicState>>>;
+
 /// What the broker serves, as of metadata log index `index`.
 #[derive(Default)]
 struct View {
     index: u64,
     image: Arc<MetadataImage>,
-    states: BTreeMap<String, TopicState>,
+    states: TopicsSnapshot,
 }
 
 pub struct Topics {
@@ -172,11 +184,17 @@ impl Topics {
         self.view.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, name: &str) -> Option<TopicState> {
+    pub fn get(&self, name: &str) -> Option<Arc<TopicState>> {
         self.read().states.get(name).cloned()
     }
 
-    pub fn all(&self) -> Vec<(String, TopicState)> {
+    /// Every served topic, as of now, for one request to look its topics
+    /// up in: the lock is taken once per request, not once per topic.
+    pub fn snapshot(&self) -> TopicsSnapshot {
+        self.read().states.clone()
+    }
+
+    pub fn all(&self) -> Vec<(String, Arc<TopicState>)> {
         self.read()
             .states
             .iter()
@@ -198,20 +216,22 @@ impl Topics {
         self.read().image.clone()
     }
 
-    fn states_of(&self, image: &MetadataImage) -> BTreeMap<String, TopicState> {
-        image
-            .topics
-            .iter()
-            .map(|(name, topic)| {
-                (
-                    name.clone(),
-                    TopicState::from_image(&self.base, name, topic),
-                )
-            })
-            .collect()
+    fn states_of(&self, image: &MetadataImage) -> TopicsSnapshot {
+        Arc::new(
+            image
+                .topics
+                .iter()
+                .map(|(name, topic)| {
+                    (
+                        name.clone(),
+                        Arc::new(TopicState::from_image(&self.base, name, topic)),
+                    )
+                })
+                .collect(),
+        )
     }
 
-    fn publish(&self, index: u64, image: Arc<MetadataImage>, states: BTreeMap<String, TopicState>) {
+    fn publish(&self, index: u64, image: Arc<MetadataImage>, states: TopicsSnapshot) {
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = View {
             index,
             image,
@@ -275,7 +295,7 @@ impl Topics {
             }
             set_aside(log_dir, &tp)?;
         }
-        for (name, state) in &states {
+        for (name, state) in states.iter() {
             for p in 0..state.partitions {
                 let tp = TopicPartition::new(name.clone(), p);
                 let report = engine
@@ -308,7 +328,7 @@ impl Topics {
     async fn reconcile(&self, engine: &Engine, index: u64, image: Arc<MetadataImage>) {
         let old = self.read().states.clone();
         let new = self.states_of(&image);
-        for (name, state) in &new {
+        for (name, state) in new.iter() {
             let opened_from = match old.get(name) {
                 Some(before) if before.id() == state.id() => {
                     if before.config != state.config {
@@ -365,7 +385,7 @@ impl Topics {
         partitions: i32,
         leader: i32,
         overrides: BTreeMap<String, String>,
-    ) -> Result<TopicState, TopicError> {
+    ) -> Result<Arc<TopicState>, TopicError> {
         validate_name(name).map_err(|why| TopicError::InvalidName(name.to_string(), why))?;
         crate::topic_configs::apply(&self.base, &overrides).map_err(TopicError::InvalidConfig)?;
         let count = usize::try_from(partitions)
@@ -459,7 +479,7 @@ impl Topics {
         auto_create: bool,
         partitions: i32,
         leader: i32,
-    ) -> Result<Option<TopicState>, TopicError> {
+    ) -> Result<Option<Arc<TopicState>>, TopicError> {
         if let Some(state) = self.get(name) {
             return Ok(Some(state));
         }

@@ -111,14 +111,18 @@ pub struct AppendInfo {
     /// The broker's clock when the append happened (Kafka's
     /// `log_append_time`).
     pub log_append_time_ms: i64,
+    /// The log start offset when the append was made (produce responses
+    /// carry it).
+    pub log_start_offset: Offset,
     pub durability: Durability,
 }
 
 /// Whole batches read from the log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReadResult {
-    /// Concatenated batches, byte for byte as stored.
-    pub records: Vec<u8>,
+    /// Concatenated batches, byte for byte as stored: the read buffer
+    /// itself, not a copy of it.
+    pub records: bytes::Bytes,
     /// The offset after the last batch returned (`from` if none).
     pub next_offset: Offset,
     pub log_start_offset: Offset,
@@ -831,6 +835,7 @@ impl Log {
                         records: 0,
                         max_timestamp: -1,
                         log_append_time_ms: now_ms as i64,
+                        log_start_offset: self.log_start,
                         durability: Durability::PageCache,
                     }));
                     continue;
@@ -847,6 +852,7 @@ impl Log {
                 records: headers.iter().map(|h| h.record_count() as u64).sum(),
                 max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
                 log_append_time_ms: now_ms as i64,
+                log_start_offset: self.log_start,
                 durability: Durability::PageCache,
             };
             next = last.plus(1);
@@ -1247,7 +1253,7 @@ impl Log {
         self.check_online()?;
         let log_end = self.log_end_offset();
         let mut result = ReadResult {
-            records: Vec::new(),
+            records: bytes::Bytes::new(),
             next_offset: from,
             log_start_offset: self.log_start,
             log_end_offset: log_end,
@@ -1307,9 +1313,13 @@ impl Log {
             if taken > 0 {
                 let ctx = |e| Error::io("reading batches", e);
                 result.records = if window.ensure(start, taken).await.map_err(ctx)? {
-                    window.slice(start, taken).to_vec()
+                    window.take(start, taken)
                 } else {
-                    seg.file.read_exact_at(taken, start).await.map_err(ctx)?
+                    seg.file
+                        .read_exact_at(taken, start)
+                        .await
+                        .map_err(ctx)?
+                        .into()
                 };
                 result.next_offset = next;
             }

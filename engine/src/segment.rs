@@ -78,6 +78,18 @@ impl<'a> Window<'a> {
         &self.buf[start..start + len]
     }
 
+    /// Takes `[pos, pos + len)`, made available by a successful
+    /// [`Window::ensure`], out of the window without copying it when it is
+    /// most of the buffer; a small slice of a large buffer is copied, so
+    /// that a reply does not pin a mostly unused read buffer.
+    pub(crate) fn take(self, pos: u64, len: usize) -> bytes::Bytes {
+        let start = (pos - self.buf_pos) as usize;
+        if len.saturating_mul(2) < self.buf.len() && self.buf.len() > 64 * 1024 {
+            return bytes::Bytes::copy_from_slice(&self.buf[start..start + len]);
+        }
+        bytes::Bytes::from(self.buf).slice(start..start + len)
+    }
+
     /// The header of the batch at `pos`, or `None` at the limit. Structure
     /// only; the CRC was checked when the batch was appended or recovered.
     pub(crate) async fn header_at(

@@ -408,7 +408,7 @@ fn follower_appends_keep_the_leaders_offsets_and_must_continue_the_log() {
         let fetched = leader.read(Offset(0), 1 << 20, None, true).await.unwrap();
         let mut follower = open(&fs, &dir, LogConfig::default()).await;
         let info = follower
-            .append(fetched.records.clone(), AppendMode::Follower, NOW)
+            .append(fetched.records.to_vec(), AppendMode::Follower, NOW)
             .await
             .unwrap();
         assert_eq!((info.base_offset, info.last_offset), (Offset(0), Offset(5)));
@@ -417,7 +417,7 @@ fn follower_appends_keep_the_leaders_offsets_and_must_continue_the_log() {
             (Epoch(3), Offset(6))
         );
         let err = follower
-            .append(fetched.records, AppendMode::Follower, NOW)
+            .append(fetched.records.to_vec(), AppendMode::Follower, NOW)
             .await
             .unwrap_err();
         assert!(matches!(err, Error::NonContiguousAppend { .. }), "{err}");

@@ -350,7 +350,7 @@ impl OffsetStore {
                 if read.records.is_empty() {
                     break;
                 }
-                let mut bytes = Bytes::from(read.records);
+                let mut bytes = read.records;
                 let sets = RecordBatchDecoder::decode_all(&mut bytes)
                     .map_err(|e| format!("decoding {tp}: {e}"))?;
                 for set in sets {

@@ -29,7 +29,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             let requested = partition.offset;
             let result = broker
                 .with_partition_log(
-                    state.as_ref(),
+                    state.as_deref(),
                     &name,
                     partition.partition_index,
                     move |log, _| {

@@ -1,136 +1,271 @@
 //! Fetch: stored batch bytes as they are, whole batches, up to the high
-//! watermark (the log end offset on a single node), within `max_bytes` and
-//! each partition's `partition_max_bytes`. When less than `min_bytes` is
-//! available the request waits up to `max_wait_ms`, woken by the shards as
-//! soon as any of its partitions is appended to.
+//! watermark, within the request's `max_bytes` (capped by the broker's
+//! `fetch.max.bytes`) and each partition's `partition_max_bytes`. When less
+//! than `min_bytes` is available the request waits up to `max_wait_ms`,
+//! woken as soon as the high watermark of any of its partitions moves.
+//!
+//! Partitions are read on the shards that own them, one message per shard
+//! (none for the connection's own shard), shard after shard in the order
+//! their partitions first appear, each given what is left of the byte
+//! budget: a response never holds more than the budget, however many
+//! shards it spans. As in Kafka, the first batch of the response is
+//! returned whole even if it is larger than the budget, so that a consumer
+//! always makes progress.
+//!
+//! Before reading, a fetch takes its budget's bytes from its connection's
+//! budget and from the broker's (`queued.max.request.bytes`), and holds them
+//! until its response is written: a client that does not read its socket
+//! stalls its own fetches, not the broker's memory.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use futures_util::future::{select, select_all, Either, LocalBoxFuture};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
+use sluice_engine::shard::LocalShard;
 use sluice_engine::{Offset, TopicPartition};
 
-use super::{respond, Reply};
+use super::{respond, Connection, Reply};
 use crate::codec::{decode_body, Request};
-use crate::{errors, Broker};
+use crate::topics::TopicState;
+use crate::{errors, partition, Broker};
 
 /// Longest wait honoured, whatever the client asks.
 const MAX_WAIT_MS_MAX: i32 = 30_000;
 
-async fn read_all(
-    broker: &Broker,
-    version: i16,
-    body: &FetchRequest,
-) -> (Vec<FetchableTopicResponse>, usize) {
-    let mut budget = usize::try_from(body.max_bytes).unwrap_or(0).max(1);
-    let mut total = 0usize;
-    let mut topics = Vec::with_capacity(body.topics.len());
-    for topic in &body.topics {
-        let name = topic.topic.0.as_str();
-        let state = broker.topics.get(name);
-        let mut out = FetchableTopicResponse::default();
-        out.topic = topic.topic.clone();
-        for partition in &topic.partitions {
-            let mut data = PartitionData::default();
-            data.partition_index = partition.partition;
-            data.high_watermark = -1;
-            data.last_stable_offset = -1;
-            data.log_start_offset = -1;
-            data.aborted_transactions = Some(Vec::new());
-            if state.as_ref().is_none_or(|s| !s.has(partition.partition)) {
-                data.error_code = ResponseError::UnknownTopicOrPartition.code();
-                out.partitions.push(data);
-                continue;
-            }
-            let tp = TopicPartition::new(name, partition.partition);
-            let max = usize::try_from(partition.partition_max_bytes)
-                .unwrap_or(0)
-                .min(budget);
-            let read = broker
-                .engine
-                .read(tp, Offset(partition.fetch_offset), max, None, total == 0)
-                .await;
-            match read {
-                Ok(result) => {
-                    data.high_watermark = result.log_end_offset.0;
-                    data.last_stable_offset = result.log_end_offset.0;
-                    if version >= 5 {
-                        data.log_start_offset = result.log_start_offset.0;
-                    }
-                    total += result.records.len();
-                    budget = budget.saturating_sub(result.records.len());
-                    data.records = Some(Bytes::from(result.records));
-                }
-                Err(e) => {
-                    data.error_code = errors::code(&e);
-                    if let sluice_engine::Error::OffsetOutOfRange {
-                        log_start, log_end, ..
-                    } = e
-                    {
-                        data.high_watermark = log_end.0;
-                        data.last_stable_offset = log_end.0;
-                        if version >= 5 {
-                            data.log_start_offset = log_start.0;
-                        }
-                    }
-                }
-            }
-            out.partitions.push(data);
-        }
-        topics.push(out);
-    }
-    (topics, total)
+/// One partition of the request, sent to the shard that owns it.
+#[derive(Clone)]
+struct Want {
+    slot: usize,
+    tp: TopicPartition,
+    topic: Arc<TopicState>,
+    fetch_offset: Offset,
+    partition_max_bytes: usize,
 }
 
-pub async fn handle(broker: &Broker, request: &Request) -> Reply {
+/// What one shard read.
+struct ShardRead {
+    partitions: Vec<(usize, PartitionData)>,
+    bytes: usize,
+    /// The high watermark each partition had, to wait on.
+    seen: Vec<(usize, Offset)>,
+}
+
+fn empty(index: i32) -> PartitionData {
+    let mut data = PartitionData::default();
+    data.partition_index = index;
+    data.high_watermark = -1;
+    data.last_stable_offset = -1;
+    data.log_start_offset = -1;
+    data.aborted_transactions = Some(Vec::new());
+    data
+}
+
+/// On the owning shard: reads `wants` in order within `budget` bytes. The
+/// first batch read is returned whole when `first` says none was read
+/// before.
+async fn read_shard(
+    local: LocalShard,
+    me: i32,
+    version: i16,
+    wants: Vec<Want>,
+    budget: usize,
+    mut first: bool,
+) -> ShardRead {
+    let mut out = ShardRead {
+        partitions: Vec::with_capacity(wants.len()),
+        bytes: 0,
+        seen: Vec::with_capacity(wants.len()),
+    };
+    for want in wants {
+        let mut data = empty(want.tp.partition);
+        let hw = match partition::high_watermark(&local, me, &want.tp, &want.topic) {
+            Ok(hw) => hw,
+            Err(e) => {
+                data.error_code = errors::code(&e);
+                out.partitions.push((want.slot, data));
+                continue;
+            }
+        };
+        data.high_watermark = hw.0;
+        data.last_stable_offset = hw.0;
+        out.seen.push((want.slot, hw));
+        let max = want
+            .partition_max_bytes
+            .min(budget.saturating_sub(out.bytes));
+        let read = local
+            .read(&want.tp, want.fetch_offset, max, Some(hw), first)
+            .await;
+        match read {
+            Ok(result) => {
+                if version >= 5 {
+                    data.log_start_offset = result.log_start_offset.0;
+                }
+                if !result.records.is_empty() {
+                    first = false;
+                }
+                out.bytes += result.records.len();
+                data.records = Some(result.records);
+            }
+            Err(e) => {
+                data.error_code = errors::code(&e);
+                if let sluice_engine::Error::OffsetOutOfRange { log_start, .. } = e {
+                    if version >= 5 {
+                        data.log_start_offset = log_start.0;
+                    }
+                }
+            }
+        }
+        out.partitions.push((want.slot, data));
+    }
+    out
+}
+
+/// On the owning shard: waits until the high watermark of any of `seen`
+/// moves past what the read saw.
+async fn wait_shard(local: LocalShard, me: i32, seen: Vec<(Want, Offset)>) {
+    if seen.is_empty() {
+        return std::future::pending().await;
+    }
+    let local = &local;
+    let waits = seen.iter().map(|(want, hw)| -> LocalBoxFuture<'_, ()> {
+        Box::pin(async move {
+            // A partition gone meanwhile ends the wait: the re-read says so.
+            let _moved =
+                partition::wait_for_high_watermark(local, me, &want.tp, &want.topic, *hw).await;
+        })
+    });
+    select_all(waits).await;
+}
+
+pub async fn handle(broker: &Broker, request: &Request, connection: &Connection) -> Reply {
     let body: FetchRequest = decode_body(request)?;
     let wait = Duration::from_millis(body.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(body.min_bytes).unwrap_or(0);
-    let (topics, _) = loop {
-        let (topics, total) = read_all(broker, request.version, &body).await;
-        let errors = topics
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .any(|p| p.error_code != 0);
+    let me = broker.config.node_id;
+    let version = request.version;
+    let budget = usize::try_from(body.max_bytes)
+        .unwrap_or(0)
+        .clamp(1, broker.config.fetch_max_bytes);
+    // What the response may hold: the budget, or one whole batch if that is
+    // larger (the first batch is returned whole).
+    let hold = budget.max(broker.config.message_max_bytes);
+    let topics = broker.topics.snapshot();
+    let mut slots: Vec<PartitionData> = Vec::new();
+    let mut shape: Vec<(kafka_protocol::messages::TopicName, usize)> = Vec::new();
+    // Shards in the order their partitions first appear, each with its
+    // partitions in request order.
+    let mut order: Vec<usize> = Vec::new();
+    let mut by_shard: BTreeMap<usize, Vec<Want>> = BTreeMap::new();
+    for topic in &body.topics {
+        let name = topic.topic.0.as_str();
+        let state = topics.get(name);
+        shape.push((topic.topic.clone(), topic.partitions.len()));
+        for partition in &topic.partitions {
+            let slot = slots.len();
+            let mut data = empty(partition.partition);
+            let Some(state) = state.filter(|s| s.has(partition.partition)) else {
+                data.error_code = ResponseError::UnknownTopicOrPartition.code();
+                slots.push(data);
+                continue;
+            };
+            slots.push(data);
+            let tp = TopicPartition::new(name, partition.partition);
+            let shard = broker.engine.shard_for(&tp).id();
+            if !by_shard.contains_key(&shard) {
+                order.push(shard);
+            }
+            by_shard.entry(shard).or_default().push(Want {
+                slot,
+                tp,
+                topic: state.clone(),
+                fetch_offset: Offset(partition.fetch_offset),
+                partition_max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
+            });
+        }
+    }
+    // The connection's own shard first: no message needed.
+    let here = sluice_engine::shard::local().map(|l| l.id());
+    order.sort_by_key(|shard| Some(*shard) != here);
+    let held = loop {
+        // Reserved for the read, cut to what was read once it is done, and
+        // given back entirely while the fetch waits.
+        let mut held = vec![
+            connection.budget.acquire(hold).await,
+            broker.memory.acquire(hold).await,
+        ];
+        let mut total = 0usize;
+        let mut seen: BTreeMap<usize, Vec<(Want, Offset)>> = BTreeMap::new();
+        let mut errors = false;
+        for shard in &order {
+            let wants = by_shard.get(shard).cloned().unwrap_or_default();
+            let handle = &broker.engine.shards()[*shard];
+            let (left, first) = (budget.saturating_sub(total), total == 0);
+            let read = handle
+                .run(move |local| Box::pin(read_shard(local, me, version, wants, left, first)))
+                .await;
+            let wants = &by_shard[shard];
+            match read {
+                Ok(read) => {
+                    total += read.bytes;
+                    for (slot, data) in read.partitions {
+                        errors |= data.error_code != 0;
+                        slots[slot] = data;
+                    }
+                    let waits = seen.entry(*shard).or_default();
+                    for (slot, hw) in read.seen {
+                        if let Some(want) = wants.iter().find(|w| w.slot == slot) {
+                            waits.push((want.clone(), hw));
+                        }
+                    }
+                }
+                Err(e) => {
+                    errors = true;
+                    for want in wants {
+                        slots[want.slot].error_code = errors::code(&e);
+                    }
+                }
+            }
+        }
+        for permit in &mut held {
+            permit.shrink(total);
+        }
         let now = Instant::now();
-        if total >= min_bytes.max(1) || errors || now >= deadline {
-            break (topics, total);
+        if total >= min_bytes.max(1) || errors || now >= deadline || seen.is_empty() {
+            break held;
         }
-        // Wait for an append past what this read saw on any partition.
-        let waits: Vec<_> = topics
-            .iter()
-            .flat_map(|t| {
-                t.partitions.iter().map(move |p| {
-                    let tp = TopicPartition::new(t.topic.0.as_str(), p.partition_index);
-                    let seen = Offset(p.high_watermark);
-                    Box::pin(async move {
-                        broker
-                            .engine
-                            .shard_for(&tp)
-                            .wait_for_append(tp.clone(), seen)
-                            .await
-                    })
-                })
+        drop(held);
+        // Wait for a high watermark past what this read saw, on any shard.
+        let waits = seen.into_iter().map(|(shard, seen)| {
+            let handle = broker.engine.shards()[shard].clone();
+            Box::pin(async move {
+                let _ = handle
+                    .run(move |local| Box::pin(wait_shard(local, me, seen)))
+                    .await;
             })
-            .collect();
-        if waits.is_empty() {
-            break (topics, total);
-        }
+        });
         let timeout = compio::time::sleep(deadline - now);
         futures_util::pin_mut!(timeout);
-        let woken =
-            futures_util::future::select(futures_util::future::select_all(waits), timeout).await;
-        if let futures_util::future::Either::Left(((Err(e), _, _), _)) = woken {
-            // The partition went away or its shard stopped: answer with
-            // what there is rather than spin until the deadline.
-            tracing::debug!(error = %e, "fetch wait ended early");
-            break (topics, total);
+        if let Either::Right(_) = select(select_all(waits), timeout).await {
+            // Deadline: one last read answers with whatever has come.
+            continue;
         }
     };
     let mut response = FetchResponse::default();
-    response.responses = topics;
-    respond(request, &response)
+    let mut slots = slots.into_iter();
+    for (name, count) in shape {
+        let mut out = FetchableTopicResponse::default();
+        out.topic = name;
+        out.partitions = slots.by_ref().take(count).collect();
+        response.responses.push(out);
+    }
+    let mut reply = respond(request, &response)?;
+    if let Some(reply) = reply.as_mut() {
+        reply.held = held;
+    }
+    Ok(reply)
 }

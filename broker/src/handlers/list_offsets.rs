@@ -33,7 +33,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             let timestamp = partition.timestamp;
             let found = broker
                 .with_partition_log(
-                    state.as_ref(),
+                    state.as_deref(),
                     &name,
                     partition.partition_index,
                     move |log, _| {

@@ -26,22 +26,50 @@ pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
+use std::sync::Arc;
+
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::codec::{DecodeError, Request};
+use crate::partition::budget::{Budget, Permit};
 use crate::Broker;
 
-/// What a handler produced: bytes to send, or nothing (Produce with
+/// What a handler produced: a response to send, or nothing (Produce with
 /// `acks=0` gets no response).
-pub type Reply = Result<Option<Vec<u8>>, DecodeError>;
+pub type Reply = Result<Option<Response>, DecodeError>;
 
-pub async fn dispatch(broker: &Broker, request: Request) -> Reply {
+/// A response's bytes, and the budget bytes they hold until they have been
+/// written to the socket (or the connection closes).
+#[derive(Debug)]
+pub struct Response {
+    pub bytes: Vec<u8>,
+    pub held: Vec<Permit>,
+}
+
+impl From<Vec<u8>> for Response {
+    fn from(bytes: Vec<u8>) -> Response {
+        Response {
+            bytes,
+            held: Vec::new(),
+        }
+    }
+}
+
+/// What a handler may know of the connection its request came on.
+#[derive(Debug)]
+pub struct Connection {
+    pub peer: std::net::SocketAddr,
+    /// Response bytes this connection may hold in flight.
+    pub budget: Arc<Budget>,
+}
+
+pub async fn dispatch(broker: &Broker, request: Request, connection: &Connection) -> Reply {
     match request.api_key {
         ApiKey::ApiVersions => api_versions::handle(&request),
         ApiKey::Metadata => metadata::handle(broker, &request).await,
         ApiKey::Produce => produce::handle(broker, &request).await,
-        ApiKey::Fetch => fetch::handle(broker, &request).await,
+        ApiKey::Fetch => fetch::handle(broker, &request, connection).await,
         ApiKey::ListOffsets => list_offsets::handle(broker, &request).await,
         ApiKey::CreateTopics => create_topics::handle(broker, &request).await,
         ApiKey::DeleteTopics => delete_topics::handle(broker, &request).await,
@@ -83,7 +111,7 @@ pub(crate) fn respond<T: kafka_protocol::protocol::Encodable>(
         request.header.correlation_id,
         body,
     )
-    .map(Some)
+    .map(|bytes| Some(Response::from(bytes)))
     .map_err(|e| DecodeError::Malformed {
         what: "response",
         reason: e.to_string(),

@@ -1,26 +1,37 @@
-//! Produce: validate and append each partition's batches on the shard that
-//! owns it, all partitions at once, then answer per partition.
+//! Produce: validate every partition on the connection's shard, then send
+//! each owning shard one message carrying all of its partitions (none for
+//! the connection's own shard), append there through the partition table,
+//! and answer per partition in request order.
 //!
 //! `acks=0` gets no response; `acks=1` is answered after the append;
 //! `acks=-1` (all) first needs `min.insync.replicas` in-sync replicas
 //! (NOT_ENOUGH_REPLICAS otherwise), then waits, up to the request's
 //! `timeout_ms` (REQUEST_TIMED_OUT), for the high watermark to pass the
-//! batch. On a single node the high watermark is the log end offset, so the
-//! wait ends at once; with followers it is where acks=all blocks.
+//! batch. On a single node the high watermark follows the log end, so the
+//! wait ends with the append; with followers it is where acks=all blocks.
+//!
+//! Clients may not produce to internal topics (`__consumer_offsets`):
+//! INVALID_TOPIC_EXCEPTION, as Kafka answers, and nothing is appended.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
 use futures_util::future::join_all;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
-use sluice_engine::{AppendMode, Epoch, TopicPartition};
-use tracing::debug;
+use sluice_engine::shard::LocalShard;
+use sluice_engine::TopicPartition;
+use tracing::{debug, warn};
 
 use super::{respond, Reply};
 use crate::codec::{decode_body, Request};
-use crate::{errors, Broker};
+use crate::groups::offsets_topic;
+use crate::topics::TopicState;
+use crate::{errors, partition, Broker};
 
-/// In-sync replicas of every partition on a single node: itself.
-const ISR_SIZE: i32 = 1;
 /// Longest acks=all wait honoured, whatever the request's timeout says.
 const TIMEOUT_MS_MAX: i32 = 300_000;
 
@@ -34,91 +45,181 @@ fn failed(index: i32, code: i16) -> PartitionProduceResponse {
     p
 }
 
+/// One partition's append, sent to the shard that owns it.
+struct Append {
+    slot: usize,
+    tp: TopicPartition,
+    topic: Arc<TopicState>,
+    records: Bytes,
+}
+
+/// What every append of one request shares.
+#[derive(Clone, Copy)]
+struct Terms {
+    me: i32,
+    acks: i16,
+    ack_timeout: Duration,
+    version: i16,
+}
+
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: ProduceRequest = decode_body(request)?;
-    let acks = body.acks;
-    let ack_timeout =
-        std::time::Duration::from_millis(body.timeout_ms.clamp(0, TIMEOUT_MS_MAX) as u64);
-    let valid_acks = matches!(acks, -1..=1);
+    let terms = Terms {
+        me: broker.config.node_id,
+        acks: body.acks,
+        ack_timeout: Duration::from_millis(body.timeout_ms.clamp(0, TIMEOUT_MS_MAX) as u64),
+        version: request.version,
+    };
+    let valid_acks = matches!(terms.acks, -1..=1);
+    let topics = broker.topics.snapshot();
     let mut response = ProduceResponse::default();
+    // Every partition's answer, in request order: filled now for those that
+    // fail validation, by their shard for the rest.
+    let mut answers: Vec<Option<PartitionProduceResponse>> = Vec::new();
+    let mut indexes: Vec<i32> = Vec::new();
+    let mut shape: Vec<(kafka_protocol::messages::TopicName, usize)> = Vec::new();
+    let mut by_shard: BTreeMap<usize, Vec<Append>> = BTreeMap::new();
     for topic in body.topic_data {
-        let name = topic.name.0.as_str().to_string();
-        let state = broker.topics.get(&name);
-        let appends = topic.partition_data.into_iter().map(|data| {
-            let name = name.clone();
-            let state = state.clone();
-            async move {
-                let index = data.index;
-                if !valid_acks {
-                    return failed(index, ResponseError::InvalidRequiredAcks.code());
-                }
-                let Some(state) = state.filter(|s| s.has(index)) else {
-                    return failed(index, ResponseError::UnknownTopicOrPartition.code());
-                };
-                let Some(records) = data.records else {
-                    return failed(index, ResponseError::CorruptMessage.code());
-                };
-                if records.len() > state.config.max_batch_bytes.saturating_mul(64) {
-                    return failed(index, ResponseError::MessageTooLarge.code());
-                }
-                // This node is the whole ISR: acks=all needs
-                // min.insync.replicas <= 1 before anything is appended.
+        let name = topic.name.0.as_str();
+        let state = topics.get(name);
+        shape.push((topic.name.clone(), topic.partition_data.len()));
+        for data in topic.partition_data {
+            let index = data.index;
+            let slot = answers.len();
+            indexes.push(index);
+            let refused = if !valid_acks {
+                Some(ResponseError::InvalidRequiredAcks)
+            } else if name == offsets_topic::TOPIC {
+                warn!(
+                    topic = name,
+                    partition = index,
+                    "refused a client's produce to an internal topic"
+                );
+                Some(ResponseError::InvalidTopicException)
+            } else {
+                None
+            };
+            if let Some(error) = refused {
+                answers.push(Some(failed(index, error.code())));
+                continue;
+            }
+            let Some(state) = state.filter(|s| s.has(index)) else {
+                answers.push(Some(failed(
+                    index,
+                    ResponseError::UnknownTopicOrPartition.code(),
+                )));
+                continue;
+            };
+            let Some(records) = data.records else {
+                answers.push(Some(failed(index, ResponseError::CorruptMessage.code())));
+                continue;
+            };
+            if records.len() > state.config.max_batch_bytes.saturating_mul(64) {
+                answers.push(Some(failed(index, ResponseError::MessageTooLarge.code())));
+                continue;
+            }
+            if terms.acks == -1 {
                 let min_insync = state
                     .overrides()
                     .get("min.insync.replicas")
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .unwrap_or(broker.config.min_insync_replicas);
-                if acks == -1 && min_insync > ISR_SIZE {
-                    return failed(index, ResponseError::NotEnoughReplicas.code());
-                }
-                let epoch = Epoch(state.leader_epoch(index));
-                let tp = TopicPartition::new(name, index);
-                match broker
-                    .engine
-                    .append(tp.clone(), records.to_vec(), AppendMode::Leader { epoch })
-                    .await
-                {
-                    Ok(info) => {
-                        if acks == -1 {
-                            // acks=all: wait for the high watermark to pass the
-                            // batch. On one node it is the log end, already past;
-                            // with followers this wait is where acks=all blocks.
-                            let wait = broker
-                                .engine
-                                .shard_for(&tp)
-                                .wait_for_append(tp.clone(), info.last_offset);
-                            match compio::time::timeout(ack_timeout, wait).await {
-                                Ok(Ok(_)) => {}
-                                Ok(Err(e)) => return failed(index, errors::code(&e)),
-                                Err(_) => {
-                                    return failed(index, ResponseError::RequestTimedOut.code())
-                                }
-                            }
-                        }
-                        let mut p = PartitionProduceResponse::default();
-                        p.index = index;
-                        p.base_offset = info.base_offset.0;
-                        p.log_append_time_ms = -1;
-                        if request.version >= 5 {
-                            p.log_start_offset = 0;
-                        }
-                        p
-                    }
-                    Err(e) => {
-                        debug!(partition = %tp, error = %e, "produce failed");
-                        failed(index, errors::code(&e))
-                    }
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(broker.config.min_insync_replicas.max(1) as usize);
+                if state.in_sync_replicas(index) < min_insync {
+                    answers.push(Some(failed(index, ResponseError::NotEnoughReplicas.code())));
+                    continue;
                 }
             }
-        });
-        let partitions = join_all(appends).await;
-        let mut topic_response = TopicProduceResponse::default();
-        topic_response.name = topic.name;
-        topic_response.partition_responses = partitions;
-        response.responses.push(topic_response);
+            answers.push(None);
+            let tp = TopicPartition::new(name, index);
+            let shard = broker.engine.shard_for(&tp).id();
+            by_shard.entry(shard).or_default().push(Append {
+                slot,
+                tp,
+                topic: state.clone(),
+                records,
+            });
+        }
     }
-    if acks == 0 {
+    let shards = by_shard.into_iter().map(|(shard, appends)| {
+        let handle = broker.engine.shards()[shard].clone();
+        let slots: Vec<(usize, i32)> = appends.iter().map(|a| (a.slot, a.tp.partition)).collect();
+        async move {
+            let done = handle
+                .run(move |local| Box::pin(append_all(local, terms, appends)))
+                .await;
+            match done {
+                Ok(done) => done,
+                Err(e) => slots
+                    .into_iter()
+                    .map(|(slot, index)| (slot, failed(index, errors::code(&e))))
+                    .collect(),
+            }
+        }
+    });
+    for (slot, answer) in join_all(shards).await.into_iter().flatten() {
+        answers[slot] = Some(answer);
+    }
+    if terms.acks == 0 {
         return Ok(None);
     }
+    let mut answers = answers.into_iter().zip(indexes);
+    for (name, count) in shape {
+        let mut topic_response = TopicProduceResponse::default();
+        topic_response.name = name;
+        topic_response.partition_responses = answers
+            .by_ref()
+            .take(count)
+            .map(|(answer, index)| {
+                // Every slot is answered above; this is a safe default only.
+                answer.unwrap_or_else(|| failed(index, ResponseError::UnknownServerError.code()))
+            })
+            .collect();
+        response.responses.push(topic_response);
+    }
     respond(request, &response)
+}
+
+/// On the owning shard: every append of the request to this shard's
+/// partitions, all queued at once so that they share the partitions'
+/// group commits.
+async fn append_all(
+    local: LocalShard,
+    terms: Terms,
+    appends: Vec<Append>,
+) -> Vec<(usize, PartitionProduceResponse)> {
+    let local = &local;
+    join_all(
+        appends
+            .into_iter()
+            .map(|a| async move { (a.slot, append_one(local, terms, a).await) }),
+    )
+    .await
+}
+
+async fn append_one(local: &LocalShard, terms: Terms, a: Append) -> PartitionProduceResponse {
+    let index = a.tp.partition;
+    let info = match partition::append(local, terms.me, &a.tp, &a.topic, a.records.to_vec()).await {
+        Ok(info) => info,
+        Err(e) => {
+            debug!(partition = %a.tp, error = %e, "produce failed");
+            return failed(index, errors::code(&e));
+        }
+    };
+    if terms.acks == -1 {
+        let wait =
+            partition::wait_for_high_watermark(local, terms.me, &a.tp, &a.topic, info.last_offset);
+        match compio::time::timeout(terms.ack_timeout, wait).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return failed(index, errors::code(&e)),
+            Err(_) => return failed(index, ResponseError::RequestTimedOut.code()),
+        }
+    }
+    let mut p = PartitionProduceResponse::default();
+    p.index = index;
+    p.base_offset = info.base_offset.0;
+    p.log_append_time_ms = -1;
+    if terms.version >= 5 {
+        p.log_start_offset = info.log_start_offset.0;
+    }
+    p
 }

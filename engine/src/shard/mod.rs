@@ -353,7 +353,21 @@ impl ShardHandle {
             // it `tx` is dropped and the caller sees the shard stopped.
             if let Some(here) = local() {
                 compio::runtime::spawn(async move {
-                    drop(tx.send(f(here).await));
+                    // A caller that goes away (a closed connection) cancels
+                    // the work instead of leaving it to run to the end.
+                    let mut tx = tx;
+                    let outcome = {
+                        let work = f(here);
+                        let cancelled = tx.cancellation();
+                        futures_util::pin_mut!(work, cancelled);
+                        match futures_util::future::select(work, cancelled).await {
+                            futures_util::future::Either::Left((outcome, _)) => Some(outcome),
+                            futures_util::future::Either::Right(_) => None,
+                        }
+                    };
+                    if let Some(outcome) = outcome {
+                        drop(tx.send(outcome));
+                    }
                 })
                 .detach();
             }

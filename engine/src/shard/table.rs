@@ -583,6 +583,11 @@ impl LocalShard {
         let (tx, rx) = oneshot::channel::<Result<R>>();
         let job: LocalLogJob = Box::new(move |log, now| {
             Box::pin(async move {
+                // Nobody waits any more (a fetch of a closed connection):
+                // skip the work rather than read for nobody.
+                if tx.is_canceled() {
+                    return;
+                }
                 drop(tx.send(f(log, now).await));
             })
         });
