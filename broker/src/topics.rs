@@ -14,8 +14,10 @@
 //! request, never on the engine's append or read path, and written only
 //! when the metadata changes.
 
+mod partition_metadata;
+
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures_channel::oneshot;
@@ -265,7 +267,8 @@ impl Topics {
 
     /// Start-up: opens every partition of the image the controller
     /// recovered, sets aside partition directories it does not know (left
-    /// by a deletion cut short, or by another cluster), and publishes.
+    /// by a deletion cut short, or by another cluster) or whose
+    /// `partition.metadata` names another topic id, and publishes.
     pub async fn load(&self, engine: &Engine, log_dir: &Path) -> Result<(), String> {
         let (index, image) = self.controller.published().get();
         let states = self.states_of(&image);
@@ -273,11 +276,12 @@ impl Topics {
             if states.get(&tp.topic).is_some_and(|s| s.has(tp.partition)) {
                 continue;
             }
-            set_aside(log_dir, &tp)?;
+            set_aside(log_dir, &tp, "the metadata log has no such partition")?;
         }
         for (name, state) in &states {
             for p in 0..state.partitions {
                 let tp = TopicPartition::new(name.clone(), p);
+                claim_dir(log_dir, &tp, state.id()).await?;
                 let report = engine
                     .open(tp.clone(), state.config.clone())
                     .await
@@ -326,6 +330,12 @@ impl Topics {
             };
             for p in opened_from..state.partitions {
                 let tp = TopicPartition::new(name.clone(), p);
+                if let Err(e) = claim_dir(&engine.config().data_dir, &tp, state.id()).await {
+                    // Not opened: requests get UNKNOWN_TOPIC_OR_PARTITION
+                    // rather than another topic's data.
+                    error!(partition = %tp, error = %e, "preparing a partition directory failed");
+                    continue;
+                }
                 match engine.open(tp.clone(), state.config.clone()).await {
                     Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
                     Err(e) => error!(partition = %tp, error = %e, "opening a partition failed"),
@@ -474,10 +484,45 @@ impl Topics {
     }
 }
 
-/// Renames a partition directory the metadata does not know to
+/// Makes `tp`'s directory topic `id`'s before its log is opened (see
+/// [`partition_metadata`]): a directory that names another topic is set
+/// aside and a fresh one created. Small blocking file calls, run off the
+/// shard's thread.
+async fn claim_dir(log_dir: &Path, tp: &TopicPartition, id: TopicId) -> Result<(), String> {
+    use partition_metadata::{claim, Claim};
+    let (log_dir, tp) = (log_dir.to_path_buf(), tp.clone());
+    let claimed = compio::runtime::spawn_blocking(move || {
+        let dir: PathBuf = log_dir.join(tp.dir_name());
+        let fail = |e: std::io::Error| {
+            format!(
+                "writing {}: {e}",
+                dir.join(partition_metadata::FILE_NAME).display()
+            )
+        };
+        match claim(&dir, id).map_err(fail)? {
+            Claim::Created | Claim::Matches => {}
+            Claim::Adopted => {
+                info!(partition = %tp, "wrote the topic id of a partition directory that had none")
+            }
+            Claim::Foreign(why) => {
+                set_aside(
+                    &log_dir,
+                    &tp,
+                    &format!("the directory is not this topic's: {why}"),
+                )?;
+                claim(&dir, id).map_err(fail)?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    claimed.unwrap_or_else(|_| Err("preparing the partition directory panicked".to_string()))
+}
+
+/// Renames a partition directory that must not be served (`why`) to
 /// `<dir>.<millis>.stray`, which is not a partition name, so its data is
 /// kept for an operator but never served or reused.
-fn set_aside(log_dir: &Path, tp: &TopicPartition) -> Result<(), String> {
+fn set_aside(log_dir: &Path, tp: &TopicPartition, why: &str) -> Result<(), String> {
     let from = log_dir.join(tp.to_string());
     let millis = sluice_engine::shard::now_ms();
     let to = log_dir.join(format!("{tp}.{millis}.stray"));
@@ -485,7 +530,7 @@ fn set_aside(log_dir: &Path, tp: &TopicPartition) -> Result<(), String> {
     warn!(
         partition = %tp,
         moved_to = %to.display(),
-        "the metadata log has no such partition; set its directory aside"
+        "{why}; set its directory aside"
     );
     Ok(())
 }
