@@ -129,3 +129,40 @@ fn a_partition_directory_without_a_topic_id_gets_one_and_keeps_its_data() {
         }
     }
 }
+
+#[test]
+fn a_new_topic_does_not_adopt_a_directory_of_another_topic_id_found_while_running() {
+    let broker = Broker::start();
+    let (input, _) = numbered("donor-", 5);
+    produce(&broker, "donor", &[], &input);
+    let data = broker.data_dir();
+
+    // A directory for a topic that does not exist yet, holding another
+    // topic's batches and id (left by a deletion whose removal failed, or
+    // copied in by hand), found when the topic is created.
+    let planted = data.join("newcomer-0");
+    fs::create_dir(&planted).unwrap();
+    for entry in fs::read_dir(data.join("donor-0")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "log") {
+            fs::copy(&path, planted.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let donor_id = topic_id_in(&data.join("donor-0"));
+    fs::write(
+        planted.join(FILE),
+        format!("version: 0\ntopic_id: {donor_id}\n"),
+    )
+    .unwrap();
+
+    // Metadata auto-creates the topic; the follower reconciles the image.
+    let (input, expected) = numbered("own-", 2);
+    produce(&broker, "newcomer", &[], &input);
+    let msgs = consume(&broker, "newcomer", &[]);
+    assert_eq!(values(&msgs), expected, "the topic served the planted data");
+    assert_eq!(msgs[0].offset, 0);
+    let strays = dirs_starting_with(&data, "newcomer-0.");
+    assert_eq!(strays.len(), 1, "no stray directory: {strays:?}");
+    assert_eq!(topic_id_in(&strays[0]), donor_id);
+    assert_ne!(topic_id_in(&planted), donor_id);
+}
