@@ -17,7 +17,7 @@
 mod partition_metadata;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures_channel::oneshot;
@@ -281,7 +281,7 @@ impl Topics {
         for (name, state) in &states {
             for p in 0..state.partitions {
                 let tp = TopicPartition::new(name.clone(), p);
-                claim_dir(log_dir, &tp, state.id()).await?;
+                partition_metadata::prepare(log_dir, &tp, state.id()).await?;
                 let report = engine
                     .open(tp.clone(), state.config.clone())
                     .await
@@ -330,7 +330,8 @@ impl Topics {
             };
             for p in opened_from..state.partitions {
                 let tp = TopicPartition::new(name.clone(), p);
-                if let Err(e) = claim_dir(&engine.config().data_dir, &tp, state.id()).await {
+                let log_dir = &engine.config().data_dir;
+                if let Err(e) = partition_metadata::prepare(log_dir, &tp, state.id()).await {
                     // Not opened: requests get UNKNOWN_TOPIC_OR_PARTITION
                     // rather than another topic's data.
                     error!(partition = %tp, error = %e, "preparing a partition directory failed");
@@ -482,41 +483,6 @@ impl Topics {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Makes `tp`'s directory topic `id`'s before its log is opened (see
-/// [`partition_metadata`]): a directory that names another topic is set
-/// aside and a fresh one created. Small blocking file calls, run off the
-/// shard's thread.
-async fn claim_dir(log_dir: &Path, tp: &TopicPartition, id: TopicId) -> Result<(), String> {
-    use partition_metadata::{claim, Claim};
-    let (log_dir, tp) = (log_dir.to_path_buf(), tp.clone());
-    let claimed = compio::runtime::spawn_blocking(move || {
-        let dir: PathBuf = log_dir.join(tp.dir_name());
-        let fail = |e: std::io::Error| {
-            format!(
-                "writing {}: {e}",
-                dir.join(partition_metadata::FILE_NAME).display()
-            )
-        };
-        match claim(&dir, id).map_err(fail)? {
-            Claim::Created | Claim::Matches => {}
-            Claim::Adopted => {
-                info!(partition = %tp, "wrote the topic id of a partition directory that had none")
-            }
-            Claim::Foreign(why) => {
-                set_aside(
-                    &log_dir,
-                    &tp,
-                    &format!("the directory is not this topic's: {why}"),
-                )?;
-                claim(&dir, id).map_err(fail)?;
-            }
-        }
-        Ok(())
-    })
-    .await;
-    claimed.unwrap_or_else(|_| Err("preparing the partition directory panicked".to_string()))
 }
 
 /// Renames a partition directory that must not be served (`why`) to

@@ -16,12 +16,15 @@
 //! The topic id is printed as Kafka prints a `Uuid`: its 16 bytes in
 //! URL-safe base64 without padding (22 characters).
 //!
-//! The parsing is pure; [`claim`] is the small I/O shell the topic layer
-//! calls before it opens a partition's log.
+//! The parsing is pure; [`claim`] is the small I/O shell, and [`prepare`]
+//! what the topic layer calls before it opens a partition's log.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
+
+use sluice_engine::TopicPartition;
+use tracing::info;
 
 use crate::controller::image::TopicId;
 
@@ -129,6 +132,34 @@ pub fn parse_topic_id(text: &str) -> Option<TopicId> {
         }
     }
     Some(bits.to_be_bytes())
+}
+
+/// Makes `tp`'s directory under `log_dir` topic `id`'s before its log is
+/// opened: creates it with its file, or adds the file to a directory that
+/// has none, or sets aside a directory that names another topic (or whose
+/// file cannot be read) and creates a fresh one. Small blocking file calls,
+/// run off the shard's thread.
+pub async fn prepare(log_dir: &Path, tp: &TopicPartition, id: TopicId) -> Result<(), String> {
+    let (log_dir, owned) = (log_dir.to_path_buf(), tp.clone());
+    let prepared = compio::runtime::spawn_blocking(move || {
+        let tp = owned;
+        let dir = log_dir.join(tp.dir_name());
+        let fail = |e: io::Error| format!("checking {}: {e}", dir.join(FILE_NAME).display());
+        match claim(&dir, id).map_err(fail)? {
+            Claim::Created | Claim::Matches => {}
+            Claim::Adopted => {
+                info!(partition = %tp, "wrote the topic id of a partition directory that had none")
+            }
+            Claim::Foreign(why) => {
+                let why = format!("the directory is not this topic's: {why}");
+                super::set_aside(&log_dir, &tp, &why)?;
+                claim(&dir, id).map_err(fail)?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    prepared.unwrap_or_else(|_| Err(format!("preparing the directory of {tp} panicked")))
 }
 
 /// What [`claim`] found in a partition directory.
