@@ -14,6 +14,8 @@
 //! request, never on the engine's append or read path, and written only
 //! when the metadata changes.
 
+mod partition_metadata;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -285,7 +287,8 @@ impl Topics {
 
     /// Start-up: opens every partition of the image the controller
     /// recovered, sets aside partition directories it does not know (left
-    /// by a deletion cut short, or by another cluster), and publishes.
+    /// by a deletion cut short, or by another cluster) or whose
+    /// `partition.metadata` names another topic id, and publishes.
     pub async fn load(&self, engine: &Engine, log_dir: &Path) -> Result<(), String> {
         let (index, image) = self.controller.published().get();
         let states = self.states_of(&image);
@@ -293,11 +296,12 @@ impl Topics {
             if states.get(&tp.topic).is_some_and(|s| s.has(tp.partition)) {
                 continue;
             }
-            set_aside(log_dir, &tp)?;
+            set_aside(log_dir, &tp, "the metadata log has no such partition")?;
         }
         for (name, state) in states.iter() {
             for p in 0..state.partitions {
                 let tp = TopicPartition::new(name.clone(), p);
+                partition_metadata::prepare(log_dir, &tp, state.id()).await?;
                 let report = engine
                     .open(tp.clone(), state.config.clone())
                     .await
@@ -346,6 +350,13 @@ impl Topics {
             };
             for p in opened_from..state.partitions {
                 let tp = TopicPartition::new(name.clone(), p);
+                let log_dir = &engine.config().data_dir;
+                if let Err(e) = partition_metadata::prepare(log_dir, &tp, state.id()).await {
+                    // Not opened: requests get UNKNOWN_TOPIC_OR_PARTITION
+                    // rather than another topic's data.
+                    error!(partition = %tp, error = %e, "preparing a partition directory failed");
+                    continue;
+                }
                 match engine.open(tp.clone(), state.config.clone()).await {
                     Ok(_) | Err(sluice_engine::Error::PartitionExists(_)) => {}
                     Err(e) => error!(partition = %tp, error = %e, "opening a partition failed"),
@@ -494,10 +505,10 @@ impl Topics {
     }
 }
 
-/// Renames a partition directory the metadata does not know to
+/// Renames a partition directory that must not be served (`why`) to
 /// `<dir>.<millis>.stray`, which is not a partition name, so its data is
 /// kept for an operator but never served or reused.
-fn set_aside(log_dir: &Path, tp: &TopicPartition) -> Result<(), String> {
+fn set_aside(log_dir: &Path, tp: &TopicPartition, why: &str) -> Result<(), String> {
     let from = log_dir.join(tp.to_string());
     let millis = sluice_engine::shard::now_ms();
     let to = log_dir.join(format!("{tp}.{millis}.stray"));
@@ -505,7 +516,7 @@ fn set_aside(log_dir: &Path, tp: &TopicPartition) -> Result<(), String> {
     warn!(
         partition = %tp,
         moved_to = %to.display(),
-        "the metadata log has no such partition; set its directory aside"
+        "{why}; set its directory aside"
     );
     Ok(())
 }

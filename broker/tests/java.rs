@@ -1,0 +1,166 @@
+//! Apache Kafka's Java client, the one most Kafka users run, against the
+//! `sluice` binary this build produced: broker/tests/java/JavaClientCheck.java
+//! is compiled with `javac` and run against a real broker.
+//!
+//! The client's jars (kafka-clients 3.9 with slf4j-api, lz4-java,
+//! snappy-java and zstd-jni) come from the PyPI wheel
+//! `shigawire-apache-flink-libraries`; `.ci/run` unpacks them into
+//! `$SLUICE_JAVA_CLIENTS`, by default `~/.cache/sluice/java-clients`
+//! (`$XDG_CACHE_HOME/sluice/java-clients` where that is set). Where Java or
+//! the jars are missing this test fails and says so.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Broker;
+
+const JARS: [&str; 5] = [
+    "kafka-clients",
+    "slf4j-api",
+    "lz4-java",
+    "snappy-java",
+    "zstd-jni",
+];
+/// Hard limit on the Java program (it takes a few seconds).
+const JAVA_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Where `.ci/run` puts the jars.
+fn jar_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_JAVA_CLIENTS") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("neither XDG_CACHE_HOME nor HOME is set");
+    cache.join("sluice").join("java-clients")
+}
+
+/// Panics with how to get Java and the jars unless both are there.
+fn require_java_and_jars(jars: &Path) {
+    let install = format!(
+        "the Java client test needs java and javac (17+) and the kafka-clients jars in {}; \
+         .ci/run installs them (it pip-downloads the wheel shigawire-apache-flink-libraries \
+         and unpacks pyflink/lib/{{{}}}.jar there)",
+        jars.display(),
+        JARS.join(",")
+    );
+    for tool in ["java", "javac"] {
+        let runs = Command::new(tool)
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(runs, "{tool} does not run: {install}");
+    }
+    for jar in JARS {
+        let path = jars.join(format!("{jar}.jar"));
+        assert!(path.is_file(), "{} is missing: {install}", path.display());
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `timeout`.
+fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut buf);
+        buf
+    });
+    let err = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            eprintln!("killed after {timeout:?}");
+            break status;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+#[test]
+fn java_client_produces_idempotently_and_a_consumer_group_reads_once_and_resumes() {
+    let jars = jar_dir();
+    require_java_and_jars(&jars);
+
+    let classes = tempfile::Builder::new()
+        .prefix("sluice-java-")
+        .tempdir()
+        .expect("temp dir");
+    let source = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/java/JavaClientCheck.java"
+    );
+    let mut javac = Command::new("javac");
+    javac
+        .arg("-d")
+        .arg(classes.path())
+        .arg("-cp")
+        .arg(jars.join("kafka-clients.jar"))
+        .arg(source);
+    let compiled = run_with_timeout(javac, JAVA_TIMEOUT);
+    assert!(
+        compiled.status.success(),
+        "javac failed:\n{}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+
+    // No initial rebalance delay: each consumer is a new group generation.
+    let mut broker = Broker::start_with(&[("group.initial.rebalance.delay.ms", "0")]);
+    let classpath = format!("{}:{}/*", classes.path().display(), jars.display());
+    let mut java = Command::new("java");
+    java.arg("-cp")
+        .arg(classpath)
+        .arg("JavaClientCheck")
+        .arg(broker.addr())
+        .arg("java-clients")
+        .arg("3")
+        .arg("1000");
+    let run = run_with_timeout(java, JAVA_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if !run.status.success() {
+        broker.fail(&format!(
+            "the Java client check failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            run.status
+        ));
+    }
+    for step in [
+        "created java-clients with 3 partitions",
+        "produced 1000 records to 3 partitions",
+        "consumed 1000 records once each",
+        "a second consumer in the group read only the 10 new records",
+    ] {
+        assert!(
+            stdout.contains(step),
+            "missing step {step:?}:\n{stdout}\n{stderr}"
+        );
+    }
+    broker.assert_running_after("the Java client check");
+}
