@@ -38,6 +38,15 @@ fn java_hash(s: &str) -> i32 {
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
 }
 
+/// Whether `topic` is the broker's own: clients read it, but deleting,
+/// re-partitioning or reconfiguring it is refused with INVALID_REQUEST.
+/// Kafka's broker allows those and leaves the refusal to its command-line
+/// tools; here every client gets it, because each of them loses or
+/// scrambles every group's committed offsets.
+pub fn is_internal(topic: &str) -> bool {
+    topic == TOPIC
+}
+
 pub fn partition_for(group: &str) -> i32 {
     (java_hash(group) & 0x7fff_ffff) % PARTITIONS
 }
