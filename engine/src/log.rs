@@ -1534,6 +1534,39 @@ impl Log {
         Ok(None)
     }
 
+    /// The header of the batch holding the largest timestamp in the log
+    /// (ListOffsets MAX_TIMESTAMP, KIP-734); the first such batch when
+    /// several share it, as Kafka picks the first segment and batch. `None`
+    /// for an empty log or one whose batches carry no timestamps. Records
+    /// are not decoded: the caller finds the record within the batch.
+    pub async fn max_timestamp_batch(&self) -> Result<Option<BatchHeader>> {
+        self.check_online()?;
+        let mut best: Option<&Segment> = None;
+        for seg in self.segments.values() {
+            if !seg.is_empty() && seg.max_timestamp > best.map_or(-1, |b| b.max_timestamp) {
+                best = Some(seg);
+            }
+        }
+        let Some(seg) = best else {
+            return Ok(None);
+        };
+        // The batch is at or after the indexed position of the offset the
+        // segment recorded; should that record be stale (a truncation keeps
+        // the time index's last entry), the whole segment is scanned.
+        let hinted = seg.index.lookup(seg.max_timestamp_offset).0;
+        for start in [hinted, 0] {
+            let mut pos = start;
+            let mut window = Window::new(&seg.file, seg.size, 64 * 1024);
+            while let Some(h) = window.header_at(pos, self.config.max_batch_bytes).await? {
+                if h.max_timestamp == seg.max_timestamp {
+                    return Ok(Some(h));
+                }
+                pos += h.total_len() as u64;
+            }
+        }
+        Ok(None)
+    }
+
     /// Flushes and checkpoints so the next open has nothing to recover.
     pub async fn close(mut self, now_ms: u64) -> Result<()> {
         if self.offline.is_some() {
