@@ -1338,20 +1338,29 @@ impl Log {
     }
 
     async fn truncate_inner(&mut self, offset: Offset, now_ms: u64) -> Result<()> {
-        let doomed: Vec<Offset> = self
+        let mut doomed: Vec<Offset> = self
             .segments
             .range(offset..)
             .map(|(b, _)| *b)
             .filter(|b| *b > self.log_start || offset <= self.log_start)
             .collect();
+        // When every segment goes, the last one stays in memory (its files
+        // removed) until its replacement exists: a log is never without an
+        // active segment, so `log_end_offset()` and the rest cannot panic
+        // if creating the replacement fails. The log then goes offline
+        // (the caller's `fail`) and serves nothing from the old segment.
+        let emptied = doomed.len() == self.segments.len();
+        let kept = if emptied { doomed.pop() } else { None };
         for base in doomed {
             if let Some(seg) = self.segments.remove(&base) {
                 seg.remove_files(&self.fs, &self.dir).await?;
             }
         }
-        if self.segments.is_empty() {
+        if let Some(old_base) = kept {
+            segment::remove_segment_files(&self.fs, &self.dir, old_base).await?;
             let start = offset.max(Offset::ZERO);
             let seg = Segment::create(&self.fs, &self.dir, start, &self.config, now_ms).await?;
+            self.segments.remove(&old_base);
             self.segments.insert(start, seg);
             self.log_start = start;
             self.persist_log_start().await?;

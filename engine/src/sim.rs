@@ -10,8 +10,8 @@
 //! remove) become durable only when their directory is synced; on a crash
 //! each unsynced entry independently keeps its old or its new state.
 //!
-//! Faults: writes can fail with EIO, a space limit produces short writes and
-//! ENOSPC, and fsync can fail with EIO. A failed fsync behaves as Linux does
+//! Faults: writes and file creations can fail with EIO, a space limit
+//! produces short writes and ENOSPC, and fsync can fail with EIO. A failed fsync behaves as Linux does
 //! after a writeback error: the unsynced writes stay readable but are dropped
 //! from what can ever become durable, so code that retries an fsync and
 //! carries on would lose data under [`SimFs::crash`] and be caught.
@@ -107,6 +107,7 @@ struct State {
     durable: BTreeMap<PathBuf, Entry>,
     fail_writes: bool,
     fail_syncs: bool,
+    fail_creates: bool,
     space_limit: Option<u64>,
     stats: SimStats,
 }
@@ -177,6 +178,9 @@ impl SimFs {
                 inode: u64::MAX,
             }),
             None if create => {
+                if st.fail_creates {
+                    return Err(eio("file creation"));
+                }
                 st.check_parent(path)?;
                 let inode = st.next_inode;
                 st.next_inode += 1;
@@ -282,6 +286,12 @@ impl SimFs {
     /// While set, every write fails with EIO and changes nothing.
     pub fn set_fail_writes(&self, fail: bool) {
         self.lock().fail_writes = fail;
+    }
+
+    /// While set, creating a file fails with EIO (opening an existing one
+    /// still works): a directory the filesystem can no longer extend.
+    pub fn set_fail_creates(&self, fail: bool) {
+        self.lock().fail_creates = fail;
     }
 
     /// While set, every fsync (file or directory) fails with EIO, and the

@@ -321,6 +321,52 @@ fn eio_on_write_takes_the_log_offline_and_reopening_recovers_it() {
 }
 
 #[test]
+fn a_truncation_whose_new_segment_cannot_be_created_takes_the_log_offline_without_a_panic() {
+    with_sim(async |sim| {
+        let config = LogConfig::default();
+        let (mut log, _) = open(&sim, &config).await;
+        log.append(common::batch(3, 10, 0), LEADER, NOW)
+            .await
+            .unwrap();
+        // Truncating to the log start removes every segment, so the log
+        // needs a new one, and creating it fails.
+        sim.set_fail_creates(true);
+        let err = log.truncate_to(Offset(0), NOW).await.unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(log.is_offline());
+        // Everything the shard asks of a log still answers: no panic on a
+        // log without an active segment.
+        let _ = log.log_end_offset();
+        let _ = log.log_start_offset();
+        let _ = log.size_bytes();
+        assert!(log.segment_count() >= 1);
+        assert!(matches!(
+            log.read(Offset(0), 100, None, true).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(matches!(
+            log.append(common::batch(1, 10, 0), LEADER, NOW).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(matches!(
+            log.truncate_to(Offset(0), NOW).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(log.close(NOW).await.is_err());
+        // Reopened once creation works again, the log is empty (the
+        // truncation removed its files) and takes appends.
+        sim.set_fail_creates(false);
+        let (mut log, _) = open(&sim, &config).await;
+        assert!(check_log(&log).await.is_empty());
+        let info = log
+            .append(common::batch(2, 10, 0), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, Offset(0));
+    });
+}
+
+#[test]
 fn eio_on_fsync_is_never_retried_and_never_acknowledged() {
     with_sim(async |sim| {
         let config = LogConfig {
