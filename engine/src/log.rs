@@ -42,6 +42,7 @@ use crate::epoch_cache::{self, EpochCache};
 use crate::error::{Error, Result};
 use crate::flush::FlushPolicy;
 use crate::io::Fs;
+use crate::io_warnings::{IoFailure, IoWarnLimiter, WARN_INTERVAL_MS};
 use crate::offset_index::OffsetIndex;
 use crate::producer_state::{BatchMeta, Check, ProducerState};
 use crate::segment::{self, ScanStop, Segment, Window};
@@ -211,6 +212,8 @@ pub struct Log {
     background_flushes: VecDeque<(Offset, JoinHandle<Result<()>>)>,
     /// Idempotent producers' recent batches, rebuilt from the log on open.
     producers: ProducerState,
+    /// Rate limit of the warnings for failed appends and flushes.
+    io_warnings: IoWarnLimiter,
 }
 
 impl Log {
@@ -266,6 +269,7 @@ impl Log {
             offline: None,
             background_flushes: VecDeque::new(),
             producers: ProducerState::default(),
+            io_warnings: IoWarnLimiter::default(),
         };
         let report = log.recover(&bases, recovery_point, now_ms).await?;
         log.rebuild_producer_state().await?;
@@ -743,6 +747,32 @@ impl Log {
         }
     }
 
+    /// Logs a failed append or flush of the active segment as a warning
+    /// naming the partition directory, the file and the error, at most once
+    /// per error kind every `WARN_INTERVAL_MS` (see [`crate::io_warnings`]):
+    /// a full disk fails every append, and the log line is how an operator
+    /// learns why producers time out.
+    fn warn_io(&mut self, what: &str, err: &Error, now_ms: u64) {
+        let Some(kind) = IoFailure::of(err) else {
+            return;
+        };
+        let Some(suppressed) = self.io_warnings.on_failure(kind, now_ms) else {
+            return;
+        };
+        let file = Segment::path(&self.dir, self.active().base, segment::LOG_SUFFIX);
+        let cause = std::error::Error::source(err).map(|c| c.to_string());
+        warn!(
+            dir = %self.dir.display(),
+            file = %file.display(),
+            error = %err,
+            cause = cause.as_deref().unwrap_or(""),
+            kind = ?kind,
+            suppressed,
+            "{what} failed (the next such warning for this partition in {} s at the earliest)",
+            WARN_INTERVAL_MS / 1000
+        );
+    }
+
     /// Takes the log offline after `err`, logging why, and returns `err`.
     fn fail(&mut self, err: Error) -> Error {
         if self.offline.is_none() {
@@ -1013,6 +1043,7 @@ impl Log {
         }
         if let Err(io_err) = written {
             let err = Error::io("appending to the active segment", io_err);
+            self.warn_io("an append", &err, now_ms);
             for &owner in &owners {
                 results[owner] = Err(err.clone());
             }
@@ -1136,7 +1167,9 @@ impl Log {
         }
         // Segments before the active one were flushed when they rolled.
         if let Err(e) = self.active().file.sync_data().await {
-            return Err(self.fail(Error::io("fsync of the active segment", e)));
+            let err = Error::io("fsync of the active segment", e);
+            self.warn_io("a flush", &err, now_ms);
+            return Err(self.fail(err));
         }
         self.flushed = end;
         self.policy.on_flushed();

@@ -136,9 +136,10 @@ fn not_found(path: &Path) -> io::Error {
     )
 }
 
-fn eio(what: &str) -> io::Error {
-    let err = io::Error::from_raw_os_error(libc::EIO);
-    io::Error::new(err.kind(), format!("sim: injected EIO on {what}: {err}"))
+/// EIO as the kernel reports it (a raw OS error), so code that sorts
+/// errors by errno sees the simulator's the way it sees the real ones.
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
 }
 
 /// The simulated filesystem. Cloning shares it.
@@ -179,7 +180,7 @@ impl SimFs {
             }),
             None if create => {
                 if st.fail_creates {
-                    return Err(eio("file creation"));
+                    return Err(eio());
                 }
                 st.check_parent(path)?;
                 let inode = st.next_inode;
@@ -249,7 +250,7 @@ impl SimFs {
     pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
         if st.fail_syncs {
-            return Err(eio("directory sync"));
+            return Err(eio());
         }
         st.stats.dir_syncs += 1;
         let children = |map: &BTreeMap<PathBuf, Entry>| -> Vec<(PathBuf, Entry)> {
@@ -417,7 +418,7 @@ impl SimFile {
     pub fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.with_inode(|st, id| {
             if st.fail_writes {
-                return Err(eio("write"));
+                return Err(eio());
             }
             st.stats.writes += 1;
             let mut len = buf.len();
@@ -478,7 +479,7 @@ impl SimFile {
             if fail {
                 // The kernel marks the pages clean after a failed writeback:
                 // these writes will never reach the disk.
-                return Err(eio("fsync"));
+                return Err(eio());
             }
             for op in &pending {
                 apply(&mut node.durable, op);
