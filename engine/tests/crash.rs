@@ -397,6 +397,57 @@ fn eio_on_fsync_is_never_retried_and_never_acknowledged() {
     });
 }
 
+/// A `tracing` writer that keeps what it is given, for asserting on log lines.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_disk_is_logged_once_a_minute_naming_the_partition_and_file() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        with_sim(async |sim| {
+            let (mut log, _) = open(&sim, &LogConfig::default()).await;
+            sim.set_space_limit(Some(sim.used_bytes() + 10));
+            let minute = sluice_engine::io_warnings::WARN_INTERVAL_MS;
+            for now in [NOW, NOW + 1, NOW + 2, NOW + minute] {
+                let err = log
+                    .append(common::batch(5, 100, 0), LEADER, now)
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+            }
+        });
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("an append failed"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(warnings[0].contains("dir=/data/t-0"), "{text}");
+    assert!(
+        warnings[0].contains("file=/data/t-0/00000000000000000000.log"),
+        "{text}"
+    );
+    assert!(warnings[0].contains("kind=NoSpace"), "{text}");
+    assert!(warnings[1].contains("suppressed=2"), "{text}");
+}
+
 #[test]
 fn enospc_fails_the_append_keeps_the_log_consistent_and_appends_resume() {
     with_sim(async |sim| {
