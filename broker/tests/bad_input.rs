@@ -782,7 +782,7 @@ fn committed_offset(broker: &Broker, group: &str, topic: &str) -> i64 {
 
 /// A commit record batch exactly as the broker writes one.
 fn offsets_batch(group: &str, topic: &str, offset: i64) -> Vec<u8> {
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
+    use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
     use sluice_broker::groups::coordinator::Committed;
     use sluice_broker::groups::offsets_topic::{encode_key, encode_value};
     let value = encode_value(&Committed {
