@@ -20,6 +20,7 @@ use kafka_protocol::records::{
 
 use common::raw::*;
 use common::{produce, Broker};
+use kafka_protocol::protocol::StrBytes;
 
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
 
@@ -143,6 +144,52 @@ fn a_retried_idempotent_batch_gets_its_original_offset_and_is_stored_once() {
     assert_eq!(gap.error_code, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
     let next = send(&mut s, 5, 1);
     assert_eq!((next.error_code, next.base_offset), (0, 2));
+}
+
+#[test]
+fn transactional_requests_are_refused_at_once_with_a_fatal_code() {
+    use kafka_protocol::messages::{FindCoordinatorRequest, TransactionalId};
+    const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    let broker = Broker::start();
+    let mut s = connect(&broker.addr());
+    let init = call(
+        &mut s,
+        &broker,
+        4,
+        1,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    assert_eq!(init.producer_id, ProducerId(-1));
+    // FindCoordinator for a transaction coordinator, before and after the
+    // batched form (v4); a group coordinator is still found.
+    let find = |version: i16, key_type: i8| {
+        let mut req = FindCoordinatorRequest::default().with_key_type(key_type);
+        if version >= 4 {
+            req = req.with_coordinator_keys(vec![StrBytes::from_static_str("tx")]);
+        } else {
+            req = req.with_key(StrBytes::from_static_str("tx"));
+        }
+        call(&mut connect(&broker.addr()), &broker, version, 2, &req)
+    };
+    let old = find(3, 1);
+    assert_eq!(old.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    let message = old.error_message.map(|m| m.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("transactions are not supported"),
+        "{message}"
+    );
+    let batched = find(4, 1);
+    assert_eq!(
+        batched.coordinators[0].error_code,
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    );
+    assert_eq!(find(4, 0).coordinators[0].error_code, 0);
+    assert!(broker.stderr().contains("InitProducerId refused"));
 }
 
 #[test]

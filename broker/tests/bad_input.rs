@@ -744,3 +744,140 @@ fn mutated_valid_requests_are_answered_or_closed() {
     }
     finish(broker);
 }
+
+// ---------------------------------------------------------------------------
+// An undecodable batch in __consumer_offsets
+
+/// A standalone OffsetCommit (no member, generation -1) of one offset.
+fn commit_offset(broker: &Broker, group: &str, topic: &str, offset: i64) {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{GroupId, OffsetCommitRequest};
+    let req = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(offset)])]);
+    let resp = call(&mut connect(&broker.addr()), broker, 8, 1, &req);
+    assert_eq!(resp.topics[0].partitions[0].error_code, 0, "{resp:?}");
+}
+
+/// The committed offset of `group` for partition 0 of `topic` (-1: none).
+fn committed_offset(broker: &Broker, group: &str, topic: &str) -> i64 {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest};
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(topic_name(topic))
+            .with_partition_indexes(vec![0])]));
+    let resp = call(&mut connect(&broker.addr()), broker, 5, 1, &req);
+    assert_eq!(resp.error_code, 0, "{resp:?}");
+    resp.topics[0].partitions[0].committed_offset
+}
+
+/// A commit record batch exactly as the broker writes one.
+fn offsets_batch(group: &str, topic: &str, offset: i64) -> Vec<u8> {
+    use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
+    use sluice_broker::groups::coordinator::Committed;
+    use sluice_broker::groups::offsets_topic::{encode_key, encode_value};
+    let value = encode_value(&Committed {
+        offset,
+        leader_epoch: 0,
+        metadata: String::new(),
+        commit_timestamp_ms: 1,
+    });
+    let mut record = records(&["x"]).remove(0);
+    record.key = Some(encode_key(group, topic, 0));
+    record.value = Some(value);
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.to_vec()
+}
+
+#[test]
+fn an_undecodable_offsets_batch_is_skipped_at_start_and_the_other_offsets_load() {
+    use sluice_broker::groups::offsets_topic::{partition_for, TOPIC};
+    use sluice_engine::{io::Fs, AppendMode, Epoch, Log, LogConfig, TopicPartition};
+
+    let mut broker = Broker::start();
+    produce(&broker, "orders", &[], b"a\nb\nc\n");
+    commit_offset(&broker, "before", "orders", 2);
+    // A second group whose offsets live in the same partition, committed
+    // after the bad batches.
+    let partition = partition_for("before");
+    let after = (0..)
+        .map(|i| format!("after-{i}"))
+        .find(|g| partition_for(g) == partition)
+        .unwrap();
+    broker.stop();
+
+    // Plant the bad batches with the engine itself, as a broker of an older
+    // version (which let clients produce to the topic) could have stored
+    // them: valid CRCs, so the engine serves them; contents no decoder takes.
+    let dir = broker
+        .data_dir()
+        .join(TopicPartition::new(TOPIC, partition).dir_name());
+    let mut unknown_codec = offsets_batch("lost", "orders", 1);
+    sluice_engine::batch::set_compression_id(&mut unknown_codec, 6).unwrap();
+    let mut garbage = offsets_batch("lost", "orders", 1);
+    let end = garbage.len();
+    garbage[sluice_engine::batch::HEADER_LEN..end].fill(0xff);
+    sluice_engine::batch::reseal(&mut garbage).unwrap();
+    let planted = compio::runtime::Runtime::new().unwrap().block_on(async {
+        let now = sluice_engine::shard::now_ms();
+        let (mut log, _) = Log::open(Fs::Os, dir, LogConfig::default(), now)
+            .await
+            .expect("open the offsets partition");
+        let mut bases = Vec::new();
+        for batch in [unknown_codec, garbage, offsets_batch(&after, "orders", 3)] {
+            let info = log
+                .append(batch, AppendMode::Leader { epoch: Epoch(0) }, now)
+                .await
+                .expect("append");
+            bases.push(info.base_offset.0);
+        }
+        log.close(now).await.expect("close");
+        bases
+    });
+
+    broker.start_again();
+    assert_still_serving(&mut broker, "loading offsets with undecodable batches");
+    assert_eq!(committed_offset(&broker, "before", "orders"), 2);
+    assert_eq!(committed_offset(&broker, &after, "orders"), 3);
+    // Without colour codes, which split `offset=1` in a terminal's log.
+    let mut stderr = String::new();
+    let mut in_escape = false;
+    for c in broker.stderr().chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (false, c) => stderr.push(c),
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    for base in &planted[..2] {
+        let named = stderr.lines().any(|l| {
+            l.contains("does not decode")
+                && l.contains(&format!("{TOPIC}-{partition}"))
+                && l.contains(&format!("offset={base}"))
+        });
+        assert!(
+            named,
+            "no warning names {TOPIC}-{partition} at offset {base}:\n{stderr}"
+        );
+    }
+    finish(broker);
+}

@@ -312,6 +312,49 @@ pub fn patch(batch: &mut [u8], base_offset: i64, leader_epoch: i32) -> Result<()
     Ok(())
 }
 
+/// Stores a fresh CRC-32C over the CRC-covered bytes of the batch at the
+/// start of `batch`. For tests and tools that edit those bytes on purpose to
+/// build hostile input the engine must carry (garbage records behind a valid
+/// CRC); the engine itself never rewrites a CRC.
+///
+/// # Errors
+///
+/// [`BatchError::Truncated`] if `batch` is shorter than its header says.
+pub fn reseal(batch: &mut [u8]) -> Result<(), BatchError> {
+    let header = parse_frame(batch, usize::MAX)?;
+    let end = header.total_len();
+    let covered = batch
+        .get(CRC_COVERED_FROM..end)
+        .ok_or(BatchError::Truncated {
+            needed: end,
+            available: batch.len(),
+        })?;
+    let crc = crc32c::crc32c(covered);
+    write_field(batch, CRC_AT, crc.to_be_bytes()).ok_or(BatchError::Truncated {
+        needed: HEADER_LEN,
+        available: batch.len(),
+    })
+}
+
+/// Sets the compression codec id (attributes bits 0–2) of the batch at the
+/// start of `batch` and reseals it: a batch with a codec Kafka never
+/// assigned (5–7) is valid to the engine, which does not decompress, and
+/// must be refused by whoever decodes it. For tests and tools.
+///
+/// # Errors
+///
+/// As [`reseal`].
+pub fn set_compression_id(batch: &mut [u8], id: u8) -> Result<(), BatchError> {
+    let at = ATTRIBUTES_AT + 1;
+    let truncated = BatchError::Truncated {
+        needed: HEADER_LEN,
+        available: batch.len(),
+    };
+    let low = batch.get_mut(at).ok_or(truncated)?;
+    *low = (*low & !0b111) | (id & 0b111);
+    reseal(batch)
+}
+
 /// Iterates over concatenated batches in `buf`, validating each fully (CRC
 /// included).
 ///

@@ -17,6 +17,8 @@
 //!   owning a disjoint set of partitions; group commit.
 //! - [`io`]: the files the log uses: the real filesystem through compio, or
 //!   the crash simulator.
+//! - [`io_warnings`]: the rate limit of warnings for failed appends and
+//!   flushes. (pure)
 //! - [`sim`]: the crash-simulating filesystem with fault injection.
 //! - [`types`], [`error`]: newtypes for offsets and epochs; the error type.
 
@@ -26,6 +28,7 @@ pub mod epoch_cache;
 pub mod error;
 pub mod flush;
 pub mod io;
+pub mod io_warnings;
 pub mod log;
 pub mod offset_index;
 pub mod producer_state;

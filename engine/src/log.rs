@@ -42,6 +42,7 @@ use crate::epoch_cache::{self, EpochCache};
 use crate::error::{Error, Result};
 use crate::flush::FlushPolicy;
 use crate::io::Fs;
+use crate::io_warnings::{IoFailure, IoWarnLimiter, WARN_INTERVAL_MS};
 use crate::offset_index::OffsetIndex;
 use crate::producer_state::{BatchMeta, Check, ProducerState};
 use crate::segment::{self, ScanStop, Segment, Window};
@@ -215,6 +216,8 @@ pub struct Log {
     background_flushes: VecDeque<(Offset, JoinHandle<Result<()>>)>,
     /// Idempotent producers' recent batches, rebuilt from the log on open.
     producers: ProducerState,
+    /// Rate limit of the warnings for failed appends and flushes.
+    io_warnings: IoWarnLimiter,
 }
 
 impl Log {
@@ -270,6 +273,7 @@ impl Log {
             offline: None,
             background_flushes: VecDeque::new(),
             producers: ProducerState::default(),
+            io_warnings: IoWarnLimiter::default(),
         };
         let report = log.recover(&bases, recovery_point, now_ms).await?;
         log.rebuild_producer_state().await?;
@@ -747,6 +751,32 @@ impl Log {
         }
     }
 
+    /// Logs a failed append or flush of the active segment as a warning
+    /// naming the partition directory, the file and the error, at most once
+    /// per error kind every `WARN_INTERVAL_MS` (see [`crate::io_warnings`]):
+    /// a full disk fails every append, and the log line is how an operator
+    /// learns why producers time out.
+    fn warn_io(&mut self, what: &str, err: &Error, now_ms: u64) {
+        let Some(kind) = IoFailure::of(err) else {
+            return;
+        };
+        let Some(suppressed) = self.io_warnings.on_failure(kind, now_ms) else {
+            return;
+        };
+        let file = Segment::path(&self.dir, self.active().base, segment::LOG_SUFFIX);
+        let cause = std::error::Error::source(err).map(|c| c.to_string());
+        warn!(
+            dir = %self.dir.display(),
+            file = %file.display(),
+            error = %err,
+            cause = cause.as_deref().unwrap_or(""),
+            kind = ?kind,
+            suppressed,
+            "{what} failed (the next such warning for this partition in {} s at the earliest)",
+            WARN_INTERVAL_MS / 1000
+        );
+    }
+
     /// Takes the log offline after `err`, logging why, and returns `err`.
     fn fail(&mut self, err: Error) -> Error {
         if self.offline.is_none() {
@@ -1019,6 +1049,7 @@ impl Log {
         }
         if let Err(io_err) = written {
             let err = Error::io("appending to the active segment", io_err);
+            self.warn_io("an append", &err, now_ms);
             for &owner in &owners {
                 results[owner] = Err(err.clone());
             }
@@ -1142,7 +1173,9 @@ impl Log {
         }
         // Segments before the active one were flushed when they rolled.
         if let Err(e) = self.active().file.sync_data().await {
-            return Err(self.fail(Error::io("fsync of the active segment", e)));
+            let err = Error::io("fsync of the active segment", e);
+            self.warn_io("a flush", &err, now_ms);
+            return Err(self.fail(err));
         }
         self.flushed = end;
         self.policy.on_flushed();
@@ -1348,20 +1381,29 @@ impl Log {
     }
 
     async fn truncate_inner(&mut self, offset: Offset, now_ms: u64) -> Result<()> {
-        let doomed: Vec<Offset> = self
+        let mut doomed: Vec<Offset> = self
             .segments
             .range(offset..)
             .map(|(b, _)| *b)
             .filter(|b| *b > self.log_start || offset <= self.log_start)
             .collect();
+        // When every segment goes, the last one stays in memory (its files
+        // removed) until its replacement exists: a log is never without an
+        // active segment, so `log_end_offset()` and the rest cannot panic
+        // if creating the replacement fails. The log then goes offline
+        // (the caller's `fail`) and serves nothing from the old segment.
+        let emptied = doomed.len() == self.segments.len();
+        let kept = if emptied { doomed.pop() } else { None };
         for base in doomed {
             if let Some(seg) = self.segments.remove(&base) {
                 seg.remove_files(&self.fs, &self.dir).await?;
             }
         }
-        if self.segments.is_empty() {
+        if let Some(old_base) = kept {
+            segment::remove_segment_files(&self.fs, &self.dir, old_base).await?;
             let start = offset.max(Offset::ZERO);
             let seg = Segment::create(&self.fs, &self.dir, start, &self.config, now_ms).await?;
+            self.segments.remove(&old_base);
             self.segments.insert(start, seg);
             self.log_start = start;
             self.persist_log_start().await?;
@@ -1537,6 +1579,39 @@ impl Log {
                 if h.max_timestamp >= timestamp && h.last_offset() >= self.log_start.0 {
                     let offset = Offset(h.base_offset).max(self.log_start);
                     return Ok(Some((offset, h.max_timestamp)));
+                }
+                pos += h.total_len() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The header of the batch holding the largest timestamp in the log
+    /// (ListOffsets MAX_TIMESTAMP, KIP-734); the first such batch when
+    /// several share it, as Kafka picks the first segment and batch. `None`
+    /// for an empty log or one whose batches carry no timestamps. Records
+    /// are not decoded: the caller finds the record within the batch.
+    pub async fn max_timestamp_batch(&self) -> Result<Option<BatchHeader>> {
+        self.check_online()?;
+        let mut best: Option<&Segment> = None;
+        for seg in self.segments.values() {
+            if !seg.is_empty() && seg.max_timestamp > best.map_or(-1, |b| b.max_timestamp) {
+                best = Some(seg);
+            }
+        }
+        let Some(seg) = best else {
+            return Ok(None);
+        };
+        // The batch is at or after the indexed position of the offset the
+        // segment recorded; should that record be stale (a truncation keeps
+        // the time index's last entry), the whole segment is scanned.
+        let hinted = seg.index.lookup(seg.max_timestamp_offset).0;
+        for start in [hinted, 0] {
+            let mut pos = start;
+            let mut window = Window::new(&seg.file, seg.size, 64 * 1024);
+            while let Some(h) = window.header_at(pos, self.config.max_batch_bytes).await? {
+                if h.max_timestamp == seg.max_timestamp {
+                    return Ok(Some(h));
                 }
                 pos += h.total_len() as u64;
             }

@@ -10,8 +10,8 @@
 //! remove) become durable only when their directory is synced; on a crash
 //! each unsynced entry independently keeps its old or its new state.
 //!
-//! Faults: writes can fail with EIO, a space limit produces short writes and
-//! ENOSPC, and fsync can fail with EIO. A failed fsync behaves as Linux does
+//! Faults: writes and file creations can fail with EIO, a space limit
+//! produces short writes and ENOSPC, and fsync can fail with EIO. A failed fsync behaves as Linux does
 //! after a writeback error: the unsynced writes stay readable but are dropped
 //! from what can ever become durable, so code that retries an fsync and
 //! carries on would lose data under [`SimFs::crash`] and be caught.
@@ -107,6 +107,7 @@ struct State {
     durable: BTreeMap<PathBuf, Entry>,
     fail_writes: bool,
     fail_syncs: bool,
+    fail_creates: bool,
     space_limit: Option<u64>,
     stats: SimStats,
     stalls: Vec<Stall>,
@@ -136,9 +137,10 @@ fn not_found(path: &Path) -> io::Error {
     )
 }
 
-fn eio(what: &str) -> io::Error {
-    let err = io::Error::from_raw_os_error(libc::EIO);
-    io::Error::new(err.kind(), format!("sim: injected EIO on {what}: {err}"))
+/// EIO as the kernel reports it (a raw OS error), so code that sorts
+/// errors by errno sees the simulator's the way it sees the real ones.
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
 }
 
 /// The simulated filesystem. Cloning shares it.
@@ -213,6 +215,9 @@ impl SimFs {
                 path: path.to_path_buf(),
             }),
             None if create => {
+                if st.fail_creates {
+                    return Err(eio());
+                }
                 st.check_parent(path)?;
                 let inode = st.next_inode;
                 st.next_inode += 1;
@@ -282,7 +287,7 @@ impl SimFs {
     pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
         if st.fail_syncs {
-            return Err(eio("directory sync"));
+            return Err(eio());
         }
         st.stats.dir_syncs += 1;
         let children = |map: &BTreeMap<PathBuf, Entry>| -> Vec<(PathBuf, Entry)> {
@@ -337,6 +342,12 @@ impl SimFs {
 
     pub fn set_fail_writes(&self, fail: bool) {
         self.lock().fail_writes = fail;
+    }
+
+    /// While set, creating a file fails with EIO (opening an existing one
+    /// still works): a directory the filesystem can no longer extend.
+    pub fn set_fail_creates(&self, fail: bool) {
+        self.lock().fail_creates = fail;
     }
 
     /// While set, every fsync (file or directory) fails with EIO, and the
@@ -462,7 +473,7 @@ impl SimFile {
     pub fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         self.with_inode(|st, id| {
             if st.fail_writes {
-                return Err(eio("write"));
+                return Err(eio());
             }
             st.stats.writes += 1;
             let mut len = buf.len();
@@ -540,7 +551,7 @@ impl SimFile {
             if fail {
                 // The kernel marks the pages clean after a failed writeback:
                 // these writes will never reach the disk.
-                return Err(eio("fsync"));
+                return Err(eio());
             }
             for op in &pending {
                 apply(&mut node.durable, op);

@@ -321,6 +321,52 @@ fn eio_on_write_takes_the_log_offline_and_reopening_recovers_it() {
 }
 
 #[test]
+fn a_truncation_whose_new_segment_cannot_be_created_takes_the_log_offline_without_a_panic() {
+    with_sim(async |sim| {
+        let config = LogConfig::default();
+        let (mut log, _) = open(&sim, &config).await;
+        log.append(common::batch(3, 10, 0), LEADER, NOW)
+            .await
+            .unwrap();
+        // Truncating to the log start removes every segment, so the log
+        // needs a new one, and creating it fails.
+        sim.set_fail_creates(true);
+        let err = log.truncate_to(Offset(0), NOW).await.unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(log.is_offline());
+        // Everything the shard asks of a log still answers: no panic on a
+        // log without an active segment.
+        let _ = log.log_end_offset();
+        let _ = log.log_start_offset();
+        let _ = log.size_bytes();
+        assert!(log.segment_count() >= 1);
+        assert!(matches!(
+            log.read(Offset(0), 100, None, true).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(matches!(
+            log.append(common::batch(1, 10, 0), LEADER, NOW).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(matches!(
+            log.truncate_to(Offset(0), NOW).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(log.close(NOW).await.is_err());
+        // Reopened once creation works again, the log is empty (the
+        // truncation removed its files) and takes appends.
+        sim.set_fail_creates(false);
+        let (mut log, _) = open(&sim, &config).await;
+        assert!(check_log(&log).await.is_empty());
+        let info = log
+            .append(common::batch(2, 10, 0), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, Offset(0));
+    });
+}
+
+#[test]
 fn eio_on_fsync_is_never_retried_and_never_acknowledged() {
     with_sim(async |sim| {
         let config = LogConfig {
@@ -349,6 +395,57 @@ fn eio_on_fsync_is_never_retried_and_never_acknowledged() {
             assert_eq!(without_offsets(&stored[0].1), without_offsets(&kept));
         }
     });
+}
+
+/// A `tracing` writer that keeps what it is given, for asserting on log lines.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_disk_is_logged_once_a_minute_naming_the_partition_and_file() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        with_sim(async |sim| {
+            let (mut log, _) = open(&sim, &LogConfig::default()).await;
+            sim.set_space_limit(Some(sim.used_bytes() + 10));
+            let minute = sluice_engine::io_warnings::WARN_INTERVAL_MS;
+            for now in [NOW, NOW + 1, NOW + 2, NOW + minute] {
+                let err = log
+                    .append(common::batch(5, 100, 0), LEADER, now)
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+            }
+        });
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("an append failed"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(warnings[0].contains("dir=/data/t-0"), "{text}");
+    assert!(
+        warnings[0].contains("file=/data/t-0/00000000000000000000.log"),
+        "{text}"
+    );
+    assert!(warnings[0].contains("kind=NoSpace"), "{text}");
+    assert!(warnings[1].contains("suppressed=2"), "{text}");
 }
 
 #[test]

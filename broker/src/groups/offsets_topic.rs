@@ -22,7 +22,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, RecordSet,
+    TimestampType,
 };
 use sluice_engine::{AppendMode, Engine, Epoch, Offset, TopicPartition};
 
@@ -36,6 +37,15 @@ pub const PARTITIONS: i32 = 50;
 fn java_hash(s: &str) -> i32 {
     s.encode_utf16()
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// Whether `topic` is the broker's own: clients read it, but deleting,
+/// re-partitioning or reconfiguring it is refused with INVALID_REQUEST.
+/// Kafka's broker allows those and leaves the refusal to its command-line
+/// tools; here every client gets it, because each of them loses or
+/// scrambles every group's committed offsets.
+pub fn is_internal(topic: &str) -> bool {
+    topic == TOPIC
 }
 
 pub fn partition_for(group: &str) -> i32 {
@@ -350,10 +360,7 @@ impl OffsetStore {
                 if read.records.is_empty() {
                     break;
                 }
-                let mut bytes = read.records;
-                let sets = RecordBatchDecoder::decode_all(&mut bytes)
-                    .map_err(|e| format!("decoding {tp}: {e}"))?;
-                for set in sets {
+                for set in decode_batches(&tp, read.records) {
                     for record in set.records {
                         let Some((group, topic, partition)) = record.key.and_then(decode_key)
                         else {
@@ -373,6 +380,39 @@ impl OffsetStore {
     }
 }
 
+/// Decodes the batches the engine read from `tp`, one at a time. A batch
+/// that does not decode (a codec the decoder does not know, garbage records
+/// behind a valid CRC: the engine checks only the CRC) is skipped with one
+/// warning naming the partition and its offset, and the others still load:
+/// one bad batch must not keep the broker from starting, nor cost the other
+/// groups their offsets.
+fn decode_batches(tp: &TopicPartition, bytes: Bytes) -> Vec<RecordSet> {
+    let mut sets = Vec::new();
+    let mut batches = sluice_engine::batch::batches(&bytes, usize::MAX);
+    for item in batches.by_ref() {
+        let (header, position) = match item {
+            Ok(found) => found,
+            Err(e) => {
+                // The engine validated every batch it stored, so this is a
+                // read that changed under us; nothing after it can be framed.
+                tracing::warn!(partition = %tp, error = %e, "skipping the rest of a read of {TOPIC}: its batches cannot be framed");
+                break;
+            }
+        };
+        let mut one = bytes.slice(position..position + header.total_len());
+        match RecordBatchDecoder::decode(&mut one) {
+            Ok(set) => sets.push(set),
+            Err(e) => tracing::warn!(
+                partition = %tp,
+                offset = header.base_offset,
+                error = %e,
+                "skipping a batch of {TOPIC} that does not decode; the committed offsets it held are lost"
+            ),
+        }
+    }
+    sets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +424,49 @@ mod tests {
         assert_eq!(java_hash("my-group"), -1_906_497_762);
         assert_eq!(partition_for("my-group"), 36);
         assert!((0..50).contains(&partition_for("\u{7fff}weird")));
+    }
+
+    fn commit_batch(group: &str, offset: i64) -> Vec<u8> {
+        let c = Committed {
+            offset,
+            leader_epoch: 0,
+            metadata: String::new(),
+            commit_timestamp_ms: 1,
+        };
+        let record = OffsetStore::record(encode_key(group, "t", 0), Some(encode_value(&c)), 0, 1);
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn a_batch_that_does_not_decode_is_skipped_and_the_others_load() {
+        let mut unknown_codec = commit_batch("lost", 1);
+        sluice_engine::batch::set_compression_id(&mut unknown_codec, 7).unwrap();
+        let mut garbage = commit_batch("lost", 2);
+        let end = garbage.len();
+        garbage[sluice_engine::batch::HEADER_LEN..end].fill(0xff);
+        sluice_engine::batch::reseal(&mut garbage).unwrap();
+        let mut bytes = commit_batch("a", 10);
+        bytes.extend(unknown_codec);
+        bytes.extend(garbage);
+        bytes.extend(commit_batch("b", 20));
+        let sets = decode_batches(&TopicPartition::new(TOPIC, 0), Bytes::from(bytes));
+        let groups: Vec<_> = sets
+            .into_iter()
+            .flat_map(|s| s.records)
+            .filter_map(|r| r.key.and_then(decode_key))
+            .map(|(group, _, _)| group)
+            .collect();
+        assert_eq!(groups, ["a", "b"]);
     }
 
     #[test]

@@ -1,16 +1,26 @@
 //! IncrementalAlterConfigs: SET and DELETE of topic settings, validated as
 //! a whole before anything changes, then recorded in the metadata log and
 //! applied to the running logs. An invalid value gets INVALID_CONFIG and changes nothing.
+//! The broker's internal topic (`__consumer_offsets`) is refused with
+//! INVALID_REQUEST: its settings are the broker's.
 
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 use kafka_protocol::ResponseError;
+use tracing::warn;
 
 use super::create_topics::error_for;
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{respond, str_bytes, Reply};
 use crate::codec::{decode_body, Request};
+use crate::groups::offsets_topic;
 use crate::Broker;
+
+/// Why reconfiguring the offsets topic is refused (the error message
+/// clients see).
+const ALTER_INTERNAL: &str = "__consumer_offsets is the broker's internal topic: its settings \
+     are the broker's (a retention or segment change could delete every consumer group's \
+     committed offsets)";
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
@@ -30,6 +40,9 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 ResponseError::InvalidRequest,
                 "only topic settings can be altered on this broker".into(),
             ))
+        } else if offsets_topic::is_internal(&name) {
+            warn!(topic = %name, "IncrementalAlterConfigs refused: {ALTER_INTERNAL}");
+            Err((ResponseError::InvalidRequest, ALTER_INTERNAL.to_string()))
         } else {
             match broker.topics.get(&name) {
                 None => Err((

@@ -1,11 +1,13 @@
 //! InitProducerId for idempotent producers: a new producer id at epoch 0,
 //! or (v3+, KIP-360) the same id with its epoch bumped. Transactions are
-//! not implemented: a transactional id gets INVALID_REQUEST.
+//! not implemented: a transactional id gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+//! at once (see [`super::find_coordinator::NO_TRANSACTIONS`] for why that code).
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
 use tracing::{error, warn};
 
+use super::find_coordinator::NO_TRANSACTIONS;
 use super::{respond, Reply};
 use crate::codec::{decode_body, Request};
 use crate::Broker;
@@ -15,13 +17,11 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
-    if body
-        .transactional_id
-        .as_ref()
-        .is_some_and(|t| !t.0.is_empty())
-    {
-        warn!("InitProducerId with a transactional id: transactions are not supported yet");
-        response.error_code = ResponseError::InvalidRequest.code();
+    if let Some(id) = body.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
+        // The response has no message field: the log line is the only
+        // place that says why.
+        warn!(transactional_id = %id.0.as_str(), "InitProducerId refused: {NO_TRANSACTIONS}");
+        response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
         return respond(request, &response);
     }
     let bump =

@@ -1,11 +1,15 @@
-//! ListOffsets: the earliest (-2) or latest (-1) offset, or the first batch
-//! at or after a timestamp.
+//! ListOffsets: the earliest (-2) or latest (-1) offset, the record with the
+//! largest timestamp (-3, KIP-734, v7), or the first batch at or after a
+//! timestamp.
 
+use bytes::Bytes;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
 use kafka_protocol::ResponseError;
+use sluice_engine::{Log, Offset};
 
 use super::{respond, Reply};
 use crate::codec::{decode_body, Request};
@@ -13,6 +17,42 @@ use crate::{errors, Broker};
 
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
+/// KIP-734: the record with the largest timestamp.
+const MAX_TIMESTAMP: i64 = -3;
+
+/// The offset and timestamp of the first record holding the log's largest
+/// timestamp, and its batch's leader epoch. The engine finds the batch from
+/// its header; the record within it is found by decoding the batch here, as
+/// Kafka does (`RecordBatch.offsetOfMaxTimestamp`). A batch that does not
+/// decode (an unknown codec) answers with its first offset, the batch
+/// granularity of timestamp lookups.
+async fn max_timestamp(log: &Log) -> sluice_engine::Result<Option<(Offset, i64, i32)>> {
+    let Some(header) = log.max_timestamp_batch().await? else {
+        return Ok(None);
+    };
+    let ts = header.max_timestamp;
+    let epoch = header.partition_leader_epoch;
+    let base = Offset(header.base_offset);
+    if header.log_append_time() {
+        // Every record of a log-append-time batch carries its max timestamp.
+        return Ok(Some((base, ts, epoch)));
+    }
+    let from = base.max(log.log_start_offset());
+    let read = log.read(from, header.total_len(), None, true).await?;
+    let mut bytes = Bytes::from(read.records);
+    let offset = match RecordBatchDecoder::decode(&mut bytes) {
+        Ok(set) => set
+            .records
+            .iter()
+            .find(|r| r.timestamp_type == TimestampType::Creation && r.timestamp == ts)
+            .map_or(base, |r| Offset(r.offset)),
+        Err(e) => {
+            tracing::debug!(error = %e, base_offset = base.0, "max-timestamp batch does not decode; answering its first offset");
+            base
+        }
+    };
+    Ok(Some((offset, ts, epoch)))
+}
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: ListOffsetsRequest = decode_body(request)?;
@@ -31,6 +71,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 p.leader_epoch = 0;
             }
             let timestamp = partition.timestamp;
+            let version = request.version;
             let found = broker
                 .with_partition_log(
                     state.as_deref(),
@@ -38,10 +79,15 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                     partition.partition_index,
                     move |log, _| {
                         Box::pin(async move {
+                            let plain =
+                                |found: Option<(Offset, i64)>| found.map(|(o, t)| (o, t, None));
                             match timestamp {
-                                EARLIEST => Ok(Some((log.log_start_offset(), -1))),
-                                LATEST => Ok(Some((log.log_end_offset(), -1))),
-                                t if t >= 0 => log.offset_for_timestamp(t).await,
+                                EARLIEST => Ok(Some((log.log_start_offset(), -1, None))),
+                                LATEST => Ok(Some((log.log_end_offset(), -1, None))),
+                                MAX_TIMESTAMP if version >= 7 => {
+                                    Ok(max_timestamp(log).await?.map(|(o, t, e)| (o, t, Some(e))))
+                                }
+                                t if t >= 0 => log.offset_for_timestamp(t).await.map(plain),
                                 other => Err(sluice_engine::Error::InvalidConfig(format!(
                                     "timestamp {other} is not supported"
                                 ))),
@@ -51,9 +97,12 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 )
                 .await;
             match found {
-                Ok(Some((offset, ts))) => {
+                Ok(Some((offset, ts, epoch))) => {
                     p.offset = offset.0;
                     p.timestamp = ts;
+                    if let Some(epoch) = epoch.filter(|e| *e >= 0 && request.version >= 4) {
+                        p.leader_epoch = epoch;
+                    }
                 }
                 Ok(None) => {}
                 Err(sluice_engine::Error::InvalidConfig(_)) => {

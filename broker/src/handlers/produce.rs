@@ -89,7 +89,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             indexes.push(index);
             let refused = if !valid_acks {
                 Some(ResponseError::InvalidRequiredAcks)
-            } else if name == offsets_topic::TOPIC {
+            } else if offsets_topic::is_internal(name) {
                 warn!(
                     topic = name,
                     partition = index,

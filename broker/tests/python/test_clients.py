@@ -455,3 +455,96 @@ def test_committed_offsets_are_compacted_and_the_latest_survive_a_kill():
         c.close()
     finally:
         broker.kill()
+
+
+def _refused_with_invalid_request(future, what):
+    """The error string the client reports (librdkafka shows the broker's
+    error message for some APIs, its own text for the code for others)."""
+    from confluent_kafka import KafkaError, KafkaException
+    try:
+        future.result(timeout=30)
+    except KafkaException as e:
+        err = e.args[0]
+        assert err.code() == KafkaError.INVALID_REQUEST, f"{what}: {err}"
+        return err.str()
+    raise AssertionError(f"{what} was accepted")
+
+
+def test_the_offsets_topic_cannot_be_deleted_repartitioned_or_reconfigured(broker):
+    from confluent_kafka import Consumer, TopicPartition as CkTopicPartition
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       NewPartitions, ResourceType)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(5):
+        producer.produce("kept", value=str(i))
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "keeper",
+                         "enable.auto.commit": False})
+    consumer.commit(offsets=[CkTopicPartition("kept", 0, 3)], asynchronous=False)
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    _refused_with_invalid_request(
+        admin.delete_topics(["__consumer_offsets"])["__consumer_offsets"], "DeleteTopics")
+    why = _refused_with_invalid_request(
+        admin.create_partitions([NewPartitions("__consumer_offsets", 60)])["__consumer_offsets"],
+        "CreatePartitions")
+    assert "scramble every consumer group's committed offsets" in why, why
+    resource = ConfigResource(ResourceType.TOPIC, "__consumer_offsets", incremental_configs=[
+        ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    why = _refused_with_invalid_request(
+        admin.incremental_alter_configs([resource])[resource], "IncrementalAlterConfigs")
+    assert "internal topic" in why, why
+
+    # Nothing changed: 50 partitions, no retention override, and the group's
+    # offset is still there and still moves.
+    assert len(admin.list_topics(timeout=30).topics["__consumer_offsets"].partitions) == 50
+    described = ConfigResource(ResourceType.TOPIC, "__consumer_offsets")
+    configs = admin.describe_configs([described])[described].result(timeout=30)
+    assert configs["retention.ms"].value == "-1"
+    assert consumer.committed([CkTopicPartition("kept", 0)], timeout=30)[0].offset == 3
+    consumer.commit(offsets=[CkTopicPartition("kept", 0, 5)], asynchronous=False)
+    assert consumer.committed([CkTopicPartition("kept", 0)], timeout=30)[0].offset == 5
+    consumer.close()
+    with open(f"{broker.dir}/broker.log") as log:
+        text = log.read()
+    for api in ("DeleteTopics", "CreatePartitions", "IncrementalAlterConfigs"):
+        assert f"{api} refused" in text, text
+
+
+def test_a_transactional_producer_fails_at_once_with_a_fatal_error(broker):
+    from confluent_kafka import KafkaError, KafkaException
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "tx-1"})
+    try:
+        # Were the refusal retriable, librdkafka would retry until this
+        # timeout and then raise _TIMED_OUT instead of the broker's code.
+        producer.init_transactions(30)
+    except KafkaException as e:
+        err = e.args[0]
+        assert err.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, err
+        assert err.fatal(), err
+        assert "transactions are not supported" in err.str(), err
+    else:
+        raise AssertionError("init_transactions succeeded on a broker without transactions")
+
+
+def test_list_offsets_max_timestamp_finds_the_record_with_the_largest_timestamp(broker):
+    from confluent_kafka import TopicPartition as CkTopicPartition
+    from confluent_kafka.admin import OffsetSpec
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    tp = CkTopicPartition("stamps", 0)
+    empty = admin.create_topics([NewTopic("stamps", num_partitions=1, replication_factor=1)])
+    empty["stamps"].result(timeout=30)
+    answer = admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(timeout=30)
+    assert answer.offset == -1
+    # The largest timestamp sits inside a compressed batch, after a smaller
+    # one, and a later record ties with it: the first record holding it wins.
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 100,
+                         "compression.type": "lz4"})
+    for ts in (1_000_000, 9_000_000, 2_000_000):
+        producer.produce("stamps", value=b"x", partition=0, timestamp=ts)
+    assert producer.flush(30) == 0
+    for ts in (3_000_000, 9_000_000):
+        producer.produce("stamps", value=b"y", partition=0, timestamp=ts)
+        assert producer.flush(30) == 0
+    answer = admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(timeout=30)
+    assert (answer.offset, answer.timestamp) == (1, 9_000_000)
