@@ -125,9 +125,9 @@ pub struct JoinResponse {
     pub protocol_name: Option<String>,
     pub leader: String,
     pub member_id: String,
-    /// Every member's metadata for the chosen protocol; only the leader
-    /// gets it.
-    pub members: Vec<(String, Vec<u8>)>,
+    /// Every member's id, `group.instance.id` and metadata for the chosen
+    /// protocol; only the leader gets them.
+    pub members: Vec<(String, Option<String>, Vec<u8>)>,
 }
 
 impl JoinResponse {
@@ -508,7 +508,7 @@ impl Group {
                         .find(|(p, _)| Some(p) == self.protocol.as_ref())
                         .map(|(_, meta)| meta.clone())
                         .unwrap_or_default();
-                    (m.id.clone(), metadata)
+                    (m.id.clone(), m.group_instance_id.clone(), metadata)
                 })
                 .collect()
         } else {
@@ -629,6 +629,19 @@ impl Group {
         group_instance_id: Option<&str>,
         member_id: &str,
     ) -> (i16, Vec<Completion>) {
+        // LeaveGroup v3+ may name a static member by its instance id alone
+        // (the admin client's "remove members from consumer group").
+        let resolved;
+        let member_id = match group_instance_id {
+            Some(instance) if member_id.is_empty() => {
+                let Some(holder) = self.static_members.get(instance) else {
+                    return (code::UNKNOWN_MEMBER_ID, Vec::new());
+                };
+                resolved = holder.clone();
+                resolved.as_str()
+            }
+            _ => member_id,
+        };
         if self.is_fenced(group_instance_id, member_id) {
             return (code::FENCED_INSTANCE_ID, Vec::new());
         }
@@ -1016,6 +1029,27 @@ mod tests {
         ));
         assert_eq!(g.leave(502, Some("ib"), "b1").0, code::FENCED_INSTANCE_ID);
         assert_eq!(g.members.len(), 2);
+    }
+
+    #[test]
+    fn a_static_member_can_be_removed_by_its_instance_id_alone() {
+        let mut g = stable_static_pair();
+        assert_eq!(g.leave(500, Some("nobody"), "").0, code::UNKNOWN_MEMBER_ID);
+        assert_eq!(g.leave(500, Some("ib"), "").0, code::NONE);
+        assert!(!g.members.contains_key("b1"));
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+    }
+
+    #[test]
+    fn the_leader_learns_every_members_instance_id() {
+        let g = stable_static_pair();
+        let answer = g.join_response("a1");
+        let instances: Vec<Option<&str>> = answer
+            .members
+            .iter()
+            .map(|(_, i, _)| i.as_deref())
+            .collect();
+        assert_eq!(instances, vec![Some("ia"), Some("ib")]);
     }
 
     #[test]

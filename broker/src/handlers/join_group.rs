@@ -93,9 +93,11 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     response.members = answer
         .members
         .into_iter()
-        .map(|(id, metadata)| {
+        .map(|(id, instance, metadata)| {
             let mut m = JoinGroupResponseMember::default();
             m.member_id = str_bytes(&id);
+            // v5+; kafka-protocol does not encode it below.
+            m.group_instance_id = instance.as_deref().map(str_bytes);
             m.metadata = bytes::Bytes::from(metadata);
             m
         })
