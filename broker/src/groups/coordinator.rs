@@ -399,3 +399,67 @@ fn state_name(group: &Group) -> &'static str {
         Stable => "Stable",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join_req(member_id: &str, new_member_id: &str) -> JoinRequest {
+        JoinRequest {
+            member_id: member_id.to_string(),
+            group_instance_id: None,
+            new_member_id: new_member_id.to_string(),
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Vec::new())],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn dropping_a_commit_guard_completes_the_rebalance_it_held_back() {
+        let c = Coordinator::new(Limits {
+            min_session_timeout_ms: 1_000,
+            max_session_timeout_ms: 60_000,
+            initial_rebalance_delay_ms: 0,
+        });
+        let now = sluice_engine::shard::now_ms();
+        assert!(matches!(
+            c.join("g", now, join_req("", "m1")),
+            Wait::Ready(r) if r.error_code == code::MEMBER_ID_REQUIRED && r.member_id == "m1"
+        ));
+        let Wait::Later(mut first) = c.join("g", now, join_req("m1", "unused")) else {
+            panic!("the join waits for its rebalance");
+        };
+        assert_eq!(
+            first.try_recv().ok().flatten().map(|r| r.generation_id),
+            Some(1)
+        );
+        assert!(matches!(
+            c.sync("g", now, None, "m1", 1, vec![("m1".into(), b"x".to_vec())]),
+            Wait::Ready((0, _))
+        ));
+
+        let guard = c.begin_commit("g", None, "m1", 1).expect("allowed");
+        // The leader rejoins: a rebalance that could complete at once, but
+        // the commit checked against generation 1 is still being appended.
+        let Wait::Later(mut second) = c.join("g", now, join_req("m1", "unused")) else {
+            panic!("the rejoin waits");
+        };
+        assert!(matches!(second.try_recv(), Ok(None)), "held back");
+        drop(guard);
+        let answer = second
+            .try_recv()
+            .ok()
+            .flatten()
+            .expect("completed by the drop");
+        assert_eq!(answer.generation_id, 2);
+        // A refused commit holds nothing back and has no guard.
+        assert_eq!(
+            c.begin_commit("g", None, "m1", 1).err(),
+            Some(code::ILLEGAL_GENERATION)
+        );
+    }
+}
