@@ -3,6 +3,8 @@
 //! layouts). This module decides which API versions the broker accepts; the
 //! handlers decode bodies at those versions.
 
+use std::net::SocketAddr;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -68,10 +70,13 @@ pub struct Request {
     pub version: i16,
     pub header: RequestHeader,
     pub body: Bytes,
+    /// The connection's peer (DescribeGroups shows it as `client_host`).
+    pub peer: SocketAddr,
 }
 
-/// Splits a frame (without its length prefix) into header and body.
-pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
+/// Splits a frame (without its length prefix) from `peer` into header
+/// and body.
+pub fn decode_request(mut frame: Bytes, peer: SocketAddr) -> Result<Request, DecodeError> {
     if frame.len() < 8 {
         return Err(DecodeError::TooShort(frame.len()));
     }
@@ -99,6 +104,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         version,
         header,
         body: frame,
+        peer,
     })
 }
 
@@ -222,6 +228,10 @@ mod tests {
     use super::*;
     use kafka_protocol::messages::ApiVersionsRequest;
 
+    fn test_peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40000))
+    }
+
     fn frame(api_key: i16, version: i16, header_version: i16) -> Bytes {
         let mut header = RequestHeader::default();
         header.request_api_key = api_key;
@@ -241,24 +251,24 @@ mod tests {
 
     #[test]
     fn headers_decode_and_bad_ones_say_why() {
-        let request = decode_request(frame(18, 3, 2)).unwrap();
+        let request = decode_request(frame(18, 3, 2), test_peer()).unwrap();
         assert_eq!(request.api_key, ApiKey::ApiVersions);
         assert_eq!(request.header.correlation_id, 7);
         let body: ApiVersionsRequest = decode_body(&request).unwrap();
         assert_eq!(body, ApiVersionsRequest::default());
         assert!(matches!(
-            decode_request(frame(999, 0, 1)),
+            decode_request(frame(999, 0, 1), test_peer()),
             Err(DecodeError::UnknownApiKey(999))
         ));
         assert!(matches!(
-            decode_request(frame(18, 99, 1)),
+            decode_request(frame(18, 99, 1), test_peer()),
             Err(DecodeError::UnsupportedVersion {
                 correlation_id: 7,
                 ..
             })
         ));
         assert!(matches!(
-            decode_request(Bytes::from_static(b"abc")),
+            decode_request(Bytes::from_static(b"abc"), test_peer()),
             Err(DecodeError::TooShort(3))
         ));
         // A header that claims a client id longer than the frame.
@@ -268,7 +278,7 @@ mod tests {
         bad.put_i32(1);
         bad.put_i16(500);
         assert!(matches!(
-            decode_request(bad.freeze()),
+            decode_request(bad.freeze(), test_peer()),
             Err(DecodeError::Malformed { .. })
         ));
     }
@@ -287,6 +297,7 @@ mod tests {
                 version,
                 header: RequestHeader::default(),
                 body: Bytes::copy_from_slice(body),
+                peer: test_peer(),
             };
             let served = decode_served_body(&request);
             assert!(
@@ -305,7 +316,7 @@ mod tests {
         /// Hostile frames: the header decoder never panics.
         #[test]
         fn arbitrary_frames_never_panic_the_header_decoder(frame in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode_request(Bytes::from(frame));
+            let _ = decode_request(Bytes::from(frame), test_peer());
         }
 
         /// Hostile bodies: no request decoder panics, whatever the bytes.

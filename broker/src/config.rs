@@ -84,6 +84,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log.retention.bytes",
     "log.index.interval.bytes",
     "log.index.size.max.bytes",
+    "producer.id.expiration.ms",
     "group.initial.rebalance.delay.ms",
     "sluice.offsets.compact.records",
     "group.min.session.timeout.ms",
@@ -305,6 +306,14 @@ impl BrokerConfig {
             retention_ms,
             retention_bytes: limit("log.retention.bytes", get("log.retention.bytes"), None)?,
             max_batch_bytes: message_max_bytes,
+            // Kafka's is an int of at least 1, broker-only (no topic name).
+            producer_id_expiration_ms: num(
+                "producer.id.expiration.ms",
+                get("producer.id.expiration.ms"),
+                defaults.producer_id_expiration_ms,
+                |v| (1..=i32::MAX as u64).contains(v),
+                "must be between 1 and 2147483647",
+            )?,
             ..defaults
         };
         if log.flush_messages == Some(0) {
@@ -470,6 +479,7 @@ mod tests {
         assert_eq!(config.log.flush_messages, None);
         assert_eq!(config.log.retention_ms, Some(604_800_000));
         assert_eq!(config.socket_request_max_bytes, 104_857_600);
+        assert_eq!(config.log.producer_id_expiration_ms, 86_400_000);
     }
 
     #[test]
@@ -481,6 +491,7 @@ mod tests {
             ("auto.create.topics.enable", "maybe"),
             ("log.flush.interval.messages", "0"),
             ("sluice.io.driver", "magic"),
+            ("producer.id.expiration.ms", "0"),
         ] {
             let err = BrokerConfig::from_pairs(&pairs(&[(key, value)])).unwrap_err();
             assert_eq!(err.key, key, "{err}");
@@ -495,6 +506,7 @@ mod tests {
             ("log.retention.hours", "1"),
             ("log.retention.bytes", "-1"),
             ("log.dirs", "/a,/b"),
+            ("producer.id.expiration.ms", "60000"),
         ]))
         .unwrap();
         assert_eq!(config.listen.port(), 19092);
@@ -502,5 +514,6 @@ mod tests {
         assert_eq!(config.log.retention_ms, Some(3_600_000));
         assert_eq!(config.log.retention_bytes, None);
         assert_eq!(config.log_dir, PathBuf::from("/a"));
+        assert_eq!(config.log.producer_id_expiration_ms, 60_000);
     }
 }

@@ -351,7 +351,7 @@ async fn read_requests(
                 return;
             }
         };
-        let pending = match codec::decode_request(frame) {
+        let pending = match codec::decode_request(frame, peer) {
             Ok(request) if runs_concurrently(request.api_key) => {
                 let (broker, connection) = (broker.clone(), connection.clone());
                 Pending::Running(compio::runtime::spawn(async move {

@@ -11,6 +11,8 @@ pub const DEFAULT_SEGMENT_INDEX_BYTES: u64 = 10 * 1024 * 1024;
 /// Kafka's `log.flush.offset.checkpoint.interval.ms` default.
 pub const DEFAULT_RECOVERY_CHECKPOINT_INTERVAL_MS: u64 = 60_000;
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Kafka's `producer.id.expiration.ms` default: one day.
+pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: u64 = DAY_MS;
 
 /// How one partition's log behaves. Topic-level Kafka names in brackets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,10 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
     /// How often the recovery point is checkpointed after a flush.
     pub recovery_checkpoint_interval_ms: u64,
+    /// An idempotent producer's state is forgotten this long after its last
+    /// batch's timestamp, checked with retention (Kafka's broker-only
+    /// `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -55,6 +61,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             recovery_checkpoint_interval_ms: DEFAULT_RECOVERY_CHECKPOINT_INTERVAL_MS,
+            producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
     }
 }
@@ -82,6 +89,11 @@ impl LogConfig {
         if self.flush_messages == Some(0) {
             return Err(Error::InvalidConfig(
                 "flush.messages must be at least 1".into(),
+            ));
+        }
+        if self.producer_id_expiration_ms == 0 {
+            return Err(Error::InvalidConfig(
+                "producer.id.expiration.ms must be at least 1".into(),
             ));
         }
         if self.max_batch_bytes < crate::batch::HEADER_LEN {

@@ -34,7 +34,7 @@ use compio::runtime::JoinHandle;
 use futures_util::FutureExt;
 use std::path::{Path, PathBuf};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::config::LogConfig;
@@ -523,6 +523,9 @@ impl Log {
         }
         state.commit();
         self.producers = state;
+        // A snapshot, or a walk of a segment the log start lies inside, may
+        // name producers whose batches are all below the log start.
+        self.evict_producers_below_log_start();
         Ok(())
     }
 
@@ -1432,6 +1435,7 @@ impl Log {
     /// segments went.
     pub async fn apply_retention(&mut self, now_ms: u64) -> Result<usize> {
         self.check_online()?;
+        self.expire_producers(now_ms);
         self.reap_background_flushes(true).await?;
         let now = now_ms as i64;
         let expired = |seg: &Segment, retention_ms: Option<u64>| {
@@ -1485,9 +1489,32 @@ impl Log {
                 }
             }
             info!(dir = %self.dir.display(), deleted, log_start_offset = %self.log_start, "retention deleted segments");
+            self.evict_producers_below_log_start();
             self.prune_producer_snapshots().await;
         }
         Ok(deleted)
+    }
+
+    /// Forgets idempotent producers idle for `producer.id.expiration.ms`
+    /// (measured from their last batch's timestamp), so that producers
+    /// that come and go do not leave state behind forever. Runs with each
+    /// retention check, as Kafka's expiry runs on its own timer.
+    fn expire_producers(&mut self, now_ms: u64) {
+        let expired = self.producers.remove_expired(
+            i64::try_from(now_ms).unwrap_or(i64::MAX),
+            self.config.producer_id_expiration_ms,
+        );
+        if expired > 0 {
+            debug!(dir = %self.dir.display(), expired, "expired idle producer ids");
+        }
+    }
+
+    /// Forgets producers whose every batch is below the log start now.
+    fn evict_producers_below_log_start(&mut self) {
+        let evicted = self.producers.evict_below(self.log_start);
+        if evicted > 0 {
+            debug!(dir = %self.dir.display(), evicted, log_start_offset = %self.log_start, "forgot producers whose batches are all below the log start");
+        }
     }
 
     /// Rolls an expired active segment so that retention can delete it, and
@@ -1520,6 +1547,7 @@ impl Log {
         if let Err(e) = self.persist_log_start().await {
             return Err(self.fail(e));
         }
+        self.evict_producers_below_log_start();
         let doomed: Vec<Offset> = self
             .segments
             .iter()

@@ -8,7 +8,17 @@
 //! start at sequence 0; within an epoch, a batch whose sequence range equals
 //! one of the last five is a duplicate, and any other batch must start one
 //! past the last sequence (wrapping at `i32::MAX`), else it is out of order.
-//! A producer this log has no state for must start at sequence 0.
+//! A producer this log has no state for may start at any sequence: since
+//! KIP-360 (Kafka 2.5) that is how Kafka treats a producer whose state
+//! expired or whose batches retention or DeleteRecords removed, so that a
+//! long-idle producer carries on instead of failing.
+//!
+//! State does not live forever. A producer's entry expires
+//! `producer.id.expiration.ms` after its last batch's max timestamp (Kafka's
+//! `lastTimestamp`; [`ProducerState::remove_expired`]), and goes when the
+//! log start passes its last batch ([`ProducerState::evict_below`]), as
+//! Kafka's ProducerStateManager does. Time is an argument: nothing here
+//! reads a clock.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -31,6 +41,10 @@ pub struct BatchMeta {
 struct Entry {
     epoch: i16,
     batches: VecDeque<BatchMeta>,
+    /// The max timestamp of the producer's last batch; negative when not
+    /// known (a batch without timestamps, or a version 1 snapshot): the
+    /// expiry clock then starts at the next expiry check.
+    last_timestamp_ms: i64,
 }
 
 /// What to do with a batch.
@@ -55,8 +69,9 @@ pub struct ProducerState {
     undo: Vec<(i64, Option<Entry>)>,
 }
 
-/// The format version of producer-state snapshots.
-const SNAPSHOT_VERSION: u16 = 1;
+/// The format version of producer-state snapshots. Version 2 adds each
+/// producer's last timestamp; version 1 snapshots are still read.
+const SNAPSHOT_VERSION: u16 = 2;
 
 /// Reads fixed-size fields off the front of a byte slice.
 struct Reader<'a>(&'a [u8]);
@@ -99,11 +114,9 @@ impl ProducerState {
         }
         let got = header.base_sequence;
         let Some(entry) = self.producers.get(&header.producer_id) else {
-            return if got == 0 {
-                Check::Append
-            } else {
-                Check::OutOfOrder { expected: 0, got }
-            };
+            // Kafka accepts any sequence from a producer it has no state
+            // for (see the module documentation).
+            return Check::Append;
         };
         if header.producer_epoch < entry.epoch {
             return Check::Fenced {
@@ -146,6 +159,7 @@ impl ProducerState {
             let entry = &self.producers[id];
             body.extend_from_slice(&id.to_be_bytes());
             body.extend_from_slice(&entry.epoch.to_be_bytes());
+            body.extend_from_slice(&entry.last_timestamp_ms.to_be_bytes());
             body.push(entry.batches.len() as u8);
             for m in &entry.batches {
                 body.extend_from_slice(&m.first_seq.to_be_bytes());
@@ -167,7 +181,8 @@ impl ProducerState {
             return None;
         }
         let mut r = Reader(body);
-        if r.take::<2>().map(u16::from_be_bytes)? != SNAPSHOT_VERSION {
+        let version = r.take::<2>().map(u16::from_be_bytes)?;
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return None;
         }
         let count = u32::from_be_bytes(r.take()?);
@@ -175,6 +190,11 @@ impl ProducerState {
         for _ in 0..count {
             let id = i64::from_be_bytes(r.take()?);
             let epoch = i16::from_be_bytes(r.take()?);
+            let last_timestamp_ms = if version >= 2 {
+                i64::from_be_bytes(r.take()?)
+            } else {
+                -1
+            };
             let [n] = r.take::<1>()?;
             let mut batches = VecDeque::with_capacity(usize::from(n));
             for _ in 0..n {
@@ -185,7 +205,14 @@ impl ProducerState {
                     last_offset: Offset(i64::from_be_bytes(r.take()?)),
                 });
             }
-            producers.insert(id, Entry { epoch, batches });
+            producers.insert(
+                id,
+                Entry {
+                    epoch,
+                    batches,
+                    last_timestamp_ms,
+                },
+            );
         }
         r.0.is_empty().then_some(ProducerState {
             producers,
@@ -214,6 +241,7 @@ impl ProducerState {
         if header.producer_epoch < entry.epoch {
             return;
         }
+        entry.last_timestamp_ms = header.max_timestamp;
         entry.batches.push_back(BatchMeta {
             first_seq: header.base_sequence,
             last_seq: last_seq(header),
@@ -242,6 +270,31 @@ impl ProducerState {
                 }
             }
         }
+    }
+
+    /// Forgets producers whose last batch's timestamp is `expiration_ms` or
+    /// more before `now_ms` (Kafka's `producer.id.expiration.ms`); returns
+    /// how many. An entry whose timestamp is not known is stamped `now_ms`,
+    /// so it expires `expiration_ms` after this check if it stays idle.
+    pub fn remove_expired(&mut self, now_ms: i64, expiration_ms: u64) -> usize {
+        let before = self.producers.len();
+        let expiration = i64::try_from(expiration_ms).unwrap_or(i64::MAX);
+        self.producers.retain(|_, e| {
+            if e.last_timestamp_ms < 0 {
+                e.last_timestamp_ms = now_ms;
+            }
+            now_ms.saturating_sub(e.last_timestamp_ms) < expiration
+        });
+        before - self.producers.len()
+    }
+
+    /// Forgets producers whose last batch lies wholly below `log_start`
+    /// (retention or DeleteRecords removed it); returns how many.
+    pub fn evict_below(&mut self, log_start: Offset) -> usize {
+        let before = self.producers.len();
+        self.producers
+            .retain(|_, e| e.batches.back().is_some_and(|m| m.last_offset >= log_start));
+        before - self.producers.len()
     }
 
     /// Forgets batches at or after `end` (the log was truncated there).
@@ -346,14 +399,9 @@ mod tests {
                 current: 1
             }
         );
-        // An unknown producer must start at 0; non-idempotent batches pass.
-        assert_eq!(
-            state.check(&header(8, 0, 1, 1, 6)),
-            Check::OutOfOrder {
-                expected: 0,
-                got: 1
-            }
-        );
+        // An unknown producer may start anywhere (Kafka since KIP-360);
+        // non-idempotent batches pass.
+        assert_eq!(state.check(&header(8, 0, 1, 1, 6)), Check::Append);
         assert_eq!(state.check(&header(-1, -1, -1, 1, 6)), Check::Append);
     }
 
@@ -395,5 +443,82 @@ mod tests {
         state.update(&header(1, 0, 2, 2, 2));
         state.truncate_to(Offset(2));
         assert_eq!(state.check(&header(1, 0, 2, 2, 2)), Check::Append);
+    }
+
+    fn header_at(pid: i64, seq: i32, base: i64, max_timestamp: i64) -> BatchHeader {
+        BatchHeader {
+            max_timestamp,
+            ..header(pid, 0, seq, 1, base)
+        }
+    }
+
+    #[test]
+    fn producers_expire_after_the_expiration_from_their_last_timestamp() {
+        const DAY: u64 = 86_400_000;
+        let t = 1_700_000_000_000i64;
+        let mut state = ProducerState::default();
+        state.update(&header_at(1, 0, 0, t));
+        state.update(&header_at(2, 0, 1, t));
+        // Producer 1 appends again later: its clock restarts.
+        state.update(&header_at(1, 1, 2, t + 1_000));
+        state.commit();
+        // Table: (now, producers left after the check).
+        for (now, left) in [
+            (t, 2),
+            (t + DAY as i64 - 1, 2),
+            (t + DAY as i64, 1),
+            (t + DAY as i64 + 999, 1),
+            (t + DAY as i64 + 1_000, 0),
+        ] {
+            state.remove_expired(now, DAY);
+            assert_eq!(state.producer_count(), left, "at now = t + {}", now - t);
+        }
+        // An expired producer carries on at any sequence, as in Kafka.
+        assert_eq!(state.check(&header_at(1, 7, 3, t)), Check::Append);
+    }
+
+    #[test]
+    fn an_unknown_timestamp_starts_the_expiry_clock_at_the_next_check() {
+        let mut state = ProducerState::default();
+        state.update(&header_at(1, 0, 0, -1));
+        state.commit();
+        assert_eq!(state.remove_expired(5_000, 1_000), 0);
+        assert_eq!(state.remove_expired(5_999, 1_000), 0);
+        assert_eq!(state.remove_expired(6_000, 1_000), 1);
+    }
+
+    #[test]
+    fn producers_whose_last_batch_is_below_the_log_start_are_evicted() {
+        let mut state = ProducerState::default();
+        state.update(&header(1, 0, 0, 2, 0)); // offsets 0..=1
+        state.update(&header(2, 0, 0, 2, 2)); // offsets 2..=3
+        state.update(&header(1, 0, 2, 2, 4)); // offsets 4..=5
+        state.commit();
+        assert_eq!(state.evict_below(Offset(4)), 1);
+        assert_eq!(state.producer_count(), 1);
+        // Producer 1's last batch ends at 5: it stays until the start passes it.
+        assert_eq!(state.evict_below(Offset(5)), 0);
+        assert_eq!(state.evict_below(Offset(6)), 1);
+    }
+
+    #[test]
+    fn version_1_snapshots_are_read_with_unknown_timestamps() {
+        let mut state = ProducerState::default();
+        state.update(&header_at(3, 0, 0, 42));
+        state.commit();
+        // A version 1 snapshot is version 2 without the timestamp field.
+        let v2 = state.encode();
+        let mut body = v2[4..].to_vec();
+        body[..2].copy_from_slice(&1u16.to_be_bytes());
+        // version (2) + count (4) + id (8) + epoch (2), then the timestamp.
+        body.drain(16..24);
+        let mut v1 = crc32c::crc32c(&body).to_be_bytes().to_vec();
+        v1.extend_from_slice(&body);
+        let mut read = ProducerState::decode(&v1).expect("a version 1 snapshot is read");
+        assert_eq!(
+            read.check(&header_at(3, 0, 0, 0)),
+            state.check(&header_at(3, 0, 0, 0))
+        );
+        assert_eq!(read.remove_expired(10, 5), 0, "the clock starts now");
     }
 }

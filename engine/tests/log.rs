@@ -607,38 +607,155 @@ async fn snapshot_files(fs: &Fs, dir: &std::path::Path) -> Vec<i64> {
 }
 
 #[test]
-fn a_producer_whose_batches_retention_removed_is_remembered_through_its_snapshot() {
-    use common::idempotent_batch;
+fn a_producer_whose_batches_delete_records_removed_is_forgotten_even_through_its_snapshot() {
+    use common::idempotent_batch_at;
     on_each_backend(|_, fs, dir| async move {
         let mut log = open(&fs, &dir, small_segments()).await;
         let mut seq = 0;
         for _ in 0..100 {
-            log.append(idempotent_batch(7, 0, seq, 3), LEADER, NOW)
+            log.append(idempotent_batch_at(7, 0, seq, 3, NOW as i64), LEADER, NOW)
                 .await
                 .unwrap();
             seq += 3;
         }
         fill(&mut log, 40, 3, 200).await;
         assert!(log.segment_count() > 4);
-        // Every batch of producer 7 goes.
+        assert_eq!(log.producer_state().producer_count(), 1);
+        // Every batch of producer 7 goes: so does its state, as in Kafka.
         let end = log.log_end_offset();
         log.delete_records_before(Offset(end.0 - 3)).await.unwrap();
+        assert_eq!(log.producer_state().producer_count(), 0);
         log.close(NOW).await.unwrap();
         // Snapshots below the log start went, except the newest.
         assert_eq!(snapshot_files(&fs, &dir).await.len(), 1);
 
-        // A walk of the remaining batches would not know producer 7 (its
-        // next batch would have to start at 0); the snapshot does.
+        // That snapshot still names producer 7; reopening does not bring
+        // it back, since its batches are all below the log start.
         let mut log = open(&fs, &dir, small_segments()).await;
+        assert_eq!(log.producer_state().producer_count(), 0);
+        // A producer with no state carries on at any sequence (KIP-360).
+        log.append(
+            idempotent_batch_at(7, 0, seq + 1, 1, NOW as i64),
+            LEADER,
+            NOW,
+        )
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn an_expired_producer_is_forgotten_and_carries_on_at_any_sequence_as_in_kafka() {
+    use common::idempotent_batch_at;
+    on_each_backend(|_, fs, dir| async move {
+        let config = LogConfig {
+            producer_id_expiration_ms: 60_000,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let mut log = open(&fs, &dir, config.clone()).await;
+        let t = NOW as i64;
+        log.append(idempotent_batch_at(7, 0, 0, 3, t), LEADER, NOW)
+            .await
+            .unwrap();
+        // Within producer.id.expiration.ms of its last timestamp: known,
+        // so a gap is refused.
+        log.apply_retention(NOW + 59_999).await.unwrap();
+        assert_eq!(log.producer_state().producer_count(), 1);
         let gap = log
-            .append(idempotent_batch(7, 0, seq + 1, 1), LEADER, NOW)
+            .append(idempotent_batch_at(7, 0, 5, 1, t), LEADER, NOW)
             .await
             .unwrap_err();
         assert!(
-            matches!(gap, Error::OutOfOrderSequence { expected, .. } if expected == seq),
+            matches!(
+                gap,
+                Error::OutOfOrderSequence {
+                    expected: 3,
+                    got: 5,
+                    ..
+                }
+            ),
             "{gap}"
         );
-        log.append(idempotent_batch(7, 0, seq, 1), LEADER, NOW)
+        // At the expiration: forgotten. Kafka (since KIP-360) then accepts
+        // the producer's next batch at whatever sequence it has reached.
+        log.apply_retention(NOW + 60_000).await.unwrap();
+        assert_eq!(log.producer_state().producer_count(), 0);
+        let resumed = log
+            .append(
+                idempotent_batch_at(7, 0, 5, 1, t + 60_000),
+                LEADER,
+                NOW + 60_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(resumed.base_offset, Offset(3));
+        // From there on its sequence is checked again.
+        let gap = log
+            .append(
+                idempotent_batch_at(7, 0, 8, 1, t + 60_000),
+                LEADER,
+                NOW + 60_000,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                gap,
+                Error::OutOfOrderSequence {
+                    expected: 6,
+                    got: 8,
+                    ..
+                }
+            ),
+            "{gap}"
+        );
+    });
+}
+
+#[test]
+fn retention_forgets_a_producer_when_it_removes_its_last_batch() {
+    use common::idempotent_batch_at;
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        let t = NOW as i64;
+        for k in 0..3 {
+            log.append(idempotent_batch_at(1, 0, 3 * k, 3, t), LEADER, NOW)
+                .await
+                .unwrap();
+        }
+        for k in 0..100 {
+            log.append(idempotent_batch_at(2, 0, 3 * k, 3, t), LEADER, NOW)
+                .await
+                .unwrap();
+        }
+        assert!(log.segment_count() > 3);
+        assert_eq!(log.producer_state().producer_count(), 2);
+        log.set_config(LogConfig {
+            retention_bytes: Some(4096),
+            ..small_segments()
+        })
+        .unwrap();
+        assert!(log.apply_retention(NOW).await.unwrap() > 0);
+        assert!(
+            log.log_start_offset() > Offset(9),
+            "producer 1's batches went"
+        );
+        assert_eq!(
+            log.producer_state().producer_count(),
+            1,
+            "only producer 2 is left"
+        );
+        // Producer 2 is still checked; producer 1 carries on anywhere.
+        let gap = log
+            .append(idempotent_batch_at(2, 0, 301, 1, t), LEADER, NOW)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(gap, Error::OutOfOrderSequence { expected: 300, .. }),
+            "{gap}"
+        );
+        log.append(idempotent_batch_at(1, 0, 40, 1, t), LEADER, NOW)
             .await
             .unwrap();
     });

@@ -50,6 +50,27 @@ impl Entry {
     }
 }
 
+/// An OffsetCommit that passed its generation check and is being appended;
+/// see [`Coordinator::begin_commit`].
+pub struct CommitGuard<'a> {
+    coordinator: &'a Coordinator,
+    group_id: String,
+}
+
+impl Drop for CommitGuard<'_> {
+    fn drop(&mut self) {
+        self.coordinator.end_commit(&self.group_id);
+    }
+}
+
+/// A fresh member id: `{client_id}-{uuid}`, or `{group.instance.id}-{uuid}`
+/// for a static member, as Kafka makes them. Random, so that no id given
+/// out before a broker restart is given out again after it.
+pub fn new_member_id(client_id: &str, group_instance_id: Option<&str>) -> String {
+    let prefix = group_instance_id.unwrap_or(client_id);
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
 /// An answer now, or a receiver that yields it when the rebalance step ends.
 pub enum Wait<T> {
     Ready(T),
@@ -75,6 +96,7 @@ pub struct Description {
 #[derive(Debug, Clone)]
 pub struct MemberDescription {
     pub member_id: String,
+    pub group_instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
     pub metadata: Vec<u8>,
@@ -97,7 +119,14 @@ impl Coordinator {
 
     pub fn join(&self, group_id: &str, now_ms: u64, req: JoinRequest) -> Wait<JoinResponse> {
         self.with(group_id, |entry, limits| {
-            let member = req.member_id.clone();
+            // A request without a member id that is told to wait (a new
+            // static member, or a restarted one replacing its old id)
+            // waits as the id the group gave it.
+            let member = if req.member_id.is_empty() {
+                req.new_member_id.clone()
+            } else {
+                req.member_id.clone()
+            };
             let group = entry
                 .group
                 .get_or_insert_with(|| Group::new(group_id, limits));
@@ -120,6 +149,7 @@ impl Coordinator {
         &self,
         group_id: &str,
         now_ms: u64,
+        group_instance_id: Option<&str>,
         member_id: &str,
         generation: i32,
         assignments: Vec<(String, Vec<u8>)>,
@@ -128,7 +158,13 @@ impl Coordinator {
             let Some(group) = entry.group.as_mut() else {
                 return Wait::Ready((code::UNKNOWN_MEMBER_ID, Vec::new()));
             };
-            let (outcome, completions) = group.sync(now_ms, member_id, generation, assignments);
+            let (outcome, completions) = group.sync(
+                now_ms,
+                group_instance_id,
+                member_id,
+                generation,
+                assignments,
+            );
             let wait = match outcome {
                 Outcome::Now(answer) => Wait::Ready(answer),
                 Outcome::Wait => {
@@ -142,19 +178,32 @@ impl Coordinator {
         })
     }
 
-    pub fn heartbeat(&self, group_id: &str, now_ms: u64, member_id: &str, generation: i32) -> i16 {
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        now_ms: u64,
+        group_instance_id: Option<&str>,
+        member_id: &str,
+        generation: i32,
+    ) -> i16 {
         self.with(group_id, |entry, _| match entry.group.as_mut() {
-            Some(group) => group.heartbeat(now_ms, member_id, generation),
+            Some(group) => group.heartbeat(now_ms, group_instance_id, member_id, generation),
             None => code::UNKNOWN_MEMBER_ID,
         })
     }
 
-    pub fn leave(&self, group_id: &str, now_ms: u64, member_id: &str) -> i16 {
+    pub fn leave(
+        &self,
+        group_id: &str,
+        now_ms: u64,
+        group_instance_id: Option<&str>,
+        member_id: &str,
+    ) -> i16 {
         self.with(group_id, |entry, _| {
             let Some(group) = entry.group.as_mut() else {
                 return code::UNKNOWN_MEMBER_ID;
             };
-            let (error, completions) = group.leave(now_ms, member_id);
+            let (error, completions) = group.leave(now_ms, group_instance_id, member_id);
             entry.deliver(completions);
             error
         })
@@ -171,26 +220,55 @@ impl Coordinator {
         }
     }
 
-    /// Whether an OffsetCommit from `member_id` at `generation` is allowed
-    /// now: the Kafka error code that applies to all its partitions.
-    pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+    /// Checks an OffsetCommit from `member_id` at `generation`: the Kafka
+    /// error code that applies to all its partitions, or a guard to hold
+    /// while the offsets are appended to `__consumer_offsets`.
+    ///
+    /// The check and the append are atomic with respect to a rebalance:
+    /// while a guard lives, the group does not move to its next generation
+    /// (see [`Group::begin_commit`]), so a commit checked against
+    /// generation N is in the log before any member of generation N+1 is
+    /// answered. Dropping the guard (after the append, after a failure, or
+    /// when the request's task is cancelled) lets a held-back rebalance
+    /// complete.
+    pub fn begin_commit(
+        &self,
+        group_id: &str,
+        group_instance_id: Option<&str>,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<CommitGuard<'_>, i16> {
         self.with(group_id, |entry, limits| {
-            let verdict = match entry.group.as_ref() {
-                Some(group) => group.check_commit(member_id, generation),
-                None => Group::new(group_id, limits).check_commit(member_id, generation),
-            };
-            if verdict != code::NONE {
-                tracing::debug!(
-                    group = group_id,
-                    member = member_id,
-                    generation,
-                    current = entry.group.as_ref().map(|g| g.generation),
-                    state = ?entry.group.as_ref().map(|g| g.state),
-                    verdict,
-                    "offset commit refused"
-                );
+            let group = entry
+                .group
+                .get_or_insert_with(|| Group::new(group_id, limits));
+            let verdict = group.begin_commit(group_instance_id, member_id, generation);
+            if verdict == code::NONE {
+                return Ok(CommitGuard {
+                    coordinator: self,
+                    group_id: group_id.to_string(),
+                });
             }
-            verdict
+            tracing::debug!(
+                group = group_id,
+                member = member_id,
+                generation,
+                current = group.generation,
+                state = ?group.state,
+                verdict,
+                "offset commit refused"
+            );
+            Err(verdict)
+        })
+    }
+
+    fn end_commit(&self, group_id: &str) {
+        let now_ms = sluice_engine::shard::now_ms();
+        self.with(group_id, |entry, _| {
+            if let Some(group) = entry.group.as_mut() {
+                let completions = group.end_commit(now_ms);
+                entry.deliver(completions);
+            }
         })
     }
 
@@ -287,6 +365,7 @@ impl Coordinator {
                         .unwrap_or_default();
                     MemberDescription {
                         member_id: m.id.clone(),
+                        group_instance_id: m.group_instance_id.clone(),
                         client_id: m.client_id.clone(),
                         client_host: m.client_host.clone(),
                         metadata,
@@ -318,5 +397,69 @@ fn state_name(group: &Group) -> &'static str {
         PreparingRebalance => "PreparingRebalance",
         CompletingRebalance => "CompletingRebalance",
         Stable => "Stable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join_req(member_id: &str, new_member_id: &str) -> JoinRequest {
+        JoinRequest {
+            member_id: member_id.to_string(),
+            group_instance_id: None,
+            new_member_id: new_member_id.to_string(),
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Vec::new())],
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn dropping_a_commit_guard_completes_the_rebalance_it_held_back() {
+        let c = Coordinator::new(Limits {
+            min_session_timeout_ms: 1_000,
+            max_session_timeout_ms: 60_000,
+            initial_rebalance_delay_ms: 0,
+        });
+        let now = sluice_engine::shard::now_ms();
+        assert!(matches!(
+            c.join("g", now, join_req("", "m1")),
+            Wait::Ready(r) if r.error_code == code::MEMBER_ID_REQUIRED && r.member_id == "m1"
+        ));
+        let Wait::Later(mut first) = c.join("g", now, join_req("m1", "unused")) else {
+            panic!("the join waits for its rebalance");
+        };
+        assert_eq!(
+            first.try_recv().ok().flatten().map(|r| r.generation_id),
+            Some(1)
+        );
+        assert!(matches!(
+            c.sync("g", now, None, "m1", 1, vec![("m1".into(), b"x".to_vec())]),
+            Wait::Ready((0, _))
+        ));
+
+        let guard = c.begin_commit("g", None, "m1", 1).expect("allowed");
+        // The leader rejoins: a rebalance that could complete at once, but
+        // the commit checked against generation 1 is still being appended.
+        let Wait::Later(mut second) = c.join("g", now, join_req("m1", "unused")) else {
+            panic!("the rejoin waits");
+        };
+        assert!(matches!(second.try_recv(), Ok(None)), "held back");
+        drop(guard);
+        let answer = second
+            .try_recv()
+            .ok()
+            .flatten()
+            .expect("completed by the drop");
+        assert_eq!(answer.generation_id, 2);
+        // A refused commit holds nothing back and has no guard.
+        assert_eq!(
+            c.begin_commit("g", None, "m1", 1).err(),
+            Some(code::ILLEGAL_GENERATION)
+        );
     }
 }

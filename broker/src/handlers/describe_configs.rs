@@ -51,6 +51,10 @@ fn broker_settings(broker: &Broker) -> Vec<(&'static str, String)> {
         ("log.retention.ms", limit(c.log.retention_ms, "-1")),
         ("log.retention.bytes", limit(c.log.retention_bytes, "-1")),
         (
+            "producer.id.expiration.ms",
+            c.log.producer_id_expiration_ms.to_string(),
+        ),
+        (
             "log.flush.interval.messages",
             limit(c.log.flush_messages, "9223372036854775807"),
         ),

@@ -25,6 +25,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                     .map(|d| {
                         let mut m = DescribedGroupMember::default();
                         m.member_id = str_bytes(&d.member_id);
+                        m.group_instance_id = d.group_instance_id.as_deref().map(str_bytes);
                         m.client_id = str_bytes(&d.client_id);
                         m.client_host = str_bytes(&d.client_host);
                         m.member_metadata = bytes::Bytes::from(d.metadata);

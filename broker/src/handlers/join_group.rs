@@ -7,7 +7,7 @@ use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
 use super::{respond, str_bytes, Reply};
 use crate::codec::{decode_body, Request};
-use crate::groups::coordinator::Wait;
+use crate::groups::coordinator::{new_member_id, Wait};
 use crate::groups::state::{code, JoinRequest};
 use crate::Broker;
 
@@ -28,10 +28,20 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     } else {
         body.session_timeout_ms
     };
+    // group.instance.id is v5+; kafka-protocol leaves it None below.
+    let group_instance_id = body
+        .group_instance_id
+        .as_ref()
+        .map(|i| i.as_str().to_string())
+        .filter(|i| !i.is_empty());
+    // As Kafka shows it (Java's InetAddress.toString of the peer).
+    let client_host = format!("/{}", request.peer.ip());
     let make = |member_id: String| JoinRequest {
         member_id,
+        group_instance_id: group_instance_id.clone(),
+        new_member_id: new_member_id(&client_id, group_instance_id.as_deref()),
         client_id: client_id.clone(),
-        client_host: "/127.0.0.1".to_string(),
+        client_host: client_host.clone(),
         protocol_type: body.protocol_type.as_str().to_string(),
         protocols: body
             .protocols
@@ -83,9 +93,11 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     response.members = answer
         .members
         .into_iter()
-        .map(|(id, metadata)| {
+        .map(|(id, instance, metadata)| {
             let mut m = JoinGroupResponseMember::default();
             m.member_id = str_bytes(&id);
+            // v5+; kafka-protocol does not encode it below.
+            m.group_instance_id = instance.as_deref().map(str_bytes);
             m.metadata = bytes::Bytes::from(metadata);
             m
         })

@@ -13,13 +13,20 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let now = sluice_engine::shard::now_ms();
     let mut response = LeaveGroupResponse::default();
     if request.version < 3 {
-        response.error_code = broker.groups.leave(group, now, body.member_id.as_str());
+        response.error_code = broker
+            .groups
+            .leave(group, now, None, body.member_id.as_str());
     } else {
         for member in &body.members {
             let mut r = MemberResponse::default();
             r.member_id = member.member_id.clone();
             r.group_instance_id = member.group_instance_id.clone();
-            r.error_code = broker.groups.leave(group, now, member.member_id.as_str());
+            r.error_code = broker.groups.leave(
+                group,
+                now,
+                member.group_instance_id.as_ref().map(|i| i.as_str()),
+                member.member_id.as_str(),
+            );
             response.members.push(r);
         }
     }

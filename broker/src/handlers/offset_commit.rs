@@ -49,25 +49,33 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         }
         errors.push(codes);
     }
-    let mut verdict = broker.groups.check_commit(
+    // The guard keeps the group in the generation the commit was checked
+    // against until the offsets are in `__consumer_offsets` (see
+    // Coordinator::begin_commit): a rebalance that starts meanwhile cannot
+    // hand the partitions to a new generation before this commit lands.
+    let verdict = match broker.groups.begin_commit(
         &group,
+        body.group_instance_id.as_ref().map(|i| i.as_str()),
         body.member_id.as_str(),
         body.generation_id_or_member_epoch,
-    );
-    if verdict == code::NONE && !known.is_empty() {
-        // Durable first, then visible: an acknowledged commit survives a crash.
-        match broker
-            .offsets
-            .commit(&broker.engine, &broker.groups, &group, known)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(group = %group, error = %e, "persisting committed offsets failed");
-                verdict = ResponseError::CoordinatorNotAvailable.code();
+    ) {
+        Err(refused) => refused,
+        Ok(_held) if known.is_empty() => code::NONE,
+        Ok(_held) => {
+            // Durable first, then visible: an acknowledged commit survives a crash.
+            match broker
+                .offsets
+                .commit(&broker.engine, &broker.groups, &group, known)
+                .await
+            {
+                Ok(()) => code::NONE,
+                Err(e) => {
+                    tracing::warn!(group = %group, error = %e, "persisting committed offsets failed");
+                    ResponseError::CoordinatorNotAvailable.code()
+                }
             }
         }
-    }
+    };
     for (topic, codes) in body.topics.iter().zip(errors) {
         let mut out = OffsetCommitResponseTopic::default();
         out.name = topic.name.clone();

@@ -24,6 +24,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let wait = broker.groups.sync(
         body.group_id.0.as_str(),
         now,
+        body.group_instance_id.as_ref().map(|i| i.as_str()),
         body.member_id.as_str(),
         body.generation_id,
         assignments,

@@ -548,3 +548,63 @@ def test_list_offsets_max_timestamp_finds_the_record_with_the_largest_timestamp(
         assert producer.flush(30) == 0
     answer = admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(timeout=30)
     assert (answer.offset, answer.timestamp) == (1, 9_000_000)
+
+
+def test_a_restarted_static_member_gets_its_partitions_back_without_a_rebalance():
+    """KIP-345 through librdkafka: a consumer with group.instance.id that
+    restarts within its session timeout takes its old place; the other
+    member is never asked to give its partitions up."""
+    from confluent_kafka import Consumer
+    broker = _group_broker()
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic("static", num_partitions=4, replication_factor=1)])["static"].result(timeout=30)
+        events = {"a": [], "b": [], "b2": []}
+
+        def member(name, instance):
+            c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "statics",
+                          "group.instance.id": instance, "client.id": name,
+                          "session.timeout.ms": 30000, "heartbeat.interval.ms": 500,
+                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+            c.subscribe(["static"],
+                        on_assign=lambda c, ps: events[name].append(("assign", sorted(p.partition for p in ps))),
+                        on_revoke=lambda c, ps: events[name].append(("revoke", sorted(p.partition for p in ps))))
+            return c
+
+        def assigned(name):
+            return [e[1] for e in events[name] if e[0] == "assign"]
+
+        a, b = member("a", "ia"), member("b", "ib")
+        deadline = time.monotonic() + 60
+        # Until both hold partitions of one generation, between them all four.
+        while time.monotonic() < deadline:
+            a.poll(0.1)
+            b.poll(0.1)
+            if a.assignment() and b.assignment() and \
+                    len(a.assignment()) + len(b.assignment()) == 4:
+                break
+        b_partitions = sorted(p.partition for p in b.assignment())
+        a_partitions = sorted(p.partition for p in a.assignment())
+        assert b_partitions and a_partitions, events
+        revokes_before = [e for e in events["a"] if e[0] == "revoke"]
+
+        # A static member leaves no LeaveGroup behind on close (KIP-345):
+        # its session keeps its place for the restarted process.
+        b.close()
+        b2 = member("b2", "ib")
+        while time.monotonic() < deadline and not b2.assignment():
+            b2.poll(0.1)
+            a.poll(0.1)
+        assert sorted(p.partition for p in b2.assignment()) == b_partitions, events
+        # A rebalance could not have completed without a rejoining, and
+        # librdkafka revokes before it rejoins: no new revoke means none.
+        assert [e for e in events["a"] if e[0] == "revoke"] == revokes_before, events
+        assert sorted(p.partition for p in a.assignment()) == a_partitions
+
+        described = admin.describe_consumer_groups(["statics"])["statics"].result(timeout=30)
+        instances = sorted(m.group_instance_id for m in described.members)
+        assert instances == ["ia", "ib"], described
+        b2.close()
+        a.close()
+    finally:
+        broker.kill()

@@ -69,6 +69,17 @@ fn encode(records: &[Record], compression: Compression) -> Vec<u8> {
 /// A batch from an idempotent producer: `count` records with sequences
 /// `base_sequence..`.
 pub fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, count: usize) -> Vec<u8> {
+    idempotent_batch_at(producer_id, epoch, base_sequence, count, 0)
+}
+
+/// Like `idempotent_batch`, with every record at `timestamp`.
+pub fn idempotent_batch_at(
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    count: usize,
+    timestamp: i64,
+) -> Vec<u8> {
     let records: Vec<Record> = (0..count)
         .map(|i| Record {
             transactional: false,
@@ -80,7 +91,7 @@ pub fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, count:
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: base_sequence + i as i32,
-            timestamp: 0,
+            timestamp,
             key: None,
             value: Some(Bytes::from(vec![b'i'; 20])),
             headers: Default::default(),
