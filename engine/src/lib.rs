@@ -5,6 +5,7 @@
 //!
 //! - [`batch`]: the 61-byte v2 RecordBatch header: parse, CRC-check, patch
 //!   base offset and leader epoch. Records are never decoded. (pure)
+//! - [`budget`]: byte budgets, an async semaphore counted in bytes.
 //! - [`offset_index`], [`time_index`]: a segment's sparse indexes. (pure)
 //! - [`epoch_cache`]: leader epoch → start offset, and its checkpoint. (pure)
 //! - [`flush`]: the `flush.messages` / `flush.ms` policy. (pure)
@@ -23,6 +24,7 @@
 //! - [`types`], [`error`]: newtypes for offsets and epochs; the error type.
 
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod epoch_cache;
 pub mod error;

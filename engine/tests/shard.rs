@@ -671,3 +671,56 @@ fn a_fetch_waiting_for_an_append_does_not_split_group_commit() {
     drop(rt);
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn a_shards_queue_is_bounded_in_bytes_while_a_partition_stalls() {
+    let sim = SimFs::new();
+    let queue_bytes_max = 64 * 1024;
+    let engine = Rc::new(
+        Engine::start(EngineConfig {
+            data_dir: "/data".into(),
+            shards: 1,
+            fs: Fs::Sim(sim.clone()),
+            io_driver: IoDriver::Poll,
+            queue_bytes_max,
+            ..EngineConfig::default()
+        })
+        .unwrap(),
+    );
+    let tp = TopicPartition::new("slow", 0);
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        let every_batch = LogConfig {
+            flush_messages: Some(1),
+            ..LogConfig::default()
+        };
+        engine.open(tp.clone(), every_batch).await.unwrap();
+        let stall = sim.stall_syncs_under(std::path::Path::new("/data/slow-0"));
+        let shard = engine.shard_for(&tp).clone();
+        // 16 appends of ~16 KiB: four fit in the queue's 64 KiB.
+        let appends: Vec<_> = (0..16)
+            .map(|_| {
+                let (engine, tp) = (engine.clone(), tp.clone());
+                compio::runtime::spawn(async move {
+                    engine
+                        .append(tp, common::batch(1, 16 * 1024, 0), LEADER)
+                        .await
+                })
+            })
+            .collect();
+        eventually("senders to wait for room in the queue", || {
+            shard.queued_bytes().1 > 0
+        })
+        .await;
+        let (queued, waiting) = shard.queued_bytes();
+        assert!(queued <= queue_bytes_max, "{queued} bytes queued");
+        assert!(waiting >= 16 - 5, "{waiting} senders waiting");
+        drop(stall);
+        for append in appends {
+            append.await.unwrap().unwrap();
+        }
+        assert_eq!(shard.queued_bytes(), (0, 0));
+    });
+    drop(rt);
+    Rc::try_unwrap(engine).unwrap().shutdown().unwrap();
+}

@@ -143,9 +143,12 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let shards = by_shard.into_iter().map(|(shard, appends)| {
         let handle = broker.engine.shards()[shard].clone();
         let slots: Vec<(usize, i32)> = appends.iter().map(|a| (a.slot, a.tp.partition)).collect();
+        let bytes = appends.iter().map(|a| a.records.len()).sum();
         async move {
             let done = handle
-                .run(move |local| Box::pin(append_all(local, terms, appends)))
+                .run_weighted(bytes, move |local| {
+                    Box::pin(append_all(local, terms, appends))
+                })
                 .await;
             match done {
                 Ok(done) => done,

@@ -20,8 +20,10 @@
 //!
 //! [`ShardHandle::run`]: sluice_engine::shard::ShardHandle::run
 
-pub mod budget;
 pub mod state;
+
+/// Byte budgets (the engine's), for the responses the broker holds.
+pub use sluice_engine::budget;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

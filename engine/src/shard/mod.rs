@@ -30,6 +30,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +40,7 @@ use futures_channel::oneshot;
 use futures_util::future::LocalBoxFuture;
 use tracing::{error, info, warn};
 
+use crate::budget::{Budget, Permit};
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::io::Fs;
@@ -110,6 +112,9 @@ pub struct EngineConfig {
     pub turn_commands_max: usize,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
+    /// Bytes of records that may be queued for one shard at once (appends
+    /// and weighted runs through its channel); senders beyond it wait.
+    pub queue_bytes_max: usize,
     /// Size of each shard runtime's queue of wake-ups from other threads.
     /// compio spins (yielding) when a thread wakes a task on a runtime whose
     /// queue is full; two runtimes waking each other's tasks with full
@@ -131,6 +136,7 @@ impl Default for EngineConfig {
             fs: Fs::Os,
             queue_capacity: 4096,
             turn_commands_max: 1024,
+            queue_bytes_max: QUEUE_BYTES_MAX,
             ring_entries: 1024,
             remote_wakes_max: REMOTE_WAKES_MAX,
             retention_check_interval_ms: 300_000,
@@ -152,6 +158,9 @@ pub fn client_runtime() -> std::io::Result<compio::runtime::Runtime> {
         .sync_queue_size(REMOTE_WAKES_MAX)
         .build()
 }
+
+/// Default of [`EngineConfig::queue_bytes_max`].
+pub const QUEUE_BYTES_MAX: usize = 256 << 20;
 
 /// Bound checks between the limits above, at compile time where they are
 /// constants.
@@ -195,6 +204,9 @@ enum Command {
         records: Vec<u8>,
         mode: AppendMode,
         reply: Reply<AppendInfo>,
+        /// The records' bytes in the shard's queue budget, given back when
+        /// the append is done.
+        held: Permit,
     },
     /// Any other operation on one log, run in order with its appends.
     WithLog {
@@ -226,6 +238,10 @@ enum Command {
 pub struct ShardHandle {
     id: usize,
     tx: async_channel::Sender<Command>,
+    /// Bytes of records in flight to this shard through this handle's
+    /// channel (`EngineConfig::queue_bytes_max`): the queue is bounded in
+    /// bytes as well as in commands.
+    queued: Arc<Budget>,
 }
 
 impl fmt::Debug for ShardHandle {
@@ -237,6 +253,12 @@ impl fmt::Debug for ShardHandle {
 impl ShardHandle {
     pub fn id(&self) -> usize {
         self.id
+    }
+
+    /// Bytes of records queued for this shard through its channel now, and
+    /// senders waiting for room.
+    pub fn queued_bytes(&self) -> (usize, usize) {
+        (self.queued.used(), self.queued.waiting())
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
@@ -260,11 +282,13 @@ impl ShardHandle {
         records: Vec<u8>,
         mode: AppendMode,
     ) -> Result<AppendInfo> {
+        let held = self.queued.acquire(records.len()).await;
         self.call(|reply| Command::Append {
             tp,
             records,
             mode,
             reply,
+            held,
         })
         .await
     }
@@ -344,9 +368,22 @@ impl ShardHandle {
         R: Send + 'static,
         F: FnOnce(LocalShard) -> LocalBoxFuture<'static, R> + Send + 'static,
     {
+        self.run_weighted(0, f).await
+    }
+
+    /// [`ShardHandle::run`] for work that carries `bytes` of data to the
+    /// shard (a produce request's records): they count against the shard's
+    /// queue budget until the work is done, so a flood of large requests
+    /// waits here instead of piling up in the shard's queue.
+    pub async fn run_weighted<R, F>(&self, bytes: usize, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(LocalShard) -> LocalBoxFuture<'static, R> + Send + 'static,
+    {
         if let Some(here) = local().filter(|l| l.id() == self.id) {
             return Ok(f(here).await);
         }
+        let held = self.queued.acquire(bytes).await;
         let (tx, rx) = oneshot::channel();
         self.spawn(move || {
             // On the shard thread, which always has its LocalShard; without
@@ -365,6 +402,7 @@ impl ShardHandle {
                             futures_util::future::Either::Right(_) => None,
                         }
                     };
+                    drop(held);
                     if let Some(outcome) = outcome {
                         drop(tx.send(outcome));
                     }
@@ -535,7 +573,11 @@ impl Engine {
                 .recv()
                 .map_err(|_| Error::ShardStopped(id))
                 .and_then(|r| r)?;
-            handles.push(ShardHandle { id, tx });
+            handles.push(ShardHandle {
+                id,
+                tx,
+                queued: Budget::new(config.queue_bytes_max),
+            });
             threads.push(thread);
         }
         info!(shards = config.shards, backend = %backend, dir = %config.data_dir.display(), "storage engine started");

@@ -33,6 +33,7 @@ use futures_util::future::LocalBoxFuture;
 use tracing::{error, warn};
 
 use super::{now_ms, Command, LogInfo, Reply};
+use crate::budget::Permit;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::io::Fs;
@@ -51,7 +52,9 @@ const BACKGROUND_FLUSH_POLL_MS: u64 = 10;
 const WAITERS_PER_PARTITION_MAX: usize = 4096;
 
 enum Work {
-    Append(Vec<u8>, AppendMode, Reply<AppendInfo>),
+    /// Records, their mode, their bytes in the shard's queue budget (for
+    /// appends that came through the channel), and where the result goes.
+    Append(Vec<u8>, AppendMode, Option<Permit>, Reply<AppendInfo>),
     Job(LocalLogJob),
     /// Close (and maybe delete) the log once the work before it is done.
     Close {
@@ -145,7 +148,8 @@ impl Core {
                 records,
                 mode,
                 reply,
-            } => self.push(&tp, Work::Append(records, mode, reply)),
+                held,
+            } => self.push(&tp, Work::Append(records, mode, Some(held), reply)),
             Command::WithLog {
                 tp,
                 job,
@@ -468,7 +472,7 @@ fn answer_waiters(part: &Partition) {
 
 fn fail(work: Work, err: Error) {
     match work {
-        Work::Append(_, _, reply) => drop(reply.send(Err(err))),
+        Work::Append(_, _, _, reply) => drop(reply.send(Err(err))),
         // A job's own reply is inside it; dropping it ends the caller's
         // wait with ShardStopped. Jobs are only queued on accepting
         // partitions, so this is a close racing them.
@@ -490,14 +494,17 @@ async fn run_work(
     let mut replies: Vec<Reply<AppendInfo>> = Vec::new();
     let mut items = work.into_iter();
     let mut close = None;
+    let mut held_bytes: Vec<Permit> = Vec::new();
     for item in items.by_ref() {
         match item {
-            Work::Append(records, mode, reply) => {
+            Work::Append(records, mode, held, reply) => {
                 appends.push((records, mode));
                 replies.push(reply);
+                // Given back once the group is written (below).
+                held_bytes.extend(held);
             }
             Work::Job(job) => {
-                commit(&mut log, &mut appends, &mut replies, now).await;
+                commit(&mut log, &mut appends, &mut replies, &mut held_bytes, now).await;
                 job(&mut log, now).await;
             }
             Work::Close { delete, reply } => {
@@ -506,7 +513,7 @@ async fn run_work(
             }
         }
     }
-    commit(&mut log, &mut appends, &mut replies, now).await;
+    commit(&mut log, &mut appends, &mut replies, &mut held_bytes, now).await;
     for rest in items {
         fail(rest, Error::UnknownPartition(tp.clone()));
     }
@@ -517,12 +524,16 @@ async fn commit(
     log: &mut Log,
     appends: &mut Vec<(Vec<u8>, AppendMode)>,
     replies: &mut Vec<Reply<AppendInfo>>,
+    held_bytes: &mut Vec<Permit>,
     now: u64,
 ) {
     if appends.is_empty() {
         return;
     }
     let results = log.append_group(std::mem::take(appends), now).await;
+    // Out of the queue and written: room for the next senders, before the
+    // replies let these senders send more.
+    held_bytes.clear();
     for (reply, result) in replies.drain(..).zip(results) {
         drop(reply.send(result));
     }
@@ -567,7 +578,7 @@ impl LocalShard {
         mode: AppendMode,
     ) -> Result<AppendInfo> {
         let (tx, rx) = oneshot::channel();
-        self.0.push(tp, Work::Append(records, mode, tx));
+        self.0.push(tp, Work::Append(records, mode, None, tx));
         rx.await.map_err(|_| Error::ShardStopped(self.0.id))?
     }
 

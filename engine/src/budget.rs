@@ -1,16 +1,15 @@
-//! Byte budgets: an asynchronous semaphore counted in bytes, so that the
-//! responses a broker holds in memory (read from the log, not yet written
-//! to a socket) stay under a limit whatever clients ask for.
+//! Byte budgets: an asynchronous semaphore counted in bytes, so that what
+//! is queued or held in memory stays under a limit whatever callers ask.
 //!
-//! Two are in use: one per connection (`fetch.max.bytes`, so a client that
-//! stops reading its socket holds at most about one response) and one for
-//! the whole broker (`queued.max.request.bytes`). A fetch takes its bytes
-//! from both before it reads, and gives them back when its response has
-//! been written or dropped: a connection that closes gives back the bytes
-//! of everything it had queued.
+//! The engine bounds each shard's command queue with one (the record bytes
+//! of appends and weighted [`ShardHandle::run`] calls in flight to it); the
+//! broker bounds the responses it holds for clients with others (per
+//! connection and broker-wide, see the broker's `fetch` handler).
 //!
-//! Shared by every shard's connections (the broker-wide one), so it sits
-//! behind a mutex, held only to update the count, never across an await.
+//! A budget is shared across threads, so it sits behind a mutex, held only
+//! to update the count, never across an await.
+//!
+//! [`ShardHandle::run`]: crate::shard::ShardHandle::run
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
