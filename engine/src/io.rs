@@ -177,9 +177,10 @@ impl Fs {
 const IOV_MAX: usize = 1024;
 
 /// `pwritev` until every byte of `bufs` is written at `pos`.
-fn pwritev_all(fd: RawFd, bufs: &[Vec<u8>], mut pos: u64) -> io::Result<()> {
+fn pwritev_all<B: AsRef<[u8]>>(fd: RawFd, bufs: &[B], mut pos: u64) -> io::Result<()> {
     let mut iovs: Vec<libc::iovec> = bufs
         .iter()
+        .map(AsRef::as_ref)
         .filter(|b| !b.is_empty())
         .map(|b| libc::iovec {
             iov_base: b.as_ptr() as *mut libc::c_void,
@@ -240,11 +241,10 @@ impl File {
 
     /// Writes the buffers back to back from `pos`, as one vectored write
     /// where the backend allows, and hands them back.
-    pub async fn write_vectored_all_at(
-        &self,
-        bufs: Vec<Vec<u8>>,
-        pos: u64,
-    ) -> io::Result<Vec<Vec<u8>>> {
+    pub async fn write_vectored_all_at<B>(&self, bufs: Vec<B>, pos: u64) -> io::Result<Vec<B>>
+    where
+        B: compio::buf::IoBuf + AsRef<[u8]>,
+    {
         match self {
             File::Os {
                 file,
@@ -261,6 +261,7 @@ impl File {
             File::Sim(file) => {
                 let mut at = pos;
                 for buf in &bufs {
+                    let buf = buf.as_ref();
                     file.write_at(buf, at)?;
                     at += buf.len() as u64;
                 }

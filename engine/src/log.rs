@@ -30,6 +30,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use bytes::Bytes;
 use compio::runtime::JoinHandle;
 use futures_util::FutureExt;
 use std::path::{Path, PathBuf};
@@ -792,11 +793,11 @@ impl Log {
     /// Appends one request's batches (one or more concatenated v2 batches).
     pub async fn append(
         &mut self,
-        records: Vec<u8>,
+        records: impl Into<Bytes>,
         mode: AppendMode,
         now_ms: u64,
     ) -> Result<AppendInfo> {
-        self.append_group(vec![(records, mode)], now_ms)
+        self.append_group(vec![(records.into(), mode)], now_ms)
             .await
             .pop()
             .unwrap_or(Err(Error::InvalidConfig("empty append group".into())))
@@ -807,9 +808,12 @@ impl Log {
     /// (a roll in between flushes the old one in the background), with a
     /// result per request in order. A request that fails validation fails alone; an I/O error
     /// fails every request not yet written.
+    /// The request bytes are never copied: a leader's offsets and epoch go
+    /// into a patched copy of each batch's header, written before the rest
+    /// of the batch in the same vectored write.
     pub async fn append_group(
         &mut self,
-        requests: Vec<(Vec<u8>, AppendMode)>,
+        requests: Vec<(Bytes, AppendMode)>,
         now_ms: u64,
     ) -> Vec<Result<AppendInfo>> {
         let mut results: Vec<Result<AppendInfo>> = Vec::with_capacity(requests.len());
@@ -824,7 +828,7 @@ impl Log {
         let mut staged = Staged::default();
         let mut next = self.log_end_offset();
         let mut failure: Option<Error> = None;
-        for (mut records, mode) in requests {
+        for (records, mode) in requests {
             if let Some(err) = &failure {
                 results.push(Err(err.clone()));
                 continue;
@@ -857,8 +861,8 @@ impl Log {
                     continue;
                 }
             }
-            let headers = match self.assign(&mut records, headers, mode, next) {
-                Ok(Validated::Append(h)) => h,
+            let (headers, bufs) = match self.assign(&records, headers, mode, next) {
+                Ok(Validated::Append(h, bufs)) => (h, bufs),
                 Ok(Validated::Duplicate(meta)) => {
                     // A retry of a batch already in the log: its original
                     // offsets, nothing appended (Kafka's answer).
@@ -889,7 +893,7 @@ impl Log {
                 durability: Durability::PageCache,
             };
             next = last.plus(1);
-            staged.push(records, headers, results.len());
+            staged.push(bufs, headers, results.len());
             results.push(Ok(info));
         }
         if failure.is_none() {
@@ -948,11 +952,14 @@ impl Log {
     }
 
     /// Checks an idempotent producer's sequence, and for a leader assigns
-    /// offsets and the epoch by patching the headers in place; records the
-    /// batches in the producer state (taken back if their write fails).
+    /// offsets and the epoch by patching a copy of each batch's header;
+    /// records the batches in the producer state (taken back if their write
+    /// fails). Returns the buffers to write: for a leader, each batch's
+    /// patched header then the rest of it, sliced from `records`; for a
+    /// follower, `records` as they are.
     fn assign(
         &mut self,
-        records: &mut [u8],
+        records: &Bytes,
         mut headers: Vec<BatchHeader>,
         mode: AppendMode,
         next: Offset,
@@ -991,13 +998,25 @@ impl Log {
                 }
             }
         }
+        let mut bufs = Vec::new();
         match mode {
             AppendMode::Leader { epoch } => {
                 let mut pos = 0;
                 let mut offset = next;
+                bufs.reserve(headers.len() * 2);
                 for header in headers.iter_mut() {
                     let end = pos + header.total_len();
-                    batch::patch(&mut records[pos..end], offset.0, epoch.0)?;
+                    let head_end = pos + batch::HEADER_LEN;
+                    let mut head = records
+                        .get(pos..head_end)
+                        .ok_or(batch::BatchError::Truncated {
+                            needed: head_end,
+                            available: records.len(),
+                        })?
+                        .to_vec();
+                    batch::patch(&mut head, offset.0, epoch.0)?;
+                    bufs.push(Bytes::from(head));
+                    bufs.push(records.slice(head_end..end));
                     header.base_offset = offset.0;
                     header.partition_leader_epoch = epoch.0;
                     offset = Offset(header.last_offset() + 1);
@@ -1017,13 +1036,14 @@ impl Log {
                     }
                     expected = Offset(header.last_offset() + 1);
                 }
+                bufs.push(records.clone());
             }
         }
         // Taken back if the write fails (see write_staged).
         for header in &headers {
             self.producers.update(header);
         }
-        Ok(Validated::Append(headers))
+        Ok(Validated::Append(headers, bufs))
     }
 
     /// Writes the staged batches to the active segment and accounts for
@@ -1687,7 +1707,8 @@ impl Log {
 
 /// A request's batches after validation.
 enum Validated {
-    Append(Vec<BatchHeader>),
+    /// The batches' headers, and the buffers to write.
+    Append(Vec<BatchHeader>, Vec<Bytes>),
     /// An idempotent producer's retry of a batch already in the log.
     Duplicate(BatchMeta),
 }
@@ -1696,7 +1717,7 @@ enum Validated {
 /// buffers are written as they came, without copying them together.
 #[derive(Default)]
 struct Staged {
-    bufs: Vec<Vec<u8>>,
+    bufs: Vec<Bytes>,
     len: u64,
     headers: Vec<BatchHeader>,
     /// Index into the results of each request whose batches are staged.
@@ -1704,9 +1725,9 @@ struct Staged {
 }
 
 impl Staged {
-    fn push(&mut self, records: Vec<u8>, headers: Vec<BatchHeader>, owner: usize) {
-        self.len += records.len() as u64;
-        self.bufs.push(records);
+    fn push(&mut self, bufs: Vec<Bytes>, headers: Vec<BatchHeader>, owner: usize) {
+        self.len += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+        self.bufs.extend(bufs);
         self.headers.extend(headers);
         self.owners.push(owner);
     }

@@ -411,37 +411,52 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Every log line of this test binary, through a global subscriber: a
+/// thread-scoped one (`with_default`) misses events whose callsites another
+/// test's thread registered first with no subscriber, which made the test
+/// below fail about one run in four.
+fn captured_logs() -> &'static Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        captured
+    })
+}
+
 #[test]
 fn a_full_disk_is_logged_once_a_minute_naming_the_partition_and_file() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        with_sim(async |sim| {
-            let (mut log, _) = open(&sim, &LogConfig::default()).await;
-            sim.set_space_limit(Some(sim.used_bytes() + 10));
-            let minute = sluice_engine::io_warnings::WARN_INTERVAL_MS;
-            for now in [NOW, NOW + 1, NOW + 2, NOW + minute] {
-                let err = log
-                    .append(common::batch(5, 100, 0), LEADER, now)
-                    .await
-                    .unwrap_err();
-                assert!(matches!(err, Error::NoSpace { .. }), "{err}");
-            }
-        });
+    let captured = captured_logs();
+    // A directory of its own: other tests here log append failures too.
+    let dir = PathBuf::from("/data/full-0");
+    with_sim(async |sim| {
+        let (mut log, _) = Log::open(Fs::Sim(sim.clone()), dir.clone(), LogConfig::default(), NOW)
+            .await
+            .expect("recovery succeeds");
+        sim.set_space_limit(Some(sim.used_bytes() + 10));
+        let minute = sluice_engine::io_warnings::WARN_INTERVAL_MS;
+        for now in [NOW, NOW + 1, NOW + 2, NOW + minute] {
+            let err = log
+                .append(common::batch(5, 100, 0), LEADER, now)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+        }
     });
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let warnings: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("an append failed"))
+        .filter(|l| l.contains("an append failed") && l.contains("dir=/data/full-0"))
         .collect();
     assert_eq!(warnings.len(), 2, "{text}");
-    assert!(warnings[0].contains("dir=/data/t-0"), "{text}");
     assert!(
-        warnings[0].contains("file=/data/t-0/00000000000000000000.log"),
+        warnings[0].contains("file=/data/full-0/00000000000000000000.log"),
         "{text}"
     );
     assert!(warnings[0].contains("kind=NoSpace"), "{text}");

@@ -188,7 +188,7 @@ impl OffsetStore {
         .map_err(|e| format!("encoding offset records: {e}"))?;
         let tp = TopicPartition::new(TOPIC, partition);
         engine
-            .append(tp, buf.to_vec(), AppendMode::Leader { epoch: Epoch(0) })
+            .append(tp, buf.freeze(), AppendMode::Leader { epoch: Epoch(0) })
             .await
             .map(|info| info.base_offset)
             .map_err(|e| e.to_string())

@@ -201,7 +201,7 @@ async fn append_all(
 
 async fn append_one(local: &LocalShard, terms: Terms, a: Append) -> PartitionProduceResponse {
     let index = a.tp.partition;
-    let info = match partition::append(local, terms.me, &a.tp, &a.topic, a.records.to_vec()).await {
+    let info = match partition::append(local, terms.me, &a.tp, &a.topic, a.records).await {
         Ok(info) => info,
         Err(e) => {
             debug!(partition = %a.tp, error = %e, "produce failed");

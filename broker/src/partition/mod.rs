@@ -129,13 +129,14 @@ fn with_entry<R>(
 /// Appends a produce request's batches as the partition's leader, stamping
 /// the leader epoch, then moves the high watermark and wakes who waits on
 /// it. The append queues on the partition's worker with the others, so
-/// concurrent produces still share one write and one fsync.
+/// concurrent produces still share one write and one fsync. `records` are
+/// the request's own bytes: nothing copies them on the way to the file.
 pub async fn append(
     local: &LocalShard,
     me: BrokerId,
     tp: &TopicPartition,
     topic: &TopicState,
-    records: Vec<u8>,
+    records: bytes::Bytes,
 ) -> Result<AppendInfo, Error> {
     let epoch = with_entry(local, me, tp, topic, |e| e.state.leader_epoch())?;
     let info = local

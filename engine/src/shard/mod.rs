@@ -201,7 +201,7 @@ enum Command {
     },
     Append {
         tp: TopicPartition,
-        records: Vec<u8>,
+        records: bytes::Bytes,
         mode: AppendMode,
         reply: Reply<AppendInfo>,
         /// The records' bytes in the shard's queue budget, given back when
@@ -279,9 +279,10 @@ impl ShardHandle {
     pub async fn append(
         &self,
         tp: TopicPartition,
-        records: Vec<u8>,
+        records: impl Into<bytes::Bytes>,
         mode: AppendMode,
     ) -> Result<AppendInfo> {
+        let records = records.into();
         let held = self.queued.acquire(records.len()).await;
         self.call(|reply| Command::Append {
             tp,
@@ -622,7 +623,7 @@ impl Engine {
     pub async fn append(
         &self,
         tp: TopicPartition,
-        records: Vec<u8>,
+        records: impl Into<bytes::Bytes>,
         mode: AppendMode,
     ) -> Result<AppendInfo> {
         self.shard_for(&tp).append(tp, records, mode).await

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_util::future::LocalBoxFuture;
 use tracing::{error, warn};
@@ -54,7 +55,7 @@ const WAITERS_PER_PARTITION_MAX: usize = 4096;
 enum Work {
     /// Records, their mode, their bytes in the shard's queue budget (for
     /// appends that came through the channel), and where the result goes.
-    Append(Vec<u8>, AppendMode, Option<Permit>, Reply<AppendInfo>),
+    Append(Bytes, AppendMode, Option<Permit>, Reply<AppendInfo>),
     Job(LocalLogJob),
     /// Close (and maybe delete) the log once the work before it is done.
     Close {
@@ -490,7 +491,7 @@ async fn run_work(
     work: Vec<Work>,
     now: u64,
 ) -> (Log, Option<(bool, Reply<()>)>) {
-    let mut appends: Vec<(Vec<u8>, AppendMode)> = Vec::new();
+    let mut appends: Vec<(Bytes, AppendMode)> = Vec::new();
     let mut replies: Vec<Reply<AppendInfo>> = Vec::new();
     let mut items = work.into_iter();
     let mut close = None;
@@ -522,7 +523,7 @@ async fn run_work(
 
 async fn commit(
     log: &mut Log,
-    appends: &mut Vec<(Vec<u8>, AppendMode)>,
+    appends: &mut Vec<(Bytes, AppendMode)>,
     replies: &mut Vec<Reply<AppendInfo>>,
     held_bytes: &mut Vec<Permit>,
     now: u64,
@@ -574,11 +575,12 @@ impl LocalShard {
     pub async fn append(
         &self,
         tp: &TopicPartition,
-        records: Vec<u8>,
+        records: impl Into<Bytes>,
         mode: AppendMode,
     ) -> Result<AppendInfo> {
         let (tx, rx) = oneshot::channel();
-        self.0.push(tp, Work::Append(records, mode, None, tx));
+        self.0
+            .push(tp, Work::Append(records.into(), mode, None, tx));
         rx.await.map_err(|_| Error::ShardStopped(self.0.id))?
     }
 
