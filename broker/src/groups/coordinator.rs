@@ -3,7 +3,8 @@
 //! rebalance step, delivers the answers when [`Group`] produces them, ticks
 //! time forward, and keeps the groups' committed offsets.
 //!
-//! Shared by every shard's connections; the mutex is held only for the
+//! Shared by every shard's connections; a group's lock (one per stripe of
+//! groups, by `__consumer_offsets` partition) is held only for the
 //! state machine's synchronous steps, never across an await.
 
 use std::collections::{BTreeMap, HashMap};
@@ -80,7 +81,10 @@ pub enum Wait<T> {
 /// Every group of this broker.
 pub struct Coordinator {
     limits: Limits,
-    groups: Mutex<HashMap<String, Entry>>,
+    /// Groups split by their `__consumer_offsets` partition, one lock
+    /// each (as Kafka's coordinator shards by that partition), so that
+    /// requests of different groups rarely wait on each other.
+    groups: Vec<Mutex<HashMap<String, Entry>>>,
 }
 
 /// What DescribeGroups and ListGroups show of a group.
@@ -107,12 +111,27 @@ impl Coordinator {
     pub fn new(limits: Limits) -> Coordinator {
         Coordinator {
             limits,
-            groups: Mutex::new(HashMap::new()),
+            groups: (0..super::offsets_topic::PARTITIONS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
         }
     }
 
+    /// The lock over `group_id`'s stripe of the groups.
+    fn stripe(&self, group_id: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        let index = super::offsets_topic::partition_for(group_id) as usize % self.groups.len();
+        self.groups[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every stripe's lock, one after another.
+    fn stripes(&self) -> impl Iterator<Item = std::sync::MutexGuard<'_, HashMap<String, Entry>>> {
+        self.groups
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn with<T>(&self, group_id: &str, f: impl FnOnce(&mut Entry, Limits) -> T) -> T {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups = self.stripe(group_id);
         let entry = groups.entry(group_id.to_string()).or_default();
         f(entry, self.limits)
     }
@@ -211,11 +230,12 @@ impl Coordinator {
 
     /// Advances every group's clock, delivering what that completes.
     pub fn tick(&self, now_ms: u64) {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        for entry in groups.values_mut() {
-            if let Some(group) = entry.group.as_mut() {
-                let completions = group.tick(now_ms);
-                entry.deliver(completions);
+        for mut groups in self.stripes() {
+            for entry in groups.values_mut() {
+                if let Some(group) = entry.group.as_mut() {
+                    let completions = group.tick(now_ms);
+                    entry.deliver(completions);
+                }
             }
         }
     }
@@ -296,22 +316,23 @@ impl Coordinator {
         &self,
         keep: impl Fn(&str) -> bool,
     ) -> Vec<(String, (String, i32), Committed)> {
-        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        groups
-            .iter()
-            .filter(|(group, _)| keep(group))
-            .flat_map(|(group, entry)| {
-                entry
-                    .offsets
-                    .iter()
-                    .map(move |(key, c)| (group.clone(), key.clone(), c.clone()))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for groups in self.stripes() {
+            out.extend(groups.iter().filter(|(group, _)| keep(group)).flat_map(
+                |(group, entry)| {
+                    entry
+                        .offsets
+                        .iter()
+                        .map(move |(key, c)| (group.clone(), key.clone(), c.clone()))
+                },
+            ));
+        }
+        out
     }
 
     /// The group's committed offsets (all, or for the listed partitions).
     pub fn committed(&self, group_id: &str) -> BTreeMap<(String, i32), Committed> {
-        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let groups = self.stripe(group_id);
         groups
             .get(group_id)
             .map(|e| e.offsets.clone())
@@ -320,26 +341,31 @@ impl Coordinator {
 
     /// Every group with members or committed offsets, with its protocol type.
     pub fn list(&self) -> Vec<(String, String, &'static str)> {
-        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        groups
-            .iter()
-            .filter(|(_, e)| {
-                e.group.as_ref().is_some_and(|g| !g.members.is_empty()) || !e.offsets.is_empty()
-            })
-            .map(|(id, e)| {
-                let g = e.group.as_ref();
-                (
-                    id.clone(),
-                    g.and_then(|g| g.protocol_type.clone())
-                        .unwrap_or_else(|| "consumer".into()),
-                    g.map_or("Empty", |g| state_name(g)),
-                )
-            })
-            .collect()
+        let mut out = Vec::new();
+        for groups in self.stripes() {
+            out.extend(
+                groups
+                    .iter()
+                    .filter(|(_, e)| {
+                        e.group.as_ref().is_some_and(|g| !g.members.is_empty())
+                            || !e.offsets.is_empty()
+                    })
+                    .map(|(id, e)| {
+                        let g = e.group.as_ref();
+                        (
+                            id.clone(),
+                            g.and_then(|g| g.protocol_type.clone())
+                                .unwrap_or_else(|| "consumer".into()),
+                            g.map_or("Empty", |g| state_name(g)),
+                        )
+                    }),
+            );
+        }
+        out
     }
 
     pub fn describe(&self, group_id: &str) -> Option<Description> {
-        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let groups = self.stripe(group_id);
         let entry = groups.get(group_id)?;
         let Some(group) = entry.group.as_ref() else {
             return Some(Description {
@@ -378,7 +404,7 @@ impl Coordinator {
 
     /// Deletes an empty group and its offsets; the Kafka error code.
     pub fn delete(&self, group_id: &str) -> i16 {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups = self.stripe(group_id);
         match groups.get(group_id) {
             None => 69, // GROUP_ID_NOT_FOUND
             Some(e) if e.group.as_ref().is_some_and(|g| !g.members.is_empty()) => 68, // NON_EMPTY_GROUP
