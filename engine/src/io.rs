@@ -89,9 +89,14 @@ impl Fs {
     /// Removes a directory and everything in it.
     pub async fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         match self {
-            // Deleting a partition is rare and not on a hot path; std's
-            // recursive removal is not worth re-implementing on the ring.
-            Fs::Os | Fs::OsRingWrites => std::fs::remove_dir_all(path),
+            // Unlinking a large segment can take tens of milliseconds: off
+            // the shard thread, so the shard's other partitions go on.
+            Fs::Os | Fs::OsRingWrites => {
+                let path = path.to_path_buf();
+                compio::runtime::spawn_blocking(move || std::fs::remove_dir_all(path))
+                    .await
+                    .unwrap_or_else(|_| Err(io::Error::other("removing a directory panicked")))
+            }
             Fs::Sim(sim) => sim.remove_dir_all(path),
         }
     }
@@ -120,14 +125,19 @@ impl Fs {
     /// The names of the entries of a directory, sorted.
     pub async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         let mut names = match self {
-            // Listing happens only when a log is opened, never on the append
-            // or read path, so a blocking readdir is acceptable here.
+            // Off the shard thread: a directory on a slow disk must not hold
+            // up the shard's other partitions while one opens.
             Fs::Os | Fs::OsRingWrites => {
-                let mut names = Vec::new();
-                for entry in std::fs::read_dir(path)? {
-                    names.push(entry?.file_name().to_string_lossy().into_owned());
-                }
-                names
+                let path = path.to_path_buf();
+                compio::runtime::spawn_blocking(move || -> io::Result<Vec<String>> {
+                    let mut names = Vec::new();
+                    for entry in std::fs::read_dir(path)? {
+                        names.push(entry?.file_name().to_string_lossy().into_owned());
+                    }
+                    Ok(names)
+                })
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("listing a directory panicked")))?
             }
             Fs::Sim(sim) => sim.list_dir(path)?,
         };
