@@ -198,3 +198,142 @@ pub async fn wait_for_high_watermark(
         Ok(rx) => rx.await.map_err(|_| Error::UnknownPartition(tp.clone())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::BytesMut;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    use sluice_engine::io::Fs;
+    use sluice_engine::sim::SimFs;
+    use sluice_engine::{Engine, EngineConfig, IoDriver, LogConfig};
+
+    use super::*;
+    use crate::controller::image::{PartitionRecord, TopicImage};
+    use std::future::Future;
+
+    const ME: BrokerId = 1;
+
+    fn one_record() -> bytes::Bytes {
+        let record = Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1,
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+            delete_horizon: false,
+        };
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    fn topic(id: u8, partition: PartitionRecord) -> Arc<TopicState> {
+        Arc::new(TopicState {
+            image: Arc::new(TopicImage {
+                id: [id; 16],
+                partitions: vec![partition],
+                overrides: Default::default(),
+            }),
+            partitions: 1,
+            config: LogConfig::default(),
+        })
+    }
+
+    /// Runs `body` on the only shard of a simulated engine holding `tp`.
+    fn on_shard<F>(tp: &TopicPartition, body: F)
+    where
+        F: FnOnce(LocalShard) -> futures_util::future::LocalBoxFuture<'static, ()> + Send + 'static,
+    {
+        let engine = Engine::start(EngineConfig {
+            data_dir: "/data".into(),
+            shards: 1,
+            fs: Fs::Sim(SimFs::new()),
+            io_driver: IoDriver::Poll,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let runtime = sluice_engine::shard::client_runtime().unwrap();
+        runtime.block_on(async {
+            engine.open(tp.clone(), LogConfig::default()).await.unwrap();
+            engine.shard_for(tp).run(body).await.unwrap();
+        });
+        drop(runtime);
+        engine.shutdown().unwrap();
+    }
+
+    #[test]
+    fn an_append_wakes_the_waiters_its_high_watermark_passes() {
+        let tp = TopicPartition::new("t", 0);
+        let state = topic(1, PartitionRecord::single(ME));
+        on_shard(&tp.clone(), move |local| {
+            Box::pin(async move {
+                let local = &local;
+                assert_eq!(high_watermark(local, ME, &tp, &state).ok(), Some(Offset(0)));
+                // An acks=all produce of offset 0 waits for a high watermark
+                // above 0; the append of that very batch wakes it.
+                let waiting = wait_for_high_watermark(local, ME, &tp, &state, Offset(0));
+                let appending = append(local, ME, &tp, &state, one_record());
+                let (woken, appended) = futures_util::join!(waiting, appending);
+                assert_eq!(appended.unwrap().base_offset, Offset(0));
+                assert_eq!(woken.ok(), Some(Offset(1)));
+                // Already passed: answered at once.
+                let passed = wait_for_high_watermark(local, ME, &tp, &state, Offset(0)).await;
+                assert_eq!(passed.ok(), Some(Offset(1)));
+            })
+        });
+    }
+
+    #[test]
+    fn with_a_second_in_sync_replica_the_high_watermark_waits_for_it() {
+        let tp = TopicPartition::new("t", 0);
+        let state = topic(
+            2,
+            PartitionRecord {
+                replicas: vec![ME, 2],
+                isr: vec![ME, 2],
+                leader: ME,
+                leader_epoch: 3,
+            },
+        );
+        on_shard(&tp.clone(), move |local| {
+            Box::pin(async move {
+                let local = &local;
+                let info = append(local, ME, &tp, &state, one_record()).await.unwrap();
+                assert_eq!(info.base_offset, Offset(0));
+                // The follower has fetched nothing: nothing is committed.
+                assert_eq!(high_watermark(local, ME, &tp, &state).ok(), Some(Offset(0)));
+                let mut waiting =
+                    Box::pin(wait_for_high_watermark(local, ME, &tp, &state, Offset(0)));
+                let cx = &mut std::task::Context::from_waker(std::task::Waker::noop());
+                assert!(waiting.as_mut().poll(cx).is_pending());
+                // The follower's fetch from offset 1 says it has offset 0.
+                let moved = with_entry(local, ME, &tp, &state, |e| {
+                    let moved = e.state.on_follower_fetch(2, Offset(1));
+                    e.wake();
+                    moved
+                });
+                assert_eq!(moved.ok(), Some(Some(Offset(1))));
+                assert_eq!(waiting.await.ok(), Some(Offset(1)));
+            })
+        });
+    }
+}
