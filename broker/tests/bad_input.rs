@@ -881,3 +881,55 @@ fn an_undecodable_offsets_batch_is_skipped_at_start_and_the_other_offsets_load()
     }
     finish(broker);
 }
+
+#[test]
+fn a_fetch_asking_for_two_gigabytes_gets_at_most_fetch_max_bytes() {
+    // 64 KiB of responses at most, whatever the client asks; the first
+    // batch is whole even when larger.
+    let fetch_max = 64 * 1024;
+    let broker = Broker::start_with(&[("fetch.max.bytes", &fetch_max.to_string())]);
+    let mut s = connect(&broker.addr());
+    produce(&broker, "capped", &["-p", "0"], b"warm-up\n");
+    // 40 batches of about 8 KiB each: 320 KiB in the partition.
+    let value = "x".repeat(8 * 1024);
+    for i in 0..40 {
+        let (code, _) = produce_raw(&mut s, &broker, 100 + i, "capped", 0, batch(&[&value]));
+        assert_eq!(code, 0);
+    }
+    let ask = |offset: i64| {
+        FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(i32::MAX)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name("capped"))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(i32::MAX)])])
+    };
+    let resp = call(&mut s, &broker, 12, 500, &ask(0));
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0, "{p:?}");
+    let got = p.records.as_ref().map_or(0, |r| r.len());
+    assert!(got > 0, "nothing returned");
+    assert!(got <= fetch_max, "{got} bytes in one response");
+    assert_eq!(p.high_watermark, 41);
+
+    // A fetch.max.bytes smaller than one batch still returns that batch.
+    let tiny = Broker::start_with(&[("fetch.max.bytes", "1024")]);
+    let mut t = connect(&tiny.addr());
+    produce(
+        &tiny,
+        "capped",
+        &["-p", "0"],
+        format!("{value}\n").as_bytes(),
+    );
+    let resp = call(&mut t, &tiny, 12, 2, &ask(0));
+    let p = &resp.responses[0].partitions[0];
+    let got = p.records.as_ref().map_or(0, |r| r.len());
+    assert!(got > value.len(), "the first batch whole: got {got} bytes");
+    finish(tiny);
+    finish(broker);
+}
