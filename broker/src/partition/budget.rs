@@ -104,9 +104,15 @@ impl Budget {
         self.lock().peak
     }
 
-    /// Acquirers waiting for bytes to come back.
+    /// Acquirers waiting for bytes to come back (not counting those that
+    /// gave up and are still queued).
     pub fn waiting(&self) -> usize {
-        self.lock().waiting.len()
+        let inner = self.lock();
+        inner
+            .waiting
+            .iter()
+            .filter(|(_, tx)| !tx.is_canceled())
+            .count()
     }
 
     /// Takes `bytes` (at most the whole limit), waiting until they are free.
@@ -155,8 +161,13 @@ impl Budget {
     /// that gave up (its future dropped) is skipped; if it had already been
     /// granted, its bytes come back here.
     fn grant(&self, inner: &mut Inner) {
-        while let Some((bytes, _)) = inner.waiting.front() {
+        while let Some((bytes, tx)) = inner.waiting.front() {
             let bytes = *bytes;
+            // One that gave up must not hold back those behind it.
+            if tx.is_canceled() {
+                inner.waiting.pop_front();
+                continue;
+            }
             if inner.used + bytes > self.limit {
                 return;
             }
@@ -259,6 +270,27 @@ mod tests {
         assert_eq!(budget.used(), 10);
         first.shrink(9);
         assert_eq!(first.bytes(), 4, "shrinking never grows");
+    }
+
+    #[test]
+    fn a_waiter_that_gave_up_does_not_hold_back_the_ones_behind_it() {
+        let budget = Budget::new(10);
+        let Poll::Ready(mut first) = poll(pin!(budget.acquire(10))) else {
+            panic!("granted")
+        };
+        {
+            let mut gone = Box::pin(budget.acquire(8));
+            assert!(poll(gone.as_mut()).is_pending());
+        }
+        let mut small = pin!(budget.acquire(2));
+        assert!(poll(small.as_mut()).is_pending());
+        assert_eq!(budget.waiting(), 1, "the one that gave up is not counted");
+        // 3 free: the 8 that gave up would not fit, the live 2 does.
+        first.shrink(7);
+        let Poll::Ready(_small) = poll(small.as_mut()) else {
+            panic!("the live waiter behind an abandoned one is served")
+        };
+        assert_eq!((budget.used(), budget.waiting()), (9, 0));
     }
 
     #[test]
