@@ -238,7 +238,11 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         if total >= min_bytes.max(1) || errors || now >= deadline || seen.is_empty() {
             break held;
         }
+        // The bytes read go with their budget; the next round reads again.
         drop(held);
+        for data in &mut slots {
+            data.records = None;
+        }
         // Wait for a high watermark past what this read saw, on any shard.
         let waits = seen.into_iter().map(|(shard, seen)| {
             let handle = broker.engine.shards()[shard].clone();
