@@ -130,7 +130,6 @@ fn racing_auto_creations_of_one_topic_all_see_it_with_its_partitions() {
 /// long-poll, once its wait ends, must still be answered rather than wait
 /// for that budget for ever.
 #[test]
-#[ignore = "fetch.rs: a woken long-poll re-acquires the connection budget held by a later response (see the h5 report)"]
 fn a_long_poll_ending_behind_a_fetch_that_read_data_is_still_answered() {
     let broker = Broker::start();
     produce(&broker, "tail", &[], b"only\n");
@@ -156,7 +155,10 @@ fn a_long_poll_ending_behind_a_fetch_that_read_data_is_still_answered() {
     let parked = receive::<FetchRequest>(&mut s, &broker, 11, 1);
     let p = &parked.responses[0].partitions[0];
     assert_eq!(p.error_code, 0, "{parked:?}");
-    assert!(p.records.as_ref().is_none_or(|r| r.is_empty()), "{parked:?}");
+    assert!(
+        p.records.as_ref().is_none_or(|r| r.is_empty()),
+        "{parked:?}"
+    );
     let read = receive::<FetchRequest>(&mut s, &broker, 11, 2);
     let records = read.responses[0].partitions[0].records.as_ref();
     assert!(records.is_some_and(|r| !r.is_empty()), "{read:?}");

@@ -148,6 +148,30 @@ impl Budget {
         }
     }
 
+    /// Takes `bytes` (at most the whole limit) if they are free now and no
+    /// one is queued for bytes; never waits. For a caller that may not wait:
+    /// one whose bytes may be held by work that can only finish after it.
+    pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<Permit> {
+        let bytes = bytes.min(self.limit);
+        let mut inner = self.lock();
+        while inner
+            .waiting
+            .front()
+            .is_some_and(|(_, tx)| tx.is_canceled())
+        {
+            inner.waiting.pop_front();
+        }
+        if !inner.waiting.is_empty() || inner.used + bytes > self.limit {
+            return None;
+        }
+        inner.used += bytes;
+        inner.peak = inner.peak.max(inner.used);
+        Some(Permit {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
     fn release(&self, bytes: usize) {
         if bytes == 0 {
             return;
@@ -291,6 +315,28 @@ mod tests {
             panic!("the live waiter behind an abandoned one is served")
         };
         assert_eq!((budget.used(), budget.waiting()), (9, 0));
+    }
+
+    #[test]
+    fn try_acquire_takes_only_free_bytes_and_never_overtakes_a_waiter() {
+        let budget = Budget::new(10);
+        let mut first = budget.try_acquire(6).expect("free bytes are taken");
+        assert!(budget.try_acquire(6).is_none(), "only 4 are free");
+        let mut queued = pin!(budget.acquire(6));
+        assert!(poll(queued.as_mut()).is_pending());
+        first.shrink(1);
+        let Poll::Ready(_queued) = poll(queued.as_mut()) else {
+            panic!("the waiter gets the bytes given back")
+        };
+        assert!(budget.try_acquire(3).is_some(), "3 of the 10 are free");
+        let mut behind = pin!(budget.acquire(5));
+        assert!(poll(behind.as_mut()).is_pending());
+        drop(first);
+        assert!(
+            budget.try_acquire(1).is_none(),
+            "a free byte is not taken ahead of a queued waiter"
+        );
+        assert_eq!(budget.try_acquire(1 << 40).map(|p| p.bytes()), None);
     }
 
     #[test]
