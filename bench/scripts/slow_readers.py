@@ -146,6 +146,10 @@ def main():
                         help="the fetches' min_bytes (2^31-1 makes them long-polls)")
     parser.add_argument("--max-wait-ms", type=int, default=500,
                         help="the fetches' max_wait_ms")
+    parser.add_argument("--rss-cap-mib", type=int, default=6144,
+                        help="kill the broker if its RSS passes this (protects the machine)")
+    parser.add_argument("--stop-timeout", type=float, default=120,
+                        help="how long to wait for the broker to exit on SIGTERM")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra broker settings")
     parser.add_argument("--dir", help="data directory parent (default: a temporary one)")
@@ -171,11 +175,37 @@ def main():
         sockets = slow_readers(port, args.connections, args.pipelined, records,
                                args.min_bytes, args.max_wait_ms)
         samples = []
-        deadline = time.monotonic() + args.seconds
+        started = time.monotonic()
+        deadline = started + args.seconds
+        capped_after = None
         while time.monotonic() < deadline:
             samples.append(status_kib(pid, "VmRSS"))
+            if samples[-1] > args.rss_cap_mib * 1024:
+                # Protects the machine: the figure is then "above the cap".
+                capped_after = time.monotonic() - started
+                hwm_slow = status_kib(pid, "VmHWM")
+                proc.kill()
+                proc.wait()
+                break
             time.sleep(0.1)
-        hwm_slow = status_kib(pid, "VmHWM")
+        else:
+            hwm_slow = status_kib(pid, "VmHWM")
+        if capped_after is not None:
+            result = {
+                "broker": os.path.abspath(args.broker),
+                "fill_bytes": records * args.value_bytes,
+                "connections": args.connections,
+                "pipelined": args.pipelined,
+                "min_bytes": args.min_bytes,
+                "max_wait_ms": args.max_wait_ms,
+                "rss_before_readers_mib": rss_idle // 1024,
+                "peak_rss_slow_readers_mib": hwm_slow // 1024,
+                "killed_above_rss_cap_mib": args.rss_cap_mib,
+                "killed_after_seconds": round(capped_after, 1),
+            }
+            print(json.dumps(result) if args.json else
+                  "\n".join(f"{k:28} {v}" for k, v in result.items()))
+            return 1
         for s in sockets:
             s.close()
         # The broker still answers a fresh client.
@@ -184,8 +214,12 @@ def main():
         rss_after = status_kib(pid, "VmRSS")
         stop_started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-        stop_s = time.monotonic() - stop_started
+        try:
+            code = proc.wait(timeout=args.stop_timeout)
+            stop_s = round(time.monotonic() - stop_started, 1)
+        except subprocess.TimeoutExpired:
+            code = None
+            stop_s = f"over {args.stop_timeout} (killed)"
 
         result = {
             "broker": os.path.abspath(args.broker),
@@ -202,7 +236,7 @@ def main():
             "peak_rss_slow_readers_mib": hwm_slow // 1024,
             "max_sampled_rss_mib": max(samples) // 1024,
             "rss_after_close_mib": rss_after // 1024,
-            "stop_seconds": round(stop_s, 1),
+            "stop_seconds": stop_s,
             "exit_code": code,
         }
         if args.json:
