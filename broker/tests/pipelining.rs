@@ -123,3 +123,43 @@ fn racing_auto_creations_of_one_topic_all_see_it_with_its_partitions() {
         }
     }
 }
+
+/// A long-poll fetch gives its budget back while it waits; a fetch
+/// pipelined behind it may then read and hold the connection's budget
+/// until its response is written, which is after the long-poll's. The
+/// long-poll, once its wait ends, must still be answered rather than wait
+/// for that budget for ever.
+#[test]
+fn a_long_poll_ending_behind_a_fetch_that_read_data_is_still_answered() {
+    let broker = Broker::start();
+    produce(&broker, "tail", &[], b"only\n");
+    let mut s = connect(&broker.addr());
+    let fetch = |offset: i64, max_wait_ms: i32| {
+        FetchRequest::default()
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            // As much as a client may ask: the whole of fetch.max.bytes.
+            .with_max_bytes(i32::MAX)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name("tail"))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(i32::MAX)])])
+    };
+    // First a long-poll at the end of the log (nothing to read: it waits
+    // 300 ms), then a fetch of the record already there.
+    let mut both = typed_request(11, 1, &fetch(1, 300)).0;
+    both.extend(typed_request(11, 2, &fetch(0, 0)).0);
+    send(&mut s, &both).unwrap();
+    let parked = receive::<FetchRequest>(&mut s, &broker, 11, 1);
+    let p = &parked.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0, "{parked:?}");
+    assert!(
+        p.records.as_ref().is_none_or(|r| r.is_empty()),
+        "{parked:?}"
+    );
+    let read = receive::<FetchRequest>(&mut s, &broker, 11, 2);
+    let records = read.responses[0].partitions[0].records.as_ref();
+    assert!(records.is_some_and(|r| !r.is_empty()), "{read:?}");
+}

@@ -103,9 +103,15 @@ impl Budget {
         self.lock().peak
     }
 
-    /// Acquirers waiting for bytes to come back.
+    /// Acquirers waiting for bytes to come back (not counting those that
+    /// gave up and are still queued).
     pub fn waiting(&self) -> usize {
-        self.lock().waiting.len()
+        let inner = self.lock();
+        inner
+            .waiting
+            .iter()
+            .filter(|(_, tx)| !tx.is_canceled())
+            .count()
     }
 
     /// Takes `bytes` (at most the whole limit), waiting until they are free.
@@ -141,6 +147,30 @@ impl Budget {
         }
     }
 
+    /// Takes `bytes` (at most the whole limit) if they are free now and no
+    /// one is queued for bytes; never waits. For a caller that may not wait:
+    /// one whose bytes may be held by work that can only finish after it.
+    pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<Permit> {
+        let bytes = bytes.min(self.limit);
+        let mut inner = self.lock();
+        while inner
+            .waiting
+            .front()
+            .is_some_and(|(_, tx)| tx.is_canceled())
+        {
+            inner.waiting.pop_front();
+        }
+        if !inner.waiting.is_empty() || inner.used + bytes > self.limit {
+            return None;
+        }
+        inner.used += bytes;
+        inner.peak = inner.peak.max(inner.used);
+        Some(Permit {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
     fn release(&self, bytes: usize) {
         if bytes == 0 {
             return;
@@ -154,8 +184,13 @@ impl Budget {
     /// that gave up (its future dropped) is skipped; if it had already been
     /// granted, its bytes come back here.
     fn grant(&self, inner: &mut Inner) {
-        while let Some((bytes, _)) = inner.waiting.front() {
+        while let Some((bytes, tx)) = inner.waiting.front() {
             let bytes = *bytes;
+            // One that gave up must not hold back those behind it.
+            if tx.is_canceled() {
+                inner.waiting.pop_front();
+                continue;
+            }
             if inner.used + bytes > self.limit {
                 return;
             }
@@ -258,6 +293,49 @@ mod tests {
         assert_eq!(budget.used(), 10);
         first.shrink(9);
         assert_eq!(first.bytes(), 4, "shrinking never grows");
+    }
+
+    #[test]
+    fn a_waiter_that_gave_up_does_not_hold_back_the_ones_behind_it() {
+        let budget = Budget::new(10);
+        let Poll::Ready(mut first) = poll(pin!(budget.acquire(10))) else {
+            panic!("granted")
+        };
+        {
+            let mut gone = Box::pin(budget.acquire(8));
+            assert!(poll(gone.as_mut()).is_pending());
+        }
+        let mut small = pin!(budget.acquire(2));
+        assert!(poll(small.as_mut()).is_pending());
+        assert_eq!(budget.waiting(), 1, "the one that gave up is not counted");
+        // 3 free: the 8 that gave up would not fit, the live 2 does.
+        first.shrink(7);
+        let Poll::Ready(_small) = poll(small.as_mut()) else {
+            panic!("the live waiter behind an abandoned one is served")
+        };
+        assert_eq!((budget.used(), budget.waiting()), (9, 0));
+    }
+
+    #[test]
+    fn try_acquire_takes_only_free_bytes_and_never_overtakes_a_waiter() {
+        let budget = Budget::new(10);
+        let mut first = budget.try_acquire(6).expect("free bytes are taken");
+        assert!(budget.try_acquire(6).is_none(), "only 4 are free");
+        let mut queued = pin!(budget.acquire(6));
+        assert!(poll(queued.as_mut()).is_pending());
+        first.shrink(1);
+        let Poll::Ready(_queued) = poll(queued.as_mut()) else {
+            panic!("the waiter gets the bytes given back")
+        };
+        assert!(budget.try_acquire(3).is_some(), "3 of the 10 are free");
+        let mut behind = pin!(budget.acquire(5));
+        assert!(poll(behind.as_mut()).is_pending());
+        drop(first);
+        assert!(
+            budget.try_acquire(1).is_none(),
+            "a free byte is not taken ahead of a queued waiter"
+        );
+        assert_eq!(budget.try_acquire(1 << 40).map(|p| p.bytes()), None);
     }
 
     #[test]

@@ -191,13 +191,28 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
     // The connection's own shard first: no message needed.
     let here = sluice_engine::shard::local().map(|l| l.id());
     order.sort_by_key(|shard| Some(*shard) != here);
+    let mut woken = false;
     let held = loop {
         // Reserved for the read, cut to what was read once it is done, and
         // given back entirely while the fetch waits.
-        let mut held = vec![
-            connection.budget.acquire(hold).await,
-            broker.memory.acquire(hold).await,
-        ];
+        let mut held = if !woken {
+            vec![
+                connection.budget.acquire(hold).await,
+                broker.memory.acquire(hold).await,
+            ]
+        } else {
+            // Back from a wait, the bytes may be held by responses queued
+            // behind this one on its connection, which are written only
+            // after it: waiting for them would hang the connection. Unless
+            // they are free at once, answer with nothing read.
+            match (
+                connection.budget.try_acquire(hold),
+                broker.memory.try_acquire(hold),
+            ) {
+                (Some(connection), Some(broker)) => vec![connection, broker],
+                _ => break Vec::new(),
+            }
+        };
         let mut total = 0usize;
         let mut seen: BTreeMap<usize, Vec<(Want, Offset)>> = BTreeMap::new();
         let mut errors = false;
@@ -238,7 +253,11 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         if total >= min_bytes.max(1) || errors || now >= deadline || seen.is_empty() {
             break held;
         }
+        // The bytes read go with their budget; the next round reads again.
         drop(held);
+        for data in &mut slots {
+            data.records = None;
+        }
         // Wait for a high watermark past what this read saw, on any shard.
         let waits = seen.into_iter().map(|(shard, seen)| {
             let handle = broker.engine.shards()[shard].clone();
@@ -248,6 +267,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                     .await;
             })
         });
+        woken = true;
         let timeout = compio::time::sleep(deadline - now);
         futures_util::pin_mut!(timeout);
         if let Either::Right(_) = select(select_all(waits), timeout).await {

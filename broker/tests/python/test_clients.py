@@ -608,3 +608,57 @@ def test_a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(
         a.close()
     finally:
         broker.kill()
+
+
+def test_a_produce_to_the_offsets_topic_is_refused_and_the_broker_restarts_cleanly():
+    from confluent_kafka import Consumer, KafkaError, TopicPartition as Tp
+    from conftest import Broker
+    broker = Broker()
+    try:
+        producer = Producer({"bootstrap.servers": broker.bootstrap})
+        for i in range(5):
+            producer.produce("guarded", value=str(i))
+        assert producer.flush(30) == 0
+        group = "guardian"
+
+        def consumer():
+            return Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                             "enable.auto.commit": False})
+
+        c = consumer()
+        c.commit(offsets=[Tp("guarded", 0, 4)], asynchronous=False)
+        # The partition holding this group's offsets: a client's write there
+        # would be read back as a commit, or break the next start.
+        offsets_partition = (_java_hash(group) & 0x7FFFFFFF) % 50
+        internal = Tp("__consumer_offsets", offsets_partition)
+        before = c.get_watermark_offsets(internal, timeout=30)
+        assert before[1] > before[0], f"the commit is not in {internal}: {before}"
+
+        delivered = []
+        intruder = Producer({"bootstrap.servers": broker.bootstrap,
+                             "message.timeout.ms": 30000})
+        for i in range(3):
+            intruder.produce("__consumer_offsets", key=b"\x00\x01garbage", value=f"not an offset {i}",
+                             partition=offsets_partition,
+                             on_delivery=lambda err, msg: delivered.append(err))
+        intruder.flush(30)
+        assert len(delivered) == 3, delivered
+        # INVALID_TOPIC_EXCEPTION (17), not retried until the timeout.
+        assert all(e is not None and e.code() == KafkaError.TOPIC_EXCEPTION for e in delivered), \
+            delivered
+        assert c.get_watermark_offsets(internal, timeout=30) == before, "something was appended"
+        c.close()
+
+        broker.stop()
+        with open(f"{broker.dir}/broker.log") as log:
+            assert "refused a client's produce to an internal topic" in log.read()
+        broker.start()
+        c = consumer()
+        assert c.get_watermark_offsets(internal, timeout=30) == before
+        assert c.committed([Tp("guarded", 0)], timeout=30)[0].offset == 4
+        # The group still commits after the restart.
+        c.commit(offsets=[Tp("guarded", 0, 5)], asynchronous=False)
+        assert c.committed([Tp("guarded", 0)], timeout=30)[0].offset == 5
+        c.close()
+    finally:
+        broker.kill()
