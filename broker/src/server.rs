@@ -297,14 +297,42 @@ fn runs_concurrently(api_key: ApiKey) -> bool {
 /// [`MAX_IN_FLIGHT`] requests are read ahead of the responses written.
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     let (tx, rx) = async_channel::bounded(MAX_IN_FLIGHT);
-    let writer = compio::runtime::spawn(write_responses(stream.clone(), peer, rx));
+    // Closed when the client goes away: the writer then stops waiting for
+    // requests still running and drops them, which cancels their work.
+    let (client_here, client_gone) = async_channel::bounded::<()>(1);
+    let writer = compio::runtime::spawn(write_responses(stream.clone(), peer, rx, client_gone));
+    // A response may hold one batch larger than fetch.max.bytes (the first
+    // batch is returned whole), so the budget covers one of those too.
+    let budget = broker
+        .config
+        .fetch_max_bytes
+        .max(broker.config.message_max_bytes);
     let connection = Arc::new(handlers::Connection {
         peer,
-        budget: crate::partition::budget::Budget::new(broker.config.fetch_max_bytes),
+        budget: crate::partition::budget::Budget::new(budget),
     });
-    read_requests(stream, connection, broker, tx).await;
-    // The writer sends what was started, then ends when the channel does.
-    let _ = writer.await;
+    let end = read_requests(stream, connection, broker, tx).await;
+    if end == ReadEnd::ClientGone {
+        // As Kafka does at end of stream: the connection is gone, and so
+        // are the answers it was owed.
+        drop(client_here);
+        let _ = writer.await;
+    } else {
+        // The writer sends what was started, then ends when the channel
+        // does.
+        let _ = writer.await;
+        drop(client_here);
+    }
+}
+
+/// Why a connection's reader stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// End of stream or a failed read: nobody will read the answers.
+    ClientGone,
+    /// The broker closes the connection (bad input) after the answers
+    /// before it, or the writer has stopped.
+    Closing,
 }
 
 async fn handle(
@@ -326,29 +354,29 @@ async fn read_requests(
     connection: Arc<handlers::Connection>,
     broker: Arc<Broker>,
     responses: async_channel::Sender<Pending>,
-) {
+) -> ReadEnd {
     let peer = connection.peer;
     let max = broker.config.socket_request_max_bytes;
     loop {
         let prefix = match read_exact(&mut stream, 4).await {
             Ok(prefix) => prefix,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return ReadEnd::ClientGone,
             Err(e) => {
                 debug!(%peer, error = %e, "connection read failed");
-                return;
+                return ReadEnd::ClientGone;
             }
         };
         let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
         if len <= 0 || len as usize > max {
             warn!(%peer, len, max, "closing connection: frame length outside (0, socket.request.max.bytes]");
             let _ = responses.send(Pending::Done(Err(()))).await;
-            return;
+            return ReadEnd::Closing;
         }
         let frame = match read_exact(&mut stream, len as usize).await {
             Ok(frame) => Bytes::from(frame),
             Err(e) => {
                 debug!(%peer, error = %e, "client went away mid-request");
-                return;
+                return ReadEnd::ClientGone;
             }
         };
         let pending = match codec::decode_request(frame, peer) {
@@ -363,7 +391,7 @@ async fn read_requests(
                 if responses.send(Pending::Barrier(done)).await.is_err()
                     || earlier_sent.await.is_err()
                 {
-                    return;
+                    return ReadEnd::Closing;
                 }
                 Pending::Done(handle(&broker, request, &connection).await)
             }
@@ -385,7 +413,7 @@ async fn read_requests(
         };
         let closing = matches!(pending, Pending::Done(Err(())));
         if responses.send(pending).await.is_err() || closing {
-            return;
+            return ReadEnd::Closing;
         }
     }
 }
@@ -394,13 +422,23 @@ async fn write_responses(
     mut stream: TcpStream,
     peer: SocketAddr,
     pending: async_channel::Receiver<Pending>,
+    client_gone: async_channel::Receiver<()>,
 ) {
     while let Ok(next) = pending.recv().await {
         let outcome = match next {
-            Pending::Running(task) => task.await.unwrap_or_else(|e| {
-                warn!(%peer, error = ?e, "closing connection: a request handler failed");
-                Err(())
-            }),
+            Pending::Running(task) => {
+                let gone = client_gone.recv();
+                futures_util::pin_mut!(gone);
+                match futures_util::future::select(task, gone).await {
+                    futures_util::future::Either::Left((done, _)) => done.unwrap_or_else(|e| {
+                        warn!(%peer, error = ?e, "closing connection: a request handler failed");
+                        Err(())
+                    }),
+                    // The client went away: dropping the queue (below)
+                    // cancels the requests still running.
+                    futures_util::future::Either::Right(_) => break,
+                }
+            }
             Pending::Done(outcome) => outcome,
             Pending::Barrier(done) => {
                 let _ = done.send(());
