@@ -1187,3 +1187,54 @@ fn raise_fd_limit(wanted: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{median, raw_writes_per_fsync, spread, FlushMode, Outcome};
+
+    fn engine_outcome(device_flushes: Option<u64>) -> Outcome {
+        Outcome {
+            seconds: 1.0,
+            bytes: 1,
+            records: 1,
+            latency: None,
+            fsyncs: None,
+            device_flushes,
+        }
+    }
+
+    #[test]
+    fn median_and_spread_of_round_ratios() {
+        assert_eq!(median(&[0.7, 0.1, 0.15]), 0.15);
+        assert_eq!(median(&[0.2, 0.1, 0.4, 0.3]), 0.25);
+        assert!(median(&[]).is_nan());
+        assert_eq!(spread(&[0.7, 0.1, 0.15]), (0.1, 0.7));
+    }
+
+    #[test]
+    fn raw_loop_shares_fsyncs_as_the_engine_did_only_for_every_batch() {
+        // 4,120 appends acknowledged by 1,030 fsyncs: one per 4 writes.
+        let engine = engine_outcome(Some(1030));
+        assert_eq!(
+            raw_writes_per_fsync(FlushMode::EveryBatch, &engine, 4120),
+            Some(4)
+        );
+        // More flushes than appends (other processes' fsyncs): every write.
+        let noisy = engine_outcome(Some(9000));
+        assert_eq!(
+            raw_writes_per_fsync(FlushMode::EveryBatch, &noisy, 4120),
+            Some(1)
+        );
+        // Nothing measured: the caller falls back to every write.
+        let unknown = engine_outcome(None);
+        assert_eq!(
+            raw_writes_per_fsync(FlushMode::EveryBatch, &unknown, 4120),
+            None
+        );
+        assert_eq!(raw_writes_per_fsync(FlushMode::None, &engine, 4120), None);
+        assert_eq!(
+            raw_writes_per_fsync(FlushMode::IntervalMs(50), &engine, 4120),
+            None
+        );
+    }
+}
