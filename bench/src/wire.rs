@@ -226,10 +226,12 @@ pub fn run(args: Args) -> Result<(), String> {
         ));
     }
 
+    let consumers = prepare_consumers(&args, &bootstrap, &workload, &ends)?;
     engine::settle();
     let cpu_before = broker_cpu(broker_pid)?;
     let client_before = cpu_seconds(std::process::id())?;
-    let consumed = consume(&args, &bootstrap, &workload, &ends, timeout)?;
+    let consumed = consume(&consumers, timeout)?;
+    drop(consumers);
     let consume_cpu = broker_cpu(broker_pid)?.zip(cpu_before).map(|(a, b)| a - b);
     let consume_client_cpu = cpu_seconds(std::process::id())? - client_before;
     if consumed.records != records {
@@ -720,13 +722,23 @@ fn end_offsets(
         .collect()
 }
 
-fn consume(
+/// Consumers created, connected and with their group coordinator known,
+/// each with its share of the partitions; nothing read yet.
+struct Consumers {
+    consumers: Vec<(BaseConsumer, TopicPartitionList)>,
+    shares: Vec<Vec<(i32, i64, i64)>>,
+}
+
+fn prepare_consumers(
     args: &Args,
     bootstrap: &str,
     workload: &Workload,
     ends: &[(i32, i64, i64)],
-    timeout: Duration,
-) -> Result<ConsumeOutcome, String> {
+) -> Result<Consumers, String> {
+    // librdkafka needs a group.id even to assign partitions; the group
+    // commits nothing. Its coordinator (and, on a fresh broker, the
+    // __consumer_offsets topic with its 50 partitions) is set up below,
+    // before the clock and the CPU sample start.
     let mut base = vec![
         "group.id=sluice-bench-wire".to_string(),
         "enable.auto.commit=false".to_string(),
@@ -756,14 +768,23 @@ fn consume(
                 .add_partition_offset(&workload.topic, p, Offset::Beginning)
                 .map_err(|e| format!("assignment: {e}"))?;
         }
+        // Asking for committed offsets waits for the group coordinator.
+        consumer
+            .committed_offsets(assignment.clone(), REQUEST_TIMEOUT)
+            .map_err(|e| format!("consumer group coordinator: {e}"))?;
         consumers.push((consumer, assignment));
     }
+    Ok(Consumers { consumers, shares })
+}
+
+fn consume(prepared: &Consumers, timeout: Duration) -> Result<ConsumeOutcome, String> {
+    let Consumers { consumers, shares } = prepared;
     let start = Instant::now();
     let deadline = start + timeout;
     let results: Vec<Result<(u64, u64), String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = consumers
             .iter()
-            .zip(&shares)
+            .zip(shares)
             .enumerate()
             .map(|(c, ((consumer, assignment), share))| {
                 scope.spawn(move || read_share(c, consumer, assignment, share, deadline))
