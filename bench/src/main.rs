@@ -6,10 +6,17 @@
 //!
 //! - `engine`: appends through the storage engine's public API (shards and
 //!   all) and compares with a raw sequential write loop on the same disk.
+//! - `wire`: the broker through a real Kafka client (librdkafka) over
+//!   loopback: produce and consume rates, acknowledgement latency, broker
+//!   CPU per GiB, against the engine's own append rate for the same bytes.
+//! - `broker_process`: a broker started (and always stopped) by a
+//!   benchmark, and a process's CPU time from /proc.
 //! - `size`: parsing of sizes such as `512MiB`.
 
+mod broker_process;
 mod engine;
 mod size;
+mod wire;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +35,11 @@ enum Command {
     /// Append throughput and latency of the storage engine against a raw
     /// sequential write loop with the same fsync cadence.
     Engine(engine::Args),
+    /// Produce and consume through librdkafka against a broker this
+    /// command starts (or --bootstrap-server): MB/s, acknowledgement
+    /// latency, broker CPU-seconds per GiB, and the ratio to the engine's
+    /// own append rate for the same bytes.
+    Wire(wire::Args),
 }
 
 fn main() {
@@ -41,6 +53,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Engine(args) => engine::run(args),
+        Command::Wire(args) => wire::run(args),
     };
     if let Err(e) = result {
         eprintln!("sluice-bench: {e}");
