@@ -28,6 +28,9 @@ fn python_clients_produce_consume_and_administer() {
             "no:cacheprovider",
         ])
         .env("SLUICE_BIN", env!("CARGO_BIN_EXE_sluice"))
+        // Not the bench crate's librdkafka build, which `cargo test
+        // --workspace` puts on LD_LIBRARY_PATH (see common::kcat).
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .expect("pytest runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -365,6 +365,10 @@ pub fn kcat(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new("kcat")
         .args(args)
         .env("KCAT_CONFIG", "/dev/null")
+        // `cargo test --workspace` puts the bench crate's librdkafka build
+        // directory on LD_LIBRARY_PATH; kcat would load that librdkafka
+        // (built without zstd) instead of the system's it was built for.
+        .env_remove("LD_LIBRARY_PATH")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
