@@ -8,8 +8,8 @@
 #   bench/scripts/java_load.sh [--sluice PATH] [--dir DIR] [--port N]
 #       [--partitions N] [--records N] [--record-size BYTES]
 #
-# Defaults: target/release/sluice of this checkout, a temporary directory
-# under /tmp, port 19092, 8 partitions, 2,000,000 records of 1,000 bytes
+# Defaults: target/release/sluice of this checkout, data in a temporary
+# directory under /tmp (--dir puts it in a fresh directory under DIR), port 19092, 8 partitions, 2,000,000 records of 1,000 bytes
 # (2 GB of payload each way). The Java client's jars are looked up as
 # broker/tests/java.rs does ($SLUICE_JAVA_CLIENTS, else
 # ${XDG_CACHE_HOME:-~/.cache}/sluice/java-clients; .ci/run installs them).
@@ -43,8 +43,14 @@ done
 [ -x "$sluice" ] || { echo "no broker at $sluice (cargo build --release -p sluice-broker)" >&2; exit 1; }
 
 work="$(mktemp -d /tmp/sluice-java-load.XXXXXX)"
-[ -n "$dir" ] || dir="$work/data"
-mkdir -p "$dir"
+# The broker's data goes in a fresh directory of its own, under --dir when
+# given (e.g. a tmpfs), removed at the end.
+if [ -n "$dir" ]; then
+    mkdir -p "$dir"
+    dir="$(mktemp -d "$dir/sluice-java-load.XXXXXX")"
+else
+    dir="$work/data"
+fi
 broker_pid=""
 cleanup() {
     if [ -n "$broker_pid" ]; then
