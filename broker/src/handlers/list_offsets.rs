@@ -2,7 +2,6 @@
 //! largest timestamp (-3, KIP-734, v7), or the first batch at or after a
 //! timestamp.
 
-use bytes::Bytes;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -39,7 +38,7 @@ async fn max_timestamp(log: &Log) -> sluice_engine::Result<Option<(Offset, i64, 
     }
     let from = base.max(log.log_start_offset());
     let read = log.read(from, header.total_len(), None, true).await?;
-    let mut bytes = Bytes::from(read.records);
+    let mut bytes = read.records;
     let offset = match RecordBatchDecoder::decode(&mut bytes) {
         Ok(set) => set
             .records
