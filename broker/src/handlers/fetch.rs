@@ -37,7 +37,6 @@ use crate::{errors, partition, Broker};
 const MAX_WAIT_MS_MAX: i32 = 30_000;
 
 /// One partition of the request, sent to the shard that owns it.
-#[derive(Clone)]
 struct Want {
     slot: usize,
     tp: TopicPartition,
@@ -50,7 +49,8 @@ struct Want {
 struct ShardRead {
     partitions: Vec<(usize, PartitionData)>,
     bytes: usize,
-    /// The high watermark each partition had, to wait on.
+    /// The high watermark each partition had (by its index in the shard's
+    /// wants), to wait on.
     seen: Vec<(usize, Offset)>,
 }
 
@@ -71,7 +71,7 @@ async fn read_shard(
     local: LocalShard,
     me: i32,
     version: i16,
-    wants: Vec<Want>,
+    wants: Arc<[Want]>,
     budget: usize,
     mut first: bool,
 ) -> ShardRead {
@@ -80,7 +80,7 @@ async fn read_shard(
         bytes: 0,
         seen: Vec::with_capacity(wants.len()),
     };
-    for want in wants {
+    for (index, want) in wants.iter().enumerate() {
         let mut data = empty(want.tp.partition);
         let hw = match partition::high_watermark(&local, me, &want.tp, &want.topic) {
             Ok(hw) => hw,
@@ -92,7 +92,7 @@ async fn read_shard(
         };
         data.high_watermark = hw.0;
         data.last_stable_offset = hw.0;
-        out.seen.push((want.slot, hw));
+        out.seen.push((index, hw));
         let max = want
             .partition_max_bytes
             .min(budget.saturating_sub(out.bytes));
@@ -125,19 +125,22 @@ async fn read_shard(
 }
 
 /// On the owning shard: waits until the high watermark of any of `seen`
-/// moves past what the read saw.
-async fn wait_shard(local: LocalShard, me: i32, seen: Vec<(Want, Offset)>) {
+/// (indexes into `wants`) moves past what the read saw.
+async fn wait_shard(local: LocalShard, me: i32, wants: Arc<[Want]>, seen: Vec<(usize, Offset)>) {
     if seen.is_empty() {
         return std::future::pending().await;
     }
-    let local = &local;
-    let waits = seen.iter().map(|(want, hw)| -> LocalBoxFuture<'_, ()> {
-        Box::pin(async move {
-            // A partition gone meanwhile ends the wait: the re-read says so.
-            let _moved =
-                partition::wait_for_high_watermark(local, me, &want.tp, &want.topic, *hw).await;
-        })
-    });
+    let (local, wants) = (&local, &wants);
+    let waits = seen
+        .iter()
+        .map(|&(index, ref hw)| -> LocalBoxFuture<'_, ()> {
+            let want = &wants[index];
+            Box::pin(async move {
+                // A partition gone meanwhile ends the wait: the re-read says so.
+                let _moved =
+                    partition::wait_for_high_watermark(local, me, &want.tp, &want.topic, *hw).await;
+            })
+        });
     select_all(waits).await;
 }
 
@@ -160,7 +163,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
     // Shards in the order their partitions first appear, each with its
     // partitions in request order.
     let mut order: Vec<usize> = Vec::new();
-    let mut by_shard: BTreeMap<usize, Vec<Want>> = BTreeMap::new();
+    let mut wanted: BTreeMap<usize, Vec<Want>> = BTreeMap::new();
     for topic in &body.topics {
         let name = topic.topic.0.as_str();
         let state = topics.get(name);
@@ -176,10 +179,10 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             slots.push(data);
             let tp = TopicPartition::new(name, partition.partition);
             let shard = broker.engine.shard_for(&tp).id();
-            if !by_shard.contains_key(&shard) {
+            if !wanted.contains_key(&shard) {
                 order.push(shard);
             }
-            by_shard.entry(shard).or_default().push(Want {
+            wanted.entry(shard).or_default().push(Want {
                 slot,
                 tp,
                 topic: state.clone(),
@@ -188,6 +191,11 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             });
         }
     }
+    // Shared, not copied, by every round's messages to the shard.
+    let by_shard: BTreeMap<usize, Arc<[Want]>> = wanted
+        .into_iter()
+        .map(|(shard, wants)| (shard, wants.into()))
+        .collect();
     // The connection's own shard first: no message needed.
     let here = sluice_engine::shard::local().map(|l| l.id());
     order.sort_by_key(|shard| Some(*shard) != here);
@@ -214,10 +222,10 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             }
         };
         let mut total = 0usize;
-        let mut seen: BTreeMap<usize, Vec<(Want, Offset)>> = BTreeMap::new();
+        let mut seen: BTreeMap<usize, Vec<(usize, Offset)>> = BTreeMap::new();
         let mut errors = false;
         for shard in &order {
-            let wants = by_shard.get(shard).cloned().unwrap_or_default();
+            let wants = by_shard[shard].clone();
             let handle = &broker.engine.shards()[*shard];
             let (left, first) = (budget.saturating_sub(total), total == 0);
             let read = handle
@@ -231,16 +239,11 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                         errors |= data.error_code != 0;
                         slots[slot] = data;
                     }
-                    let waits = seen.entry(*shard).or_default();
-                    for (slot, hw) in read.seen {
-                        if let Some(want) = wants.iter().find(|w| w.slot == slot) {
-                            waits.push((want.clone(), hw));
-                        }
-                    }
+                    seen.insert(*shard, read.seen);
                 }
                 Err(e) => {
                     errors = true;
-                    for want in wants {
+                    for want in wants.iter() {
                         slots[want.slot].error_code = errors::code(&e);
                     }
                 }
@@ -261,9 +264,10 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         // Wait for a high watermark past what this read saw, on any shard.
         let waits = seen.into_iter().map(|(shard, seen)| {
             let handle = broker.engine.shards()[shard].clone();
+            let wants = by_shard[&shard].clone();
             Box::pin(async move {
                 let _ = handle
-                    .run(move |local| Box::pin(wait_shard(local, me, seen)))
+                    .run(move |local| Box::pin(wait_shard(local, me, wants, seen)))
                     .await;
             })
         });
