@@ -52,8 +52,9 @@ pub struct BrokerConfig {
     /// larger, as Kafka does). Also each connection's budget of response
     /// bytes in flight.
     pub fetch_max_bytes: usize,
-    /// `queued.max.request.bytes`: the broker-wide budget of response bytes
-    /// read and not yet written to their sockets.
+    /// `queued.max.request.bytes`: the size of two broker-wide budgets, of
+    /// request bytes read and not yet handled, and of response bytes read
+    /// and not yet written to their sockets.
     pub queued_max_request_bytes: usize,
     /// The known keys the configuration sets (rather than defaults), for
     /// DescribeConfigs' sources.

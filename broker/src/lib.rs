@@ -57,6 +57,9 @@ pub struct Broker {
     /// Response bytes read for clients and not yet written to their sockets,
     /// broker-wide (`queued.max.request.bytes`).
     pub memory: Arc<partition::budget::Budget>,
+    /// Request bytes read from clients and not yet handled, broker-wide
+    /// (`queued.max.request.bytes`, as Kafka bounds them).
+    pub requests: Arc<partition::budget::Budget>,
 }
 
 impl Broker {

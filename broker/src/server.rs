@@ -109,8 +109,10 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         .map_err(|e| format!("loading committed offsets: {e}"))?;
     info!(records = restored, "committed offsets loaded");
     let memory = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
+    let requests = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
     let broker = Arc::new(Broker {
         memory,
+        requests,
         config,
         controller,
         engine,
@@ -357,6 +359,8 @@ async fn read_requests(
 ) -> ReadEnd {
     let peer = connection.peer;
     let max = broker.config.socket_request_max_bytes;
+    // Whether the requests since the last ordered one are all produces.
+    let mut producing = false;
     loop {
         let prefix = match read_exact(&mut stream, 4).await {
             Ok(prefix) => prefix,
@@ -372,6 +376,9 @@ async fn read_requests(
             let _ = responses.send(Pending::Done(Err(()))).await;
             return ReadEnd::Closing;
         }
+        // The frame's bytes count against the broker's request budget
+        // from before they are read until the request is handled.
+        let held = broker.requests.acquire(len as usize).await;
         let frame = match read_exact(&mut stream, len as usize).await {
             Ok(frame) => Bytes::from(frame),
             Err(e) => {
@@ -379,21 +386,61 @@ async fn read_requests(
                 return ReadEnd::ClientGone;
             }
         };
-        let pending = match codec::decode_request(frame, peer) {
+        let decoded = codec::decode_request(frame, peer);
+        let is_produce = matches!(&decoded, Ok(r) if r.api_key == ApiKey::Produce);
+        let pending = match decoded {
             Ok(request) if runs_concurrently(request.api_key) => {
+                producing = false;
                 let (broker, connection) = (broker.clone(), connection.clone());
                 Pending::Running(compio::runtime::spawn(async move {
-                    handle(&broker, request, &connection).await
+                    let outcome = handle(&broker, request, &connection).await;
+                    drop(held);
+                    outcome
                 }))
             }
+            Ok(request) if is_produce => {
+                // The first produce after anything else waits, as every
+                // ordered request does, for the responses before it; the
+                // produces after it only for the one before them to be
+                // queued on its partitions. They append in the order sent
+                // and run together: a producer's requests in flight share
+                // group commits instead of going one round trip at a time.
+                if !producing {
+                    let (done, earlier_sent) = oneshot::channel();
+                    if responses.send(Pending::Barrier(done)).await.is_err()
+                        || earlier_sent.await.is_err()
+                    {
+                        return ReadEnd::Closing;
+                    }
+                    producing = true;
+                }
+                let (queued, is_queued) = oneshot::channel();
+                let broker = broker.clone();
+                let task = compio::runtime::spawn(async move {
+                    let api_key = request.api_key;
+                    let outcome = handlers::produce::handle(&broker, &request, Some(queued))
+                        .await
+                        .map_err(|e| {
+                            warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
+                        });
+                    drop(held);
+                    outcome
+                });
+                // Told, or dropped if the handler ended first.
+                let _ = is_queued.await;
+                Pending::Running(task)
+            }
             Ok(request) => {
+                producing = false;
                 let (done, earlier_sent) = oneshot::channel();
                 if responses.send(Pending::Barrier(done)).await.is_err()
                     || earlier_sent.await.is_err()
                 {
                     return ReadEnd::Closing;
                 }
-                Pending::Done(handle(&broker, request, &connection).await)
+                let outcome = handle(&broker, request, &connection).await;
+                drop(held);
+                Pending::Done(outcome)
             }
             Err(DecodeError::UnsupportedVersion {
                 api_key: ApiKey::ApiVersions,
@@ -450,7 +497,7 @@ async fn write_responses(
                 // The budget bytes the response holds go back once it is
                 // written (when `held` drops at the end of this arm).
                 let handlers::Response { bytes, held } = response;
-                let compio::BufResult(result, _) = stream.write_all(bytes).await;
+                let compio::BufResult(result, _) = stream.write_vectored_all(bytes).await;
                 drop(held);
                 if let Err(e) = result {
                     debug!(%peer, error = %e, "connection write failed");

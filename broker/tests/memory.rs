@@ -151,12 +151,10 @@ fn big_batch() -> Vec<u8> {
     buf.to_vec()
 }
 
-/// Creates `topic` with one partition and fills it with
-/// [`PARTITION_BYTES`]; returns the number of records.
-fn fill(addr: SocketAddr, topic: &str) -> i64 {
-    let mut s = connect(addr);
+/// Creates `topic` with one partition.
+fn create(s: &mut TcpStream, topic: &str) {
     let created = roundtrip(
-        &mut s,
+        s,
         5,
         1,
         &CreateTopicsRequest::default()
@@ -167,6 +165,13 @@ fn fill(addr: SocketAddr, topic: &str) -> i64 {
             .with_timeout_ms(10_000),
     );
     assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+}
+
+/// Creates `topic` with one partition and fills it with
+/// [`PARTITION_BYTES`]; returns the number of records.
+fn fill(addr: SocketAddr, topic: &str) -> i64 {
+    let mut s = connect(addr);
+    create(&mut s, topic);
     let batch = big_batch();
     let batches = PARTITION_BYTES / batch.len();
     for i in 0..batches {
@@ -306,4 +311,61 @@ fn pipelined_huge_fetches_hold_at_most_one_response_per_connection() {
     assert_eq!(memory.waiting(), 0, "the broker's budget was never short");
     close_and_check_released(&broker, readers, "pipelined");
     assert!(memory.peak() <= ceiling, "peak {}", memory.peak());
+}
+
+#[test]
+fn pipelined_produces_from_many_connections_fit_a_small_request_budget() {
+    // Smaller than what the connections send at once (8 × 16 × 256 KiB):
+    // readers wait for request bytes, and every produce still goes through.
+    const LIMIT: usize = 1 << 20;
+    let broker = start(&[("queued.max.request.bytes", &LIMIT.to_string())]);
+    let requests = broker.broker.requests.clone();
+    create(&mut connect(broker.addr), "requests");
+    let batch = big_batch();
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let (addr, batch) = (broker.addr, batch.clone());
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut all = Vec::new();
+                for i in 0..PIPELINED {
+                    let req = produce_req("requests", 0, batch.clone());
+                    all.extend(typed_request(7, i as i32, &req).0);
+                }
+                send(&mut s, &all).expect("requests sent");
+                (0..PIPELINED)
+                    .map(|i| {
+                        let Reply::Frame(body) = read_reply(&mut s) else {
+                            panic!("connection {c}: no response to request {i}")
+                        };
+                        let mut buf = Bytes::from(body);
+                        let header = ResponseHeader::decode(&mut buf, 0).unwrap();
+                        assert_eq!(header.correlation_id, i as i32);
+                        let resp =
+                            kafka_protocol::messages::ProduceResponse::decode(&mut buf, 7).unwrap();
+                        let p = &resp.responses[0].partition_responses[0];
+                        assert_eq!(p.error_code, 0, "connection {c}, request {i}");
+                        p.base_offset
+                    })
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let mut offsets: Vec<i64> = senders
+        .into_iter()
+        .flat_map(|t| t.join().expect("a sender failed"))
+        .collect();
+    offsets.sort_unstable();
+    let expected: Vec<i64> = (0..(CONNECTIONS * PIPELINED) as i64)
+        .map(|i| i * RECORDS_PER_BATCH as i64)
+        .collect();
+    assert_eq!(offsets, expected, "every batch appended once");
+    assert!(
+        requests.peak() <= LIMIT && requests.peak() >= batch.len(),
+        "request bytes held at once: {} (budget {LIMIT})",
+        requests.peak()
+    );
+    poll_until(SETTLE, "every request's bytes to come back", || {
+        (requests.used() == 0).then_some(())
+    });
 }

@@ -40,6 +40,47 @@ fn pipelined_produce_requests_append_and_answer_in_order() {
     assert_eq!(values(&stored), expected);
 }
 
+/// Produces run concurrently once queued, so this covers both ways an
+/// append reaches its partition: on the connection's own shard and through
+/// another shard's queue (four partitions over the shards).
+#[test]
+fn pipelined_produces_to_partitions_on_every_shard_keep_each_partitions_order() {
+    let broker = Broker::start_with(&[("num.partitions", "4")]);
+    for p in 0..4 {
+        produce(&broker, "spread", &["-p", &p.to_string()], b"first\n");
+    }
+    let mut s = connect(&broker.addr());
+    let mut all = Vec::new();
+    let sent: Vec<(i32, String)> = (0..80).map(|i| (i % 4, format!("m{i}"))).collect();
+    for (i, (partition, value)) in sent.iter().enumerate() {
+        let req = produce_req("spread", *partition, batch(&[value]));
+        all.extend(typed_request(7, i as i32, &req).0);
+    }
+    send(&mut s, &all).unwrap();
+    for (i, (partition, _)) in sent.iter().enumerate() {
+        let resp = receive::<ProduceRequest>(&mut s, &broker, 7, i as i32);
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(
+            (p.index, p.error_code, p.base_offset),
+            (*partition, 0, i as i64 / 4 + 1),
+            "request {i}"
+        );
+    }
+    for partition in 0..4 {
+        let stored = consume(
+            &broker,
+            "spread",
+            &["-p", &partition.to_string(), "-o", "1", "-c", "20"],
+        );
+        let expected: Vec<String> = sent
+            .iter()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, v)| v.clone())
+            .collect();
+        assert_eq!(values(&stored), expected, "partition {partition}");
+    }
+}
+
 #[test]
 fn a_parked_fetch_does_not_hold_back_the_requests_behind_it() {
     let broker = Broker::start();

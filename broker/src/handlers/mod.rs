@@ -43,14 +43,17 @@ pub type Reply = Result<Option<Response>, DecodeError>;
 /// written to the socket (or the connection closes).
 #[derive(Debug)]
 pub struct Response {
-    pub bytes: Vec<u8>,
+    /// Written in order with one vectored write: the encoded response, in
+    /// one piece or (Fetch) split around the record bytes it shares with
+    /// the log reads.
+    pub bytes: Vec<bytes::Bytes>,
     pub held: Vec<Permit>,
 }
 
 impl From<Vec<u8>> for Response {
     fn from(bytes: Vec<u8>) -> Response {
         Response {
-            bytes,
+            bytes: vec![bytes.into()],
             held: Vec::new(),
         }
     }
@@ -68,7 +71,7 @@ pub async fn dispatch(broker: &Broker, request: Request, connection: &Connection
     match request.api_key {
         ApiKey::ApiVersions => api_versions::handle(&request),
         ApiKey::Metadata => metadata::handle(broker, &request).await,
-        ApiKey::Produce => produce::handle(broker, &request).await,
+        ApiKey::Produce => produce::handle(broker, &request, None).await,
         ApiKey::Fetch => fetch::handle(broker, &request, connection).await,
         ApiKey::ListOffsets => list_offsets::handle(broker, &request).await,
         ApiKey::CreateTopics => create_topics::handle(broker, &request).await,

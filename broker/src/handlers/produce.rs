@@ -18,12 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
+use std::future::Future;
+
+use futures_channel::oneshot;
+use futures_util::future::{join_all, LocalBoxFuture};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use sluice_engine::shard::LocalShard;
-use sluice_engine::TopicPartition;
+use sluice_engine::{AppendInfo, Error, TopicPartition};
 use tracing::{debug, warn};
 
 use super::{respond, Reply};
@@ -62,7 +65,14 @@ struct Terms {
     version: i16,
 }
 
-pub async fn handle(broker: &Broker, request: &Request) -> Reply {
+/// Serves a Produce request. `queued`, if given, is told once every
+/// append is queued on its partition (or the request failed before any
+/// was): the connection may then start its next request.
+pub async fn handle(
+    broker: &Broker,
+    request: &Request,
+    queued: Option<oneshot::Sender<()>>,
+) -> Reply {
     let body: ProduceRequest = decode_body(request)?;
     let terms = Terms {
         me: broker.config.node_id,
@@ -140,16 +150,23 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             });
         }
     }
-    let shards = by_shard.into_iter().map(|(shard, appends)| {
+    // Hand each shard its appends, one shard after another: each is queued
+    // on its partitions before the next request of this connection may
+    // start (`queued`), which keeps a connection's pipelined produces in
+    // the order it sent them. Then wait for them all together.
+    let mut running = Vec::new();
+    for (shard, appends) in by_shard {
         let handle = broker.engine.shards()[shard].clone();
         let slots: Vec<(usize, i32)> = appends.iter().map(|a| (a.slot, a.tp.partition)).collect();
         let bytes = appends.iter().map(|a| a.records.len()).sum();
-        async move {
-            let done = handle
-                .run_weighted(bytes, move |local| {
-                    Box::pin(append_all(local, terms, appends))
-                })
-                .await;
+        let submitted = handle
+            .submit_weighted(bytes, move |local| append_all(local, terms, appends))
+            .await;
+        running.push(async move {
+            let done = match submitted {
+                Ok(work) => work.await,
+                Err(e) => Err(e),
+            };
             match done {
                 Ok(done) => done,
                 Err(e) => slots
@@ -157,9 +174,12 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                     .map(|(slot, index)| (slot, failed(index, errors::code(&e))))
                     .collect(),
             }
-        }
-    });
-    for (slot, answer) in join_all(shards).await.into_iter().flatten() {
+        });
+    }
+    if let Some(queued) = queued {
+        let _ = queued.send(());
+    }
+    for (slot, answer) in join_all(running).await.into_iter().flatten() {
         answers[slot] = Some(answer);
     }
     if terms.acks == 0 {
@@ -182,26 +202,44 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     respond(request, &response)
 }
 
-/// On the owning shard: every append of the request to this shard's
-/// partitions, all queued at once so that they share the partitions'
-/// group commits.
-async fn append_all(
+/// On the owning shard: queues every append of the request to this
+/// shard's partitions now (so that they share the partitions' group
+/// commits, and land in the order the requests came), and returns the
+/// future of their answers.
+fn append_all(
     local: LocalShard,
     terms: Terms,
     appends: Vec<Append>,
-) -> Vec<(usize, PartitionProduceResponse)> {
-    let local = &local;
-    join_all(
-        appends
-            .into_iter()
-            .map(|a| async move { (a.slot, append_one(local, terms, a).await) }),
-    )
-    .await
+) -> LocalBoxFuture<'static, Vec<(usize, PartitionProduceResponse)>> {
+    let started: Vec<_> = appends
+        .into_iter()
+        .map(|a| {
+            let appended =
+                partition::start_append(&local, terms.me, &a.tp, &a.topic, a.records.clone());
+            (a, appended)
+        })
+        .collect();
+    Box::pin(async move {
+        let local = &local;
+        join_all(started.into_iter().map(|(a, appended)| async move {
+            (a.slot, finish_one(local, terms, a, appended).await)
+        }))
+        .await
+    })
 }
 
-async fn append_one(local: &LocalShard, terms: Terms, a: Append) -> PartitionProduceResponse {
+async fn finish_one(
+    local: &LocalShard,
+    terms: Terms,
+    a: Append,
+    appended: Result<impl Future<Output = Result<AppendInfo, Error>>, Error>,
+) -> PartitionProduceResponse {
     let index = a.tp.partition;
-    let info = match partition::append(local, terms.me, &a.tp, &a.topic, a.records).await {
+    let info = match appended {
+        Ok(appended) => appended.await,
+        Err(e) => Err(e),
+    };
+    let info = match info {
         Ok(info) => info,
         Err(e) => {
             debug!(partition = %a.tp, error = %e, "produce failed");

@@ -27,6 +27,8 @@ pub use sluice_engine::budget;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
 
 use futures_channel::oneshot;
 use sluice_engine::shard::LocalShard;
@@ -135,27 +137,42 @@ pub async fn append(
     local: &LocalShard,
     me: BrokerId,
     tp: &TopicPartition,
-    topic: &TopicState,
+    topic: &Arc<TopicState>,
     records: bytes::Bytes,
 ) -> Result<AppendInfo, Error> {
+    start_append(local, me, tp, topic, records)?.await
+}
+
+/// [`append`], queued on the partition before this returns: appends
+/// started one after another land in that order, however their futures are
+/// polled (a connection's pipelined produce requests).
+pub fn start_append(
+    local: &LocalShard,
+    me: BrokerId,
+    tp: &TopicPartition,
+    topic: &Arc<TopicState>,
+    records: bytes::Bytes,
+) -> Result<impl Future<Output = Result<AppendInfo, Error>> + 'static, Error> {
     let epoch = with_entry(local, me, tp, topic, |e| e.state.leader_epoch())?;
-    let info = local
-        .append(
-            tp,
-            records,
-            AppendMode::Leader {
-                epoch: Epoch(epoch),
-            },
-        )
-        .await?;
-    // The topic may have gone while the append ran; its entry then goes
-    // with it at the next lookup, and nobody waits on this one.
-    let _ = with_entry(local, me, tp, topic, |e| {
-        if e.state.on_leader_append(info.last_offset.plus(1)).is_some() {
-            e.wake();
-        }
-    });
-    Ok(info)
+    let appended = local.start_append(
+        tp,
+        records,
+        AppendMode::Leader {
+            epoch: Epoch(epoch),
+        },
+    );
+    let (local, tp, topic) = (local.clone(), tp.clone(), topic.clone());
+    Ok(async move {
+        let info = appended.await?;
+        // The topic may have gone while the append ran; its entry then goes
+        // with it at the next lookup, and nobody waits on this one.
+        let _ = with_entry(&local, me, &tp, &topic, |e| {
+            if e.state.on_leader_append(info.last_offset.plus(1)).is_some() {
+                e.wake();
+            }
+        });
+        Ok(info)
+    })
 }
 
 /// The partition's high watermark.

@@ -381,8 +381,29 @@ impl ShardHandle {
         R: Send + 'static,
         F: FnOnce(LocalShard) -> LocalBoxFuture<'static, R> + Send + 'static,
     {
+        self.submit_weighted(bytes, f).await?.await
+    }
+
+    /// Hands `f` to the shard and returns, once it is there, a future of its
+    /// output. `f` itself (not the future it makes) runs on the shard in the
+    /// order the submissions were made, so what `f` does before returning
+    /// its future (queueing appends on partitions) happens in submission
+    /// order: one caller's successive submissions to a shard keep their
+    /// order even though their futures run concurrently. On the caller's
+    /// own shard `f` runs before this returns. Dropping the returned future
+    /// cancels the work.
+    pub async fn submit_weighted<R, F>(
+        &self,
+        bytes: usize,
+        f: F,
+    ) -> Result<LocalBoxFuture<'static, Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(LocalShard) -> LocalBoxFuture<'static, R> + Send + 'static,
+    {
         if let Some(here) = local().filter(|l| l.id() == self.id) {
-            return Ok(f(here).await);
+            let work = f(here);
+            return Ok(Box::pin(async move { Ok(work.await) }));
         }
         let held = self.queued.acquire(bytes).await;
         let (tx, rx) = oneshot::channel();
@@ -390,12 +411,14 @@ impl ShardHandle {
             // On the shard thread, which always has its LocalShard; without
             // it `tx` is dropped and the caller sees the shard stopped.
             if let Some(here) = local() {
+                // Called here, in the shard's command order, not in the
+                // task below.
+                let work = f(here);
                 compio::runtime::spawn(async move {
                     // A caller that goes away (a closed connection) cancels
                     // the work instead of leaving it to run to the end.
                     let mut tx = tx;
                     let outcome = {
-                        let work = f(here);
                         let cancelled = tx.cancellation();
                         futures_util::pin_mut!(work, cancelled);
                         match futures_util::future::select(work, cancelled).await {
@@ -412,7 +435,10 @@ impl ShardHandle {
             }
         })
         .await?;
-        rx.await.map_err(|_| Error::ShardStopped(self.id))
+        let id = self.id;
+        Ok(Box::pin(async move {
+            rx.await.map_err(|_| Error::ShardStopped(id))
+        }))
     }
 
     /// Runs `f` on this shard's thread. `f` may start compio tasks there

@@ -578,10 +578,25 @@ impl LocalShard {
         records: impl Into<Bytes>,
         mode: AppendMode,
     ) -> Result<AppendInfo> {
+        self.start_append(tp, records, mode).await
+    }
+
+    /// Queues the append now, before returning, and gives back a future of
+    /// its outcome. Appends started one after another land in that order
+    /// whatever order their futures are polled in: this is what lets a
+    /// connection pipeline its produce requests and still append them in
+    /// the order it sent them.
+    pub fn start_append(
+        &self,
+        tp: &TopicPartition,
+        records: impl Into<Bytes>,
+        mode: AppendMode,
+    ) -> impl std::future::Future<Output = Result<AppendInfo>> + 'static {
         let (tx, rx) = oneshot::channel();
         self.0
             .push(tp, Work::Append(records.into(), mode, None, tx));
-        rx.await.map_err(|_| Error::ShardStopped(self.0.id))?
+        let shard = self.0.id;
+        async move { rx.await.map_err(|_| Error::ShardStopped(shard))? }
     }
 
     /// Runs `f` on the partition's log, in order with its other work.
