@@ -155,6 +155,134 @@ pub fn encode_response<T: Encodable>(
     Ok(Vec::from(buf))
 }
 
+/// Encodes a response as segments for one vectored write, in which the
+/// bytes of `records` (the log reads a Fetch response carries) are not
+/// copied: each is a segment of its own, shared with the read that produced
+/// it, between the small encoded pieces around it. Meant for responses
+/// whose encoding writes only forward (Fetch's does; no length gaps).
+pub fn encode_response_spliced<T: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+    records: &[Bytes],
+) -> anyhow_free::Result<Vec<Bytes>> {
+    let size = body
+        .compute_size(version)
+        .map_err(anyhow_free::Error::from_display)?;
+    let header_version = api_key.response_header_version(version);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    let header_size = header
+        .compute_size(header_version)
+        .map_err(anyhow_free::Error::from_display)?;
+    let len = i32::try_from(header_size + size)
+        .map_err(|_| anyhow_free::Error("response too large".into()))?;
+    let spliced: usize = records.iter().map(Bytes::len).sum();
+    let mut buf = SpliceBuf {
+        head: BytesMut::with_capacity((header_size + size).saturating_sub(spliced) + 64),
+        done: Vec::new(),
+        done_len: 0,
+        records,
+    };
+    buf.head.put_i32(len);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(anyhow_free::Error::from_display)?;
+    body.encode(&mut buf, version)
+        .map_err(anyhow_free::Error::from_display)?;
+    Ok(buf.finish())
+}
+
+/// Slices shorter than this are copied into the encoded pieces: a segment
+/// of their own would cost more than the copy.
+const SPLICE_MIN: usize = 4096;
+/// Most segments one response is split into (the kernel takes at most
+/// `IOV_MAX` = 1024 per write); past it record bytes are copied.
+const SEGMENTS_MAX: usize = 512;
+
+/// The buffer [`encode_response_spliced`] encodes into: a growing head of
+/// encoded bytes, and the segments finished before it.
+struct SpliceBuf<'a> {
+    head: BytesMut,
+    done: Vec<Bytes>,
+    done_len: usize,
+    records: &'a [Bytes],
+}
+
+impl SpliceBuf<'_> {
+    /// The record buffer `src` lies in, sliced to it.
+    fn shared(&self, src: &[u8]) -> Option<Bytes> {
+        let (start, end) = (src.as_ptr() as usize, src.as_ptr() as usize + src.len());
+        self.records
+            .iter()
+            .find(|r| {
+                let base = r.as_ptr() as usize;
+                base <= start && end <= base + r.len()
+            })
+            .map(|r| r.slice_ref(src))
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.head.is_empty() {
+            self.done.push(self.head.freeze());
+        }
+        self.done
+    }
+}
+
+// SAFETY: every method hands on to the head `BytesMut`, whose own
+// implementation upholds the contract; `put_slice` either does the same or
+// appends a finished segment, which leaves the head's state as it was.
+unsafe impl BufMut for SpliceBuf<'_> {
+    fn remaining_mut(&self) -> usize {
+        self.head.remaining_mut()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller's promise about `cnt` is about the head's
+        // chunk, which is what `chunk_mut` handed out.
+        unsafe { self.head.advance_mut(cnt) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.head.chunk_mut()
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if src.len() >= SPLICE_MIN && self.done.len() + 2 <= SEGMENTS_MAX {
+            if let Some(shared) = self.shared(src) {
+                if !self.head.is_empty() {
+                    let piece = self.head.split().freeze();
+                    self.done_len += piece.len();
+                    self.done.push(piece);
+                }
+                self.done_len += shared.len();
+                self.done.push(shared);
+                return;
+            }
+        }
+        self.head.put_slice(src);
+    }
+}
+
+impl kafka_protocol::protocol::buf::ByteBufMut for SpliceBuf<'_> {
+    fn offset(&self) -> usize {
+        self.done_len + self.head.len()
+    }
+
+    fn seek(&mut self, offset: usize) {
+        // Only forward encodings are spliced; a seek stays in the head.
+        self.head.resize(offset.saturating_sub(self.done_len), 0);
+    }
+
+    fn range(&mut self, r: std::ops::Range<usize>) -> &mut [u8] {
+        let start = r.start.saturating_sub(self.done_len);
+        let end = r.end.saturating_sub(self.done_len).min(self.head.len());
+        &mut self.head[start.min(end)..end]
+    }
+}
+
 /// A tiny error type so this crate does not depend on anyhow.
 pub mod anyhow_free {
     #[derive(Debug, thiserror::Error)]
@@ -230,6 +358,56 @@ mod tests {
 
     fn test_peer() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 40000))
+    }
+
+    /// A Fetch response with a small, a large and an absent record set, at
+    /// the flexible and an old version.
+    fn fetch_response(records: &[Option<Bytes>]) -> kafka_protocol::messages::FetchResponse {
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+        let mut topic = FetchableTopicResponse::default();
+        topic.topic = kafka_protocol::messages::TopicName(
+            kafka_protocol::protocol::StrBytes::from_static_str("t"),
+        );
+        for (i, r) in records.iter().enumerate() {
+            let mut p = PartitionData::default();
+            p.partition_index = i as i32;
+            p.high_watermark = 10;
+            p.records = r.clone();
+            topic.partitions.push(p);
+        }
+        let mut response = kafka_protocol::messages::FetchResponse::default();
+        response.responses.push(topic);
+        response
+    }
+
+    #[test]
+    fn a_spliced_response_is_the_same_bytes_as_the_copied_one_without_copying_the_records() {
+        let big = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let small = Bytes::from_static(b"tiny records");
+        let records = vec![
+            Some(big.slice(10..90_000)),
+            Some(small),
+            None,
+            Some(big.clone()),
+        ];
+        let response = fetch_response(&records);
+        let shared: Vec<Bytes> = records.iter().flatten().cloned().collect();
+        for version in [4, 11, 12, 16] {
+            let whole = encode_response(ApiKey::Fetch, version, 9, &response).unwrap();
+            let pieces =
+                encode_response_spliced(ApiKey::Fetch, version, 9, &response, &shared).unwrap();
+            assert_eq!(pieces.concat(), whole, "version {version}");
+            // The two large record sets are segments of their own, pointing
+            // into the read buffer; the small one was copied.
+            let in_big = pieces
+                .iter()
+                .filter(|p| {
+                    let (b, p) = (big.as_ptr() as usize, p.as_ptr() as usize);
+                    b <= p && p < b + big.len()
+                })
+                .count();
+            assert_eq!(in_big, 2, "version {version}");
+        }
     }
 
     fn frame(api_key: i16, version: i16, header_version: i16) -> Bytes {

@@ -63,6 +63,7 @@ fn load_pairs(config: Option<PathBuf>, set: Vec<String>) -> Result<Vec<(String, 
 }
 
 fn main() {
+    sluice_broker::alloc::keep_freed_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

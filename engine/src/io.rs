@@ -297,14 +297,18 @@ impl File {
     pub async fn read_up_to(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
         match self {
             File::Os { file, .. } => {
+                use compio::buf::{IntoInner, IoBuf};
                 let mut out: Vec<u8> = Vec::with_capacity(len);
                 while out.len() < len {
-                    let chunk = Vec::with_capacity(len - out.len());
-                    let compio::BufResult(result, chunk) =
-                        file.read_at(chunk, pos + out.len() as u64).await;
+                    // Into the buffer's free tail: the bytes are copied once,
+                    // from the page cache.
+                    let begin = out.len();
+                    let compio::BufResult(result, tail) =
+                        file.read_at(out.slice(begin..), pos + begin as u64).await;
+                    out = tail.into_inner();
                     match result {
                         Ok(0) => break,
-                        Ok(_) => out.extend_from_slice(&chunk),
+                        Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
                     }

@@ -5,12 +5,17 @@
 //! woken as soon as the high watermark of any of its partitions moves.
 //!
 //! Partitions are read on the shards that own them, one message per shard
-//! (none for the connection's own shard), shard after shard in the order
-//! their partitions first appear, each given what is left of the byte
-//! budget: a response never holds more than the budget, however many
-//! shards it spans. As in Kafka, the first batch of the response is
-//! returned whole even if it is larger than the budget, so that a consumer
-//! always makes progress.
+//! (none for the connection's own shard). When the partitions' own limits,
+//! plus one batch of `message.max.bytes`, fit the budget together (the
+//! usual consumer: 1 MiB per partition, 50 MiB per request), every shard
+//! and every partition is read at once, each up to its limit, and only the
+//! request's first partition may return a batch larger than its limit.
+//! Otherwise, or when that read found records but none that fitted, the
+//! shards are read one after another in the order their partitions first
+//! appear, each given what is left of the budget, and the first batch read
+//! is returned whole even if larger than the budget, as Kafka does, so
+//! that a consumer always makes progress. Either way a response never holds
+//! more than the budget plus that one batch.
 //!
 //! Before reading, a fetch takes its budget's bytes from its connection's
 //! budget and from the broker's (`queued.max.request.bytes`), and holds them
@@ -28,7 +33,7 @@ use kafka_protocol::ResponseError;
 use sluice_engine::shard::LocalShard;
 use sluice_engine::{Offset, TopicPartition};
 
-use super::{respond, Connection, Reply};
+use super::{Connection, Reply};
 use crate::codec::{decode_body, Request};
 use crate::topics::TopicState;
 use crate::{errors, partition, Broker};
@@ -52,6 +57,9 @@ struct ShardRead {
     /// The high watermark each partition had (by its index in the shard's
     /// wants), to wait on.
     seen: Vec<(usize, Offset)>,
+    /// A partition had records past its fetch offset and returned none
+    /// (its next batch was larger than it was allowed).
+    missed: bool,
 }
 
 fn empty(index: i32) -> PartitionData {
@@ -64,21 +72,38 @@ fn empty(index: i32) -> PartitionData {
     data
 }
 
-/// On the owning shard: reads `wants` in order within `budget` bytes. The
-/// first batch read is returned whole when `first` says none was read
-/// before.
+/// How a round reads a shard's partitions.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// In request order, each partition given what the ones before it left
+    /// of `budget`; the first batch read is returned whole when `first`
+    /// says none was read before.
+    InOrder { budget: usize, first: bool },
+    /// All at once, each up to its own `partition_max_bytes`: for requests
+    /// whose partition limits together fit the budget, so that no read
+    /// depends on another's size. Only the partition in slot `first_slot`
+    /// (the request's first) may return a batch larger than its limit.
+    Together { first_slot: usize },
+}
+
+/// On the owning shard: reads `wants` as `pass` says.
 async fn read_shard(
     local: LocalShard,
     me: i32,
     version: i16,
     wants: Arc<[Want]>,
-    budget: usize,
-    mut first: bool,
+    pass: Pass,
 ) -> ShardRead {
     let mut out = ShardRead {
         partitions: Vec::with_capacity(wants.len()),
         bytes: 0,
         seen: Vec::with_capacity(wants.len()),
+        missed: false,
+    };
+    let mut reads: Vec<(usize, PartitionData, Offset, LocalBoxFuture<'_, _>)> = Vec::new();
+    let (mut budget, mut first) = match pass {
+        Pass::InOrder { budget, first } => (budget, first),
+        Pass::Together { .. } => (usize::MAX, false),
     };
     for (index, want) in wants.iter().enumerate() {
         let mut data = empty(want.tp.partition);
@@ -93,35 +118,75 @@ async fn read_shard(
         data.high_watermark = hw.0;
         data.last_stable_offset = hw.0;
         out.seen.push((index, hw));
-        let max = want
-            .partition_max_bytes
-            .min(budget.saturating_sub(out.bytes));
-        let read = local
-            .read(&want.tp, want.fetch_offset, max, Some(hw), first)
-            .await;
-        match read {
-            Ok(result) => {
-                if version >= 5 {
-                    data.log_start_offset = result.log_start_offset.0;
-                }
-                if !result.records.is_empty() {
+        match pass {
+            Pass::Together { first_slot } => {
+                let read = local.read(
+                    &want.tp,
+                    want.fetch_offset,
+                    want.partition_max_bytes,
+                    Some(hw),
+                    want.slot == first_slot,
+                );
+                reads.push((index, data, hw, Box::pin(read)));
+            }
+            Pass::InOrder { .. } => {
+                let max = want.partition_max_bytes.min(budget);
+                let read = local
+                    .read(&want.tp, want.fetch_offset, max, Some(hw), first)
+                    .await;
+                let got = take_read(&mut out, want, version, hw, &mut data, read);
+                if got > 0 {
                     first = false;
                 }
-                out.bytes += result.records.len();
-                data.records = Some(result.records);
-            }
-            Err(e) => {
-                data.error_code = errors::code(&e);
-                if let sluice_engine::Error::OffsetOutOfRange { log_start, .. } = e {
-                    if version >= 5 {
-                        data.log_start_offset = log_start.0;
-                    }
-                }
+                budget = budget.saturating_sub(got);
+                out.partitions.push((want.slot, data));
             }
         }
+    }
+    let (pending, reads): (Vec<_>, Vec<_>) = reads
+        .into_iter()
+        .map(|(index, data, hw, read)| ((index, data, hw), read))
+        .unzip();
+    let results = futures_util::future::join_all(reads).await;
+    for ((index, mut data, hw), read) in pending.into_iter().zip(results) {
+        let want = &wants[index];
+        take_read(&mut out, want, version, hw, &mut data, read);
         out.partitions.push((want.slot, data));
     }
     out
+}
+
+/// Puts one partition's read into its response data; returns the bytes.
+fn take_read(
+    out: &mut ShardRead,
+    want: &Want,
+    version: i16,
+    hw: Offset,
+    data: &mut PartitionData,
+    read: sluice_engine::Result<sluice_engine::ReadResult>,
+) -> usize {
+    match read {
+        Ok(result) => {
+            if version >= 5 {
+                data.log_start_offset = result.log_start_offset.0;
+            }
+            let got = result.records.len();
+            // Records there, none returned: the next batch did not fit.
+            out.missed |= got == 0 && want.fetch_offset < hw;
+            out.bytes += got;
+            data.records = Some(result.records);
+            got
+        }
+        Err(e) => {
+            data.error_code = errors::code(&e);
+            if let sluice_engine::Error::OffsetOutOfRange { log_start, .. } = e {
+                if version >= 5 {
+                    data.log_start_offset = log_start.0;
+                }
+            }
+            0
+        }
+    }
 }
 
 /// On the owning shard: waits until the high watermark of any of `seen`
@@ -142,6 +207,83 @@ async fn wait_shard(local: LocalShard, me: i32, wants: Arc<[Want]>, seen: Vec<(u
             })
         });
     select_all(waits).await;
+}
+
+/// What one read of every shard found.
+#[derive(Default)]
+struct Round {
+    total: usize,
+    /// Per shard, the high watermarks its read saw.
+    seen: BTreeMap<usize, Vec<(usize, Offset)>>,
+    errors: bool,
+    missed: bool,
+}
+
+/// Reads every shard's partitions into `slots`. A together pass reads all
+/// shards at once; an in-order pass goes shard after shard, each given
+/// what the ones before left of the pass's budget, the first batch whole
+/// until something was read.
+async fn read_round(
+    broker: &Broker,
+    order: &[usize],
+    by_shard: &BTreeMap<usize, Arc<[Want]>>,
+    slots: &mut [PartitionData],
+    me: i32,
+    version: i16,
+    pass: Pass,
+) -> Round {
+    let mut round = Round::default();
+    let read = |shard: usize, pass: Pass| {
+        let wants = by_shard[&shard].clone();
+        let handle = broker.engine.shards()[shard].clone();
+        async move {
+            let read = handle
+                .run(move |local| Box::pin(read_shard(local, me, version, wants, pass)))
+                .await;
+            (shard, read)
+        }
+    };
+    let results = match pass {
+        Pass::Together { .. } => {
+            futures_util::future::join_all(order.iter().map(|&shard| read(shard, pass))).await
+        }
+        Pass::InOrder { budget, .. } => {
+            let mut results = Vec::with_capacity(order.len());
+            let mut total = 0usize;
+            for &shard in order {
+                let pass = Pass::InOrder {
+                    budget: budget.saturating_sub(total),
+                    first: total == 0,
+                };
+                let done = read(shard, pass).await;
+                if let (_, Ok(read)) = &done {
+                    total += read.bytes;
+                }
+                results.push(done);
+            }
+            results
+        }
+    };
+    for (shard, read) in results {
+        match read {
+            Ok(read) => {
+                round.total += read.bytes;
+                round.missed |= read.missed;
+                for (slot, data) in read.partitions {
+                    round.errors |= data.error_code != 0;
+                    slots[slot] = data;
+                }
+                round.seen.insert(shard, read.seen);
+            }
+            Err(e) => {
+                round.errors = true;
+                for want in by_shard[&shard].iter() {
+                    slots[want.slot].error_code = errors::code(&e);
+                }
+            }
+        }
+    }
+    round
 }
 
 pub async fn handle(broker: &Broker, request: &Request, connection: &Connection) -> Reply {
@@ -199,6 +341,20 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
     // The connection's own shard first: no message needed.
     let here = sluice_engine::shard::local().map(|l| l.id());
     order.sort_by_key(|shard| Some(*shard) != here);
+    // Every partition may read its own limit at once when the limits,
+    // plus one batch larger than a limit, fit the budget together.
+    let limits: usize = by_shard
+        .values()
+        .flat_map(|wants| wants.iter())
+        .map(|w| w.partition_max_bytes)
+        .fold(0, usize::saturating_add);
+    let together = limits.saturating_add(broker.config.message_max_bytes) <= budget;
+    let first_slot = by_shard
+        .values()
+        .flat_map(|wants| wants.iter())
+        .map(|w| w.slot)
+        .min()
+        .unwrap_or(0);
     let mut woken = false;
     let held = loop {
         // Reserved for the read, cut to what was read once it is done, and
@@ -221,34 +377,26 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                 _ => break Vec::new(),
             }
         };
-        let mut total = 0usize;
-        let mut seen: BTreeMap<usize, Vec<(usize, Offset)>> = BTreeMap::new();
-        let mut errors = false;
-        for shard in &order {
-            let wants = by_shard[shard].clone();
-            let handle = &broker.engine.shards()[*shard];
-            let (left, first) = (budget.saturating_sub(total), total == 0);
-            let read = handle
-                .run(move |local| Box::pin(read_shard(local, me, version, wants, left, first)))
-                .await;
-            let wants = &by_shard[shard];
-            match read {
-                Ok(read) => {
-                    total += read.bytes;
-                    for (slot, data) in read.partitions {
-                        errors |= data.error_code != 0;
-                        slots[slot] = data;
-                    }
-                    seen.insert(*shard, read.seen);
-                }
-                Err(e) => {
-                    errors = true;
-                    for want in wants.iter() {
-                        slots[want.slot].error_code = errors::code(&e);
-                    }
-                }
-            }
+        let mut round = Round::default();
+        if together {
+            let pass = Pass::Together { first_slot };
+            round = read_round(broker, &order, &by_shard, &mut slots, me, version, pass).await;
         }
+        // Nothing fitted (or the limits do not fit the budget together):
+        // read in request order, the first batch whole, as Kafka does.
+        if !together || (round.total == 0 && round.missed && !round.errors) {
+            let pass = Pass::InOrder {
+                budget,
+                first: true,
+            };
+            round = read_round(broker, &order, &by_shard, &mut slots, me, version, pass).await;
+        }
+        let Round {
+            total,
+            seen,
+            errors,
+            ..
+        } = round;
         for permit in &mut held {
             permit.shrink(total);
         }
@@ -287,9 +435,24 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         out.partitions = slots.by_ref().take(count).collect();
         response.responses.push(out);
     }
-    let mut reply = respond(request, &response)?;
-    if let Some(reply) = reply.as_mut() {
-        reply.held = held;
-    }
-    Ok(reply)
+    // The records go out as the reads returned them, not copied into the
+    // encoded response.
+    let records: Vec<bytes::Bytes> = response
+        .responses
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .filter_map(|p| p.records.clone())
+        .collect();
+    let bytes = crate::codec::encode_response_spliced(
+        request.api_key,
+        request.version,
+        request.header.correlation_id,
+        &response,
+        &records,
+    )
+    .map_err(|e| crate::codec::DecodeError::Malformed {
+        what: "response",
+        reason: e.to_string(),
+    })?;
+    Ok(Some(super::Response { bytes, held }))
 }
