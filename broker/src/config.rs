@@ -28,6 +28,17 @@ pub struct BrokerConfig {
     pub advertised_port: u16,
     /// `log.dirs`: one directory for now.
     pub log_dir: PathBuf,
+    /// Where this node's controller listens for the other controllers: the
+    /// `listeners` entry named in `controller.listener.names`. None for a
+    /// quorum of one, which talks to nobody.
+    pub controller_listen: Option<SocketAddr>,
+    /// `controller.quorum.voters`: each voter's node id and CONTROLLER
+    /// address (`host:port`). Defaults to this node alone.
+    pub quorum_voters: BTreeMap<i32, String>,
+    /// `controller.quorum.election.timeout.ms`.
+    pub controller_election_timeout_ms: u64,
+    /// `controller.quorum.fetch.timeout.ms`.
+    pub controller_fetch_timeout_ms: u64,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
     pub min_insync_replicas: i32,
@@ -66,6 +77,13 @@ const KNOWN_KEYS: &[&str] = &[
     "broker.id",
     "listeners",
     "advertised.listeners",
+    "process.roles",
+    "controller.listener.names",
+    "controller.quorum.voters",
+    "controller.quorum.election.timeout.ms",
+    "controller.quorum.fetch.timeout.ms",
+    "listener.security.protocol.map",
+    "inter.broker.listener.name",
     "log.dirs",
     "log.dir",
     "num.partitions",
@@ -172,17 +190,93 @@ impl BrokerConfig {
             "must be a non-negative integer",
         )?;
 
+        let roles = get("process.roles").unwrap_or("broker,controller");
+        let mut role_list: Vec<&str> = roles.split(',').map(str::trim).collect();
+        role_list.sort_unstable();
+        match role_list.as_slice() {
+            ["broker", "controller"] => {}
+            ["broker"] | ["controller"] => {
+                return Err(bad(
+                    "process.roles",
+                    roles,
+                    "only broker,controller (every broker a controller voter) is supported yet",
+                ))
+            }
+            _ => return Err(bad("process.roles", roles, "expected broker,controller")),
+        }
+        let controller_names = get("controller.listener.names").unwrap_or("CONTROLLER");
+        let controller_names: Vec<&str> = controller_names.split(',').map(str::trim).collect();
         let listeners = get("listeners").unwrap_or("PLAINTEXT://127.0.0.1:9092");
-        let listen =
-            parse_listener(listeners).map_err(|reason| bad("listeners", listeners, &reason))?;
+        let named = parse_listeners(listeners).map_err(|r| bad("listeners", listeners, &r))?;
+        let (client, controller) = split_listeners(&named, &controller_names)
+            .map_err(|r| bad("listeners", listeners, &r))?;
+        let listen = listen_addr(&client.1, client.2)
+            .map_err(|reason| bad("listeners", listeners, &reason))?;
+        let controller_listen = controller
+            .map(|(_, host, port)| listen_addr(host, *port))
+            .transpose()
+            .map_err(|reason| bad("listeners", listeners, &reason))?;
         let (advertised_host, advertised_port) = match get("advertised.listeners") {
             Some(text) => {
-                let (host, port) = parse_host_port(text)
+                let named = parse_listeners(text)
                     .map_err(|reason| bad("advertised.listeners", text, &reason))?;
-                (host, port)
+                let (client, _) = split_listeners(&named, &controller_names)
+                    .map_err(|reason| bad("advertised.listeners", text, &reason))?;
+                (client.1.clone(), client.2)
             }
             None => (listen.ip().to_string(), listen.port()),
         };
+        let quorum_voters = match get("controller.quorum.voters") {
+            Some(text) => parse_voters(text)
+                .map_err(|reason| bad("controller.quorum.voters", text, &reason))?,
+            None => BTreeMap::from([(
+                node_id,
+                match controller_listen {
+                    Some(addr) => addr.to_string(),
+                    None => format!("{advertised_host}:{advertised_port}"),
+                },
+            )]),
+        };
+        if !quorum_voters.contains_key(&node_id) {
+            let text = get("controller.quorum.voters").unwrap_or_default();
+            return Err(bad(
+                "controller.quorum.voters",
+                text,
+                &format!("node.id {node_id} is a controller (process.roles) but not a voter"),
+            ));
+        }
+        if quorum_voters.len() > 1 && controller_listen.is_none() {
+            return Err(bad(
+                "listeners",
+                listeners,
+                &format!(
+                    "a quorum of {} voters needs a listener named {} for the controllers",
+                    quorum_voters.len(),
+                    controller_names.join(" or ")
+                ),
+            ));
+        }
+        if controller_listen.is_some_and(|c| c.port() == listen.port()) {
+            return Err(bad(
+                "listeners",
+                listeners,
+                "the client and controller listeners need different ports",
+            ));
+        }
+        let controller_election_timeout_ms = num(
+            "controller.quorum.election.timeout.ms",
+            get("controller.quorum.election.timeout.ms"),
+            1000u64,
+            |v| *v >= 10,
+            "must be at least 10",
+        )?;
+        let controller_fetch_timeout_ms = num(
+            "controller.quorum.fetch.timeout.ms",
+            get("controller.quorum.fetch.timeout.ms"),
+            2000u64,
+            |v| *v >= 10,
+            "must be at least 10",
+        )?;
         let log_dir = PathBuf::from(
             get("log.dirs")
                 .or(get("log.dir"))
@@ -408,6 +502,10 @@ impl BrokerConfig {
             advertised_host,
             advertised_port,
             log_dir,
+            controller_listen,
+            quorum_voters,
+            controller_election_timeout_ms,
+            controller_fetch_timeout_ms,
             num_partitions,
             default_replication_factor,
             min_insync_replicas,
@@ -421,42 +519,91 @@ impl BrokerConfig {
     }
 }
 
-/// `PLAINTEXT://host:port` (one listener for now).
-fn parse_listener(text: &str) -> Result<SocketAddr, String> {
-    let (host, port) = parse_host_port(text)?;
-    let host = if host.is_empty() {
-        "0.0.0.0".to_string()
-    } else {
-        host
-    };
-    let host = if host == "localhost" {
-        "127.0.0.1".to_string()
-    } else {
-        host
+/// One `listeners` entry: its name, host and port.
+type Listener = (String, String, u16);
+
+/// `NAME://host:port,NAME://host:port`; a bare `host:port` is PLAINTEXT.
+fn parse_listeners(text: &str) -> Result<Vec<Listener>, String> {
+    let mut out: Vec<Listener> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, rest) = entry.split_once("://").unwrap_or(("PLAINTEXT", entry));
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{entry:?}: expected NAME://host:port"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("{port:?} is not a port"))?;
+        if out.iter().any(|(n, _, _)| n == name) {
+            return Err(format!("the listener name {name} appears twice"));
+        }
+        out.push((name.to_string(), host.to_string(), port));
+    }
+    Ok(out)
+}
+
+/// The client listener (the one not named as a controller listener, which
+/// must be PLAINTEXT) and the controller listener, if any.
+fn split_listeners<'a>(
+    named: &'a [Listener],
+    controller_names: &[&str],
+) -> Result<(&'a Listener, Option<&'a Listener>), String> {
+    let mut client = None;
+    let mut controller = None;
+    for listener in named {
+        if controller_names.contains(&listener.0.as_str()) {
+            controller = controller.or(Some(listener));
+        } else if listener.0 == "PLAINTEXT" {
+            client = client.or(Some(listener));
+        } else {
+            return Err(format!(
+                "only PLAINTEXT listeners are supported, not {} (name the controllers' listener \
+                 in controller.listener.names)",
+                listener.0
+            ));
+        }
+    }
+    let client = client.ok_or("no PLAINTEXT listener for clients")?;
+    Ok((client, controller))
+}
+
+/// The socket address to bind for a listener's host and port.
+fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let host = match host {
+        "" => "0.0.0.0",
+        "localhost" => "127.0.0.1",
+        other => other,
     };
     format!("{host}:{port}")
         .parse()
         .map_err(|_| format!("{host}:{port} is not an IP address and port"))
 }
 
-fn parse_host_port(text: &str) -> Result<(String, u16), String> {
-    let first = text.split(',').next().unwrap_or(text).trim();
-    let rest = match first.split_once("://") {
-        Some(("PLAINTEXT", rest)) => rest,
-        Some((proto, _)) => {
-            return Err(format!(
-                "only PLAINTEXT listeners are supported, not {proto}"
-            ))
+/// `1@host:port,2@host:port,…`
+fn parse_voters(text: &str) -> Result<BTreeMap<i32, String>, String> {
+    let mut voters = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("{entry:?}: expected id@host:port"))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|id: &i32| *id >= 0)
+            .ok_or_else(|| format!("{id:?} is not a node id"))?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{entry:?}: expected id@host:port"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{entry:?}: expected id@host:port"));
         }
-        None => first,
-    };
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| "expected PLAINTEXT://host:port".to_string())?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("{port:?} is not a port"))?;
-    Ok((host.to_string(), port))
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if voters.is_empty() {
+        return Err("no voters".into());
+    }
+    Ok(voters)
 }
 
 #[cfg(test)]
@@ -496,6 +643,90 @@ mod tests {
         ] {
             let err = BrokerConfig::from_pairs(&pairs(&[(key, value)])).unwrap_err();
             assert_eq!(err.key, key, "{err}");
+        }
+    }
+
+    #[test]
+    fn kraft_settings_name_the_controllers_and_bad_ones_say_why() {
+        let config = BrokerConfig::from_pairs(&pairs(&[
+            ("node.id", "2"),
+            (
+                "listeners",
+                "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093",
+            ),
+            (
+                "advertised.listeners",
+                "PLAINTEXT://broker2.example:9092,CONTROLLER://broker2.example:9093",
+            ),
+            ("process.roles", "controller,broker"),
+            (
+                "controller.quorum.voters",
+                "1@h1:9093,2@127.0.0.1:19093,3@h3:9093",
+            ),
+            ("controller.quorum.election.timeout.ms", "300"),
+        ]))
+        .unwrap();
+        assert_eq!(config.listen.port(), 19092);
+        assert_eq!(config.controller_listen.map(|a| a.port()), Some(19093));
+        assert_eq!(
+            (config.advertised_host.as_str(), config.advertised_port),
+            ("broker2.example", 9092)
+        );
+        assert_eq!(
+            config.quorum_voters.keys().copied().collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(config.controller_election_timeout_ms, 300);
+        assert_eq!(config.controller_fetch_timeout_ms, 2000);
+
+        // The single-node default: a quorum of this node alone, no
+        // controller listener.
+        let single = BrokerConfig::from_pairs(&[]).unwrap();
+        assert_eq!(single.controller_listen, None);
+        assert_eq!(
+            single.quorum_voters.keys().copied().collect::<Vec<_>>(),
+            [1]
+        );
+
+        for (settings, key, says) in [
+            (
+                vec![("controller.quorum.voters", "1@h:1,2@h:2")],
+                "listeners",
+                "needs a listener named CONTROLLER",
+            ),
+            (
+                vec![("controller.quorum.voters", "2@h:1,3@h:2")],
+                "controller.quorum.voters",
+                "not a voter",
+            ),
+            (
+                vec![("controller.quorum.voters", "1@h:1,1@h:2")],
+                "controller.quorum.voters",
+                "listed twice",
+            ),
+            (
+                vec![("controller.quorum.voters", "one@h:1")],
+                "controller.quorum.voters",
+                "not a node id",
+            ),
+            (vec![("process.roles", "broker")], "process.roles", "only"),
+            (
+                vec![(
+                    "listeners",
+                    "PLAINTEXT://127.0.0.1:1,CONTROLLER://127.0.0.1:1",
+                )],
+                "listeners",
+                "different ports",
+            ),
+            (
+                vec![("listeners", "CONTROLLER://127.0.0.1:1")],
+                "listeners",
+                "no PLAINTEXT listener",
+            ),
+        ] {
+            let err = BrokerConfig::from_pairs(&pairs(&settings)).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.reason.contains(says), "{err}");
         }
     }
 

@@ -48,6 +48,8 @@ static GLOBAL: alloc::NoReserveLarge = alloc::NoReserveLarge;
 /// messages to its shards.
 pub struct Broker {
     pub config: config::BrokerConfig,
+    /// The cluster's id (`meta.properties`, the metadata log).
+    pub cluster_id: String,
     pub engine: Arc<Engine>,
     pub controller: Arc<controller::Controller>,
     pub topics: Arc<topics::Topics>,

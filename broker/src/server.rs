@@ -50,11 +50,45 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     let engine = Arc::new(
         Engine::start(engine_config).map_err(|e| format!("starting the storage engine: {e}"))?,
     );
-    let controller = Arc::new(Controller::start(
+    let controller_listener = config
+        .controller_listen
+        .map(|addr| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .and_then(|socket| {
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(128)?;
+                Ok(socket)
+            });
+            socket
+                .map(std::net::TcpListener::from)
+                .map_err(|e| format!("the controller listener on {addr}: {e}"))
+        })
+        .transpose()?;
+    let quorum = crate::controller::Quorum {
+        node_id: config.node_id,
+        voters: config
+            .quorum_voters
+            .iter()
+            .map(|(id, addr)| (*id as u64, addr.clone()))
+            .collect(),
+        election_timeout_ms: config.controller_election_timeout_ms,
+        fetch_timeout_ms: config.controller_fetch_timeout_ms,
+    };
+    let controller = Arc::new(Controller::start_quorum(
         &config.log_dir,
-        config.node_id,
-        format!("{}:{}", config.advertised_host, config.advertised_port),
+        quorum,
+        controller_listener,
+        crate::controller::SNAPSHOT_EVERY,
     )?);
+    let startup =
+        sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
+    let cluster_id = startup.block_on(cluster_id(&controller, &config.log_dir, config.node_id))?;
+    info!(cluster = %cluster_id, node = config.node_id, "joined the cluster");
     let topics = Arc::new(Topics::new(controller.clone(), config.log.clone()));
     let runtime =
         sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
@@ -100,7 +134,12 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
                         .collect(),
                 ),
             )
-            .map_err(|e| format!("creating {}: {e}", offsets_topic::TOPIC))?;
+            .map(|_| ())
+            .or_else(|e| match e {
+                // Another broker of the cluster created it first.
+                crate::topics::TopicError::Exists(_) => Ok(()),
+                e => Err(format!("creating {}: {e}", offsets_topic::TOPIC)),
+            })?;
     }
     let groups = Coordinator::new(config.group_limits);
     let offsets = offsets_topic::OffsetStore::new(config.offsets_compact_records);
@@ -111,6 +150,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     let memory = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
     let requests = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
     let broker = Arc::new(Broker {
+        cluster_id,
         memory,
         requests,
         config,
@@ -152,6 +192,83 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     }
     info!(addr = %broker.config.listen, shards = broker.engine.shard_count(), backend = %broker.engine.backend(), "broker started");
     Ok(broker)
+}
+
+/// The cluster's id: named by the first broker of a new cluster (a
+/// `SetClusterId` record), and tied to this broker's log directory by
+/// `<log.dirs>/meta.properties` (`cluster.id`, `node.id`), as in Kafka.
+/// A directory that belongs to another cluster, or to another node id, is
+/// refused.
+async fn cluster_id(
+    controller: &Controller,
+    log_dir: &std::path::Path,
+    node_id: i32,
+) -> Result<String, String> {
+    let path = log_dir.join("meta.properties");
+    let stored = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let value = |key: &str| {
+                text.lines()
+                    .filter_map(|line| line.split_once('='))
+                    .find(|(k, _)| k.trim() == key)
+                    .map(|(_, v)| v.trim().to_string())
+            };
+            let (Some(cluster), Some(node)) = (value("cluster.id"), value("node.id")) else {
+                return Err(format!("{} lacks cluster.id or node.id", path.display()));
+            };
+            if node != node_id.to_string() {
+                return Err(format!(
+                    "{} belongs to node.id {node}, not {node_id}",
+                    log_dir.display()
+                ));
+            }
+            Some(cluster)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let known = controller.published().get().1.cluster_id.clone();
+    let id = match known {
+        Some(id) => id,
+        None => {
+            let proposed = stored.clone().unwrap_or_else(|| {
+                crate::topics::new_topic_id()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            });
+            match controller
+                .propose(crate::controller::MetadataRecord::SetClusterId {
+                    id: proposed.clone(),
+                })
+                .await
+            {
+                Ok(_) => proposed,
+                Err(crate::controller::ProposeError::Rejected(
+                    crate::controller::MetadataError::ClusterIdSet(current),
+                )) => current,
+                Err(e) => return Err(format!("naming the cluster: {e}")),
+            }
+        }
+    };
+    match stored {
+        Some(stored) if stored != id => Err(format!(
+            "{} belongs to cluster {stored}, but the controller quorum is cluster {id}: \
+             refusing to mix them (point log.dirs elsewhere or fix controller.quorum.voters)",
+            log_dir.display()
+        )),
+        Some(_) => Ok(id),
+        None => {
+            let tmp = log_dir.join("meta.properties.tmp");
+            let text = format!("version=1\ncluster.id={id}\nnode.id={node_id}\n");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .and_then(|()| std::fs::File::open(log_dir)?.sync_all())
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            Ok(id)
+        }
+    }
 }
 
 /// Takes `<log.dirs>/.lock` for the life of the process, as Kafka does, so

@@ -136,7 +136,7 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
 }
 
 /// A fresh random topic id.
-fn new_topic_id() -> TopicId {
+pub(crate) fn new_topic_id() -> TopicId {
     let mut id = [0u8; 16];
     // SAFETY: getrandom writes at most `id.len()` bytes into `id`.
     let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };

@@ -81,6 +81,11 @@ pub enum MetadataRecord {
         broker: i32,
         count: i64,
     },
+    /// Names the cluster. The first such record wins; a different one
+    /// later is refused.
+    SetClusterId {
+        id: String,
+    },
 }
 
 /// What applying a record produced, for its proposer.
@@ -102,6 +107,8 @@ pub enum MetadataError {
     UnknownTopic(String),
     #[error("a topic needs at least one partition")]
     NoPartitions,
+    #[error("the cluster is already named {0:?}")]
+    ClusterIdSet(String),
     #[error("cannot reserve {0} more producer ids")]
     ProducerIdsExhausted(i64),
     #[error("topic {topic:?} has {actual} partitions, not {expected}")]
@@ -130,6 +137,9 @@ pub struct MetadataImage {
     /// The first producer id not yet reserved by any broker.
     #[serde(default)]
     pub next_producer_id: i64,
+    /// The cluster's id, set once by the first broker to start.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 impl MetadataImage {
@@ -139,6 +149,12 @@ impl MetadataImage {
             MetadataRecord::RegisterBroker(registration) => {
                 self.brokers.insert(registration.id, registration.clone());
             }
+            MetadataRecord::SetClusterId { id } => match &self.cluster_id {
+                Some(current) if current != id => {
+                    return Err(MetadataError::ClusterIdSet(current.clone()))
+                }
+                _ => self.cluster_id = Some(id.clone()),
+            },
             MetadataRecord::CreateTopic {
                 name,
                 id,

@@ -13,11 +13,17 @@
 //! reconciles its local logs with it and serves Metadata from it (see
 //! `topics.rs`).
 //!
-//! With one voter the network is never used, and [`NoPeers`] answers every
-//! call as unreachable. More voters need a transport between controllers
-//! here, and nothing else.
+//! Controllers talk over their CONTROLLER listeners ([`network`]): Raft's
+//! own calls, proposals forwarded by a node that does not lead to the one
+//! that does, and the leader's read index for a node catching up at start.
+//! The voters are static (`controller.quorum.voters`); on first start each
+//! forms the quorum with all of them (openraft allows every voter to do so
+//! with the same set), and they elect a leader among themselves. A single
+//! node with no CONTROLLER listener is a quorum of one that never calls
+//! anyone.
 
 pub mod image;
+pub mod network;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -26,14 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use image::{Applied, MetadataError, MetadataImage, MetadataRecord};
 
@@ -48,9 +49,6 @@ openraft::declare_raft_types!(
 /// The directory under `log.dirs` holding the metadata log. Its name
 /// cannot be mistaken for a partition directory (`<topic>-<number>`).
 pub const DIR: &str = ".sluice-metadata";
-
-/// How long start-up waits for this node to lead the quorum.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The newest applied image, and a signal for whoever follows it.
 pub struct Published {
@@ -119,12 +117,39 @@ struct Proposal {
 pub struct Controller {
     proposals: async_channel::Sender<Proposal>,
     published: Arc<Published>,
+    /// The Raft leader as this node last saw it.
+    leader: Arc<Mutex<Option<u64>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Applied records between two snapshots of the image; the journal is
 /// then cut down to the last tenth of them (at most 100).
 pub const SNAPSHOT_EVERY: u64 = 1000;
+
+/// Who the controllers are and how long they wait for each other.
+#[derive(Debug, Clone)]
+pub struct Quorum {
+    pub node_id: i32,
+    /// The voters (`controller.quorum.voters`): node id and the address of
+    /// its CONTROLLER listener.
+    pub voters: BTreeMap<u64, String>,
+    /// `controller.quorum.election.timeout.ms`.
+    pub election_timeout_ms: u64,
+    /// `controller.quorum.fetch.timeout.ms`.
+    pub fetch_timeout_ms: u64,
+}
+
+impl Quorum {
+    /// This node alone, with nobody to call.
+    pub fn single(node_id: i32, address: String) -> Quorum {
+        Quorum {
+            node_id,
+            voters: BTreeMap::from([(node_id.max(0) as u64, address)]),
+            election_timeout_ms: 1000,
+            fetch_timeout_ms: 2000,
+        }
+    }
+}
 
 impl Controller {
     /// Opens the metadata log under `log_dir`, starts Raft on its own
@@ -141,7 +166,28 @@ impl Controller {
         address: String,
         snapshot_every: u64,
     ) -> Result<Controller, String> {
-        let id = u64::try_from(node_id).map_err(|_| format!("node.id {node_id} is negative"))?;
+        Controller::start_quorum(
+            log_dir,
+            Quorum::single(node_id, address),
+            None,
+            snapshot_every,
+        )
+    }
+
+    /// Opens the metadata log under `log_dir`, starts Raft on its own
+    /// thread, serves `listener` (the CONTROLLER listener) for the other
+    /// voters, forms the quorum on first start, and returns once there is
+    /// a leader and this node has applied everything committed when it
+    /// asked. Waits as long as it takes a majority of the voters to come
+    /// up, saying so every few seconds.
+    pub fn start_quorum(
+        log_dir: &Path,
+        quorum: Quorum,
+        listener: Option<std::net::TcpListener>,
+        snapshot_every: u64,
+    ) -> Result<Controller, String> {
+        let id = u64::try_from(quorum.node_id)
+            .map_err(|_| format!("node.id {} is negative", quorum.node_id))?;
         let dir = log_dir.join(DIR);
         let log = store::LogStore::open(&dir)
             .map_err(|e| format!("opening the metadata log in {}: {e}", dir.display()))?;
@@ -150,12 +196,15 @@ impl Controller {
             .map_err(|e| format!("reading the metadata snapshot in {}: {e}", dir.display()))?;
         let (proposals, inbox) = async_channel::bounded::<Proposal>(1024);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let config = raft_config(snapshot_every)?;
+        let config = raft_config(snapshot_every, quorum.election_timeout_ms)?;
+        let leader = Arc::new(Mutex::new(None));
+        let seen_leader = leader.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-controller".into())
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_time()
+                    .enable_io()
                     .build()
                 {
                     Ok(runtime) => runtime,
@@ -164,7 +213,16 @@ impl Controller {
                         return;
                     }
                 };
-                runtime.block_on(run(id, address, config, log, machine, inbox, ready_tx));
+                let start = Start {
+                    id,
+                    quorum,
+                    listener,
+                    config,
+                    log,
+                    machine,
+                    leader: seen_leader,
+                };
+                runtime.block_on(run(start, inbox, ready_tx));
             })
             .map_err(|e| format!("starting the controller thread: {e}"))?;
         ready_rx
@@ -173,6 +231,7 @@ impl Controller {
         Ok(Controller {
             proposals,
             published,
+            leader,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -187,8 +246,9 @@ impl Controller {
         }
     }
 
-    /// Appends `record` to the metadata log; answers once it is committed
-    /// and applied, or why it did not apply.
+    /// Appends `record` to the metadata log (through the leader, wherever
+    /// it is); answers once it is committed and applied by the leader, or
+    /// why it did not apply.
     pub async fn propose(&self, record: MetadataRecord) -> Result<Committed, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.proposals
@@ -204,14 +264,23 @@ impl Controller {
     pub fn published(&self) -> &Arc<Published> {
         &self.published
     }
+
+    /// The active controller (the Raft leader), if one is known.
+    pub fn leader(&self) -> Option<i32> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|id| id as i32)
+    }
 }
 
-fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, String> {
+fn raft_config(snapshot_every: u64, election_timeout_ms: u64) -> Result<Arc<Config>, String> {
+    let election = election_timeout_ms.max(10);
     let config = Config {
         cluster_name: "sluice".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: (election / 5).max(5),
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: (snapshot_every / 10).min(100),
         ..Config::default()
@@ -219,16 +288,31 @@ fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, String> {
     Ok(Arc::new(config.validate().map_err(|e| e.to_string())?))
 }
 
-async fn run(
+/// How long a proposal may look for a leader to take it.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often start-up says it is still waiting for a quorum.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// What the controller thread starts with.
+struct Start {
     id: u64,
-    address: String,
+    quorum: Quorum,
+    listener: Option<std::net::TcpListener>,
     config: Arc<Config>,
     log: store::LogStore,
     machine: store::StateMachine,
+    leader: Arc<Mutex<Option<u64>>>,
+}
+
+async fn run(
+    start: Start,
     inbox: async_channel::Receiver<Proposal>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let raft = match elect(id, address, config, log, machine).await {
+    let id = start.id;
+    let seen_leader = start.leader.clone();
+    let fetch_timeout = Duration::from_millis(start.quorum.fetch_timeout_ms.max(1));
+    let raft = match begin(start).await {
         Ok(raft) => {
             let _ = ready.send(Ok(()));
             raft
@@ -238,22 +322,22 @@ async fn run(
             return;
         }
     };
+    info!(node = id, "controller ready");
+    // Keeps `Controller::leader` current.
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            let now = metrics.borrow().current_leader;
+            *seen_leader.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     while let Ok(proposal) = inbox.recv().await {
         let raft = raft.clone();
         tokio::spawn(async move {
-            let outcome = match raft.client_write(proposal.record).await {
-                Ok(response) => response
-                    .data
-                    .map(|applied| Committed {
-                        index: response.log_id.index,
-                        applied,
-                    })
-                    .map_err(ProposeError::Rejected),
-                Err(e) => {
-                    warn!(error = %e, "the metadata log refused a record");
-                    Err(ProposeError::Unavailable(e.to_string()))
-                }
-            };
+            let outcome = propose(&raft, proposal.record, fetch_timeout).await;
             let _ = proposal.reply.send(outcome);
         });
     }
@@ -262,107 +346,192 @@ async fn run(
     }
 }
 
-/// Starts Raft, forms the one-voter quorum on first start, and waits until
-/// this node leads with every committed record applied.
-async fn elect(
-    id: u64,
-    address: String,
-    config: Arc<Config>,
-    log: store::LogStore,
-    machine: store::StateMachine,
-) -> Result<Raft<TypeConfig>, String> {
-    let raft = Raft::new(id, config, NoPeers, log, machine)
+/// Starts Raft and the listener, forms the quorum on first start, and
+/// catches up.
+async fn begin(start: Start) -> Result<Raft<TypeConfig>, String> {
+    let Start {
+        id,
+        quorum,
+        listener,
+        config,
+        log,
+        machine,
+        leader: _,
+    } = start;
+    let raft = Raft::new(id, config, network::Peers, log, machine)
         .await
         .map_err(|e| format!("starting the controller: {e}"))?;
-    let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
-    if initialized {
-        // The membership read from the log reaches the metrics shortly
-        // after start.
-        let voters: Vec<u64> = raft
-            .wait(Some(Duration::from_secs(5)))
-            .metrics(
-                |m| m.membership_config.voter_ids().next().is_some(),
-                "the stored membership",
-            )
-            .await
-            .map(|m| m.membership_config.voter_ids().collect())
-            .unwrap_or_default();
-        if !voters.contains(&id) {
-            return Err(format!(
-                "the metadata log belongs to a quorum of node(s) {voters:?}, not to node.id {id}; \
-                 start with the node.id it was created with"
-            ));
-        }
-        // Do not wait out an election timeout to lead a quorum of one.
-        raft.trigger().elect().await.map_err(|e| e.to_string())?;
-    } else {
-        let voters = BTreeMap::from([(id, BasicNode { addr: address })]);
-        raft.initialize(voters)
-            .await
-            .map_err(|e| format!("forming the controller quorum: {e}"))?;
-        info!(node = id, "formed a new controller quorum of one voter");
+    if let Some(listener) = listener {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("the controller listener: {e}"))?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| format!("the controller listener: {e}"))?;
+        tokio::spawn(network::serve(listener, raft.clone()));
     }
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        match raft.ensure_linearizable().await {
-            Ok(_) => break,
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(format!("this node did not become the controller: {e}"));
-            }
-            Err(_) => {
-                let _ = raft
-                    .wait(Some(Duration::from_millis(100)))
-                    .metrics(|m| m.current_leader == Some(id), "leader")
-                    .await;
-            }
-        }
-    }
-    info!(node = id, "leading the controller quorum");
+    form(&raft, id, &quorum.voters).await?;
+    catch_up(
+        &raft,
+        id,
+        Duration::from_millis(quorum.fetch_timeout_ms.max(1)),
+    )
+    .await?;
     Ok(raft)
 }
 
-/// The network of a quorum with one voter: there is nobody to call.
-pub struct NoPeers;
-
-fn no_peer<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
-    let why = std::io::Error::other("the controller quorum has one voter and no transport");
-    RPCError::Unreachable(Unreachable::new(&why))
+/// Forms the quorum of `voters` on a pristine log, or checks that the
+/// stored one is the same set.
+async fn form(
+    raft: &Raft<TypeConfig>,
+    id: u64,
+    voters: &BTreeMap<u64, String>,
+) -> Result<(), String> {
+    let configured: Vec<u64> = voters.keys().copied().collect();
+    let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
+    if !initialized {
+        let members: BTreeMap<u64, BasicNode> = voters
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => info!(node = id, voters = ?configured, "formed a new controller quorum"),
+            // Another voter's formation reached this one first.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(format!("forming the controller quorum: {e}")),
+        }
+        return Ok(());
+    }
+    // The membership read from the log reaches the metrics shortly after
+    // start.
+    let stored: Vec<u64> = raft
+        .wait(Some(Duration::from_secs(5)))
+        .metrics(
+            |m| m.membership_config.voter_ids().next().is_some(),
+            "the stored membership",
+        )
+        .await
+        .map(|m| m.membership_config.voter_ids().collect())
+        .unwrap_or_default();
+    if !stored.contains(&id) {
+        return Err(format!(
+            "the metadata log belongs to a quorum of node(s) {stored:?}, not to node.id {id}; \
+             start with the node.id it was created with"
+        ));
+    }
+    if stored != configured {
+        return Err(format!(
+            "controller.quorum.voters names node(s) {configured:?}, but the metadata log's \
+             quorum is {stored:?}; the voter set is static: start with the voters it was \
+             formed with"
+        ));
+    }
+    if stored.len() == 1 {
+        // Do not wait out an election timeout to lead a quorum of one.
+        raft.trigger().elect().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeers;
-
-    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoPeers {
-        NoPeers
+/// Waits until there is a leader and this node has applied everything
+/// committed when it asked (its read index).
+async fn catch_up(raft: &Raft<TypeConfig>, id: u64, fetch_timeout: Duration) -> Result<(), String> {
+    let mut next_log = tokio::time::Instant::now() + WAITING_LOG_EVERY;
+    loop {
+        let metrics = raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(leader) if leader == id => {
+                let confirmed = raft.ensure_linearizable().await;
+                if confirmed.is_ok() {
+                    info!(node = id, "leading the controller quorum");
+                    return Ok(());
+                }
+            }
+            Some(leader) => {
+                let addr = metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|node| node.addr.clone());
+                if let Some(addr) = addr {
+                    let mut peer = network::Peer::new(leader, addr);
+                    if let Ok(network::Answer::ReadIndex(Ok(index))) =
+                        peer.call(&network::Call::ReadIndex, fetch_timeout).await
+                    {
+                        let caught_up = raft
+                            .wait(Some(fetch_timeout * 5))
+                            .applied_index_at_least(Some(index), "the leader's read index")
+                            .await;
+                        if caught_up.is_ok() {
+                            info!(node = id, leader, "following the controller quorum");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_log {
+            next_log = now + WAITING_LOG_EVERY;
+            warn!(
+                node = id,
+                "waiting for a controller quorum: is a majority of controller.quorum.voters up \
+                 and reachable on their CONTROLLER listeners?"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeers {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(no_peer())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
-        Err(no_peer())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(no_peer())
+/// Appends `record` through whichever node leads, looking for a leader
+/// for up to [`PROPOSE_TIMEOUT`]. A proposal whose forwarding failed
+/// half-way may be applied and then proposed again: records are written
+/// so that a repeat is refused (a topic that exists) or harmless.
+async fn propose(
+    raft: &Raft<TypeConfig>,
+    record: MetadataRecord,
+    fetch_timeout: Duration,
+) -> Result<Committed, ProposeError> {
+    let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+    loop {
+        let leader = match raft.client_write(record.clone()).await {
+            Ok(response) => {
+                return response
+                    .data
+                    .map(|applied| Committed {
+                        index: response.log_id.index,
+                        applied,
+                    })
+                    .map_err(ProposeError::Rejected)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(leader))) => leader,
+            Err(e) => {
+                warn!(error = %e, "the metadata log refused a record");
+                return Err(ProposeError::Unavailable(e.to_string()));
+            }
+        };
+        if let (Some(target), Some(node)) = (leader.leader_id, leader.leader_node) {
+            let mut peer = network::Peer::new(target, node.addr);
+            match peer
+                .call(&network::Call::Propose(record.clone()), fetch_timeout)
+                .await
+            {
+                Ok(network::Answer::Propose(network::Proposed::Committed { index, applied })) => {
+                    return Ok(Committed { index, applied })
+                }
+                Ok(network::Answer::Propose(network::Proposed::Rejected(e))) => {
+                    return Err(ProposeError::Rejected(e))
+                }
+                Ok(other) => debug!(leader = target, answer = ?other, "forwarding a proposal"),
+                Err(e) => debug!(leader = target, error = %e, "forwarding a proposal"),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ProposeError::Unavailable(format!(
+                "no controller leader took the record within {PROPOSE_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -4,7 +4,6 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 use kafka_protocol::ResponseError;
 
-use super::metadata::CLUSTER_ID;
 use super::{respond, str_bytes, Reply};
 use crate::codec::{decode_body, Request};
 use crate::Broker;
@@ -22,8 +21,9 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     if request.version >= 1 {
         response.endpoint_type = ENDPOINT_BROKERS;
     }
-    response.cluster_id = str_bytes(CLUSTER_ID);
-    response.controller_id = BrokerId(broker.config.node_id);
+    response.cluster_id = str_bytes(&broker.cluster_id);
+    // The active controller: the Raft leader (-1 while there is none).
+    response.controller_id = BrokerId(broker.controller.leader().unwrap_or(-1));
     response.cluster_authorized_operations = i32::MIN;
     response.brokers = broker
         .topics

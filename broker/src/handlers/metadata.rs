@@ -17,8 +17,6 @@ use crate::codec::{decode_body, Request};
 use crate::topics::{TopicError, TopicState};
 use crate::Broker;
 
-pub const CLUSTER_ID: &str = "sluice-single-node";
-
 fn describe(name: &str, state: Option<&TopicState>, error: i16) -> MetadataResponseTopic {
     let mut topic = MetadataResponseTopic::default();
     topic.name = Some(TopicName(str_bytes(name)));
@@ -66,8 +64,9 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             b
         })
         .collect();
-    response.cluster_id = Some(str_bytes(CLUSTER_ID));
-    response.controller_id = BrokerId(broker.config.node_id);
+    response.cluster_id = Some(str_bytes(&broker.cluster_id));
+    // The active controller: the Raft leader (-1 while there is none).
+    response.controller_id = BrokerId(broker.controller.leader().unwrap_or(-1));
     response.cluster_authorized_operations = i32::MIN;
     // Before v4 the field did not exist and brokers always auto-created.
     let allow =

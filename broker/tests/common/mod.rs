@@ -38,6 +38,8 @@ pub struct Broker {
     /// Lines of stdout after the readiness line (drained by a thread so the
     /// broker never blocks on a full pipe).
     stdout_tail: Option<thread::JoinHandle<Vec<String>>>,
+    /// The first stdout lines, until the readiness line has been seen.
+    stdout_head: Option<mpsc::Receiver<String>>,
     /// Set once a failure message has included the broker's stderr, so Drop
     /// does not print it a second time.
     stderr_shown: std::cell::Cell<bool>,
@@ -71,6 +73,7 @@ impl Broker {
                 dir,
                 extra: extra.clone(),
                 stdout_tail: None,
+                stdout_head: None,
                 stderr_shown: std::cell::Cell::new(false),
             };
             match broker.spawn_and_wait_ready() {
@@ -205,7 +208,48 @@ impl Broker {
         cmd
     }
 
+    /// Starts a broker on `port` with `extra` settings without waiting for
+    /// it: the brokers of a cluster wait for each other before they are
+    /// ready. [`Broker::wait_ready`] then waits.
+    pub fn spawn_with(port: u16, extra: &[(String, String)]) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-it-")
+            .tempdir()
+            .expect("create temp dir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
+        let mut broker = Broker {
+            child: None,
+            port,
+            dir,
+            extra: extra.to_vec(),
+            stdout_tail: None,
+            stdout_head: None,
+            stderr_shown: std::cell::Cell::new(false),
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Waits until a broker started by [`Broker::spawn_with`] (or
+    /// [`Broker::spawn_again`]) is ready.
+    pub fn wait_ready(&mut self) {
+        if let Err(e) = self.wait_for_ready_line() {
+            self.fail(&format!("broker did not start: {e:?}"));
+        }
+    }
+
+    /// Starts the broker again without waiting (see [`Broker::spawn_with`]).
+    pub fn spawn_again(&mut self) {
+        assert!(self.child.is_none(), "spawn_again(): still running");
+        self.spawn();
+    }
+
     fn spawn_and_wait_ready(&mut self) -> Result<(), StartError> {
+        self.spawn();
+        self.wait_for_ready_line()
+    }
+
+    fn spawn(&mut self) {
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -248,7 +292,14 @@ impl Broker {
             rest
         });
         self.stdout_tail = Some(handle);
+        self.stdout_head = Some(rx);
+    }
 
+    fn wait_for_ready_line(&mut self) -> Result<(), StartError> {
+        let rx = self
+            .stdout_head
+            .take()
+            .expect("wait_for_ready_line after spawn");
         let expected = format!("sluice listening on 127.0.0.1:{}", self.port);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut seen = Vec::new();
@@ -293,6 +344,18 @@ impl Broker {
                 });
             }
         }
+    }
+
+    /// Waits (bounded) for a broker that should stop by itself, such as
+    /// one refusing its configuration, and returns how it exited.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let Some(status) = self.wait_exit(timeout) else {
+            self.fail("the broker did not exit")
+        };
+        self.child = None;
+        self.stdout_head = None;
+        self.join_stdout();
+        status
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {

@@ -1,0 +1,243 @@
+//! Three brokers, each a controller voter, as real processes: the quorum
+//! forms on first start over the CONTROLLER listeners and names one cluster
+//! id; every broker serves the same metadata and reports the Raft leader as
+//! the controller; a change made on a broker that does not lead is
+//! forwarded to the one that does; killing the active controller elects
+//! another, loses no committed metadata, and the killed broker catches up
+//! when it returns. A log directory of another cluster is refused.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest,
+};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, Request};
+
+use common::raw::{connect, read_reply, send, topic_name, typed_request, Reply};
+use common::{free_port, poll_until, Broker};
+
+/// Bound on every wait for the cluster to reach a state.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// The brokers of one cluster; dropping it kills them all.
+struct Cluster {
+    brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    /// Starts `n` brokers, node ids 1..=n, all voters, with election
+    /// timeouts short enough for a test, and waits until each is ready.
+    fn start(n: usize) -> Cluster {
+        let mut ports = BTreeSet::new();
+        while ports.len() < 2 * n {
+            ports.insert(free_port());
+        }
+        let ports: Vec<u16> = ports.into_iter().collect();
+        let voters: Vec<String> = (0..n)
+            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[n + i]))
+            .collect();
+        let mut brokers: Vec<Broker> = (0..n)
+            .map(|i| {
+                let settings = [
+                    ("node.id", (i + 1).to_string()),
+                    (
+                        "listeners",
+                        format!(
+                            "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                            ports[i],
+                            ports[n + i]
+                        ),
+                    ),
+                    ("controller.quorum.voters", voters.join(",")),
+                    ("controller.quorum.election.timeout.ms", "300".to_string()),
+                    ("controller.quorum.fetch.timeout.ms", "600".to_string()),
+                ];
+                let settings: Vec<(String, String)> = settings
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                Broker::spawn_with(ports[i], &settings)
+            })
+            .collect();
+        for broker in &mut brokers {
+            broker.wait_ready();
+        }
+        Cluster { brokers }
+    }
+
+    fn broker(&self, node: i32) -> &Broker {
+        &self.brokers[node as usize - 1]
+    }
+}
+
+/// Sends `req` to `addr` on a fresh connection and decodes the answer.
+fn ask<R: Request>(addr: &str, version: i16, req: &R) -> R::Response {
+    let mut s = connect(addr);
+    send(&mut s, &typed_request(version, 1, req).0).expect("request sent");
+    let Reply::Frame(body) = read_reply(&mut s) else {
+        panic!("{addr}: no answer to api key {}", R::KEY)
+    };
+    let mut buf = bytes::Bytes::from(body);
+    let _header = kafka_protocol::messages::ResponseHeader::decode(
+        &mut buf,
+        R::Response::header_version(version),
+    )
+    .expect("response header");
+    R::Response::decode(&mut buf, version).expect("response body")
+}
+
+fn describe(broker: &Broker) -> DescribeClusterResponse {
+    ask(&broker.addr(), 0, &DescribeClusterRequest::default())
+}
+
+fn create_topic(broker: &Broker, name: &str) {
+    let resp = ask(
+        &broker.addr(),
+        5,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name(name))
+                .with_num_partitions(2)
+                .with_replication_factor(1)])
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(
+        resp.topics[0].error_code,
+        0,
+        "creating {name} on {}: {resp:?}",
+        broker.addr()
+    );
+}
+
+/// The topics `broker` serves that are named in `names`.
+fn topics_seen(broker: &Broker, names: &[&str]) -> BTreeSet<String> {
+    let req = MetadataRequest::default().with_topics(Some(
+        names
+            .iter()
+            .map(|n| MetadataRequestTopic::default().with_name(Some(topic_name(n))))
+            .collect(),
+    ));
+    ask(&broker.addr(), 9, &req)
+        .topics
+        .into_iter()
+        .filter(|t| t.error_code == 0)
+        .filter_map(|t| t.name.map(|n| n.0.to_string()))
+        .collect()
+}
+
+/// Waits until every broker in `brokers` agrees on an active controller
+/// other than `not`, and returns it.
+fn agreed_controller(brokers: &[&Broker], not: Option<i32>) -> i32 {
+    poll_until(SETTLE, "the brokers to agree on a controller", || {
+        let seen: BTreeSet<i32> = brokers
+            .iter()
+            .map(|b| describe(b).controller_id.0)
+            .collect();
+        let only = *seen.iter().next()?;
+        (seen.len() == 1 && only > 0 && Some(only) != not).then_some(only)
+    })
+}
+
+#[test]
+fn three_voters_form_one_cluster_that_every_broker_describes_alike() {
+    let cluster = Cluster::start(3);
+    let all: Vec<&Broker> = cluster.brokers.iter().collect();
+    let controller = agreed_controller(&all, None);
+    let first = describe(cluster.broker(1));
+    assert!(!first.cluster_id.is_empty(), "no cluster id");
+    for broker in &all {
+        let described = poll_until(SETTLE, "every broker to be registered", || {
+            let d = describe(broker);
+            (d.brokers.len() == 3).then_some(d)
+        });
+        assert_eq!(described.cluster_id, first.cluster_id, "{}", broker.addr());
+        let ids: Vec<i32> = described.brokers.iter().map(|b| b.broker_id.0).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        let props = std::fs::read_to_string(broker.data_dir().join("meta.properties"))
+            .expect("meta.properties written");
+        assert!(
+            props.contains(&format!("cluster.id={}", first.cluster_id.as_str())),
+            "{props}"
+        );
+    }
+    // A change proposed on a broker that does not lead reaches every one.
+    let follower = (1..=3).find(|n| *n != controller).unwrap();
+    create_topic(cluster.broker(follower), "made-on-a-follower");
+    for broker in &all {
+        poll_until(SETTLE, "every broker to serve the topic", || {
+            (topics_seen(broker, &["made-on-a-follower"]).len() == 1).then_some(())
+        });
+    }
+}
+
+#[test]
+fn killing_the_active_controller_elects_another_and_loses_no_metadata() {
+    let mut cluster = Cluster::start(3);
+    let controller = {
+        let all: Vec<&Broker> = cluster.brokers.iter().collect();
+        agreed_controller(&all, None)
+    };
+    create_topic(cluster.broker(controller), "before");
+    cluster.brokers[controller as usize - 1].kill9();
+
+    let survivors: Vec<i32> = (1..=3).filter(|n| *n != controller).collect();
+    let next = {
+        let left: Vec<&Broker> = survivors.iter().map(|n| cluster.broker(*n)).collect();
+        agreed_controller(&left, Some(controller))
+    };
+    assert!(survivors.contains(&next));
+    for n in &survivors {
+        assert_eq!(
+            topics_seen(cluster.broker(*n), &["before"]).len(),
+            1,
+            "node {n} lost a committed topic"
+        );
+    }
+    let other = survivors.iter().find(|n| **n != next).copied().unwrap();
+    create_topic(cluster.broker(other), "after");
+
+    let killed = &mut cluster.brokers[controller as usize - 1];
+    killed.spawn_again();
+    killed.wait_ready();
+    poll_until(SETTLE, "the restarted broker to catch up", || {
+        (topics_seen(cluster.broker(controller), &["before", "after"]).len() == 2).then_some(())
+    });
+}
+
+#[test]
+fn a_log_directory_of_another_cluster_is_refused() {
+    let mut broker = Broker::start();
+    let props_path = broker.data_dir().join("meta.properties");
+    let props = std::fs::read_to_string(&props_path).expect("meta.properties written");
+    assert!(props.contains("node.id=1"), "{props}");
+    broker.stop();
+    let foreign: String = props
+        .lines()
+        .map(|line| {
+            if line.starts_with("cluster.id=") {
+                "cluster.id=some-other-cluster".to_string()
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&props_path, foreign).unwrap();
+    broker.spawn_again();
+    let status = broker.wait_for_exit(SETTLE);
+    assert!(
+        !status.success(),
+        "started on another cluster's log directory"
+    );
+    assert!(
+        broker
+            .stderr()
+            .contains("belongs to cluster some-other-cluster"),
+        "no reason given"
+    );
+}
