@@ -65,6 +65,29 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Whether this broker must refuse a leader's request (produce, a
+    /// consumer's fetch, ListOffsets, DeleteRecords, OffsetForLeaderEpoch)
+    /// for `partition` of `state` with NOT_LEADER_OR_FOLLOWER: the
+    /// partition exists and another broker, or none, leads it.
+    pub fn not_leader(&self, state: Option<&topics::TopicState>, partition: i32) -> bool {
+        state.is_some_and(|s| s.has(partition) && s.leader(partition) != self.config.node_id)
+    }
+
+    /// The broker coordinating `group`: the leader of its
+    /// `__consumer_offsets` partition, if it has one.
+    pub fn coordinator_of(&self, group: &str) -> Option<i32> {
+        let topic = self.topics.get(groups::offsets_topic::TOPIC)?;
+        let leader = topic.leader(groups::offsets_topic::partition_for(group));
+        (leader >= 0).then_some(leader)
+    }
+
+    /// Whether this broker coordinates `group`; group requests for other
+    /// groups get NOT_COORDINATOR, and the client asks FindCoordinator
+    /// again.
+    pub fn coordinates(&self, group: &str) -> bool {
+        self.coordinator_of(group) == Some(self.config.node_id)
+    }
+
     /// Runs `f` on a partition's log, on the shard that owns it. A partition
     /// `state` (the topic, if it exists) does not have is
     /// `UnknownPartition`, which answers UNKNOWN_TOPIC_OR_PARTITION.

@@ -29,6 +29,10 @@ use crate::groups::offsets_topic;
 use crate::handlers;
 use crate::topics::Topics;
 
+/// How long a new cluster's first broker waits for the other voters to
+/// register before it places `__consumer_offsets` without them.
+const OFFSETS_TOPIC_WAIT: Duration = Duration::from_secs(10);
+
 /// How often group sessions and rebalance deadlines are checked.
 const GROUP_TICK: Duration = Duration::from_millis(100);
 use crate::Broker;
@@ -89,7 +93,11 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
     let cluster_id = startup.block_on(cluster_id(&controller, &config.log_dir, config.node_id))?;
     info!(cluster = %cluster_id, node = config.node_id, "joined the cluster");
-    let topics = Arc::new(Topics::new(controller.clone(), config.log.clone()));
+    let topics = Arc::new(Topics::new(
+        controller.clone(),
+        config.node_id,
+        config.log.clone(),
+    ));
     let runtime =
         sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
     runtime
@@ -119,14 +127,26 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         }))
         .map_err(|e| format!("registering with the controller: {e}"))?;
     let producer_ids = crate::producer_ids::ProducerIds::new(controller.clone(), config.node_id);
-    // The internal offsets topic exists from the first start on.
+    // The internal offsets topic exists from the first start on. In a new
+    // cluster it is placed once the voters have registered (for a bounded
+    // time), so that its partitions, and the groups they coordinate, spread
+    // over the brokers rather than all land on the first one up.
+    if topics.get(offsets_topic::TOPIC).is_none() {
+        let deadline = std::time::Instant::now() + OFFSETS_TOPIC_WAIT;
+        while topics.image().brokers.len() < config.quorum_voters.len()
+            && topics.get(offsets_topic::TOPIC).is_none()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     if topics.get(offsets_topic::TOPIC).is_none() {
         runtime
             .block_on(
                 topics.create(
                     offsets_topic::TOPIC,
                     offsets_topic::PARTITIONS,
-                    config.node_id,
+                    1,
                     // Only compaction removes committed offsets.
                     [("retention.ms", "-1"), ("retention.bytes", "-1")]
                         .into_iter()

@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use crate::controller::image::{
     BrokerRegistration, MetadataImage, PartitionRecord, TopicId, TopicImage,
 };
-use crate::controller::{Controller, MetadataError, MetadataRecord, ProposeError};
+use crate::controller::{placement, Controller, MetadataError, MetadataRecord, ProposeError};
 
 /// A topic as served: its image and the log configuration it implies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,24 @@ impl TopicState {
     /// Whether `partition` is one of this topic's.
     pub fn has(&self, partition: i32) -> bool {
         (0..self.partitions).contains(&partition)
+    }
+
+    /// The broker leading `partition`, or -1 when none does (or it is not
+    /// one of this topic's).
+    pub fn leader(&self, partition: i32) -> i32 {
+        self.record(partition).map_or(-1, |p| p.leader)
+    }
+
+    /// Whether `broker` holds a replica of `partition`.
+    pub fn hosted_by(&self, partition: i32, broker: i32) -> bool {
+        self.record(partition)
+            .is_some_and(|p| p.replicas.contains(&broker))
+    }
+
+    fn record(&self, partition: i32) -> Option<&PartitionRecord> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.image.partitions.get(i))
     }
 
     /// The leader epoch the metadata log gives `partition` (one of this
@@ -85,6 +103,9 @@ impl TopicState {
     }
 }
 
+/// The most replicas a partition is given until followers replicate.
+const REPLICATION_SERVED: i16 = 1;
+
 /// Why a topic change did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -98,6 +119,8 @@ pub enum TopicError {
     InvalidConfig(String),
     #[error("{0}")]
     InvalidPartitions(String),
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
     #[error(transparent)]
     Controller(ProposeError),
 }
@@ -165,6 +188,9 @@ struct View {
 
 pub struct Topics {
     controller: Arc<Controller>,
+    /// This broker's node id: it opens the logs of the partitions it holds
+    /// a replica of, and only those.
+    me: i32,
     /// The broker's log defaults, under every topic's overrides.
     base: LogConfig,
     view: RwLock<View>,
@@ -173,9 +199,10 @@ pub struct Topics {
 }
 
 impl Topics {
-    pub fn new(controller: Arc<Controller>, base: LogConfig) -> Topics {
+    pub fn new(controller: Arc<Controller>, me: i32, base: LogConfig) -> Topics {
         Topics {
             controller,
+            me,
             base,
             view: RwLock::default(),
             waiters: Mutex::default(),
@@ -293,13 +320,18 @@ impl Topics {
         let (index, image) = self.controller.published().get();
         let states = self.states_of(&image);
         for tp in engine.existing_partitions().map_err(|e| e.to_string())? {
-            if states.get(&tp.topic).is_some_and(|s| s.has(tp.partition)) {
-                continue;
+            match states.get(&tp.topic) {
+                Some(s) if s.hosted_by(tp.partition, self.me) => continue,
+                Some(s) if s.has(tp.partition) => set_aside(
+                    log_dir,
+                    &tp,
+                    "the metadata log places this partition's replicas on other brokers",
+                )?,
+                _ => set_aside(log_dir, &tp, "the metadata log has no such partition")?,
             }
-            set_aside(log_dir, &tp, "the metadata log has no such partition")?;
         }
         for (name, state) in states.iter() {
-            for p in 0..state.partitions {
+            for p in (0..state.partitions).filter(|p| state.hosted_by(*p, self.me)) {
                 let tp = TopicPartition::new(name.clone(), p);
                 partition_metadata::prepare(log_dir, &tp, state.id()).await?;
                 let report = engine
@@ -348,7 +380,7 @@ impl Topics {
                 }
                 None => 0,
             };
-            for p in opened_from..state.partitions {
+            for p in (opened_from..state.partitions).filter(|p| state.hosted_by(*p, self.me)) {
                 let tp = TopicPartition::new(name.clone(), p);
                 let log_dir = &engine.config().data_dir;
                 if let Err(e) = partition_metadata::prepare(log_dir, &tp, state.id()).await {
@@ -388,13 +420,15 @@ impl Topics {
             .await
     }
 
-    /// Creates a topic of `partitions` partitions, each led by `leader`,
-    /// with `overrides` (validated against the broker defaults first).
+    /// Creates a topic of `partitions` partitions with `replication`
+    /// replicas each, spread over the registered brokers
+    /// ([`placement`]), with `overrides` (validated against the broker
+    /// defaults first).
     pub async fn create(
         &self,
         name: &str,
         partitions: i32,
-        leader: i32,
+        replication: i16,
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<TopicState>, TopicError> {
         validate_name(name).map_err(|why| TopicError::InvalidName(name.to_string(), why))?;
@@ -408,15 +442,70 @@ impl Topics {
         if self.get(name).is_some() {
             return Err(TopicError::Exists(name.to_string()));
         }
+        let id = new_topic_id();
+        let partitions = self.place(&id, 0, count, replication)?;
         self.propose(MetadataRecord::CreateTopic {
             name: name.to_string(),
-            id: new_topic_id(),
-            partitions: vec![PartitionRecord::single(leader); count],
+            id,
+            partitions,
             overrides,
         })
         .await?;
         self.get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))
+    }
+
+    /// Replicas for `count` new partitions of the topic with id `id`,
+    /// numbered from `first`, over the brokers registered now; where the
+    /// rotation starts is taken from the topic id, so topics start on
+    /// different brokers and a topic's later partitions continue its own.
+    fn place(
+        &self,
+        id: &TopicId,
+        first: usize,
+        count: usize,
+        replication: i16,
+    ) -> Result<Vec<PartitionRecord>, TopicError> {
+        let image = self.image();
+        let candidates: Vec<placement::Candidate> = image
+            .brokers
+            .values()
+            .map(|b| placement::Candidate {
+                id: b.id,
+                rack: b.rack.clone(),
+            })
+            .collect();
+        let n = candidates.len().max(1);
+        let start = usize::from(id[0]) % n;
+        let shift = usize::from(id[1]) % n;
+        if replication > REPLICATION_SERVED {
+            return Err(TopicError::InvalidReplicationFactor(format!(
+                "replication factor {replication}: followers do not replicate yet (issue 9 \
+                 is under way), so this build places {REPLICATION_SERVED} replica per partition"
+            )));
+        }
+        let replication = usize::try_from(replication).unwrap_or(0);
+        let placed = placement::place(&candidates, first, count, replication, start, shift)
+            .ok_or_else(|| {
+                TopicError::InvalidReplicationFactor(format!(
+                    "replication factor {replication} needs that many brokers; {} registered",
+                    candidates.len()
+                ))
+            })?;
+        Ok(placed
+            .into_iter()
+            .map(|replicas| PartitionRecord {
+                leader: replicas[0],
+                isr: replicas.clone(),
+                replicas,
+                leader_epoch: 0,
+            })
+            .collect())
+    }
+
+    /// Checks that `replication` replicas can be placed now.
+    pub fn check_replication(&self, replication: i16) -> Result<(), TopicError> {
+        self.place(&[0; 16], 0, 1, replication).map(|_| ())
     }
 
     /// Deletes a topic: it leaves the published view first, so new
@@ -452,12 +541,12 @@ impl Topics {
         .await
     }
 
-    /// Grows a topic to `count` partitions, each new one led by `leader`.
+    /// Grows a topic to `count` partitions, the new ones with as many
+    /// replicas as its first partition, placed as at creation.
     pub async fn add_partitions(
         &self,
         name: &str,
         count: i32,
-        leader: i32,
         validate_only: bool,
     ) -> Result<(), TopicError> {
         let state = self
@@ -469,27 +558,34 @@ impl Topics {
                 state.partitions
             )));
         }
+        let first = state.image.partitions.len();
+        let added = usize::try_from(count).unwrap_or(0).saturating_sub(first);
+        let replication = state
+            .image
+            .partitions
+            .first()
+            .map_or(1, |p| p.replicas.len());
+        let partitions = self.place(&state.id(), first, added, replication as i16)?;
         if validate_only {
             return Ok(());
         }
-        let first = state.image.partitions.len();
-        let added = usize::try_from(count).unwrap_or(0).saturating_sub(first);
         self.propose(MetadataRecord::CreatePartitions {
             name: name.to_string(),
             first,
-            partitions: vec![PartitionRecord::single(leader); added],
+            partitions,
         })
         .await
     }
 
-    /// The topic's state, creating it with `partitions` partitions and no
-    /// overrides if it is missing and `auto_create` allows.
+    /// The topic's state, creating it with `partitions` partitions of
+    /// `replication` replicas and no overrides if it is missing and
+    /// `auto_create` allows.
     pub async fn get_or_create(
         &self,
         name: &str,
         auto_create: bool,
         partitions: i32,
-        leader: i32,
+        replication: i16,
     ) -> Result<Option<Arc<TopicState>>, TopicError> {
         if let Some(state) = self.get(name) {
             return Ok(Some(state));
@@ -497,7 +593,10 @@ impl Topics {
         if !auto_create {
             return Ok(None);
         }
-        match self.create(name, partitions, leader, BTreeMap::new()).await {
+        match self
+            .create(name, partitions, replication, BTreeMap::new())
+            .await
+        {
             Ok(state) => Ok(Some(state)),
             Err(TopicError::Exists(_)) => Ok(self.get(name)),
             Err(e) => Err(e),
@@ -531,8 +630,10 @@ async fn set_config(engine: &Engine, name: &str, partitions: i32, config: &LogCo
                 Box::pin(async move { log.set_config(config) })
             })
             .await;
-        if let Err(e) = applied {
-            error!(partition = %tp, error = %e, "applying a topic configuration failed");
+        match applied {
+            // A partition whose replicas are on other brokers.
+            Ok(()) | Err(sluice_engine::Error::UnknownPartition(_)) => {}
+            Err(e) => error!(partition = %tp, error = %e, "applying a topic configuration failed"),
         }
     }
 }

@@ -18,8 +18,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, HeaderVersion, Request};
 
-use common::raw::{connect, read_reply, send, topic_name, typed_request, Reply};
-use common::{free_port, poll_until, Broker};
+use common::raw::{
+    batch, connect, produce_req, read_reply, send, topic_name, typed_request, Reply,
+};
+use common::{consume, free_port, poll_until, produce, values, Broker};
 
 /// Bound on every wait for the cluster to reach a state.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -96,22 +98,24 @@ fn describe(broker: &Broker) -> DescribeClusterResponse {
 }
 
 fn create_topic(broker: &Broker, name: &str) {
-    let resp = ask(
+    let code = try_create(broker, name, 2, 1);
+    assert_eq!(code, 0, "creating {name} on {}", broker.addr());
+}
+
+/// CreateTopics' error code for `name`.
+fn try_create(broker: &Broker, name: &str, partitions: i32, replication: i16) -> i16 {
+    ask(
         &broker.addr(),
         5,
         &CreateTopicsRequest::default()
             .with_topics(vec![CreatableTopic::default()
                 .with_name(topic_name(name))
-                .with_num_partitions(2)
-                .with_replication_factor(1)])
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication)])
             .with_timeout_ms(10_000),
-    );
-    assert_eq!(
-        resp.topics[0].error_code,
-        0,
-        "creating {name} on {}: {resp:?}",
-        broker.addr()
-    );
+    )
+    .topics[0]
+        .error_code
 }
 
 /// The topics `broker` serves that are named in `names`.
@@ -239,5 +243,107 @@ fn a_log_directory_of_another_cluster_is_refused() {
             .stderr()
             .contains("belongs to cluster some-other-cluster"),
         "no reason given"
+    );
+}
+
+#[test]
+fn partitions_and_groups_spread_over_the_brokers_and_clients_follow_their_leaders() {
+    let cluster = Cluster::start(3);
+    assert_eq!(try_create(cluster.broker(1), "spread", 6, 1), 0);
+    // RF above the brokers: INVALID_REPLICATION_FACTOR (38).
+    assert_eq!(try_create(cluster.broker(1), "too-many", 1, 4), 38);
+
+    let metadata = poll_until(SETTLE, "broker 2 to serve the topic", || {
+        let req = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("spread"))),
+        ]));
+        let resp = ask(&cluster.broker(2).addr(), 9, &req);
+        (resp.topics[0].error_code == 0).then_some(resp)
+    });
+    let leaders: Vec<i32> = {
+        let mut parts = metadata.topics[0].partitions.clone();
+        parts.sort_by_key(|p| p.partition_index);
+        parts.iter().map(|p| p.leader_id.0).collect()
+    };
+    for node in 1..=3 {
+        assert_eq!(
+            leaders.iter().filter(|l| **l == node).count(),
+            2,
+            "two leaders each: {leaders:?}"
+        );
+    }
+
+    // A real client bootstrapped from one broker writes every partition
+    // through its leader; another, bootstrapped elsewhere, reads them back.
+    for p in 0..6 {
+        let value = format!("m{p}\n");
+        produce(
+            cluster.broker(1),
+            "spread",
+            &["-p", &p.to_string()],
+            value.as_bytes(),
+        );
+    }
+    for p in 0..6 {
+        let got = consume(
+            cluster.broker(3),
+            "spread",
+            &["-p", &p.to_string(), "-c", "1"],
+        );
+        assert_eq!(values(&got), [format!("m{p}")]);
+    }
+
+    // A broker that does not lead a partition refuses its produce.
+    let (p, leader) = (0, leaders[0]);
+    let other = (1..=3).find(|n| *n != leader).unwrap();
+    let mut s = connect(&cluster.broker(other).addr());
+    send(
+        &mut s,
+        &typed_request(7, 9, &produce_req("spread", p, batch(&["x"]))).0,
+    )
+    .unwrap();
+    let Reply::Frame(body) = read_reply(&mut s) else {
+        panic!("no produce answer")
+    };
+    let mut buf = bytes::Bytes::from(body);
+    let _ = kafka_protocol::messages::ResponseHeader::decode(&mut buf, 0).unwrap();
+    let resp = kafka_protocol::messages::ProduceResponse::decode(&mut buf, 7).unwrap();
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code, 6,
+        "NOT_LEADER_OR_FOLLOWER from a broker that does not lead"
+    );
+
+    // Every broker names the same coordinator for a group, groups spread
+    // over the brokers, and a group request to another broker is refused
+    // with NOT_COORDINATOR (16).
+    use kafka_protocol::messages::{FindCoordinatorRequest, GroupId, HeartbeatRequest};
+    use kafka_protocol::protocol::StrBytes;
+    let mut coordinators = BTreeSet::new();
+    for g in 0..30 {
+        let group = format!("group-{g}");
+        let answers: BTreeSet<i32> = (1..=3)
+            .map(|n| {
+                let req = FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_string(group.clone()));
+                let resp = ask(&cluster.broker(n).addr(), 2, &req);
+                assert_eq!(resp.error_code, 0, "{group} from {n}");
+                resp.node_id.0
+            })
+            .collect();
+        assert_eq!(answers.len(), 1, "{group}: {answers:?}");
+        let coordinator = *answers.iter().next().unwrap();
+        coordinators.insert(coordinator);
+        let elsewhere = (1..=3).find(|n| *n != coordinator).unwrap();
+        let hb = HeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+            .with_member_id(StrBytes::from_static_str("m"))
+            .with_generation_id(1);
+        let resp = ask(&cluster.broker(elsewhere).addr(), 1, &hb);
+        assert_eq!(resp.error_code, 16, "{group} at {elsewhere}");
+    }
+    assert_eq!(
+        coordinators.len(),
+        3,
+        "groups coordinated by {coordinators:?}"
     );
 }

@@ -24,6 +24,7 @@
 
 pub mod image;
 pub mod network;
+pub mod placement;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -334,7 +334,8 @@ impl OffsetStore {
         Ok(())
     }
 
-    /// Replays every `__consumer_offsets` partition into the coordinator.
+    /// Replays every `__consumer_offsets` partition this broker holds into
+    /// the coordinator.
     pub async fn load(&self, engine: &Engine, coordinator: &Coordinator) -> Result<usize, String> {
         let mut restored = 0;
         for p in 0..PARTITIONS {
@@ -344,14 +345,13 @@ impl OffsetStore {
             loop {
                 let start = match from {
                     Some(o) => o,
-                    None => {
-                        engine
-                            .shard_for(&tp)
-                            .info(tp.clone())
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .log_start_offset
-                    }
+                    None => match engine.shard_for(&tp).info(tp.clone()).await {
+                        Ok(info) => info.log_start_offset,
+                        // Its replicas are on other brokers, which
+                        // coordinate its groups.
+                        Err(sluice_engine::Error::UnknownPartition(_)) => break,
+                        Err(e) => return Err(e.to_string()),
+                    },
                 };
                 let read = engine
                     .read(tp.clone(), start, 1 << 20, None, true)

@@ -44,12 +44,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         } else {
             broker
                 .topics
-                .add_partitions(
-                    topic.name.0.as_str(),
-                    topic.count,
-                    broker.config.node_id,
-                    body.validate_only,
-                )
+                .add_partitions(topic.name.0.as_str(), topic.count, body.validate_only)
                 .await
                 .map_err(|e| (error_for(&e), e.to_string()))
         };

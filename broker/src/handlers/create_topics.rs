@@ -41,13 +41,16 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 ))
             })
             .collect();
-        let outcome = if !(topic.replication_factor == -1 || topic.replication_factor == 1)
-            || !topic.assignments.is_empty()
-        {
+        let replication = if topic.replication_factor == -1 {
+            broker.config.default_replication_factor
+        } else {
+            topic.replication_factor
+        };
+        let outcome = if !topic.assignments.is_empty() {
             fail(
                 result,
-                ResponseError::InvalidReplicationFactor,
-                "a single broker supports replication factor 1 only".into(),
+                ResponseError::InvalidReplicaAssignment,
+                "manual replica assignments are not supported; give a replication factor".into(),
             )
         } else if body.validate_only {
             let checked = validate_name(&name)
@@ -56,6 +59,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                     topic_configs::apply(&broker.config.log, &overrides)
                         .map_err(TopicError::InvalidConfig)
                 })
+                .and_then(|_| broker.topics.check_replication(replication))
                 .and_then(|_| match broker.topics.get(&name) {
                     Some(_) => Err(TopicError::Exists(name.clone())),
                     None if partitions < 1 => Err(TopicError::InvalidPartitions(
@@ -66,7 +70,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             match checked {
                 Ok(()) => {
                     result.num_partitions = partitions;
-                    result.replication_factor = 1;
+                    result.replication_factor = replication;
                     result
                 }
                 Err(e) => fail(result, error_for(&e), e.to_string()),
@@ -74,12 +78,12 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         } else {
             match broker
                 .topics
-                .create(&name, partitions, broker.config.node_id, overrides)
+                .create(&name, partitions, replication, overrides)
                 .await
             {
                 Ok(state) => {
                     result.num_partitions = state.partitions;
-                    result.replication_factor = 1;
+                    result.replication_factor = replication;
                     result.topic_id = Uuid::from_bytes(state.id());
                     result
                 }
@@ -99,6 +103,7 @@ pub(crate) fn error_for(e: &TopicError) -> ResponseError {
         TopicError::InvalidName(..) => ResponseError::InvalidTopicException,
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
         TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        TopicError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
         TopicError::Controller(e) => {
             warn!(error = %e, "a topic change did not reach the metadata log");
             ResponseError::NotController

@@ -5,6 +5,7 @@ use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+use kafka_protocol::ResponseError;
 use sluice_engine::Offset;
 
 use super::{respond, Reply};
@@ -26,6 +27,11 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             let mut p = DeleteRecordsPartitionResult::default();
             p.partition_index = partition.partition_index;
             p.low_watermark = -1;
+            if broker.not_leader(state.as_deref(), partition.partition_index) {
+                p.error_code = ResponseError::NotLeaderOrFollower.code();
+                out.partitions.push(p);
+                continue;
+            }
             let requested = partition.offset;
             let result = broker
                 .with_partition_log(

@@ -318,6 +318,11 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                 slots.push(data);
                 continue;
             };
+            if broker.not_leader(Some(state), partition.partition) {
+                data.error_code = ResponseError::NotLeaderOrFollower.code();
+                slots.push(data);
+                continue;
+            }
             slots.push(data);
             let tp = TopicPartition::new(name, partition.partition);
             let shard = broker.engine.shard_for(&tp).id();

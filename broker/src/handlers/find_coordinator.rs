@@ -1,4 +1,6 @@
-//! FindCoordinator: this broker coordinates every group (key type 0).
+//! FindCoordinator: a group's coordinator is the broker leading its
+//! `__consumer_offsets` partition (key type 0); COORDINATOR_NOT_AVAILABLE
+//! while that partition has no leader or the topic does not exist yet.
 //! Transaction coordinators (key type 1) do not exist: the answer is
 //! TRANSACTIONAL_ID_AUTHORIZATION_FAILED with a message saying so.
 //!
@@ -38,9 +40,6 @@ pub(crate) const NO_TRANSACTIONS: &str = "transactions are not supported by this
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: FindCoordinatorRequest = decode_body(request)?;
-    let node = BrokerId(broker.config.node_id);
-    let host = str_bytes(&broker.config.advertised_host);
-    let port = i32::from(broker.config.advertised_port);
     let error = if body.key_type == KEY_TYPE_GROUP {
         0
     } else {
@@ -67,12 +66,14 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 c.key = key.clone();
                 c.error_code = error;
                 c.error_message = message.clone();
+                c.node_id = BrokerId(-1);
                 if error == 0 {
-                    c.node_id = node;
-                    c.host = host.clone();
-                    c.port = port;
-                } else {
-                    c.node_id = BrokerId(-1);
+                    match coordinator(broker, key.as_str()) {
+                        Some((node, host, port)) => {
+                            (c.node_id, c.host, c.port) = (BrokerId(node), host, port)
+                        }
+                        None => c.error_code = ResponseError::CoordinatorNotAvailable.code(),
+                    }
                 }
                 c
             })
@@ -80,13 +81,31 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     } else {
         response.error_code = error;
         response.error_message = message;
+        response.node_id = BrokerId(-1);
         if error == 0 {
-            response.node_id = node;
-            response.host = host;
-            response.port = port;
-        } else {
-            response.node_id = BrokerId(-1);
+            match coordinator(broker, body.key.as_str()) {
+                Some((node, host, port)) => {
+                    (response.node_id, response.host, response.port) = (BrokerId(node), host, port)
+                }
+                None => response.error_code = ResponseError::CoordinatorNotAvailable.code(),
+            }
         }
     }
     respond(request, &response)
+}
+
+/// The broker that coordinates `group`, with its advertised address: the
+/// leader of the group's `__consumer_offsets` partition.
+fn coordinator(
+    broker: &Broker,
+    group: &str,
+) -> Option<(i32, kafka_protocol::protocol::StrBytes, i32)> {
+    let node = broker.coordinator_of(group)?;
+    let image = broker.topics.image();
+    let registration = image.brokers.get(&node)?;
+    Some((
+        node,
+        str_bytes(&registration.host),
+        i32::from(registration.port),
+    ))
 }

@@ -13,6 +13,13 @@ use crate::Broker;
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: JoinGroupRequest = decode_body(request)?;
+    if let Some(code) = super::not_coordinator(broker, body.group_id.0.as_str()) {
+        let mut response = kafka_protocol::messages::JoinGroupResponse::default();
+        response.error_code = code;
+        response.member_id = body.member_id.clone();
+        response.generation_id = -1;
+        return super::respond(request, &response);
+    }
     // Before v4 clients do not handle MEMBER_ID_REQUIRED: they get an id
     // in their first answer by joining twice internally.
     let mut member_id = body.member_id.as_str().to_string();

@@ -12,6 +12,10 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let group = body.group_id.0.as_str();
     let now = sluice_engine::shard::now_ms();
     let mut response = LeaveGroupResponse::default();
+    if let Some(code) = super::not_coordinator(broker, group) {
+        response.error_code = code;
+        return respond(request, &response);
+    }
     if request.version < 3 {
         response.error_code = broker
             .groups

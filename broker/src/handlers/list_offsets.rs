@@ -69,6 +69,11 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             if request.version >= 4 {
                 p.leader_epoch = 0;
             }
+            if broker.not_leader(state.as_deref(), partition.partition_index) {
+                p.error_code = ResponseError::NotLeaderOrFollower.code();
+                out.partitions.push(p);
+                continue;
+            }
             let timestamp = partition.timestamp;
             let version = request.version;
             let found = broker

@@ -102,7 +102,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                         &name,
                         allow,
                         broker.config.num_partitions,
-                        broker.config.node_id,
+                        broker.config.default_replication_factor,
                     )
                     .await;
                 let described = match found {

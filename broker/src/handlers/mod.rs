@@ -103,6 +103,12 @@ pub async fn dispatch(broker: &Broker, request: Request, connection: &Connection
     }
 }
 
+/// NOT_COORDINATOR for a group another broker coordinates (or none does
+/// yet): the client asks FindCoordinator again.
+pub(crate) fn not_coordinator(broker: &Broker, group: &str) -> Option<i16> {
+    (!broker.coordinates(group)).then(|| kafka_protocol::ResponseError::NotCoordinator.code())
+}
+
 /// Encodes `body` as the response to `request`.
 pub(crate) fn respond<T: kafka_protocol::protocol::Encodable>(
     request: &Request,

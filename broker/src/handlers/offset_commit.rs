@@ -20,11 +20,14 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let mut known = Vec::new();
     let mut response = OffsetCommitResponse::default();
     let mut errors: Vec<Vec<i16>> = Vec::new();
+    let not_coordinator = super::not_coordinator(broker, &group);
     for topic in &body.topics {
         let state = broker.topics.get(topic.name.0.as_str());
         let mut codes = Vec::new();
         for p in &topic.partitions {
-            if state.as_ref().is_some_and(|s| s.has(p.partition_index)) {
+            if let Some(code) = not_coordinator {
+                codes.push(code);
+            } else if state.as_ref().is_some_and(|s| s.has(p.partition_index)) {
                 known.push((
                     (topic.name.0.as_str().to_string(), p.partition_index),
                     Committed {

@@ -32,6 +32,11 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 out.partitions.push(p);
                 continue;
             };
+            if broker.not_leader(Some(state), partition.partition) {
+                p.error_code = ResponseError::NotLeaderOrFollower.code();
+                out.partitions.push(p);
+                continue;
+            }
             // Nothing has led below the current epoch yet, so no request can
             // carry an older (FENCED_LEADER_EPOCH) one; elections add it.
             if partition.current_leader_epoch > state.leader_epoch(partition.partition) {

@@ -120,6 +120,13 @@ pub async fn handle(
                 )));
                 continue;
             };
+            if broker.not_leader(Some(state), index) {
+                answers.push(Some(failed(
+                    index,
+                    ResponseError::NotLeaderOrFollower.code(),
+                )));
+                continue;
+            }
             let Some(records) = data.records else {
                 answers.push(Some(failed(index, ResponseError::CorruptMessage.code())));
                 continue;

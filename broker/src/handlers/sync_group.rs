@@ -15,6 +15,11 @@ const SYNC_WAIT_MAX: Duration = Duration::from_secs(300);
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: SyncGroupRequest = decode_body(request)?;
+    if let Some(code) = super::not_coordinator(broker, body.group_id.0.as_str()) {
+        let mut response = SyncGroupResponse::default();
+        response.error_code = code;
+        return respond(request, &response);
+    }
     let assignments = body
         .assignments
         .iter()
