@@ -41,6 +41,10 @@ pub struct BrokerConfig {
     pub controller_fetch_timeout_ms: u64,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
+    /// `offsets.topic.replication.factor`: replicas of each
+    /// `__consumer_offsets` partition, capped at the brokers registered
+    /// when it is created.
+    pub offsets_topic_replication_factor: i16,
     pub min_insync_replicas: i32,
     pub auto_create_topics: bool,
     pub message_max_bytes: usize,
@@ -88,6 +92,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log.dir",
     "num.partitions",
     "default.replication.factor",
+    "offsets.topic.replication.factor",
     "min.insync.replicas",
     "auto.create.topics.enable",
     "message.max.bytes",
@@ -263,6 +268,13 @@ impl BrokerConfig {
                 "the client and controller listeners need different ports",
             ));
         }
+        let offsets_topic_replication_factor = num(
+            "offsets.topic.replication.factor",
+            get("offsets.topic.replication.factor"),
+            3i16,
+            |v| *v >= 1,
+            "must be at least 1",
+        )?;
         let controller_election_timeout_ms = num(
             "controller.quorum.election.timeout.ms",
             get("controller.quorum.election.timeout.ms"),
@@ -508,6 +520,7 @@ impl BrokerConfig {
             controller_fetch_timeout_ms,
             num_partitions,
             default_replication_factor,
+            offsets_topic_replication_factor,
             min_insync_replicas,
             auto_create_topics,
             message_max_bytes,

@@ -33,6 +33,7 @@ pub mod groups;
 pub mod handlers;
 pub mod partition;
 pub mod producer_ids;
+pub mod replica;
 pub mod server;
 pub mod topic_configs;
 pub mod topics;
@@ -86,6 +87,24 @@ impl Broker {
     /// again.
     pub fn coordinates(&self, group: &str) -> bool {
         self.coordinator_of(group) == Some(self.config.node_id)
+    }
+
+    /// The high watermark of `partition` of `state`, read on its shard
+    /// (the log end on a single node; the committed offset with replicas).
+    pub async fn high_watermark(
+        &self,
+        state: &Arc<topics::TopicState>,
+        topic: &str,
+        partition: i32,
+    ) -> sluice_engine::Result<sluice_engine::Offset> {
+        let tp = sluice_engine::TopicPartition::new(topic, partition);
+        let (me, state) = (self.config.node_id, state.clone());
+        self.engine
+            .shard_for(&tp)
+            .run(move |local| {
+                Box::pin(async move { partition::high_watermark(&local, me, &tp, &state) })
+            })
+            .await?
     }
 
     /// Runs `f` on a partition's log, on the shard that owns it. A partition

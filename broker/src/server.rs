@@ -146,7 +146,10 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
                 topics.create(
                     offsets_topic::TOPIC,
                     offsets_topic::PARTITIONS,
-                    1,
+                    config
+                        .offsets_topic_replication_factor
+                        .min(i16::try_from(topics.image().brokers.len()).unwrap_or(i16::MAX))
+                        .max(1),
                     // Only compaction removes committed offsets.
                     [("retention.ms", "-1"), ("retention.bytes", "-1")]
                         .into_iter()
@@ -196,6 +199,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             }))
             .map_err(|e| format!("starting the group ticker: {e}"))?;
     }
+    crate::replica::start(&broker)?;
     for shard in broker.engine.shards() {
         let listener = bind_reuseport(broker.config.listen)
             .map_err(|e| format!("listening on {}: {e}", broker.config.listen))?;

@@ -103,9 +103,6 @@ impl TopicState {
     }
 }
 
-/// The most replicas a partition is given until followers replicate.
-const REPLICATION_SERVED: i16 = 1;
-
 /// Why a topic change did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -211,6 +208,11 @@ impl Topics {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, View> {
         self.view.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The metadata log index the served view includes.
+    pub fn index(&self) -> u64 {
+        self.read().index
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<TopicState>> {
@@ -478,12 +480,6 @@ impl Topics {
         let n = candidates.len().max(1);
         let start = usize::from(id[0]) % n;
         let shift = usize::from(id[1]) % n;
-        if replication > REPLICATION_SERVED {
-            return Err(TopicError::InvalidReplicationFactor(format!(
-                "replication factor {replication}: followers do not replicate yet (issue 9 \
-                 is under way), so this build places {REPLICATION_SERVED} replica per partition"
-            )));
-        }
         let replication = usize::try_from(replication).unwrap_or(0);
         let placed = placement::place(&candidates, first, count, replication, start, shift)
             .ok_or_else(|| {

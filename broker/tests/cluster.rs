@@ -347,3 +347,61 @@ fn partitions_and_groups_spread_over_the_brokers_and_clients_follow_their_leader
         "groups coordinated by {coordinators:?}"
     );
 }
+
+/// The bytes of every segment file of `tp` (`<topic>-<p>`) in `broker`'s
+/// log directory, in file-name order.
+fn segments(broker: &Broker, tp: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = broker.data_dir().join(tp);
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|name| name.ends_with(".log"))
+                .map(|name| {
+                    let bytes = std::fs::read(dir.join(&name)).unwrap_or_default();
+                    (name, bytes)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[test]
+fn three_replicas_hold_the_same_bytes_and_acks_all_answers_once_they_do() {
+    let cluster = Cluster::start(3);
+    assert_eq!(try_create(cluster.broker(1), "replicated", 2, 3), 0);
+    let input: String = (0..200).map(|i| format!("r{i}\n")).collect();
+    // kcat's producer asks acks=all (librdkafka's default): each message is
+    // acknowledged only once every in-sync replica has it.
+    for p in 0..2 {
+        produce(
+            cluster.broker(2),
+            "replicated",
+            &["-p", &p.to_string(), "-X", "acks=all"],
+            input.as_bytes(),
+        );
+    }
+    for p in 0..2 {
+        let got = consume(
+            cluster.broker(3),
+            "replicated",
+            &["-p", &p.to_string(), "-c", "200"],
+        );
+        assert_eq!(values(&got).len(), 200, "partition {p}");
+        // Every replica holds the leader's batches byte for byte.
+        let tp = format!("replicated-{p}");
+        let leader = segments(cluster.broker(1), &tp);
+        assert!(
+            !leader.is_empty() && leader[0].1.len() > 200,
+            "{tp} on broker 1"
+        );
+        for n in 2..=3 {
+            poll_until(SETTLE, "the replicas to match", || {
+                (segments(cluster.broker(n), &tp) == leader).then_some(())
+            });
+        }
+    }
+}

@@ -32,7 +32,33 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 out.partitions.push(p);
                 continue;
             }
-            let requested = partition.offset;
+            // Records may be deleted below the high watermark only (-1 is
+            // the high watermark), as in Kafka.
+            let hw = match &state {
+                Some(state) => {
+                    match broker
+                        .high_watermark(state, &name, partition.partition_index)
+                        .await
+                    {
+                        Ok(hw) => Some(hw),
+                        Err(e) => {
+                            p.error_code = errors::code(&e);
+                            out.partitions.push(p);
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
+            let requested = match (partition.offset, hw) {
+                (HIGH_WATERMARK, Some(hw)) => hw.0,
+                (requested, Some(hw)) if requested > hw.0 => {
+                    p.error_code = ResponseError::OffsetOutOfRange.code();
+                    out.partitions.push(p);
+                    continue;
+                }
+                (requested, _) => requested,
+            };
             let result = broker
                 .with_partition_log(
                     state.as_deref(),
@@ -40,7 +66,6 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                     partition.partition_index,
                     move |log, _| {
                         Box::pin(async move {
-                            // On a single node the high watermark is the log end.
                             let target = if requested == HIGH_WATERMARK {
                                 log.log_end_offset()
                             } else {

@@ -48,6 +48,8 @@ struct Want {
     topic: Arc<TopicState>,
     fetch_offset: Offset,
     partition_max_bytes: usize,
+    /// The follower fetching (its node id), or -1 for a consumer.
+    replica: i32,
 }
 
 /// What one shard read.
@@ -107,7 +109,21 @@ async fn read_shard(
     };
     for (index, want) in wants.iter().enumerate() {
         let mut data = empty(want.tp.partition);
-        let hw = match partition::high_watermark(&local, me, &want.tp, &want.topic) {
+        // A follower's fetch offset says what it has: that may move the
+        // high watermark it is then told.
+        let hw = if want.replica >= 0 {
+            partition::on_follower_fetch(
+                &local,
+                me,
+                &want.tp,
+                &want.topic,
+                want.replica,
+                want.fetch_offset,
+            )
+        } else {
+            partition::high_watermark(&local, me, &want.tp, &want.topic)
+        };
+        let hw = match hw {
             Ok(hw) => hw,
             Err(e) => {
                 data.error_code = errors::code(&e);
@@ -117,14 +133,21 @@ async fn read_shard(
         };
         data.high_watermark = hw.0;
         data.last_stable_offset = hw.0;
-        out.seen.push((index, hw));
+        // Consumers read below the high watermark and wait for it to move;
+        // followers read to the log end and wait for appends.
+        let (upper, wait_past) = if want.replica >= 0 {
+            (None, want.fetch_offset)
+        } else {
+            (Some(hw), hw)
+        };
+        out.seen.push((index, wait_past));
         match pass {
             Pass::Together { first_slot } => {
                 let read = local.read(
                     &want.tp,
                     want.fetch_offset,
                     want.partition_max_bytes,
-                    Some(hw),
+                    upper,
                     want.slot == first_slot,
                 );
                 reads.push((index, data, hw, Box::pin(read)));
@@ -132,7 +155,7 @@ async fn read_shard(
             Pass::InOrder { .. } => {
                 let max = want.partition_max_bytes.min(budget);
                 let read = local
-                    .read(&want.tp, want.fetch_offset, max, Some(hw), first)
+                    .read(&want.tp, want.fetch_offset, max, upper, first)
                     .await;
                 let got = take_read(&mut out, want, version, hw, &mut data, read);
                 if got > 0 {
@@ -202,8 +225,13 @@ async fn wait_shard(local: LocalShard, me: i32, wants: Arc<[Want]>, seen: Vec<(u
             let want = &wants[index];
             Box::pin(async move {
                 // A partition gone meanwhile ends the wait: the re-read says so.
-                let _moved =
-                    partition::wait_for_high_watermark(local, me, &want.tp, &want.topic, *hw).await;
+                if want.replica >= 0 {
+                    let _appended = local.wait_for_append(&want.tp, *hw).await;
+                } else {
+                    let _moved =
+                        partition::wait_for_high_watermark(local, me, &want.tp, &want.topic, *hw)
+                            .await;
+                }
             })
         });
     select_all(waits).await;
@@ -293,6 +321,12 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
     let min_bytes = usize::try_from(body.min_bytes).unwrap_or(0);
     let me = broker.config.node_id;
     let version = request.version;
+    // A follower names itself (replica_id, in replica_state from v15).
+    let replica = if request.version >= 15 {
+        body.replica_state.replica_id.0
+    } else {
+        body.replica_id.0
+    };
     let budget = usize::try_from(body.max_bytes)
         .unwrap_or(0)
         .clamp(1, broker.config.fetch_max_bytes);
@@ -318,7 +352,9 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                 slots.push(data);
                 continue;
             };
-            if broker.not_leader(Some(state), partition.partition) {
+            if broker.not_leader(Some(state), partition.partition)
+                || (replica >= 0 && !state.hosted_by(partition.partition, replica))
+            {
                 data.error_code = ResponseError::NotLeaderOrFollower.code();
                 slots.push(data);
                 continue;
@@ -335,6 +371,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                 topic: state.clone(),
                 fetch_offset: Offset(partition.fetch_offset),
                 partition_max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
+                replica,
             });
         }
     }

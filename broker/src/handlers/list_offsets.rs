@@ -76,6 +76,24 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             }
             let timestamp = partition.timestamp;
             let version = request.version;
+            // Consumers see offsets below the high watermark only: "latest"
+            // is the high watermark, as in Kafka.
+            let hw = match (&state, timestamp) {
+                (Some(state), LATEST) => {
+                    match broker
+                        .high_watermark(state, &name, partition.partition_index)
+                        .await
+                    {
+                        Ok(hw) => Some(hw),
+                        Err(e) => {
+                            p.error_code = errors::code(&e);
+                            out.partitions.push(p);
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let found = broker
                 .with_partition_log(
                     state.as_deref(),
@@ -87,7 +105,10 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                                 |found: Option<(Offset, i64)>| found.map(|(o, t)| (o, t, None));
                             match timestamp {
                                 EARLIEST => Ok(Some((log.log_start_offset(), -1, None))),
-                                LATEST => Ok(Some((log.log_end_offset(), -1, None))),
+                                LATEST => {
+                                    let end = log.log_end_offset();
+                                    Ok(Some((hw.map_or(end, |hw| hw.min(end)), -1, None)))
+                                }
                                 MAX_TIMESTAMP if version >= 7 => {
                                     Ok(max_timestamp(log).await?.map(|(o, t, e)| (o, t, Some(e))))
                                 }

@@ -98,9 +98,14 @@ fn with_entry<R>(
                 .get(tp)
                 .filter(|e| e.topic_id == topic.id())
                 .map_or(Offset::ZERO, |e| e.state.high_watermark());
+            let make = if record.leader == me {
+                PartitionState::leader
+            } else {
+                PartitionState::follower
+            };
             let entry = Entry {
                 topic_id: topic.id(),
-                state: PartitionState::leader(
+                state: make(
                     me,
                     record.leader_epoch,
                     record.replicas.clone(),
@@ -172,6 +177,42 @@ pub fn start_append(
             }
         });
         Ok(info)
+    })
+}
+
+/// On the leader: follower `replica` fetched from `fetch_offset`, so it
+/// has everything before it. Moves the high watermark (waking whoever
+/// waits on it) and returns it.
+pub fn on_follower_fetch(
+    local: &LocalShard,
+    me: BrokerId,
+    tp: &TopicPartition,
+    topic: &TopicState,
+    replica: BrokerId,
+    fetch_offset: Offset,
+) -> Result<Offset, Error> {
+    with_entry(local, me, tp, topic, |e| {
+        if e.state.on_follower_fetch(replica, fetch_offset).is_some() {
+            e.wake();
+        }
+        e.state.high_watermark()
+    })
+}
+
+/// On a follower: the leader's fetch response said its high watermark is
+/// `leader_hw`. Returns this replica's, which never passes its own log end.
+pub fn on_leader_high_watermark(
+    local: &LocalShard,
+    me: BrokerId,
+    tp: &TopicPartition,
+    topic: &TopicState,
+    leader_hw: Offset,
+) -> Result<Offset, Error> {
+    with_entry(local, me, tp, topic, |e| {
+        if e.state.on_leader_high_watermark(leader_hw).is_some() {
+            e.wake();
+        }
+        e.state.high_watermark()
     })
 }
 

@@ -8,8 +8,12 @@
 //! leader, and it never passes the leader's own log end offset.
 //!
 //! On a single node the ISR is the leader alone, so the high watermark
-//! follows the log end offset append by append. Followers (replication)
-//! report their log end offsets through [`PartitionState::on_follower_fetch`].
+//! follows the log end offset append by append. Followers report their log
+//! end offsets through [`PartitionState::on_follower_fetch`].
+//!
+//! On a follower the same state holds the leader's word instead: its high
+//! watermark is the leader's (from each fetch response), capped by what
+//! the follower itself has, and it never computes one from the ISR.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +32,8 @@ pub struct PartitionState {
     /// exact; a follower's comes from its latest fetch).
     log_end: BTreeMap<BrokerId, Offset>,
     high_watermark: Offset,
+    /// Whether `local` leads; a follower's high watermark is the leader's.
+    leading: bool,
 }
 
 impl PartitionState {
@@ -55,9 +61,49 @@ impl PartitionState {
             } else {
                 high_watermark.min(log_end)
             },
+            leading: true,
         };
         state.advance();
         state
+    }
+
+    /// The state of a partition this broker (`local`) follows, whose log
+    /// ends at `log_end`, with the high watermark it last knew.
+    pub fn follower(
+        local: BrokerId,
+        leader_epoch: i32,
+        replicas: Vec<BrokerId>,
+        isr: Vec<BrokerId>,
+        log_end: Offset,
+        high_watermark: Offset,
+    ) -> PartitionState {
+        PartitionState {
+            local,
+            leader_epoch,
+            replicas,
+            isr,
+            log_end: BTreeMap::from([(local, log_end)]),
+            high_watermark: high_watermark.min(log_end),
+            leading: false,
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leading
+    }
+
+    /// On a follower: the leader said its high watermark is `leader_hw`.
+    /// The follower's is that, capped by its own log end; it never moves
+    /// back. Returns the new high watermark if it moved.
+    pub fn on_leader_high_watermark(&mut self, leader_hw: Offset) -> Option<Offset> {
+        if self.leading {
+            return None;
+        }
+        let candidate = leader_hw.min(self.log_end_offset());
+        (candidate > self.high_watermark).then(|| {
+            self.high_watermark = candidate;
+            candidate
+        })
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -95,7 +141,7 @@ impl PartitionState {
     /// Returns the new high watermark if it moved. A replica that is not
     /// one of this partition's is ignored.
     pub fn on_follower_fetch(&mut self, replica: BrokerId, fetch_offset: Offset) -> Option<Offset> {
-        if replica == self.local || !self.replicas.contains(&replica) {
+        if !self.leading || replica == self.local || !self.replicas.contains(&replica) {
             return None;
         }
         let capped = fetch_offset.min(self.log_end_offset());
@@ -106,6 +152,9 @@ impl PartitionState {
     /// Recomputes the high watermark: the smallest log end offset in the
     /// ISR, never below its current value.
     fn advance(&mut self) -> Option<Offset> {
+        if !self.leading {
+            return None;
+        }
         let leader_end = self.log_end_offset();
         let candidate = self
             .isr
@@ -187,6 +236,31 @@ mod tests {
         assert_eq!(s.on_follower_fetch(ME, o(4)), None);
         assert_eq!(s.high_watermark(), o(0));
         assert_eq!(s.on_follower_fetch(2, o(4)), Some(o(4)));
+    }
+
+    #[test]
+    fn a_follower_takes_the_leaders_high_watermark_capped_by_its_own_log() {
+        // (event, value, expected high watermark after it), replicas 1, 2.
+        let table: &[(&str, i64, i64)] = &[
+            ("appends up to 5", 5, 0),
+            ("leader says 3", 3, 3),
+            ("leader says 9, follower has 5", 9, 5),
+            ("appends up to 12", 12, 5),
+            ("leader says 9", 9, 9),
+            ("a stale answer says 4", 4, 9),
+        ];
+        let mut s = PartitionState::follower(ME, 0, vec![2, 1], vec![2, 1], o(0), o(0));
+        assert!(!s.is_leader());
+        for &(what, value, hw) in table {
+            if what.starts_with("appends") {
+                assert_eq!(s.on_leader_append(o(value)), None, "{what}");
+            } else {
+                s.on_leader_high_watermark(o(value));
+            }
+            assert_eq!(s.high_watermark(), o(hw), "{what}");
+        }
+        // A follower counts no one's fetches.
+        assert_eq!(s.on_follower_fetch(2, o(12)), None);
     }
 
     #[test]
