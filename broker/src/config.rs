@@ -45,6 +45,9 @@ pub struct BrokerConfig {
     /// `__consumer_offsets` partition, capped at the brokers registered
     /// when it is created.
     pub offsets_topic_replication_factor: i16,
+    /// `replica.lag.time.max.ms`: a follower not caught up with its leader
+    /// for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
     pub min_insync_replicas: i32,
     pub auto_create_topics: bool,
     pub message_max_bytes: usize,
@@ -93,6 +96,7 @@ const KNOWN_KEYS: &[&str] = &[
     "num.partitions",
     "default.replication.factor",
     "offsets.topic.replication.factor",
+    "replica.lag.time.max.ms",
     "min.insync.replicas",
     "auto.create.topics.enable",
     "message.max.bytes",
@@ -274,6 +278,13 @@ impl BrokerConfig {
             3i16,
             |v| *v >= 1,
             "must be at least 1",
+        )?;
+        let replica_lag_time_max_ms = num(
+            "replica.lag.time.max.ms",
+            get("replica.lag.time.max.ms"),
+            30_000u64,
+            |v| *v >= 10,
+            "must be at least 10",
         )?;
         let controller_election_timeout_ms = num(
             "controller.quorum.election.timeout.ms",
@@ -521,6 +532,7 @@ impl BrokerConfig {
             num_partitions,
             default_replication_factor,
             offsets_topic_replication_factor,
+            replica_lag_time_max_ms,
             min_insync_replicas,
             auto_create_topics,
             message_max_bytes,

@@ -16,7 +16,10 @@
 //! nothing new until its next append, so a follower sees an append one
 //! round trip after it is made, and acks=all waits one more.
 //!
-//! Not yet (issue 9 continues): ISR changes, truncation on divergence
+//! Each shard also watches the ISRs of the partitions it leads
+//! ([`watch_isr`]) and proposes the changes lag calls for.
+//!
+//! Not yet (issue 9 continues): truncation on divergence
 //! (`last_fetched_epoch`), per-fetcher metrics.
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +38,7 @@ use sluice_engine::shard::LocalShard;
 use sluice_engine::{AppendMode, Offset, TopicPartition};
 use tracing::{debug, info, warn};
 
+use crate::controller::MetadataRecord;
 use crate::topics::TopicState;
 use crate::{partition, Broker};
 
@@ -76,11 +80,45 @@ pub fn start(broker: &Arc<Broker>) -> Result<(), String> {
         let (broker, id) = (broker.clone(), shard.id());
         runtime
             .block_on(shard.spawn(move || {
+                compio::runtime::spawn(watch_isr(broker.clone())).detach();
                 compio::runtime::spawn(manage(broker, id)).detach();
             }))
             .map_err(|e| format!("starting the followers of shard {id}: {e}"))?;
     }
     Ok(())
+}
+
+/// On the partitions this shard leads: proposes the ISR changes that
+/// `replica.lag.time.max.ms` calls for, as Kafka's leader sends
+/// AlterPartition, checking a quarter of that period at a time.
+async fn watch_isr(broker: Arc<Broker>) {
+    let lag_max = broker.config.replica_lag_time_max_ms;
+    let every = Duration::from_millis((lag_max / 4).clamp(10, 1000));
+    loop {
+        compio::time::sleep(every).await;
+        for change in partition::isr_changes(sluice_engine::shard::now_ms(), lag_max) {
+            let broker = broker.clone();
+            compio::runtime::spawn(async move {
+                let record = MetadataRecord::AlterPartition {
+                    topic: change.tp.topic.clone(),
+                    topic_id: change.topic_id,
+                    partition: change.tp.partition,
+                    leader: broker.config.node_id,
+                    leader_epoch: change.leader_epoch,
+                    partition_epoch: change.partition_epoch,
+                    isr: change.isr.clone(),
+                };
+                match broker.controller.propose(record).await {
+                    Ok(_) => info!(partition = %change.tp, isr = ?change.isr, "ISR changed"),
+                    Err(e) => {
+                        warn!(partition = %change.tp, isr = ?change.isr, error = %e, "ISR change refused");
+                        partition::isr_refused(&change);
+                    }
+                }
+            })
+            .detach();
+        }
+    }
 }
 
 /// Keeps one fetcher per leader broker for the partitions of shard `shard`

@@ -495,6 +495,7 @@ impl Topics {
                 isr: replicas.clone(),
                 replicas,
                 leader_epoch: 0,
+                partition_epoch: 0,
             })
             .collect())
     }

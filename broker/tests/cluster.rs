@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     CreateTopicsRequest, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest,
@@ -35,6 +35,11 @@ impl Cluster {
     /// Starts `n` brokers, node ids 1..=n, all voters, with election
     /// timeouts short enough for a test, and waits until each is ready.
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` settings on every broker.
+    fn start_with(n: usize, extra: &[(&str, &str)]) -> Cluster {
         let mut ports = BTreeSet::new();
         while ports.len() < 2 * n {
             ports.insert(free_port());
@@ -62,6 +67,7 @@ impl Cluster {
                 let settings: Vec<(String, String)> = settings
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
+                    .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
                     .collect();
                 Broker::spawn_with(ports[i], &settings)
             })
@@ -404,4 +410,125 @@ fn three_replicas_hold_the_same_bytes_and_acks_all_answers_once_they_do() {
             });
         }
     }
+}
+
+/// Partition `p` of `topic` as `broker` describes it: (leader, ISR).
+fn leader_and_isr(broker: &Broker, topic: &str, p: i32) -> (i32, Vec<i32>) {
+    let req = MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
+    ]));
+    let resp = ask(&broker.addr(), 9, &req);
+    let part = resp.topics[0]
+        .partitions
+        .iter()
+        .find(|x| x.partition_index == p)
+        .expect("the partition is described");
+    let mut isr: Vec<i32> = part.isr_nodes.iter().map(|b| b.0).collect();
+    isr.sort_unstable();
+    (part.leader_id.0, isr)
+}
+
+/// Produces one record with `acks` straight to `broker`; the partition's
+/// error code.
+fn produce_raw(broker: &Broker, topic: &str, p: i32, acks: i16) -> i16 {
+    let req = produce_req(topic, p, batch(&["raw"])).with_acks(acks);
+    let mut s = connect(&broker.addr());
+    send(&mut s, &typed_request(7, 3, &req).0).unwrap();
+    let Reply::Frame(body) = read_reply(&mut s) else {
+        panic!("no produce answer from {}", broker.addr())
+    };
+    let mut buf = bytes::Bytes::from(body);
+    let _ = kafka_protocol::messages::ResponseHeader::decode(&mut buf, 0).unwrap();
+    kafka_protocol::messages::ProduceResponse::decode(&mut buf, 7)
+        .unwrap()
+        .responses[0]
+        .partition_responses[0]
+        .error_code
+}
+
+fn signal(broker: &Broker, sig: i32) {
+    let pid = broker.pid().expect("running") as libc::pid_t;
+    // SAFETY: kill(2) on our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+#[test]
+fn a_paused_follower_leaves_the_isr_and_rejoins_and_acks_all_needs_min_insync_replicas() {
+    use kafka_protocol::protocol::StrBytes;
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("replica.lag.time.max.ms", "1000"),
+            ("min.insync.replicas", "2"),
+        ],
+    );
+    assert_eq!(try_create(cluster.broker(1), "isr", 1, 3), 0);
+    let (leader, isr) = poll_until(SETTLE, "the partition to have a leader", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "isr", 0);
+        (leader > 0).then_some((leader, isr))
+    });
+    assert_eq!(isr, [1, 2, 3]);
+    let followers: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    // The leader may learn of the topic a moment after broker 1 (retriable
+    // UNKNOWN_TOPIC_OR_PARTITION meanwhile, as a client would retry).
+    poll_until(SETTLE, "an acks=all produce through the leader", || {
+        (produce_raw(cluster.broker(leader), "isr", 0, -1) == 0).then_some(())
+    });
+
+    // A follower that stops fetching leaves the ISR after
+    // replica.lag.time.max.ms; acks=all goes on with the two left.
+    signal(cluster.broker(followers[0]), libc::SIGSTOP);
+    poll_until(SETTLE, "the paused follower to leave the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(leader), "isr", 0);
+        (!isr.contains(&followers[0])).then_some(())
+    });
+    assert_eq!(produce_raw(cluster.broker(leader), "isr", 0, -1), 0);
+    signal(cluster.broker(followers[0]), libc::SIGCONT);
+    poll_until(SETTLE, "the follower to rejoin the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(leader), "isr", 0);
+        (isr == [1, 2, 3]).then_some(())
+    });
+
+    // A topic that wants all three in sync (min.insync.replicas=3): with a
+    // follower gone, acks=all is refused with NOT_ENOUGH_REPLICAS (19)
+    // before anything is appended, and acks=1 still works. (Killing two of
+    // three brokers would take the controller quorum with them, and with
+    // it any ISR change: acks=all would time out, as in Kafka's combined
+    // mode.)
+    let strict = CreatableTopic::default()
+        .with_name(topic_name("strict"))
+        .with_num_partitions(1)
+        .with_replication_factor(3)
+        .with_configs(vec![CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str("min.insync.replicas"))
+            .with_value(Some(StrBytes::from_static_str("3")))]);
+    let created = ask(
+        &cluster.broker(1).addr(),
+        5,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![strict])
+            .with_timeout_ms(10_000),
+    );
+    assert_eq!(created.topics[0].error_code, 0);
+    let strict_leader = poll_until(SETTLE, "the strict topic to have a leader", || {
+        let (leader, _) = leader_and_isr(cluster.broker(1), "strict", 0);
+        (leader > 0).then_some(leader)
+    });
+    poll_until(SETTLE, "an acks=all produce with all three in sync", || {
+        (produce_raw(cluster.broker(strict_leader), "strict", 0, -1) == 0).then_some(())
+    });
+    let gone = (1..=3).find(|n| *n != strict_leader).unwrap();
+    cluster.brokers[gone as usize - 1].kill9();
+    poll_until(SETTLE, "the dead follower to leave the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(strict_leader), "strict", 0);
+        (!isr.contains(&gone)).then_some(())
+    });
+    assert_eq!(
+        produce_raw(cluster.broker(strict_leader), "strict", 0, -1),
+        19
+    );
+    assert_eq!(
+        produce_raw(cluster.broker(strict_leader), "strict", 0, 1),
+        0
+    );
 }

@@ -30,6 +30,10 @@ pub struct PartitionRecord {
     /// The leader's broker id, or -1 when there is none.
     pub leader: i32,
     pub leader_epoch: i32,
+    /// Bumped by every change to the partition (an ISR change, a new
+    /// leader): an AlterPartition names the epoch it was made against.
+    #[serde(default)]
+    pub partition_epoch: i32,
 }
 
 impl PartitionRecord {
@@ -41,6 +45,7 @@ impl PartitionRecord {
             isr: vec![broker],
             leader: broker,
             leader_epoch: 0,
+            partition_epoch: 0,
         }
     }
 }
@@ -81,6 +86,19 @@ pub enum MetadataRecord {
         broker: i32,
         count: i64,
     },
+    /// A leader's change of a partition's ISR (Kafka's AlterPartition,
+    /// KIP-497): applied only if `leader`, `leader_epoch` and
+    /// `partition_epoch` are still the partition's, so a deposed leader
+    /// or a stale proposal changes nothing.
+    AlterPartition {
+        topic: String,
+        topic_id: TopicId,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
     /// Names the cluster. The first such record wins; a different one
     /// later is refused.
     SetClusterId {
@@ -107,6 +125,12 @@ pub enum MetadataError {
     UnknownTopic(String),
     #[error("a topic needs at least one partition")]
     NoPartitions,
+    #[error("a stale ISR change of {topic}-{partition}: {why}")]
+    StalePartitionChange {
+        topic: String,
+        partition: i32,
+        why: String,
+    },
     #[error("the cluster is already named {0:?}")]
     ClusterIdSet(String),
     #[error("cannot reserve {0} more producer ids")]
@@ -148,6 +172,46 @@ impl MetadataImage {
         match record {
             MetadataRecord::RegisterBroker(registration) => {
                 self.brokers.insert(registration.id, registration.clone());
+            }
+            MetadataRecord::AlterPartition {
+                topic,
+                topic_id,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let stale = |why: String| MetadataError::StalePartitionChange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    why,
+                };
+                let image = self.topic_mut(topic)?;
+                if image.id != *topic_id {
+                    return Err(stale("the topic was deleted and created again".into()));
+                }
+                let record = usize::try_from(*partition)
+                    .ok()
+                    .and_then(|i| image.partitions.get_mut(i))
+                    .ok_or_else(|| stale("no such partition".into()))?;
+                if (record.leader, record.leader_epoch, record.partition_epoch)
+                    != (*leader, *leader_epoch, *partition_epoch)
+                {
+                    return Err(stale(format!(
+                        "proposed by leader {leader} at epochs {leader_epoch}/{partition_epoch}, \
+                         the partition is at leader {} epochs {}/{}",
+                        record.leader, record.leader_epoch, record.partition_epoch
+                    )));
+                }
+                if !isr.contains(leader) || isr.iter().any(|r| !record.replicas.contains(r)) {
+                    return Err(stale(format!(
+                        "ISR {isr:?} must hold the leader and only replicas {:?}",
+                        record.replicas
+                    )));
+                }
+                record.isr = isr.clone();
+                record.partition_epoch += 1;
             }
             MetadataRecord::SetClusterId { id } => match &self.cluster_id {
                 Some(current) if current != id => {

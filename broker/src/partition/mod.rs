@@ -112,7 +112,8 @@ fn with_entry<R>(
                     record.isr.clone(),
                     log_end,
                     previous_hw,
-                ),
+                )
+                .started(record.partition_epoch, sluice_engine::shard::now_ms()),
                 hw_waiters: Vec::new(),
             };
             if let Some(mut old) = table.insert(tp.clone(), entry) {
@@ -124,6 +125,16 @@ fn with_entry<R>(
         let entry = table
             .get_mut(tp)
             .ok_or_else(|| Error::UnknownPartition(tp.clone()))?;
+        // An ISR change the controller committed (this leader's, or one
+        // made while it was not looking).
+        if record.partition_epoch > entry.state.partition_epoch()
+            && entry
+                .state
+                .on_isr_committed(record.isr.clone(), record.partition_epoch)
+                .is_some()
+        {
+            entry.wake();
+        }
         // The log's end as its worker last left it: appends made without
         // this table (the broker's own, to `__consumer_offsets`) count too.
         if entry.state.on_leader_append(log_end).is_some() {
@@ -192,7 +203,11 @@ pub fn on_follower_fetch(
     fetch_offset: Offset,
 ) -> Result<Offset, Error> {
     with_entry(local, me, tp, topic, |e| {
-        if e.state.on_follower_fetch(replica, fetch_offset).is_some() {
+        let now = sluice_engine::shard::now_ms();
+        if e.state
+            .on_follower_fetch(replica, fetch_offset, now)
+            .is_some()
+        {
             e.wake();
         }
         e.state.high_watermark()
@@ -213,6 +228,51 @@ pub fn on_leader_high_watermark(
             e.wake();
         }
         e.state.high_watermark()
+    })
+}
+
+/// An ISR change a leader on this shard asks the controller for.
+#[derive(Debug, Clone)]
+pub struct IsrChange {
+    pub tp: TopicPartition,
+    pub topic_id: TopicId,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<BrokerId>,
+}
+
+/// The ISR changes the partitions this shard leads need at `now_ms`
+/// (`replica.lag.time.max.ms` = `lag_max_ms`); each is then in flight until
+/// committed or [`isr_refused`].
+pub fn isr_changes(now_ms: u64, lag_max_ms: u64) -> Vec<IsrChange> {
+    TABLE.with(|table| {
+        table
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|(tp, e)| {
+                let isr = e.state.isr_to_propose(now_ms, lag_max_ms)?;
+                Some(IsrChange {
+                    tp: tp.clone(),
+                    topic_id: e.topic_id,
+                    leader_epoch: e.state.leader_epoch(),
+                    partition_epoch: e.state.partition_epoch(),
+                    isr,
+                })
+            })
+            .collect()
+    })
+}
+
+/// The controller refused `change`: it is proposed again, from the
+/// current image, at a later check.
+pub fn isr_refused(change: &IsrChange) {
+    TABLE.with(|table| {
+        if let Some(e) = table.borrow_mut().get_mut(&change.tp) {
+            if e.topic_id == change.topic_id && e.state.partition_epoch() == change.partition_epoch
+            {
+                e.state.on_isr_refused();
+            }
+        }
     })
 }
 
@@ -370,6 +430,7 @@ mod tests {
                 isr: vec![ME, 2],
                 leader: ME,
                 leader_epoch: 3,
+                partition_epoch: 0,
             },
         );
         on_shard(&tp.clone(), move |local| {
@@ -385,7 +446,7 @@ mod tests {
                 assert!(waiting.as_mut().poll(cx).is_pending());
                 // The follower's fetch from offset 1 says it has offset 0.
                 let moved = with_entry(local, ME, &tp, &state, |e| {
-                    let moved = e.state.on_follower_fetch(2, Offset(1));
+                    let moved = e.state.on_follower_fetch(2, Offset(1), 0);
                     e.wake();
                     moved
                 });

@@ -11,6 +11,16 @@
 //! follows the log end offset append by append. Followers report their log
 //! end offsets through [`PartitionState::on_follower_fetch`].
 //!
+//! The ISR moves as in Kafka: a follower that has not caught up with the
+//! leader's log end for `replica.lag.time.max.ms` leaves it, and one whose
+//! log end reaches the high watermark joins it
+//! ([`PartitionState::isr_to_propose`]). A change is only proposed here;
+//! it takes effect when the controller commits it
+//! ([`PartitionState::on_isr_committed`]). Meanwhile the high watermark is
+//! computed over the ISR and the proposed one together, the larger set, so
+//! it never counts on a replica that may still be leaving or not yet
+//! admitted (Kafka's "maximal ISR").
+//!
 //! On a follower the same state holds the leader's word instead: its high
 //! watermark is the leader's (from each fetch response), capped by what
 //! the follower itself has, and it never computes one from the ISR.
@@ -34,6 +44,14 @@ pub struct PartitionState {
     high_watermark: Offset,
     /// Whether `local` leads; a follower's high watermark is the leader's.
     leading: bool,
+    /// The metadata's partition epoch this state knows.
+    partition_epoch: i32,
+    /// Per follower: when it was last caught up with the leader's log end
+    /// (ms), when it last fetched, and the leader's log end then.
+    caught_up_ms: BTreeMap<BrokerId, u64>,
+    last_fetch: BTreeMap<BrokerId, (u64, Offset)>,
+    /// An ISR change proposed to the controller and not yet committed.
+    pending_isr: Option<Vec<BrokerId>>,
 }
 
 impl PartitionState {
@@ -62,9 +80,28 @@ impl PartitionState {
                 high_watermark.min(log_end)
             },
             leading: true,
+            partition_epoch: 0,
+            caught_up_ms: BTreeMap::new(),
+            last_fetch: BTreeMap::new(),
+            pending_isr: None,
         };
         state.advance();
         state
+    }
+
+    /// Sets the partition epoch and starts the lag clock at `now_ms`: every
+    /// ISR member counts as caught up now, so a new leader gives its
+    /// followers `replica.lag.time.max.ms` to fetch before it drops them.
+    pub fn started(mut self, partition_epoch: i32, now_ms: u64) -> PartitionState {
+        self.partition_epoch = partition_epoch;
+        for r in &self.isr {
+            self.caught_up_ms.insert(*r, now_ms);
+        }
+        self
+    }
+
+    pub fn partition_epoch(&self) -> i32 {
+        self.partition_epoch
     }
 
     /// The state of a partition this broker (`local`) follows, whose log
@@ -85,6 +122,10 @@ impl PartitionState {
             log_end: BTreeMap::from([(local, log_end)]),
             high_watermark: high_watermark.min(log_end),
             leading: false,
+            partition_epoch: 0,
+            caught_up_ms: BTreeMap::new(),
+            last_fetch: BTreeMap::new(),
+            pending_isr: None,
         }
     }
 
@@ -140,13 +181,90 @@ impl PartitionState {
     /// A follower fetched from `fetch_offset`: it has everything before it.
     /// Returns the new high watermark if it moved. A replica that is not
     /// one of this partition's is ignored.
-    pub fn on_follower_fetch(&mut self, replica: BrokerId, fetch_offset: Offset) -> Option<Offset> {
+    pub fn on_follower_fetch(
+        &mut self,
+        replica: BrokerId,
+        fetch_offset: Offset,
+        now_ms: u64,
+    ) -> Option<Offset> {
         if !self.leading || replica == self.local || !self.replicas.contains(&replica) {
             return None;
         }
-        let capped = fetch_offset.min(self.log_end_offset());
+        let leader_end = self.log_end_offset();
+        // Caught up now if it has everything; or as of its previous fetch
+        // if it has everything the leader had then (Kafka's rule).
+        if fetch_offset >= leader_end {
+            self.caught_up_ms.insert(replica, now_ms);
+        } else if let Some(&(at, end_then)) = self.last_fetch.get(&replica) {
+            if fetch_offset >= end_then {
+                let known = self.caught_up_ms.entry(replica).or_default();
+                *known = (*known).max(at);
+            }
+        }
+        self.last_fetch.insert(replica, (now_ms, leader_end));
+        let capped = fetch_offset.min(leader_end);
         self.log_end.insert(replica, capped);
         self.advance()
+    }
+
+    /// The ISR the leader should ask the controller for at `now_ms`, if it
+    /// differs from the current one and no change is in flight: members
+    /// not caught up for more than `lag_max_ms` leave; replicas whose log
+    /// end reached the high watermark, caught up within `lag_max_ms`, join.
+    /// The answer is remembered as in flight.
+    pub fn isr_to_propose(&mut self, now_ms: u64, lag_max_ms: u64) -> Option<Vec<BrokerId>> {
+        if !self.leading || self.pending_isr.is_some() {
+            return None;
+        }
+        let recent = |r: &BrokerId| {
+            self.caught_up_ms
+                .get(r)
+                .is_some_and(|at| now_ms.saturating_sub(*at) <= lag_max_ms)
+        };
+        let proposed: Vec<BrokerId> = self
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| {
+                *r == self.local
+                    || (self.isr.contains(r) && recent(r))
+                    || (!self.isr.contains(r)
+                        && recent(r)
+                        && self
+                            .log_end
+                            .get(r)
+                            .is_some_and(|end| *end >= self.high_watermark))
+            })
+            .collect();
+        let mut current = self.isr.clone();
+        current.sort_unstable();
+        let mut sorted = proposed.clone();
+        sorted.sort_unstable();
+        if sorted == current {
+            return None;
+        }
+        self.pending_isr = Some(proposed.clone());
+        Some(proposed)
+    }
+
+    /// The controller committed `isr` at `partition_epoch` (or a newer
+    /// image says so). Returns the new high watermark if it moved.
+    pub fn on_isr_committed(&mut self, isr: Vec<BrokerId>, partition_epoch: i32) -> Option<Offset> {
+        self.isr = isr;
+        self.partition_epoch = partition_epoch;
+        self.pending_isr = None;
+        self.advance()
+    }
+
+    /// The controller refused the change in flight (a stale epoch): the
+    /// next check proposes again from the current image.
+    pub fn on_isr_refused(&mut self) {
+        self.pending_isr = None;
+    }
+
+    /// The ISR change in flight, if any.
+    pub fn pending_isr(&self) -> Option<&[BrokerId]> {
+        self.pending_isr.as_deref()
     }
 
     /// Recomputes the high watermark: the smallest log end offset in the
@@ -156,9 +274,14 @@ impl PartitionState {
             return None;
         }
         let leader_end = self.log_end_offset();
+        // While a change is in flight, over the ISR and the proposed one
+        // together: a replica leaving still counts until it has left, and
+        // one joining counts as soon as it is proposed.
+        let pending = self.pending_isr.as_deref().unwrap_or(&[]);
         let candidate = self
             .isr
             .iter()
+            .chain(pending.iter())
             .map(|r| self.log_end.get(r).copied().unwrap_or_default())
             .min()
             .unwrap_or(leader_end);
@@ -211,7 +334,7 @@ mod tests {
             if replica == ME {
                 s.on_leader_append(o(offset));
             } else {
-                s.on_follower_fetch(replica, o(offset));
+                s.on_follower_fetch(replica, o(offset), 0);
             }
             assert_eq!(s.high_watermark(), o(hw), "{what}");
         }
@@ -222,7 +345,7 @@ mod tests {
         let mut s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(8), o(8));
         assert_eq!(s.high_watermark(), o(8));
         // A follower restarting behind does not pull it back.
-        assert_eq!(s.on_follower_fetch(2, o(3)), None);
+        assert_eq!(s.on_follower_fetch(2, o(3), 0), None);
         assert_eq!(s.high_watermark(), o(8));
         // Nor does a stale report of the leader's own end.
         assert_eq!(s.on_leader_append(o(2)), None);
@@ -232,10 +355,10 @@ mod tests {
     #[test]
     fn fetches_from_strangers_and_the_leader_itself_are_ignored() {
         let mut s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(4), o(0));
-        assert_eq!(s.on_follower_fetch(7, o(4)), None);
-        assert_eq!(s.on_follower_fetch(ME, o(4)), None);
+        assert_eq!(s.on_follower_fetch(7, o(4), 0), None);
+        assert_eq!(s.on_follower_fetch(ME, o(4), 0), None);
         assert_eq!(s.high_watermark(), o(0));
-        assert_eq!(s.on_follower_fetch(2, o(4)), Some(o(4)));
+        assert_eq!(s.on_follower_fetch(2, o(4), 0), Some(o(4)));
     }
 
     #[test]
@@ -260,7 +383,58 @@ mod tests {
             assert_eq!(s.high_watermark(), o(hw), "{what}");
         }
         // A follower counts no one's fetches.
-        assert_eq!(s.on_follower_fetch(2, o(12)), None);
+        assert_eq!(s.on_follower_fetch(2, o(12), 0), None);
+    }
+
+    #[test]
+    fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
+        const LAG: u64 = 100;
+        let mut s =
+            PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2, 3], o(0), o(0)).started(0, 0);
+        s.on_leader_append(o(10));
+        s.on_follower_fetch(2, o(10), 50);
+        s.on_follower_fetch(3, o(4), 50);
+        assert_eq!(s.high_watermark(), o(4));
+        // Nobody has lagged for longer than LAG yet.
+        assert_eq!(s.isr_to_propose(90, LAG), None);
+        // Follower 3 has not caught up since it became a follower at 0.
+        assert_eq!(s.isr_to_propose(120, LAG), Some(vec![1, 2]));
+        assert_eq!(s.isr_to_propose(121, LAG), None, "one change at a time");
+        // Until the change commits, 3 still counts for the high watermark.
+        s.on_leader_append(o(12));
+        s.on_follower_fetch(2, o(12), 125);
+        assert_eq!(s.high_watermark(), o(4));
+        assert_eq!(s.on_isr_committed(vec![1, 2], 1), Some(o(12)));
+        assert_eq!((s.isr(), s.partition_epoch()), (&[1, 2][..], 1));
+
+        // 3 catches up: it rejoins, and counts as soon as it is proposed.
+        s.on_follower_fetch(3, o(12), 130);
+        assert_eq!(s.isr_to_propose(131, LAG), Some(vec![1, 2, 3]));
+        // Refused (a stale epoch): proposed again at the next check.
+        s.on_isr_refused();
+        assert_eq!(s.isr_to_propose(132, LAG), Some(vec![1, 2, 3]));
+        s.on_isr_committed(vec![1, 2, 3], 2);
+        assert_eq!(s.isr_to_propose(133, LAG), None);
+
+        // A follower that fetches but never reaches the log end: caught up
+        // as of a fetch only if it has what the leader had at its previous
+        // fetch.
+        s.on_leader_append(o(20));
+        s.on_follower_fetch(2, o(20), 140);
+        s.on_follower_fetch(3, o(15), 140);
+        s.on_leader_append(o(30));
+        s.on_follower_fetch(3, o(20), 200); // had the 20 of its fetch at 140
+        s.on_follower_fetch(2, o(30), 200);
+        assert_eq!(s.isr_to_propose(235, LAG), None, "3 caught up as of 140");
+        assert_eq!(s.isr_to_propose(241, LAG), Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn a_leader_alone_keeps_itself_in_the_isr() {
+        let mut s = PartitionState::leader(ME, 0, vec![2, 1], vec![2, 1], o(5), o(0)).started(3, 0);
+        assert_eq!(s.isr_to_propose(1_000, 100), Some(vec![1]));
+        assert_eq!(s.on_isr_committed(vec![1], 4), Some(o(5)));
+        assert_eq!(s.isr_to_propose(2_000, 100), None);
     }
 
     #[test]
