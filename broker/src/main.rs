@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use sluice_broker::config::BrokerConfig;
 use sluice_broker::server;
 
+mod dev_cluster;
+
 #[derive(Parser)]
 #[command(name = "sluice", about = "A Kafka-compatible message log")]
 struct Cli {
@@ -23,6 +25,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Override one setting, e.g. --set log.dirs=/data (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Start N brokers on free loopback ports, each a controller voter,
+    /// print `bootstrap.servers=…` once all are ready, and stop them all on
+    /// SIGTERM or Ctrl-C.
+    DevCluster {
+        /// How many brokers.
+        #[arg(long, default_value_t = 3)]
+        brokers: usize,
+        /// Where their data (`broker-<id>/`) and logs (`broker-<id>.log`) go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A setting for every broker, e.g. --set min.insync.replicas=2
+        /// (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
@@ -72,11 +89,18 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let signals = block_termination_signals();
     let (config, set) = match cli.command {
         Some(Command::Serve { config, set }) => (config, set),
+        Some(Command::DevCluster { brokers, dir, set }) => {
+            if let Err(e) = dev_cluster::run(brokers, &dir, &set, &signals) {
+                eprintln!("sluice dev-cluster: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
         None => (None, Vec::new()),
     };
-    let signals = block_termination_signals();
     let pairs = match load_pairs(config, set) {
         Ok(pairs) => pairs,
         Err(e) => {

@@ -1,0 +1,205 @@
+//! `sluice dev-cluster`: N brokers on loopback as child processes, each a
+//! controller voter, for tests, benchmarks and trying replication out.
+//!
+//! Picks free ports, starts `sluice serve` N times with node ids 1..=N,
+//! their data in `DIR/broker-<id>/` and their logs in `DIR/broker-<id>.log`,
+//! waits until each says it is listening, prints
+//! `bootstrap.servers=host:port,…` on one line, and runs until SIGTERM or
+//! SIGINT, which it passes on to every broker (each then shuts down
+//! cleanly) before it exits, reporting any that did not exit cleanly. A
+//! broker that dies meanwhile does not stop the others.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long each broker may take to say it is listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long brokers get to shut down cleanly before they are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One started broker.
+struct Member {
+    id: usize,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Starts the cluster, prints its bootstrap line, waits for one of
+/// `signals` (blocked by the caller), and stops every broker.
+pub fn run(
+    brokers: usize,
+    dir: &Path,
+    extra: &[String],
+    signals: &libc::sigset_t,
+) -> Result<(), String> {
+    if brokers == 0 {
+        return Err("--brokers must be at least 1".into());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let ports = free_ports(2 * brokers)?;
+    let voters: Vec<String> = (0..brokers)
+        .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[brokers + i]))
+        .collect();
+    let exe = std::env::current_exe().map_err(|e| format!("finding the sluice binary: {e}"))?;
+    let mut members: Vec<Member> = Vec::new();
+    let mut ready = Vec::new();
+    for i in 0..brokers {
+        let id = i + 1;
+        let log = dir.join(format!("broker-{id}.log"));
+        let stderr =
+            std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let mut command = Command::new(&exe);
+        command
+            .arg("serve")
+            .args(["--set", &format!("node.id={id}")])
+            .args([
+                "--set",
+                &format!(
+                    "listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                    ports[i],
+                    ports[brokers + i]
+                ),
+            ])
+            .args([
+                "--set",
+                &format!("controller.quorum.voters={}", voters.join(",")),
+            ])
+            .args([
+                "--set",
+                &format!("log.dirs={}", dir.join(format!("broker-{id}")).display()),
+            ]);
+        for setting in extra {
+            command.args(["--set", setting]);
+        }
+        let spawned = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                stop(&mut members);
+                return Err(format!("starting broker {id}: {e}"));
+            }
+        };
+        ready.push(watch_ready(&mut child));
+        members.push(Member { id, child, log });
+    }
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for (member, ready) in members.iter_mut().zip(&ready) {
+        loop {
+            match ready.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = member.child.try_wait() {
+                        let why = format!(
+                            "broker {} exited during start-up ({status}); see {}",
+                            member.id,
+                            member.log.display()
+                        );
+                        stop(&mut members);
+                        return Err(why);
+                    }
+                }
+                Err(_) => {
+                    let why = format!(
+                        "broker {} was not ready within {READY_TIMEOUT:?}; see {}",
+                        member.id,
+                        member.log.display()
+                    );
+                    stop(&mut members);
+                    return Err(why);
+                }
+            }
+        }
+    }
+    let bootstrap: Vec<String> = ports[..brokers]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    println!("bootstrap.servers={}", bootstrap.join(","));
+    drop(std::io::stdout().flush());
+    eprintln!(
+        "sluice dev-cluster: {brokers} brokers, logs in {}; SIGTERM or Ctrl-C stops them",
+        dir.display()
+    );
+    let mut signal = 0;
+    // SAFETY: `signals` is the set the caller blocked; sigwait stores the
+    // signal.
+    unsafe { libc::sigwait(signals, &mut signal) };
+    stop(&mut members);
+    Ok(())
+}
+
+/// A channel told once the child prints its readiness line; the thread
+/// keeps draining stdout so the child never blocks on a full pipe.
+fn watch_ready(child: &mut Child) -> std::sync::mpsc::Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("sluice listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// SIGTERM to every running broker, then a bounded wait; SIGKILL for any
+/// still running after it.
+fn stop(members: &mut [Member]) {
+    for m in members.iter() {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(m.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for m in members.iter_mut() {
+        loop {
+            match m.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("sluice dev-cluster: broker {} exited with {status}", m.id);
+                    }
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    eprintln!(
+                        "sluice dev-cluster: broker {} did not stop; killing it",
+                        m.id
+                    );
+                    let _ = m.child.kill();
+                    let _ = m.child.wait();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `n` distinct ports the kernel had free a moment ago.
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| format!("finding a free port: {e}"))?;
+        listeners.push(listener);
+    }
+    // All held at once, so they are distinct; released together.
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| format!("finding a free port: {e}"))
+        })
+        .collect()
+}
