@@ -95,6 +95,9 @@ pub struct Args {
     /// Partitions of the benchmark's topic.
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Replicas of each partition (a cluster, with `--bootstrap-server`).
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
     /// Producer acknowledgements: 0, 1 or all.
     #[arg(long, value_enum, default_value = "1")]
     acks: Acks,
@@ -209,7 +212,12 @@ pub fn run(args: Args) -> Result<(), String> {
         run_length: per_batch,
     };
     let timeout = Duration::from_secs(args.timeout_s);
-    create_topic(&bootstrap, &workload.topic, args.partitions)?;
+    create_topic(
+        &bootstrap,
+        &workload.topic,
+        args.partitions,
+        args.replication_factor,
+    )?;
 
     engine::settle();
     let cpu_before = broker_cpu(broker_pid)?;
@@ -470,13 +478,22 @@ fn client_config(bootstrap: &str, extra: &[String]) -> Result<ClientConfig, Stri
     Ok(config)
 }
 
-fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), String> {
+fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, &[])?
         .create()
         .map_err(|e| format!("admin client: {e}"))?;
     let runtime = compio::runtime::Runtime::new()
         .map_err(|e| format!("runtime for the admin client: {e}"))?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new_topic = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
     let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
     let results = runtime
         .block_on(admin.create_topics(&[new_topic], &options))

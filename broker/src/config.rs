@@ -48,6 +48,9 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms`: a follower not caught up with its leader
     /// for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `broker.rack`: placement puts one replica per rack before any rack
+    /// gets a second.
+    pub rack: Option<String>,
     pub min_insync_replicas: i32,
     pub auto_create_topics: bool,
     pub message_max_bytes: usize,
@@ -97,6 +100,7 @@ const KNOWN_KEYS: &[&str] = &[
     "default.replication.factor",
     "offsets.topic.replication.factor",
     "replica.lag.time.max.ms",
+    "broker.rack",
     "min.insync.replicas",
     "auto.create.topics.enable",
     "message.max.bytes",
@@ -533,6 +537,10 @@ impl BrokerConfig {
             default_replication_factor,
             offsets_topic_replication_factor,
             replica_lag_time_max_ms,
+            rack: get("broker.rack")
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string),
             min_insync_replicas,
             auto_create_topics,
             message_max_bytes,

@@ -123,7 +123,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             id: config.node_id,
             host: config.advertised_host.clone(),
             port: config.advertised_port,
-            rack: None,
+            rack: config.rack.clone(),
         }))
         .map_err(|e| format!("registering with the controller: {e}"))?;
     let producer_ids = crate::producer_ids::ProducerIds::new(controller.clone(), config.node_id);
