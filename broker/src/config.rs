@@ -48,6 +48,11 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms`: a follower not caught up with its leader
     /// for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `broker.heartbeat.interval.ms`: how often this broker tells the
+    /// active controller it is alive.
+    pub broker_heartbeat_interval_ms: u64,
+    /// `broker.session.timeout.ms`: a broker silent this long is fenced.
+    pub broker_session_timeout_ms: u64,
     /// `broker.rack`: placement puts one replica per rack before any rack
     /// gets a second.
     pub rack: Option<String>,
@@ -101,6 +106,8 @@ const KNOWN_KEYS: &[&str] = &[
     "offsets.topic.replication.factor",
     "replica.lag.time.max.ms",
     "broker.rack",
+    "broker.heartbeat.interval.ms",
+    "broker.session.timeout.ms",
     "min.insync.replicas",
     "auto.create.topics.enable",
     "message.max.bytes",
@@ -289,6 +296,20 @@ impl BrokerConfig {
             30_000u64,
             |v| *v >= 10,
             "must be at least 10",
+        )?;
+        let broker_heartbeat_interval_ms = num(
+            "broker.heartbeat.interval.ms",
+            get("broker.heartbeat.interval.ms"),
+            2000u64,
+            |v| *v >= 10,
+            "must be at least 10",
+        )?;
+        let broker_session_timeout_ms = num(
+            "broker.session.timeout.ms",
+            get("broker.session.timeout.ms"),
+            9000u64,
+            |v| *v > broker_heartbeat_interval_ms,
+            "must be more than broker.heartbeat.interval.ms",
         )?;
         let controller_election_timeout_ms = num(
             "controller.quorum.election.timeout.ms",
@@ -537,6 +558,8 @@ impl BrokerConfig {
             default_replication_factor,
             offsets_topic_replication_factor,
             replica_lag_time_max_ms,
+            broker_heartbeat_interval_ms,
+            broker_session_timeout_ms,
             rack: get("broker.rack")
                 .map(str::trim)
                 .filter(|r| !r.is_empty())

@@ -19,8 +19,12 @@
 //! Each shard also watches the ISRs of the partitions it leads
 //! ([`watch_isr`]) and proposes the changes lag calls for.
 //!
-//! Not yet (issue 9 continues): truncation on divergence
-//! (`last_fetched_epoch`), per-fetcher metrics.
+//! A follower asked to fetch past its leader's log end (it has more than a
+//! newly elected leader) truncates to the leader's high watermark and
+//! fetches again.
+//!
+//! Not yet (issue 10): truncation at the exact divergence point by leader
+//! epoch (`last_fetched_epoch`); per-fetcher metrics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -51,6 +55,8 @@ const WAIT_MAX_MS: i32 = 500;
 /// `replica.fetch.response.max.bytes`, Kafka's defaults).
 const PARTITION_MAX_BYTES: i32 = 1 << 20;
 const RESPONSE_MAX_BYTES: i32 = 10 << 20;
+/// Kafka's OFFSET_OUT_OF_RANGE.
+const OFFSET_OUT_OF_RANGE: i16 = 1;
 /// Pause after a failed connection or exchange (`replica.fetch.backoff.ms`).
 const BACKOFF: Duration = Duration::from_millis(100);
 /// How often a shard looks for metadata changes to its followed set.
@@ -264,6 +270,26 @@ async fn take(
     data: kafka_protocol::messages::fetch_response::PartitionData,
 ) {
     let tp = &followed.tp;
+    if data.error_code == OFFSET_OUT_OF_RANGE && data.high_watermark >= 0 {
+        // This replica has more than its leader: a new leader, elected
+        // from the ISR, lacks what this one appended as the old leader or
+        // fetched from it beyond the high watermark. Until leader epochs
+        // locate the divergence (part 2), cut back to the leader's high
+        // watermark, below which every ISR member agrees, and fetch again.
+        let to = Offset(data.high_watermark);
+        let cut = local
+            .with_log(tp, move |log, now| Box::pin(log.truncate_to(to, now)))
+            .await;
+        match cut {
+            Ok(()) => {
+                warn!(partition = %tp, to = to.0, "ahead of the leader: truncated to its high watermark")
+            }
+            Err(e) => {
+                warn!(partition = %tp, error = %e, "truncating to the leader's high watermark failed")
+            }
+        }
+        return;
+    }
     if data.error_code != 0 {
         // NOT_LEADER_OR_FOLLOWER while metadata settles, for instance; the
         // next fetch asks again.

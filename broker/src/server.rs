@@ -82,6 +82,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             .collect(),
         election_timeout_ms: config.controller_election_timeout_ms,
         fetch_timeout_ms: config.controller_fetch_timeout_ms,
+        session_timeout_ms: config.broker_session_timeout_ms,
     };
     let controller = Arc::new(Controller::start_quorum(
         &config.log_dir,
@@ -200,6 +201,21 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             .map_err(|e| format!("starting the group ticker: {e}"))?;
     }
     crate::replica::start(&broker)?;
+    // This broker's heartbeat to the active controller.
+    {
+        let controller = broker.controller.clone();
+        let (me, every) = (
+            broker.config.node_id,
+            Duration::from_millis(broker.config.broker_heartbeat_interval_ms),
+        );
+        std::thread::Builder::new()
+            .name("sluice-heartbeat".into())
+            .spawn(move || loop {
+                controller.heartbeat(me);
+                std::thread::sleep(every);
+            })
+            .map_err(|e| format!("starting the heartbeat thread: {e}"))?;
+    }
     for shard in broker.engine.shards() {
         let listener = bind_reuseport(broker.config.listen)
             .map_err(|e| format!("listening on {}: {e}", broker.config.listen))?;

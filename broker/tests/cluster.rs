@@ -532,3 +532,64 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_and_acks_all_needs_min_insync_re
         0
     );
 }
+
+#[test]
+fn a_dead_leader_is_fenced_another_in_sync_replica_leads_and_nothing_acknowledged_is_lost() {
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "100"),
+            ("broker.session.timeout.ms", "1000"),
+            ("replica.lag.time.max.ms", "1000"),
+            ("min.insync.replicas", "2"),
+        ],
+    );
+    assert_eq!(try_create(cluster.broker(1), "moves", 1, 3), 0);
+    let leader = poll_until(SETTLE, "a leader", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "moves", 0);
+        (leader > 0 && isr.len() == 3).then_some(leader)
+    });
+    let survivor = (1..=3).find(|n| *n != leader).unwrap();
+    let first: String = (0..100).map(|i| format!("a{i}\n")).collect();
+    produce(
+        cluster.broker(survivor),
+        "moves",
+        &["-X", "acks=all"],
+        first.as_bytes(),
+    );
+
+    cluster.brokers[leader as usize - 1].kill9();
+    let next = poll_until(SETTLE, "another replica to lead", || {
+        let (now, isr) = leader_and_isr(cluster.broker(survivor), "moves", 0);
+        (now > 0 && now != leader && !isr.contains(&leader)).then_some(now)
+    });
+    assert_ne!(next, leader);
+    // Clients find the new leader and go on.
+    let second: String = (0..100).map(|i| format!("b{i}\n")).collect();
+    produce(
+        cluster.broker(survivor),
+        "moves",
+        &["-X", "acks=all"],
+        second.as_bytes(),
+    );
+    let got = consume(cluster.broker(survivor), "moves", &["-c", "200"]);
+    let expected: Vec<String> = first
+        .lines()
+        .chain(second.lines())
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        values(&got),
+        expected,
+        "every acknowledged message, in order, once"
+    );
+
+    // The old leader returns as a follower, catches up and rejoins the ISR.
+    let old = &mut cluster.brokers[leader as usize - 1];
+    old.spawn_again();
+    old.wait_ready();
+    poll_until(SETTLE, "the old leader to rejoin the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(next), "moves", 0);
+        (isr.len() == 3).then_some(())
+    });
+}

@@ -99,6 +99,19 @@ pub enum MetadataRecord {
         partition_epoch: i32,
         isr: Vec<i32>,
     },
+    /// A broker silent for `broker.session.timeout.ms` (KIP-631): it
+    /// leaves every ISR it was in (unless it was the last member), and
+    /// each partition it led is led by the first other live ISR member in
+    /// replica order, or by nobody (leader -1) if none is left.
+    FenceBroker {
+        id: i32,
+    },
+    /// A fenced broker heartbeats again: it may hold leadership again (a
+    /// partition left without a leader whose ISR names it is led by it);
+    /// it rejoins ISRs by catching up.
+    UnfenceBroker {
+        id: i32,
+    },
     /// Names the cluster. The first such record wins; a different one
     /// later is refused.
     SetClusterId {
@@ -164,6 +177,9 @@ pub struct MetadataImage {
     /// The cluster's id, set once by the first broker to start.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// Brokers fenced for silence; they lead nothing until unfenced.
+    #[serde(default)]
+    pub fenced: std::collections::BTreeSet<i32>,
 }
 
 impl MetadataImage {
@@ -172,7 +188,44 @@ impl MetadataImage {
         match record {
             MetadataRecord::RegisterBroker(registration) => {
                 self.brokers.insert(registration.id, registration.clone());
+                self.unfence(registration.id);
             }
+            MetadataRecord::FenceBroker { id } => {
+                if !self.fenced.insert(*id) {
+                    return Ok(Applied::Done);
+                }
+                let fenced = self.fenced.clone();
+                for topic in self.topics.values_mut() {
+                    if !topic.partitions.iter().any(|p| p.replicas.contains(id)) {
+                        continue;
+                    }
+                    let topic = Arc::make_mut(topic);
+                    for p in &mut topic.partitions {
+                        if !p.replicas.contains(id) {
+                            continue;
+                        }
+                        let mut changed = false;
+                        if p.isr.contains(id) && p.isr.len() > 1 {
+                            p.isr.retain(|r| r != id);
+                            changed = true;
+                        }
+                        if p.leader == *id {
+                            p.leader = p
+                                .replicas
+                                .iter()
+                                .copied()
+                                .find(|r| p.isr.contains(r) && !fenced.contains(r))
+                                .unwrap_or(-1);
+                            p.leader_epoch += 1;
+                            changed = true;
+                        }
+                        if changed {
+                            p.partition_epoch += 1;
+                        }
+                    }
+                }
+            }
+            MetadataRecord::UnfenceBroker { id } => self.unfence(*id),
             MetadataRecord::AlterPartition {
                 topic,
                 topic_id,
@@ -275,6 +328,30 @@ impl MetadataImage {
         Ok(Applied::Done)
     }
 
+    /// `id` is alive again: partitions without a leader whose ISR names
+    /// it are led by it (a clean election: it has everything committed).
+    fn unfence(&mut self, id: i32) {
+        if !self.fenced.remove(&id) {
+            return;
+        }
+        for topic in self.topics.values_mut() {
+            if !topic
+                .partitions
+                .iter()
+                .any(|p| p.leader < 0 && p.isr.contains(&id))
+            {
+                continue;
+            }
+            for p in &mut Arc::make_mut(topic).partitions {
+                if p.leader < 0 && p.isr.contains(&id) {
+                    p.leader = id;
+                    p.leader_epoch += 1;
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
     fn topic_mut(&mut self, name: &str) -> Result<&mut TopicImage, MetadataError> {
         self.topics
             .get_mut(name)
@@ -294,6 +371,57 @@ mod tests {
             partitions: vec![PartitionRecord::single(1); partitions],
             overrides: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn fencing_moves_leadership_to_a_live_isr_member_and_a_return_restores_an_orphan() {
+        let mut image = MetadataImage::default();
+        let replicated = |leader: i32, isr: Vec<i32>| PartitionRecord {
+            replicas: vec![1, 2, 3],
+            isr,
+            leader,
+            leader_epoch: 4,
+            partition_epoch: 7,
+        };
+        image
+            .apply(&MetadataRecord::CreateTopic {
+                name: "t".into(),
+                id: [1; 16],
+                partitions: vec![replicated(1, vec![1, 2, 3]), replicated(2, vec![2, 3])],
+                overrides: BTreeMap::new(),
+            })
+            .unwrap();
+        image.apply(&MetadataRecord::FenceBroker { id: 1 }).unwrap();
+        let p = &image.topics["t"].partitions;
+        // Broker 1 led p0: the next live ISR member in replica order leads.
+        assert_eq!(
+            (p[0].leader, p[0].leader_epoch, p[0].partition_epoch),
+            (2, 5, 8)
+        );
+        assert_eq!(p[0].isr, [2, 3]);
+        // p1 did not involve broker 1 in its ISR or leadership.
+        assert_eq!(
+            (p[1].leader, p[1].leader_epoch, p[1].partition_epoch),
+            (2, 4, 7)
+        );
+
+        image.apply(&MetadataRecord::FenceBroker { id: 2 }).unwrap();
+        image.apply(&MetadataRecord::FenceBroker { id: 3 }).unwrap();
+        let p = &image.topics["t"].partitions;
+        // The last ISR member stays in it; the partition has no leader.
+        assert_eq!((p[0].leader, &p[0].isr), (-1, &vec![3]));
+        // Broker 2 coming back leads nothing it is not in the ISR of.
+        image
+            .apply(&MetadataRecord::UnfenceBroker { id: 2 })
+            .unwrap();
+        assert_eq!(image.topics["t"].partitions[0].leader, -1);
+        // Broker 3, the last in-sync replica, leads again when it returns.
+        image
+            .apply(&MetadataRecord::UnfenceBroker { id: 3 })
+            .unwrap();
+        let p = &image.topics["t"].partitions;
+        assert_eq!((p[0].leader, p[1].leader), (3, 3));
+        assert!(image.fenced.contains(&1) && !image.fenced.contains(&3));
     }
 
     #[test]

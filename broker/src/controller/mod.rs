@@ -23,6 +23,7 @@
 //! anyone.
 
 pub mod image;
+pub mod liveness;
 pub mod network;
 pub mod placement;
 pub mod store;
@@ -114,9 +115,16 @@ struct Proposal {
     reply: oneshot::Sender<Result<Committed, ProposeError>>,
 }
 
+/// What the controller thread is asked.
+enum Inbox {
+    Propose(Proposal),
+    /// A broker's heartbeat (this node's own broker's).
+    Heartbeat(i32),
+}
+
 /// A handle to the controller thread, shared by every shard.
 pub struct Controller {
-    proposals: async_channel::Sender<Proposal>,
+    proposals: async_channel::Sender<Inbox>,
     published: Arc<Published>,
     /// The Raft leader as this node last saw it.
     leader: Arc<Mutex<Option<u64>>>,
@@ -138,6 +146,9 @@ pub struct Quorum {
     pub election_timeout_ms: u64,
     /// `controller.quorum.fetch.timeout.ms`.
     pub fetch_timeout_ms: u64,
+    /// `broker.session.timeout.ms`: the active controller fences a broker
+    /// it has not heard from for this long.
+    pub session_timeout_ms: u64,
 }
 
 impl Quorum {
@@ -148,6 +159,7 @@ impl Quorum {
             voters: BTreeMap::from([(node_id.max(0) as u64, address)]),
             election_timeout_ms: 1000,
             fetch_timeout_ms: 2000,
+            session_timeout_ms: 9000,
         }
     }
 }
@@ -195,11 +207,12 @@ impl Controller {
         let published = Arc::new(Published::default());
         let machine = store::StateMachine::open(&dir, published.clone())
             .map_err(|e| format!("reading the metadata snapshot in {}: {e}", dir.display()))?;
-        let (proposals, inbox) = async_channel::bounded::<Proposal>(1024);
+        let (proposals, inbox) = async_channel::bounded::<Inbox>(1024);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let config = raft_config(snapshot_every, quorum.election_timeout_ms)?;
         let leader = Arc::new(Mutex::new(None));
         let seen_leader = leader.clone();
+        let for_thread = published.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-controller".into())
             .spawn(move || {
@@ -222,6 +235,7 @@ impl Controller {
                     log,
                     machine,
                     leader: seen_leader,
+                    published: for_thread,
                 };
                 runtime.block_on(run(start, inbox, ready_tx));
             })
@@ -253,12 +267,20 @@ impl Controller {
     pub async fn propose(&self, record: MetadataRecord) -> Result<Committed, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.proposals
-            .send(Proposal { record, reply })
+            .send(Inbox::Propose(Proposal { record, reply }))
             .await
             .map_err(|_| ProposeError::Unavailable("the controller has stopped".into()))?;
         answer
             .await
             .map_err(|_| ProposeError::Unavailable("the controller dropped the request".into()))?
+    }
+
+    /// This broker (`broker`) is alive: passed to the active controller,
+    /// which fences brokers it has not heard from for
+    /// `broker.session.timeout.ms`. Never waits; a heartbeat that finds
+    /// the controller thread busy is dropped (the next one counts).
+    pub fn heartbeat(&self, broker: i32) {
+        let _ = self.proposals.try_send(Inbox::Heartbeat(broker));
     }
 
     /// The newest applied image.
@@ -303,17 +325,21 @@ struct Start {
     log: store::LogStore,
     machine: store::StateMachine,
     leader: Arc<Mutex<Option<u64>>>,
+    published: Arc<Published>,
 }
 
 async fn run(
     start: Start,
-    inbox: async_channel::Receiver<Proposal>,
+    inbox: async_channel::Receiver<Inbox>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let id = start.id;
     let seen_leader = start.leader.clone();
     let fetch_timeout = Duration::from_millis(start.quorum.fetch_timeout_ms.max(1));
-    let raft = match begin(start).await {
+    let session_timeout = Duration::from_millis(start.quorum.session_timeout_ms.max(1));
+    let published = start.published.clone();
+    let liveness = Arc::new(liveness::Liveness::default());
+    let raft = match begin(start, liveness.clone()).await {
         Ok(raft) => {
             let _ = ready.send(Ok(()));
             raft
@@ -335,12 +361,24 @@ async fn run(
             }
         }
     });
-    while let Ok(proposal) = inbox.recv().await {
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let outcome = propose(&raft, proposal.record, fetch_timeout).await;
-            let _ = proposal.reply.send(outcome);
-        });
+    tokio::spawn(liveness::watch(
+        raft.clone(),
+        published,
+        liveness.clone(),
+        session_timeout,
+        fetch_timeout,
+    ));
+    while let Ok(message) = inbox.recv().await {
+        let (raft, liveness) = (raft.clone(), liveness.clone());
+        match message {
+            Inbox::Propose(proposal) => tokio::spawn(async move {
+                let outcome = propose(&raft, proposal.record, fetch_timeout).await;
+                let _ = proposal.reply.send(outcome);
+            }),
+            Inbox::Heartbeat(broker) => tokio::spawn(async move {
+                liveness::heartbeat(&raft, &liveness, broker, fetch_timeout).await;
+            }),
+        };
     }
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "stopping the controller");
@@ -349,7 +387,10 @@ async fn run(
 
 /// Starts Raft and the listener, forms the quorum on first start, and
 /// catches up.
-async fn begin(start: Start) -> Result<Raft<TypeConfig>, String> {
+async fn begin(
+    start: Start,
+    liveness: Arc<liveness::Liveness>,
+) -> Result<Raft<TypeConfig>, String> {
     let Start {
         id,
         quorum,
@@ -358,6 +399,7 @@ async fn begin(start: Start) -> Result<Raft<TypeConfig>, String> {
         log,
         machine,
         leader: _,
+        published: _,
     } = start;
     let raft = Raft::new(id, config, network::Peers, log, machine)
         .await
@@ -368,7 +410,7 @@ async fn begin(start: Start) -> Result<Raft<TypeConfig>, String> {
             .map_err(|e| format!("the controller listener: {e}"))?;
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| format!("the controller listener: {e}"))?;
-        tokio::spawn(network::serve(listener, raft.clone()));
+        tokio::spawn(network::serve(listener, raft.clone(), liveness));
     }
     form(&raft, id, &quorum.voters).await?;
     catch_up(

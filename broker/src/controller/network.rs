@@ -16,6 +16,7 @@
 //! size), so real frames stay far below it.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -34,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::image::{Applied, MetadataError, MetadataRecord};
+use super::liveness::Liveness;
 use super::TypeConfig;
 
 /// Largest frame read; a peer announcing more is cut off.
@@ -51,6 +53,8 @@ pub enum Call {
     /// The leader's read index: the log index a node must have applied to
     /// have seen everything committed when it asked.
     ReadIndex,
+    /// A broker's heartbeat, passed on to the leader.
+    Heartbeat(i32),
 }
 
 /// A forwarded proposal's outcome.
@@ -73,6 +77,8 @@ pub enum Answer {
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Propose(Proposed),
     ReadIndex(Result<u64, String>),
+    /// Whether the heartbeat was recorded (this node leads).
+    Heartbeat(bool),
 }
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> io::Result<()> {
@@ -221,14 +227,14 @@ impl RaftNetwork<TypeConfig> for Peer {
 }
 
 /// Serves the CONTROLLER listener for the life of the controller thread.
-pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>) {
+pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, liveness: Arc<Liveness>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let raft = raft.clone();
+                let (raft, liveness) = (raft.clone(), liveness.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve_peer(stream, raft).await {
+                    if let Err(e) = serve_peer(stream, raft, liveness).await {
                         if e.kind() == io::ErrorKind::InvalidData {
                             warn!(%peer, error = %e, "closing a controller connection: bad frame");
                         } else {
@@ -245,7 +251,11 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>) {
     }
 }
 
-async fn serve_peer(mut stream: TcpStream, raft: Raft<TypeConfig>) -> io::Result<()> {
+async fn serve_peer(
+    mut stream: TcpStream,
+    raft: Raft<TypeConfig>,
+    liveness: Arc<Liveness>,
+) -> io::Result<()> {
     loop {
         let call: Call = read_frame(&mut stream).await?;
         let answer = match call {
@@ -254,6 +264,7 @@ async fn serve_peer(mut stream: TcpStream, raft: Raft<TypeConfig>) -> io::Result
             Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
             Call::Propose(record) => Answer::Propose(propose_here(&raft, record).await),
             Call::ReadIndex => Answer::ReadIndex(read_index(&raft).await),
+            Call::Heartbeat(broker) => super::liveness::on_forwarded(&raft, &liveness, broker),
         };
         write_frame(&mut stream, &answer).await?;
     }

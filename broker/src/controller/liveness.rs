@@ -1,0 +1,157 @@
+//! Broker liveness on the active controller (KIP-631): heartbeats in,
+//! `FenceBroker` / `UnfenceBroker` records out.
+//!
+//! Every broker heartbeats the active controller every
+//! `broker.heartbeat.interval.ms`; the heartbeat reaches the controller
+//! thread of its own node and is forwarded to the Raft leader from there.
+//! The leader keeps the time of each broker's last heartbeat in memory
+//! (not in the log: a new leader starts everyone's clock afresh, giving
+//! them a whole session timeout). A registered broker silent for
+//! `broker.session.timeout.ms` is fenced, which moves its leaderships to
+//! other in-sync replicas (see `MetadataImage::apply`); a fenced broker that
+//! heartbeats again is unfenced.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::Raft;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::network::{Answer, Call, Peer};
+use super::{MetadataRecord, Published, TypeConfig};
+
+/// The last heartbeat of each broker, as the active controller saw it.
+#[derive(Default)]
+pub struct Liveness {
+    seen: Mutex<HashMap<i32, Instant>>,
+}
+
+impl Liveness {
+    pub fn record(&self, broker: i32) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(broker, Instant::now());
+    }
+
+    fn reset(&self, brokers: impl Iterator<Item = i32>) {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.clear();
+        seen.extend(brokers.map(|b| (b, now)));
+    }
+
+    fn last(&self, broker: i32) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&broker)
+            .copied()
+    }
+}
+
+/// A heartbeat from `broker` reached this node's controller: recorded here
+/// if this node leads, else passed on to the leader.
+pub async fn heartbeat(
+    raft: &Raft<TypeConfig>,
+    liveness: &Liveness,
+    broker: i32,
+    fetch_timeout: Duration,
+) {
+    let metrics = raft.metrics().borrow().clone();
+    match metrics.current_leader {
+        Some(leader) if leader == metrics.id => liveness.record(broker),
+        Some(leader) => {
+            let addr = metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone());
+            if let Some(addr) = addr {
+                // A lost heartbeat is made up for by the next one.
+                let _ = Peer::new(leader, addr)
+                    .call(&Call::Heartbeat(broker), fetch_timeout)
+                    .await;
+            }
+        }
+        None => {}
+    }
+}
+
+/// Answers a forwarded heartbeat: recorded if this node leads.
+pub fn on_forwarded(raft: &Raft<TypeConfig>, liveness: &Liveness, broker: i32) -> Answer {
+    let metrics = raft.metrics().borrow().clone();
+    let leads = metrics.current_leader == Some(metrics.id);
+    if leads {
+        liveness.record(broker);
+    }
+    Answer::Heartbeat(leads)
+}
+
+/// While this node leads: fences the registered brokers silent for
+/// `session_timeout`, unfences the fenced ones heard from since.
+pub async fn watch(
+    raft: Raft<TypeConfig>,
+    published: Arc<Published>,
+    liveness: Arc<Liveness>,
+    session_timeout: Duration,
+    fetch_timeout: Duration,
+) {
+    let every = (session_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut leading = false;
+    // Fence or unfence proposals in flight, so each is made once.
+    let in_flight: Arc<Mutex<BTreeSet<i32>>> = Arc::default();
+    loop {
+        tokio::time::sleep(every).await;
+        let metrics = raft.metrics().borrow().clone();
+        let leads = metrics.current_leader == Some(metrics.id);
+        let image = published.get().1;
+        if !leads {
+            leading = false;
+            continue;
+        }
+        if !leading {
+            // Newly leading: everyone gets a whole session from now.
+            leading = true;
+            liveness.reset(image.brokers.keys().copied());
+            continue;
+        }
+        let now = Instant::now();
+        for &broker in image.brokers.keys() {
+            let silent = liveness
+                .last(broker)
+                .is_none_or(|at| now.duration_since(at) > session_timeout);
+            let fenced = image.fenced.contains(&broker);
+            let record = match (fenced, silent) {
+                (false, true) => MetadataRecord::FenceBroker { id: broker },
+                (true, false) => MetadataRecord::UnfenceBroker { id: broker },
+                _ => continue,
+            };
+            if !in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(broker)
+            {
+                continue;
+            }
+            let (raft, in_flight) = (raft.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let what = if fenced { "unfencing" } else { "fencing" };
+                match super::propose(&raft, record, fetch_timeout).await {
+                    Ok(_) if fenced => info!(broker, "broker heard from again: unfenced"),
+                    Ok(_) => warn!(
+                        broker,
+                        "broker silent for broker.session.timeout.ms: fenced, its leaderships moved"
+                    ),
+                    Err(e) => warn!(broker, error = %e, "{what} a broker failed"),
+                }
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&broker);
+            });
+        }
+    }
+}
