@@ -964,10 +964,16 @@ impl Log {
         mode: AppendMode,
         next: Offset,
     ) -> Result<Validated> {
-        if let Some(first) = headers
+        // A follower takes the leader's batches as they are, several of one
+        // producer's at a time; their sequences were checked by the leader,
+        // and they enter this replica's producer state below all the same,
+        // so a producer that retries against it as the next leader gets
+        // its original offsets.
+        let first = headers
             .iter()
             .find(|h| h.producer_id >= 0 && h.base_sequence >= 0)
-        {
+            .filter(|_| mode != AppendMode::Follower);
+        if let Some(first) = first {
             // Kafka's rule: a request from an idempotent producer carries
             // exactly one batch per partition.
             if headers.len() != 1 {
@@ -977,7 +983,7 @@ impl Log {
                     headers.len()
                 )));
             }
-            if mode != AppendMode::Follower {
+            {
                 match self.producers.check(first) {
                     Check::Append => {}
                     Check::Duplicate(meta) => return Ok(Validated::Duplicate(meta)),

@@ -425,6 +425,43 @@ fn follower_appends_keep_the_leaders_offsets_and_must_continue_the_log() {
 }
 
 #[test]
+fn a_follower_takes_several_idempotent_batches_and_answers_their_retries_as_leader() {
+    use common::idempotent_batch;
+    on_each_backend(|_, fs, dir| async move {
+        let mut leader = open(&fs, &dir.with_file_name("leader-0"), LogConfig::default()).await;
+        for seq in [0, 2] {
+            leader
+                .append(idempotent_batch(42, 0, seq, 2), LEADER, NOW)
+                .await
+                .unwrap();
+        }
+        let fetched = leader.read(Offset(0), 1 << 20, None, true).await.unwrap();
+        let mut follower = open(&fs, &dir, LogConfig::default()).await;
+        // Two batches of one idempotent producer in one follower append.
+        follower
+            .append(fetched.records.to_vec(), AppendMode::Follower, NOW)
+            .await
+            .unwrap();
+        assert_eq!(follower.log_end_offset(), Offset(4));
+        // As the next leader it knows the producer: a retry of the second
+        // batch gets its original offsets, and the next sequence follows.
+        let retry = follower
+            .append(idempotent_batch(42, 0, 2, 2), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            (retry.base_offset, retry.last_offset),
+            (Offset(2), Offset(3))
+        );
+        let next = follower
+            .append(idempotent_batch(42, 0, 4, 1), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(next.base_offset, Offset(4));
+    });
+}
+
+#[test]
 fn recovery_truncates_a_torn_tail_and_keeps_flushed_batches() {
     on_each_backend(|backend, fs, dir| async move {
         let config = LogConfig {

@@ -1,6 +1,7 @@
 """Starts a real sluice broker per test on a free loopback port."""
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -30,6 +31,10 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def start(self):
+        self.spawn()
+        self.wait_listening()
+
+    def spawn(self):
         binary = os.environ["SLUICE_BIN"]
         args = [binary, "serve",
                 "--set", f"listeners=PLAINTEXT://127.0.0.1:{self.port}",
@@ -38,10 +43,15 @@ class Broker:
             args += ["--set", item]
         self.stderr = open(os.path.join(self.dir, "broker.log"), "ab")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr)
-        deadline = time.monotonic() + 30
-        line = self.proc.stdout.readline().decode()
-        if "listening on" not in line or time.monotonic() > deadline:
-            raise RuntimeError(f"broker did not start: {line!r}")
+
+    def wait_listening(self, timeout=60):
+        # The broker prints one line once it is ready (or exits, closing
+        # stdout); wait for it with a deadline.
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        if "listening on" not in line:
+            self.kill()
+            raise RuntimeError(f"broker did not start within {timeout} s: {line!r}")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -59,3 +69,55 @@ def broker():
     yield b
     b.kill()
     shutil.rmtree(b.dir, ignore_errors=True)
+
+
+class Cluster:
+    """Three brokers, each a controller voter, with timeouts short enough
+    for a test; every process is killed at teardown."""
+
+    def __init__(self, n=3, extra=()):
+        ports = set()
+        while len(ports) < 2 * n:
+            ports.add(free_port())
+        ports = sorted(ports)
+        voters = ",".join(f"{i + 1}@127.0.0.1:{ports[n + i]}" for i in range(n))
+        self.brokers = []
+        for i in range(n):
+            settings = [
+                f"node.id={i + 1}",
+                f"listeners=PLAINTEXT://127.0.0.1:{ports[i]},CONTROLLER://127.0.0.1:{ports[n + i]}",
+                f"controller.quorum.voters={voters}",
+                "controller.quorum.election.timeout.ms=300",
+                "broker.heartbeat.interval.ms=100",
+                "broker.session.timeout.ms=1000",
+                "replica.lag.time.max.ms=1000",
+                *extra,
+            ]
+            self.brokers.append(Broker.__new__(Broker))
+            b = self.brokers[-1]
+            b.dir = tempfile.mkdtemp(prefix="sluice-py-cluster-")
+            b.port = ports[i]
+            b.extra = settings
+            b.proc = None
+        # Each waits for a quorum before it says it listens: start them all,
+        # then wait for each.
+        for b in self.brokers:
+            b.spawn()
+        for b in self.brokers:
+            b.wait_listening()
+
+    @property
+    def bootstrap(self):
+        return ",".join(b.bootstrap for b in self.brokers)
+
+    def kill(self):
+        for b in self.brokers:
+            b.kill()
+            shutil.rmtree(b.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster()
+    yield c
+    c.kill()

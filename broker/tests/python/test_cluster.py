@@ -1,0 +1,94 @@
+"""A three-broker cluster under an idempotent confluent-kafka producer
+(acks=all, the client's defaults otherwise): the partition's leader is
+killed half-way; every acknowledged message is read back afterwards, once
+and in order, by confluent-kafka and by kafka-python."""
+
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KTopicPartition
+
+
+def wait_for(what, predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def leader_of(admin, topic, partition):
+    md = admin.list_topics(topic, timeout=10)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or partition not in t.partitions:
+        return None
+    p = t.partitions[partition]
+    return p.leader if p.leader > 0 and len(p.isrs) > 0 else None
+
+
+def test_killing_the_leader_loses_and_duplicates_nothing_acknowledged(cluster):
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    topic = "idempotent"
+    futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3,
+                                            config={"min.insync.replicas": "2"})])
+    futures[topic].result(timeout=30)
+    leader = wait_for("a leader", lambda: leader_of(admin, topic, 0))
+
+    acked = []
+    failed = []
+
+    def report(err, msg):
+        if err is None:
+            acked.append((msg.offset(), msg.value().decode()))
+        else:
+            failed.append(err)
+
+    producer = Producer({"bootstrap.servers": cluster.bootstrap,
+                         "enable.idempotence": True,
+                         "linger.ms": 5,
+                         "message.timeout.ms": 60000})
+    total = 2000
+    for i in range(total):
+        producer.produce(topic, value=f"v{i:05d}".encode(), partition=0, on_delivery=report)
+        if i == total // 2:
+            # Mid-stream: batches are in flight to the leader as it dies.
+            cluster.brokers[leader - 1].kill()
+        producer.poll(0)
+    assert producer.flush(60) == 0, "messages still in flight"
+    assert not failed, f"delivery failures: {failed[:5]}"
+    assert len(acked) == total
+    new_leader = wait_for("another leader", lambda: (l := leader_of(admin, topic, 0)) and l != leader and l)
+    assert new_leader != leader
+
+    # Every acknowledged message, once, in the order produced, at the
+    # offsets its acknowledgement named.
+    expected = sorted(acked)
+    assert [v for _, v in expected] == [f"v{i:05d}" for i in range(total)]
+
+    consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "check",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    seen = []
+    deadline = time.monotonic() + 60
+    while len(seen) < total and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            seen.append((msg.offset(), msg.value().decode()))
+    consumer.close()
+    assert seen == expected
+
+    k = KafkaConsumer(bootstrap_servers=cluster.bootstrap.split(","),
+                      enable_auto_commit=False, auto_offset_reset="earliest")
+    k.assign([KTopicPartition(topic, 0)])
+    k.seek_to_beginning()
+    values = []
+    deadline = time.monotonic() + 60
+    while len(values) < total and time.monotonic() < deadline:
+        for records in k.poll(timeout_ms=500).values():
+            values += [m.value.decode() for m in records]
+    k.close()
+    assert values == [v for _, v in expected]
