@@ -518,6 +518,18 @@ fn a_paused_follower_leaves_the_isr_and_rejoins_and_acks_all_needs_min_insync_re
         (produce_raw(cluster.broker(strict_leader), "strict", 0, -1) == 0).then_some(())
     });
     let gone = (1..=3).find(|n| *n != strict_leader).unwrap();
+    // Appended while all three were in sync, then the ISR shrank under it
+    // before it was committed: NOT_ENOUGH_REPLICAS_AFTER_APPEND (20).
+    signal(cluster.broker(gone), libc::SIGSTOP);
+    assert_eq!(
+        produce_raw(cluster.broker(strict_leader), "strict", 0, -1),
+        20
+    );
+    signal(cluster.broker(gone), libc::SIGCONT);
+    poll_until(SETTLE, "the follower to rejoin the strict ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(strict_leader), "strict", 0);
+        (isr.len() == 3).then_some(())
+    });
     cluster.brokers[gone as usize - 1].kill9();
     poll_until(SETTLE, "the dead follower to leave the ISR", || {
         let (_, isr) = leader_and_isr(cluster.broker(strict_leader), "strict", 0);

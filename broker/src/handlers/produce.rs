@@ -53,6 +53,8 @@ struct Append {
     slot: usize,
     tp: TopicPartition,
     topic: Arc<TopicState>,
+    /// `min.insync.replicas` for the partition (acks=all).
+    min_insync: usize,
     records: Bytes,
 }
 
@@ -135,16 +137,14 @@ pub async fn handle(
                 answers.push(Some(failed(index, ResponseError::MessageTooLarge.code())));
                 continue;
             }
-            if terms.acks == -1 {
-                let min_insync = state
-                    .overrides()
-                    .get("min.insync.replicas")
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(broker.config.min_insync_replicas.max(1) as usize);
-                if state.in_sync_replicas(index) < min_insync {
-                    answers.push(Some(failed(index, ResponseError::NotEnoughReplicas.code())));
-                    continue;
-                }
+            let min_insync = state
+                .overrides()
+                .get("min.insync.replicas")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(broker.config.min_insync_replicas.max(1) as usize);
+            if terms.acks == -1 && state.in_sync_replicas(index) < min_insync {
+                answers.push(Some(failed(index, ResponseError::NotEnoughReplicas.code())));
+                continue;
             }
             answers.push(None);
             let tp = TopicPartition::new(name, index);
@@ -154,6 +154,7 @@ pub async fn handle(
                 tp,
                 topic: state.clone(),
                 records,
+                min_insync,
             });
         }
     }
@@ -257,6 +258,14 @@ async fn finish_one(
         let wait =
             partition::wait_for_high_watermark(local, terms.me, &a.tp, &a.topic, info.last_offset);
         match compio::time::timeout(terms.ack_timeout, wait).await {
+            // Committed, but the ISR shrank below min.insync.replicas while
+            // it waited: fewer copies than asked for (Kafka's answer).
+            Ok(Ok(_))
+                if partition::in_sync_count(local, terms.me, &a.tp, &a.topic)
+                    .is_ok_and(|n| n < a.min_insync) =>
+            {
+                return failed(index, ResponseError::NotEnoughReplicasAfterAppend.code())
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return failed(index, errors::code(&e)),
             Err(_) => return failed(index, ResponseError::RequestTimedOut.code()),

@@ -276,6 +276,16 @@ pub fn isr_refused(change: &IsrChange) {
     })
 }
 
+/// How many replicas the partition's ISR holds, as this shard knows it.
+pub fn in_sync_count(
+    local: &LocalShard,
+    me: BrokerId,
+    tp: &TopicPartition,
+    topic: &TopicState,
+) -> Result<usize, Error> {
+    with_entry(local, me, tp, topic, |e| e.state.isr().len())
+}
+
 /// The partition's high watermark.
 pub fn high_watermark(
     local: &LocalShard,
