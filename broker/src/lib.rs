@@ -63,6 +63,8 @@ pub struct Broker {
     /// Request bytes read from clients and not yet handled, broker-wide
     /// (`queued.max.request.bytes`, as Kafka bounds them).
     pub requests: Arc<partition::budget::Budget>,
+    /// `__consumer_offsets` partitions whose groups are being loaded.
+    pub offsets_loading: groups::handover::Loading,
 }
 
 impl Broker {

@@ -174,6 +174,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     let memory = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
     let requests = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
     let broker = Arc::new(Broker {
+        offsets_loading: Default::default(),
         cluster_id,
         memory,
         requests,
@@ -185,6 +186,15 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         groups,
         offsets,
     });
+    // Group coordination follows the offsets partitions' leadership.
+    {
+        let for_handover = broker.clone();
+        runtime
+            .block_on(shard0.spawn(move || {
+                compio::runtime::spawn(crate::groups::handover::follow(for_handover)).detach();
+            }))
+            .map_err(|e| format!("starting the coordinator handover: {e}"))?;
+    }
     // Group sessions and rebalance deadlines advance on shard 0.
     {
         let for_ticker = broker.clone();

@@ -123,6 +123,17 @@ impl Coordinator {
         self.groups[index].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets every group of `__consumer_offsets` partition `partition`
+    /// (this broker stopped leading it, or is about to replay it).
+    pub fn clear_partition(&self, partition: i32) {
+        if let Some(stripe) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.groups.get(p))
+        {
+            stripe.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
     /// Every stripe's lock, one after another.
     fn stripes(&self) -> impl Iterator<Item = std::sync::MutexGuard<'_, HashMap<String, Entry>>> {
         self.groups

@@ -4,5 +4,6 @@
 //! `__consumer_offsets` and replays them at start.
 
 pub mod coordinator;
+pub mod handover;
 pub mod offsets_topic;
 pub mod state;

@@ -25,9 +25,10 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, RecordSet,
     TimestampType,
 };
-use sluice_engine::{AppendMode, Engine, Epoch, Offset, TopicPartition};
+use sluice_engine::{Engine, Offset, TopicPartition};
 
 use super::coordinator::{Committed, Coordinator};
+use crate::Broker;
 
 pub const TOPIC: &str = "__consumer_offsets";
 /// Kafka's `offsets.topic.num.partitions` default.
@@ -135,6 +136,10 @@ pub fn decode_value(mut value: Bytes) -> Option<Committed> {
 /// The default of `sluice.offsets.compact.records`.
 pub const COMPACT_RECORDS: u64 = 100_000;
 
+/// How long a commit waits to be on every in-sync replica
+/// (`offsets.commit.timeout.ms`, Kafka's default).
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest checkpoint batch, in key and value bytes.
 const CHECKPOINT_BATCH_BYTES: usize = 256 << 10;
 
@@ -170,9 +175,13 @@ impl OffsetStore {
         self.partitions[index % self.partitions.len()].lock()
     }
 
+    /// Appends `records` to `partition` as its leader, through the
+    /// partition table (the current leader epoch, the high watermark), and
+    /// returns once they are committed: on every in-sync replica, as Kafka
+    /// answers offset commits (`offsets.commit.required.acks` = -1).
     async fn append(
         &self,
-        engine: &Engine,
+        broker: &Broker,
         partition: i32,
         records: Vec<Record>,
     ) -> Result<Offset, String> {
@@ -187,11 +196,38 @@ impl OffsetStore {
         )
         .map_err(|e| format!("encoding offset records: {e}"))?;
         let tp = TopicPartition::new(TOPIC, partition);
-        engine
-            .append(tp, buf.freeze(), AppendMode::Leader { epoch: Epoch(0) })
+        let topic = broker
+            .topics
+            .get(TOPIC)
+            .ok_or_else(|| format!("{TOPIC} does not exist"))?;
+        let me = broker.config.node_id;
+        let records = buf.freeze();
+        broker
+            .engine
+            .shard_for(&tp)
+            .run(move |local| {
+                Box::pin(async move {
+                    let info = crate::partition::append(&local, me, &tp, &topic, records)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let committed = crate::partition::wait_for_high_watermark(
+                        &local,
+                        me,
+                        &tp,
+                        &topic,
+                        info.last_offset,
+                    );
+                    match compio::time::timeout(COMMIT_TIMEOUT, committed).await {
+                        Ok(Ok(_)) => Ok(info.base_offset),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!(
+                            "the commit was not replicated to the ISR within {COMMIT_TIMEOUT:?}"
+                        )),
+                    }
+                })
+            })
             .await
-            .map(|info| info.base_offset)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?
     }
 
     fn record(key: Bytes, value: Option<Bytes>, offset: i64, timestamp: i64) -> Record {
@@ -218,7 +254,7 @@ impl OffsetStore {
     /// compacts the partition when it is due.
     pub async fn commit(
         &self,
-        engine: &Engine,
+        broker: &Broker,
         coordinator: &Coordinator,
         group: &str,
         offsets: Vec<((String, i32), Committed)>,
@@ -237,11 +273,11 @@ impl OffsetStore {
                 )
             })
             .collect();
-        self.append(engine, partition, records).await?;
+        self.append(broker, partition, records).await?;
         growth.appended += offsets.len() as u64;
         coordinator.record(group, offsets);
         if growth.appended >= self.compact_after.max(2 * growth.live) {
-            match self.compact(engine, coordinator, partition).await {
+            match self.compact(broker, coordinator, partition).await {
                 Ok(live) => {
                     *growth = Growth {
                         appended: live,
@@ -260,10 +296,11 @@ impl OffsetStore {
     /// the partition's lock.
     async fn compact(
         &self,
-        engine: &Engine,
+        broker: &Broker,
         coordinator: &Coordinator,
         partition: i32,
     ) -> Result<u64, String> {
+        let engine = &broker.engine;
         let tp = TopicPartition::new(TOPIC, partition);
         let live = coordinator.committed_where(|group| partition_for(group) == partition);
         let mut batches: Vec<Vec<Record>> = vec![Vec::new()];
@@ -287,7 +324,7 @@ impl OffsetStore {
         }
         let mut start = None;
         for batch in batches.into_iter().filter(|b| !b.is_empty()) {
-            let base = self.append(engine, partition, batch).await?;
+            let base = self.append(broker, partition, batch).await?;
             start.get_or_insert(base);
         }
         let shard = engine.shard_for(&tp);
@@ -315,7 +352,7 @@ impl OffsetStore {
 
     pub async fn tombstone(
         &self,
-        engine: &Engine,
+        broker: &Broker,
         group: &str,
         keys: &[(String, i32)],
     ) -> Result<(), String> {
@@ -329,7 +366,7 @@ impl OffsetStore {
                 Self::record(encode_key(group, topic, *partition), None, i as i64, now)
             })
             .collect();
-        self.append(engine, partition, records).await?;
+        self.append(broker, partition, records).await?;
         growth.appended += keys.len() as u64;
         Ok(())
     }
@@ -339,43 +376,54 @@ impl OffsetStore {
     pub async fn load(&self, engine: &Engine, coordinator: &Coordinator) -> Result<usize, String> {
         let mut restored = 0;
         for p in 0..PARTITIONS {
-            let before = restored;
-            let tp = TopicPartition::new(TOPIC, p);
-            let mut from: Option<Offset> = None;
-            loop {
-                let start = match from {
-                    Some(o) => o,
-                    None => match engine.shard_for(&tp).info(tp.clone()).await {
-                        Ok(info) => info.log_start_offset,
-                        // Its replicas are on other brokers, which
-                        // coordinate its groups.
-                        Err(sluice_engine::Error::UnknownPartition(_)) => break,
-                        Err(e) => return Err(e.to_string()),
-                    },
-                };
-                let read = engine
-                    .read(tp.clone(), start, 1 << 20, None, true)
-                    .await
-                    .map_err(|e| format!("reading {tp}: {e}"))?;
-                if read.records.is_empty() {
-                    break;
-                }
-                for set in decode_batches(&tp, read.records) {
-                    for record in set.records {
-                        let Some((group, topic, partition)) = record.key.and_then(decode_key)
-                        else {
-                            continue;
-                        };
-                        let value = record.value.and_then(decode_value);
-                        coordinator.restore(&group, (topic, partition), value);
-                        restored += 1;
-                    }
-                }
-                from = Some(read.next_offset);
-            }
-            // Replayed records count toward the next compaction.
-            self.lock(p).await.appended = (restored - before) as u64;
+            restored += self.load_partition(engine, coordinator, p).await?;
         }
+        Ok(restored)
+    }
+
+    /// Replays `__consumer_offsets` partition `p` into the coordinator, if
+    /// this broker holds it; returns the records replayed.
+    pub async fn load_partition(
+        &self,
+        engine: &Engine,
+        coordinator: &Coordinator,
+        p: i32,
+    ) -> Result<usize, String> {
+        let mut restored = 0;
+        let tp = TopicPartition::new(TOPIC, p);
+        let mut from: Option<Offset> = None;
+        loop {
+            let start = match from {
+                Some(o) => o,
+                None => match engine.shard_for(&tp).info(tp.clone()).await {
+                    Ok(info) => info.log_start_offset,
+                    // Its replicas are on other brokers, which coordinate
+                    // its groups.
+                    Err(sluice_engine::Error::UnknownPartition(_)) => break,
+                    Err(e) => return Err(e.to_string()),
+                },
+            };
+            let read = engine
+                .read(tp.clone(), start, 1 << 20, None, true)
+                .await
+                .map_err(|e| format!("reading {tp}: {e}"))?;
+            if read.records.is_empty() {
+                break;
+            }
+            for set in decode_batches(&tp, read.records) {
+                for record in set.records {
+                    let Some((group, topic, partition)) = record.key.and_then(decode_key) else {
+                        continue;
+                    };
+                    let value = record.value.and_then(decode_value);
+                    coordinator.restore(&group, (topic, partition), value);
+                    restored += 1;
+                }
+            }
+            from = Some(read.next_offset);
+        }
+        // Replayed records count toward the next compaction.
+        self.lock(p).await.appended = restored as u64;
         Ok(restored)
     }
 }

@@ -16,11 +16,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         let mut error = broker.groups.delete(&group);
         if error == 0 && !committed.is_empty() {
             // Tombstones, so the offsets stay deleted after a restart.
-            if let Err(e) = broker
-                .offsets
-                .tombstone(&broker.engine, &group, &committed)
-                .await
-            {
+            if let Err(e) = broker.offsets.tombstone(broker, &group, &committed).await {
                 tracing::warn!(group = %group, error = %e, "persisting a group deletion failed");
                 error = kafka_protocol::ResponseError::CoordinatorNotAvailable.code();
             }

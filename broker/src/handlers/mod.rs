@@ -104,9 +104,22 @@ pub async fn dispatch(broker: &Broker, request: Request, connection: &Connection
 }
 
 /// NOT_COORDINATOR for a group another broker coordinates (or none does
-/// yet): the client asks FindCoordinator again.
+/// yet): the client asks FindCoordinator again; COORDINATOR_LOAD_IN_PROGRESS
+/// while this broker loads the group's offsets.
 pub(crate) fn not_coordinator(broker: &Broker, group: &str) -> Option<i16> {
-    (!broker.coordinates(group)).then(|| kafka_protocol::ResponseError::NotCoordinator.code())
+    use kafka_protocol::ResponseError;
+    if !broker.coordinates(group) {
+        Some(ResponseError::NotCoordinator.code())
+    } else if broker
+        .offsets_loading
+        .contains(crate::groups::offsets_topic::partition_for(group))
+    {
+        // This broker just became its coordinator and is replaying its
+        // offsets: the client retries shortly.
+        Some(ResponseError::CoordinatorLoadInProgress.code())
+    } else {
+        None
+    }
 }
 
 /// Encodes `body` as the response to `request`.

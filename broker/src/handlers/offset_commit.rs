@@ -68,7 +68,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             // Durable first, then visible: an acknowledged commit survives a crash.
             match broker
                 .offsets
-                .commit(&broker.engine, &broker.groups, &group, known)
+                .commit(broker, &broker.groups, &group, known)
                 .await
             {
                 Ok(()) => code::NONE,

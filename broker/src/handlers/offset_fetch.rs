@@ -26,8 +26,23 @@ fn partition(
 
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: OffsetFetchRequest = decode_body(request)?;
-    let committed = broker.groups.committed(body.group_id.0.as_str());
     let mut response = OffsetFetchResponse::default();
+    if let Some(code) = super::not_coordinator(broker, body.group_id.0.as_str()) {
+        // v2+ carry it at the top; every version per partition.
+        response.error_code = code;
+        for topic in body.topics.iter().flatten() {
+            let mut out = OffsetFetchResponseTopic::default();
+            out.name = topic.name.clone();
+            for &index in &topic.partition_indexes {
+                let mut p = partition(index, None, request.version);
+                p.error_code = code;
+                out.partitions.push(p);
+            }
+            response.topics.push(out);
+        }
+        return respond(request, &response);
+    }
+    let committed = broker.groups.committed(body.group_id.0.as_str());
     match &body.topics {
         Some(topics) => {
             for topic in topics {

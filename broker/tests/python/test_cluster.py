@@ -92,3 +92,51 @@ def test_killing_the_leader_loses_and_duplicates_nothing_acknowledged(cluster):
             values += [m.value.decode() for m in records]
     k.close()
     assert values == [v for _, v in expected]
+
+
+def test_a_groups_committed_offsets_survive_its_coordinator_dying(cluster):
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    topic = "handover"
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3)])[topic].result(timeout=30)
+    wait_for("a leader", lambda: leader_of(admin, topic, 0))
+    producer = Producer({"bootstrap.servers": cluster.bootstrap})
+    for i in range(100):
+        producer.produce(topic, value=f"m{i:03d}".encode(), partition=0)
+    assert producer.flush(30) == 0
+
+    def consumer():
+        c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "g",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                      "session.timeout.ms": 6000})
+        c.subscribe([topic])
+        return c
+
+    first = consumer()
+    got = []
+    deadline = time.monotonic() + 60
+    while len(got) < 40 and time.monotonic() < deadline:
+        msg = first.poll(0.5)
+        if msg is not None and msg.error() is None:
+            got.append(msg)
+    assert len(got) >= 40
+    # Answered once on every in-sync replica of the group's offsets
+    # partition.
+    first.commit(message=got[39], asynchronous=False)
+    first.close()
+
+    group = admin.describe_consumer_groups(["g"])["g"].result(timeout=30)
+    coordinator = group.coordinator.id
+    cluster.brokers[coordinator - 1].kill()
+
+    # Another broker now leads the group's offsets partition and knows the
+    # commit: a new member resumes right after it, not from the start.
+    second = consumer()
+    resumed = None
+    deadline = time.monotonic() + 60
+    while resumed is None and time.monotonic() < deadline:
+        msg = second.poll(0.5)
+        if msg is not None and msg.error() is None:
+            resumed = msg
+    second.close()
+    assert resumed is not None, "nothing consumed after the coordinator died"
+    assert resumed.value().decode() == "m040", resumed.value()
