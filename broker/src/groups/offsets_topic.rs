@@ -218,7 +218,9 @@ impl OffsetStore {
                         info.last_offset,
                     );
                     match compio::time::timeout(COMMIT_TIMEOUT, committed).await {
-                        Ok(Ok(_)) => Ok(info.base_offset),
+                        Ok(Ok(hw)) if hw > info.last_offset => Ok(info.base_offset),
+                        // Woken by a leader change, not by the commit.
+                        Ok(Ok(_)) => Err(format!("{tp} changed leader before the commit")),
                         Ok(Err(e)) => Err(e.to_string()),
                         Err(_) => Err(format!(
                             "the commit was not replicated to the ISR within {COMMIT_TIMEOUT:?}"

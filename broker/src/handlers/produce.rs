@@ -258,6 +258,14 @@ async fn finish_one(
         let wait =
             partition::wait_for_high_watermark(local, terms.me, &a.tp, &a.topic, info.last_offset);
         match compio::time::timeout(terms.ack_timeout, wait).await {
+            // Woken without the high watermark passing the batch: the
+            // partition changed leader (or its waiters overflowed). Not
+            // committed as far as this broker knows: the client retries
+            // against the leader (an idempotent producer without a
+            // duplicate), as Kafka answers its purgatory on a leader change.
+            Ok(Ok(hw)) if hw <= info.last_offset => {
+                return failed(index, ResponseError::NotLeaderOrFollower.code())
+            }
             // Committed, but the ISR shrank below min.insync.replicas while
             // it waited: fewer copies than asked for (Kafka's answer).
             Ok(Ok(_))

@@ -465,4 +465,40 @@ mod tests {
             })
         });
     }
+
+    #[test]
+    fn a_waiter_left_by_a_leader_change_learns_its_batch_was_not_committed() {
+        let tp = TopicPartition::new("t", 0);
+        let record = |leader: i32, leader_epoch: i32| PartitionRecord {
+            replicas: vec![ME, 2],
+            isr: vec![ME, 2],
+            leader,
+            leader_epoch,
+            partition_epoch: leader_epoch,
+        };
+        let (before, after) = (topic(2, record(ME, 3)), topic(2, record(2, 4)));
+        on_shard(&tp.clone(), move |local| {
+            Box::pin(async move {
+                let local = &local;
+                let info = append(local, ME, &tp, &before, one_record()).await.unwrap();
+                let mut waiting = Box::pin(wait_for_high_watermark(
+                    local,
+                    ME,
+                    &tp,
+                    &before,
+                    info.last_offset,
+                ));
+                let cx = &mut std::task::Context::from_waker(std::task::Waker::noop());
+                assert!(waiting.as_mut().poll(cx).is_pending());
+                // Broker 2 leads from epoch 4: the old epoch's waiters are
+                // answered with a high watermark that does not pass their
+                // batch, which the produce handler turns into
+                // NOT_LEADER_OR_FOLLOWER rather than an acknowledgement.
+                let now = high_watermark(local, ME, &tp, &after).unwrap();
+                assert_eq!(now, Offset(0));
+                let woken = waiting.await.unwrap();
+                assert!(woken <= info.last_offset, "{woken:?}");
+            })
+        });
+    }
 }
