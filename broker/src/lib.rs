@@ -76,6 +76,27 @@ impl Broker {
         state.is_some_and(|s| s.has(partition) && s.leader(partition) != self.config.node_id)
     }
 
+    /// The error for a request that names the leader epoch it expects
+    /// (`current_leader_epoch`, -1 for none): FENCED_LEADER_EPOCH if it is
+    /// older than the partition's, UNKNOWN_LEADER_EPOCH if newer (this
+    /// broker's metadata is behind), as KIP-320 has it.
+    pub fn leader_epoch_error(
+        &self,
+        state: &topics::TopicState,
+        partition: i32,
+        current_leader_epoch: i32,
+    ) -> Option<kafka_protocol::ResponseError> {
+        use std::cmp::Ordering;
+        if current_leader_epoch < 0 {
+            return None;
+        }
+        match current_leader_epoch.cmp(&state.leader_epoch(partition)) {
+            Ordering::Less => Some(kafka_protocol::ResponseError::FencedLeaderEpoch),
+            Ordering::Greater => Some(kafka_protocol::ResponseError::UnknownLeaderEpoch),
+            Ordering::Equal => None,
+        }
+    }
+
     /// The broker coordinating `group`: the leader of its
     /// `__consumer_offsets` partition, if it has one.
     pub fn coordinator_of(&self, group: &str) -> Option<i32> {

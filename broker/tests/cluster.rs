@@ -12,9 +12,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest,
+    CreateTopicsRequest, DescribeClusterRequest, DescribeClusterResponse, FetchRequest,
+    MetadataRequest,
 };
 use kafka_protocol::protocol::{Decodable, HeaderVersion, Request};
 
@@ -576,6 +578,33 @@ fn a_dead_leader_is_fenced_another_in_sync_replica_leads_and_nothing_acknowledge
         (now > 0 && now != leader && !isr.contains(&leader)).then_some(now)
     });
     assert_ne!(next, leader);
+    // A consumer still naming the old leader epoch is fenced (KIP-320); one
+    // naming a future epoch is told this broker does not know it yet.
+    let epoch = {
+        let req = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("moves"))),
+        ]));
+        ask(&cluster.broker(next).addr(), 9, &req).topics[0].partitions[0].leader_epoch
+    };
+    assert!(epoch > 0, "the move bumped the leader epoch");
+    for (named, code) in [(epoch - 1, 74), (epoch + 1, 75), (epoch, 0), (-1, 0)] {
+        let fetch = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name("moves"))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(named)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let resp = ask(&cluster.broker(next).addr(), 12, &fetch);
+        assert_eq!(
+            resp.responses[0].partitions[0].error_code, code,
+            "fetch naming epoch {named} (current {epoch})"
+        );
+    }
     // Clients find the new leader and go on.
     let second: String = (0..100).map(|i| format!("b{i}\n")).collect();
     produce(

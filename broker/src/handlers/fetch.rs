@@ -359,6 +359,15 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                 slots.push(data);
                 continue;
             }
+            if let Some(error) = broker.leader_epoch_error(
+                state,
+                partition.partition,
+                partition.current_leader_epoch,
+            ) {
+                data.error_code = error.code();
+                slots.push(data);
+                continue;
+            }
             slots.push(data);
             let tp = TopicPartition::new(name, partition.partition);
             let shard = broker.engine.shard_for(&tp).id();

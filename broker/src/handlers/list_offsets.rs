@@ -74,6 +74,17 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 out.partitions.push(p);
                 continue;
             }
+            if let Some(error) = state.as_deref().and_then(|s| {
+                broker.leader_epoch_error(
+                    s,
+                    partition.partition_index,
+                    partition.current_leader_epoch,
+                )
+            }) {
+                p.error_code = error.code();
+                out.partitions.push(p);
+                continue;
+            }
             let timestamp = partition.timestamp;
             let version = request.version;
             // Consumers see offsets below the high watermark only: "latest"
