@@ -112,22 +112,27 @@ impl Broker {
         self.coordinator_of(group) == Some(self.config.node_id)
     }
 
-    /// The high watermark of `partition` of `state`, read on its shard
-    /// (the log end on a single node; the committed offset with replicas).
+    /// The high watermark of `partition` of the topic (`state`, if it
+    /// exists), read on its shard: the log end on a single node, the
+    /// committed offset with replicas.
     pub async fn high_watermark(
         &self,
-        state: &Arc<topics::TopicState>,
+        state: Option<&Arc<topics::TopicState>>,
         topic: &str,
         partition: i32,
-    ) -> sluice_engine::Result<sluice_engine::Offset> {
+    ) -> sluice_engine::Result<Option<sluice_engine::Offset>> {
+        let Some(state) = state.cloned() else {
+            return Ok(None);
+        };
         let tp = sluice_engine::TopicPartition::new(topic, partition);
-        let (me, state) = (self.config.node_id, state.clone());
+        let me = self.config.node_id;
         self.engine
             .shard_for(&tp)
             .run(move |local| {
                 Box::pin(async move { partition::high_watermark(&local, me, &tp, &state) })
             })
             .await?
+            .map(Some)
     }
 
     /// Runs `f` on a partition's log, on the shard that owns it. A partition

@@ -34,21 +34,16 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             }
             // Records may be deleted below the high watermark only (-1 is
             // the high watermark), as in Kafka.
-            let hw = match &state {
-                Some(state) => {
-                    match broker
-                        .high_watermark(state, &name, partition.partition_index)
-                        .await
-                    {
-                        Ok(hw) => Some(hw),
-                        Err(e) => {
-                            p.error_code = errors::code(&e);
-                            out.partitions.push(p);
-                            continue;
-                        }
-                    }
+            let hw = match broker
+                .high_watermark(state.as_ref(), &name, partition.partition_index)
+                .await
+            {
+                Ok(hw) => hw,
+                Err(e) => {
+                    p.error_code = errors::code(&e);
+                    out.partitions.push(p);
+                    continue;
                 }
-                None => None,
             };
             let requested = match (partition.offset, hw) {
                 (HIGH_WATERMARK, Some(hw)) => hw.0,

@@ -89,21 +89,20 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             let version = request.version;
             // Consumers see offsets below the high watermark only: "latest"
             // is the high watermark, as in Kafka.
-            let hw = match (&state, timestamp) {
-                (Some(state), LATEST) => {
-                    match broker
-                        .high_watermark(state, &name, partition.partition_index)
-                        .await
-                    {
-                        Ok(hw) => Some(hw),
-                        Err(e) => {
-                            p.error_code = errors::code(&e);
-                            out.partitions.push(p);
-                            continue;
-                        }
+            let hw = if timestamp == LATEST {
+                match broker
+                    .high_watermark(state.as_ref(), &name, partition.partition_index)
+                    .await
+                {
+                    Ok(hw) => hw,
+                    Err(e) => {
+                        p.error_code = errors::code(&e);
+                        out.partitions.push(p);
+                        continue;
                     }
                 }
-                _ => None,
+            } else {
+                None
             };
             let found = broker
                 .with_partition_log(

@@ -62,11 +62,7 @@ impl Broker {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let dir = tempfile::Builder::new()
-                .prefix("sluice-it-")
-                .tempdir()
-                .expect("create temp dir");
-            std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
+            let dir = broker_dir();
             let mut broker = Broker {
                 child: None,
                 port: free_port(),
@@ -212,11 +208,7 @@ impl Broker {
     /// it: the brokers of a cluster wait for each other before they are
     /// ready. [`Broker::wait_ready`] then waits.
     pub fn spawn_with(port: u16, extra: &[(String, String)]) -> Broker {
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-it-")
-            .tempdir()
-            .expect("create temp dir");
-        std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
+        let dir = broker_dir();
         let mut broker = Broker {
             child: None,
             port,
@@ -414,6 +406,16 @@ enum StartError {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
+/// A fresh directory for one broker: `data/` (log.dirs) and its stderr.
+fn broker_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-it-")
+        .tempdir()
+        .expect("create temp dir");
+    std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
+    dir
+}
+
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
