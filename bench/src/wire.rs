@@ -98,6 +98,11 @@ pub struct Args {
     /// Replicas of each partition (a cluster, with `--bootstrap-server`).
     #[arg(long, default_value_t = 1)]
     replication_factor: i32,
+    /// Produce at most this many MB/s (10^6 bytes of record values, all
+    /// producers together), paced record by record, so that latency can be
+    /// read below saturation; without it, as fast as the client goes.
+    #[arg(long)]
+    throughput: Option<f64>,
     /// Producer acknowledgements: 0, 1 or all.
     #[arg(long, value_enum, default_value = "1")]
     acks: Acks,
@@ -629,6 +634,11 @@ fn produce(
     }
     let partitions = args.partitions as u64;
     let count = producers.len() as u64;
+    // Seconds between two records of one producer, when paced.
+    let gap = args
+        .throughput
+        .filter(|mb| *mb > 0.0)
+        .map(|mb| workload.value.len() as f64 * count as f64 / (mb * 1e6));
     let start = Instant::now();
     let deadline = start + timeout;
     let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
@@ -640,6 +650,13 @@ fn produce(
                     workload.records / count + u64::from((j as u64) < workload.records % count);
                 scope.spawn(move || {
                     for i in 0..share {
+                        if let Some(gap) = gap {
+                            let due = start + Duration::from_secs_f64(i as f64 * gap);
+                            // Serve delivery reports while waiting.
+                            while let Some(left) = due.checked_duration_since(Instant::now()) {
+                                producer.poll(left);
+                            }
+                        }
                         let partition = ((j as u64 + i / workload.run_length) % partitions) as i32;
                         let mut record = BaseRecord::with_opaque_to(&workload.topic, 0usize)
                             .payload(workload.value.as_slice())
