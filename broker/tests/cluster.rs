@@ -634,3 +634,57 @@ fn a_dead_leader_is_fenced_another_in_sync_replica_leads_and_nothing_acknowledge
         (isr.len() == 3).then_some(())
     });
 }
+
+#[test]
+fn an_acks_1_message_is_invisible_to_consumers_until_the_followers_have_it() {
+    // The followers stay in the ISR for the whole pause (lag 30 s).
+    let cluster = Cluster::start(3);
+    assert_eq!(try_create(cluster.broker(1), "visible", 1, 3), 0);
+    let leader = poll_until(SETTLE, "a leader", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "visible", 0);
+        (leader > 0 && isr.len() == 3).then_some(leader)
+    });
+    poll_until(SETTLE, "a first committed message", || {
+        (produce_raw(cluster.broker(leader), "visible", 0, -1) == 0).then_some(())
+    });
+    let followers: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    let consumer_fetch = || {
+        let fetch = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name("visible"))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(1)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let resp = ask(&cluster.broker(leader).addr(), 12, &fetch);
+        let p = &resp.responses[0].partitions[0];
+        (p.high_watermark, p.records.as_ref().map_or(0, |r| r.len()))
+    };
+    for f in &followers {
+        signal(cluster.broker(*f), libc::SIGSTOP);
+        // Stopped for certain (state T) before anything is produced.
+        let pid = cluster.broker(*f).pid().unwrap();
+        poll_until(SETTLE, "the follower to stop", || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            (state == 'T').then_some(())
+        });
+    }
+    // Acknowledged by the leader alone: not committed, so not served.
+    assert_eq!(produce_raw(cluster.broker(leader), "visible", 0, 1), 0);
+    assert_eq!(
+        consumer_fetch(),
+        (1, 0),
+        "an uncommitted message was served"
+    );
+    for f in &followers {
+        signal(cluster.broker(*f), libc::SIGCONT);
+    }
+    poll_until(SETTLE, "the message to be committed and served", || {
+        let (hw, bytes) = consumer_fetch();
+        (hw == 2 && bytes > 0).then_some(())
+    });
+}
