@@ -20,70 +20,14 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, HeaderVersion, Request};
 
+use common::cluster::Cluster;
 use common::raw::{
     batch, connect, produce_req, read_reply, send, topic_name, typed_request, Reply,
 };
-use common::{consume, free_port, poll_until, produce, values, Broker};
+use common::{consume, poll_until, produce, values, Broker};
 
 /// Bound on every wait for the cluster to reach a state.
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// The brokers of one cluster; dropping it kills them all.
-struct Cluster {
-    brokers: Vec<Broker>,
-}
-
-impl Cluster {
-    /// Starts `n` brokers, node ids 1..=n, all voters, with election
-    /// timeouts short enough for a test, and waits until each is ready.
-    fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, &[])
-    }
-
-    /// [`Cluster::start`] with `extra` settings on every broker.
-    fn start_with(n: usize, extra: &[(&str, &str)]) -> Cluster {
-        let mut ports = BTreeSet::new();
-        while ports.len() < 2 * n {
-            ports.insert(free_port());
-        }
-        let ports: Vec<u16> = ports.into_iter().collect();
-        let voters: Vec<String> = (0..n)
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[n + i]))
-            .collect();
-        let mut brokers: Vec<Broker> = (0..n)
-            .map(|i| {
-                let settings = [
-                    ("node.id", (i + 1).to_string()),
-                    (
-                        "listeners",
-                        format!(
-                            "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
-                            ports[i],
-                            ports[n + i]
-                        ),
-                    ),
-                    ("controller.quorum.voters", voters.join(",")),
-                    ("controller.quorum.election.timeout.ms", "300".to_string()),
-                    ("controller.quorum.fetch.timeout.ms", "600".to_string()),
-                ];
-                let settings: Vec<(String, String)> = settings
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-                    .collect();
-                Broker::spawn_with(ports[i], &settings)
-            })
-            .collect();
-        for broker in &mut brokers {
-            broker.wait_ready();
-        }
-        Cluster { brokers }
-    }
-
-    fn broker(&self, node: i32) -> &Broker {
-        &self.brokers[node as usize - 1]
-    }
-}
 
 /// Sends `req` to `addr` on a fresh connection and decodes the answer.
 fn ask<R: Request>(addr: &str, version: i16, req: &R) -> R::Response {

@@ -16,6 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::Broker;
 
 const JARS: [&str; 5] = [
@@ -104,11 +105,11 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     }
 }
 
-#[test]
-fn java_client_produces_idempotently_and_a_consumer_group_reads_once_and_resumes() {
+/// The check compiled with `javac` into a temporary directory; returns the
+/// directory (kept while it lives) and the classpath to run it with.
+fn compile_check() -> (tempfile::TempDir, String) {
     let jars = jar_dir();
     require_java_and_jars(&jars);
-
     let classes = tempfile::Builder::new()
         .prefix("sluice-java-")
         .tempdir()
@@ -130,37 +131,67 @@ fn java_client_produces_idempotently_and_a_consumer_group_reads_once_and_resumes
         "javac failed:\n{}",
         String::from_utf8_lossy(&compiled.stderr)
     );
-
-    // No initial rebalance delay: each consumer is a new group generation.
-    let mut broker = Broker::start_with(&[("group.initial.rebalance.delay.ms", "0")]);
     let classpath = format!("{}:{}/*", classes.path().display(), jars.display());
+    (classes, classpath)
+}
+
+/// Runs the check against `bootstrap`; returns its stdout, or why not.
+fn run_check(
+    classpath: &str,
+    bootstrap: &str,
+    topic: &str,
+    replication: i16,
+) -> Result<String, String> {
     let mut java = Command::new("java");
     java.arg("-cp")
         .arg(classpath)
         .arg("JavaClientCheck")
-        .arg(broker.addr())
-        .arg("java-clients")
+        .arg(bootstrap)
+        .arg(topic)
         .arg("3")
-        .arg("1000");
+        .arg("1000")
+        .arg(replication.to_string());
     let run = run_with_timeout(java, JAVA_TIMEOUT);
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
     let stderr = String::from_utf8_lossy(&run.stderr);
     if !run.status.success() {
-        broker.fail(&format!(
+        return Err(format!(
             "the Java client check failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
             run.status
         ));
     }
     for step in [
-        "created java-clients with 3 partitions",
-        "produced 1000 records to 3 partitions",
-        "consumed 1000 records once each",
-        "a second consumer in the group read only the 10 new records",
+        format!("created {topic} with 3 partitions"),
+        "produced 1000 records to 3 partitions".to_string(),
+        "consumed 1000 records once each".to_string(),
+        "a second consumer in the group read only the 10 new records".to_string(),
     ] {
-        assert!(
-            stdout.contains(step),
-            "missing step {step:?}:\n{stdout}\n{stderr}"
-        );
+        if !stdout.contains(&step) {
+            return Err(format!("missing step {step:?}:\n{stdout}\n{stderr}"));
+        }
+    }
+    Ok(stdout)
+}
+
+#[test]
+fn java_client_produces_idempotently_and_a_consumer_group_reads_once_and_resumes() {
+    let (_classes, classpath) = compile_check();
+    // No initial rebalance delay: each consumer is a new group generation.
+    let mut broker = Broker::start_with(&[("group.initial.rebalance.delay.ms", "0")]);
+    if let Err(why) = run_check(&classpath, &broker.addr(), "java-clients", 1) {
+        broker.fail(&why);
     }
     broker.assert_running_after("the Java client check");
+}
+
+/// The same check against three brokers, with three replicas per
+/// partition: the client finds each partition's leader and its group's
+/// coordinator among them, and acks=all waits for the followers.
+#[test]
+fn java_client_works_against_a_three_broker_cluster_with_three_replicas() {
+    let (_classes, classpath) = compile_check();
+    let cluster = Cluster::start_with(3, &[("group.initial.rebalance.delay.ms", "0")]);
+    if let Err(why) = run_check(&classpath, &cluster.bootstrap(), "java-cluster", 3) {
+        cluster.brokers[0].fail(&why);
+    }
 }

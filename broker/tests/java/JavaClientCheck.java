@@ -53,10 +53,12 @@ public final class JavaClientCheck {
 
     public static void main(String[] args) {
         try {
-            if (args.length != 4) {
-                throw new CheckFailed("usage: JavaClientCheck BOOTSTRAP TOPIC PARTITIONS RECORDS");
+            if (args.length != 4 && args.length != 5) {
+                throw new CheckFailed(
+                        "usage: JavaClientCheck BOOTSTRAP TOPIC PARTITIONS RECORDS [REPLICATION_FACTOR]");
             }
-            run(args[0], args[1], Integer.parseInt(args[2]), Integer.parseInt(args[3]));
+            short replication = args.length == 5 ? Short.parseShort(args[4]) : 1;
+            run(args[0], args[1], Integer.parseInt(args[2]), Integer.parseInt(args[3]), replication);
         } catch (Throwable e) {
             System.out.println("FAILED: " + e);
             e.printStackTrace(System.out);
@@ -68,10 +70,10 @@ public final class JavaClientCheck {
         System.exit(0);
     }
 
-    private static void run(String bootstrap, String topic, int partitions, int records)
-            throws Exception {
+    private static void run(String bootstrap, String topic, int partitions, int records,
+            short replication) throws Exception {
         String group = topic + "-group";
-        createTopic(bootstrap, topic, partitions);
+        createTopic(bootstrap, topic, partitions, replication);
         System.out.println("created " + topic + " with " + partitions + " partitions");
 
         Map<Integer, List<String>> sent = produce(bootstrap, topic, "first-", records);
@@ -94,12 +96,13 @@ public final class JavaClientCheck {
                 + " new records");
     }
 
-    private static void createTopic(String bootstrap, String topic, int partitions)
+    private static void createTopic(String bootstrap, String topic, int partitions,
+            short replication)
             throws Exception {
         Properties p = new Properties();
         p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         try (Admin admin = Admin.create(p)) {
-            admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1)))
+            admin.createTopics(List.of(new NewTopic(topic, partitions, replication)))
                     .all()
                     .get(30, TimeUnit.SECONDS);
         }
