@@ -90,6 +90,23 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         controller_listener,
         crate::controller::SNAPSHOT_EVERY,
     )?);
+    // This broker's heartbeat to the active controller, from as soon as
+    // there is one: start-up (registration, the offsets topic, loading
+    // groups) may take longer than a session.
+    {
+        let controller = controller.clone();
+        let (me, every) = (
+            config.node_id,
+            Duration::from_millis(config.broker_heartbeat_interval_ms),
+        );
+        std::thread::Builder::new()
+            .name("sluice-heartbeat".into())
+            .spawn(move || loop {
+                controller.heartbeat(me);
+                std::thread::sleep(every);
+            })
+            .map_err(|e| format!("starting the heartbeat thread: {e}"))?;
+    }
     let startup =
         sluice_engine::shard::client_runtime().map_err(|e| format!("start-up runtime: {e}"))?;
     let cluster_id = startup.block_on(cluster_id(&controller, &config.log_dir, config.node_id))?;
@@ -211,21 +228,6 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             .map_err(|e| format!("starting the group ticker: {e}"))?;
     }
     crate::replica::start(&broker)?;
-    // This broker's heartbeat to the active controller.
-    {
-        let controller = broker.controller.clone();
-        let (me, every) = (
-            broker.config.node_id,
-            Duration::from_millis(broker.config.broker_heartbeat_interval_ms),
-        );
-        std::thread::Builder::new()
-            .name("sluice-heartbeat".into())
-            .spawn(move || loop {
-                controller.heartbeat(me);
-                std::thread::sleep(every);
-            })
-            .map_err(|e| format!("starting the heartbeat thread: {e}"))?;
-    }
     for shard in broker.engine.shards() {
         let listener = bind_reuseport(broker.config.listen)
             .map_err(|e| format!("listening on {}: {e}", broker.config.listen))?;

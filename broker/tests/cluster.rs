@@ -522,6 +522,21 @@ fn a_dead_leader_is_fenced_another_in_sync_replica_leads_and_nothing_acknowledge
         (now > 0 && now != leader && !isr.contains(&leader)).then_some(now)
     });
     assert_ne!(next, leader);
+    // Metadata lists the dead broker's replica as offline, and the broker
+    // itself no longer.
+    {
+        let req = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("moves"))),
+        ]));
+        let resp = ask(&cluster.broker(next).addr(), 9, &req);
+        let offline: Vec<i32> = resp.topics[0].partitions[0]
+            .offline_replicas
+            .iter()
+            .map(|b| b.0)
+            .collect();
+        assert_eq!(offline, [leader]);
+        assert!(resp.brokers.iter().all(|b| b.node_id.0 != leader));
+    }
     // A consumer still naming the old leader epoch is fenced (KIP-320); one
     // naming a future epoch is told this broker does not know it yet.
     let epoch = {

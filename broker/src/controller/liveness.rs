@@ -120,9 +120,13 @@ pub async fn watch(
         }
         let now = Instant::now();
         for &broker in image.brokers.keys() {
-            let silent = liveness
-                .last(broker)
-                .is_none_or(|at| now.duration_since(at) > session_timeout);
+            // A broker registered since this node took over starts its
+            // session now: it registers before it first heartbeats.
+            let last = liveness.last(broker).unwrap_or_else(|| {
+                liveness.record(broker);
+                now
+            });
+            let silent = now.duration_since(last) > session_timeout;
             let fenced = image.fenced.contains(&broker);
             let record = match (fenced, silent) {
                 (false, true) => MetadataRecord::FenceBroker { id: broker },

@@ -25,11 +25,12 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     // The active controller: the Raft leader (-1 while there is none).
     response.controller_id = BrokerId(broker.controller.leader().unwrap_or(-1));
     response.cluster_authorized_operations = i32::MIN;
-    response.brokers = broker
-        .topics
-        .image()
+    let image = broker.topics.image();
+    // Live brokers only, as Kafka answers: a fenced one is down.
+    response.brokers = image
         .brokers
         .values()
+        .filter(|r| !image.fenced.contains(&r.id))
         .map(|r| {
             let mut b = DescribeClusterBroker::default();
             b.broker_id = BrokerId(r.id);

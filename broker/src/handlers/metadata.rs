@@ -17,7 +17,14 @@ use crate::codec::{decode_body, Request};
 use crate::topics::{TopicError, TopicState};
 use crate::Broker;
 
-fn describe(name: &str, state: Option<&TopicState>, error: i16) -> MetadataResponseTopic {
+/// One topic as Metadata shows it; replicas on `fenced` brokers are listed
+/// as offline, as Kafka lists replicas whose broker is down.
+fn describe(
+    name: &str,
+    state: Option<&TopicState>,
+    error: i16,
+    fenced: &std::collections::BTreeSet<i32>,
+) -> MetadataResponseTopic {
     let mut topic = MetadataResponseTopic::default();
     topic.name = Some(TopicName(str_bytes(name)));
     topic.error_code = error;
@@ -37,6 +44,13 @@ fn describe(name: &str, state: Option<&TopicState>, error: i16) -> MetadataRespo
                 partition.leader_epoch = record.leader_epoch;
                 partition.replica_nodes = record.replicas.iter().copied().map(BrokerId).collect();
                 partition.isr_nodes = record.isr.iter().copied().map(BrokerId).collect();
+                partition.offline_replicas = record
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| fenced.contains(r))
+                    .map(BrokerId)
+                    .collect();
                 if record.leader < 0 {
                     partition.error_code = ResponseError::LeaderNotAvailable.code();
                 }
@@ -50,11 +64,14 @@ fn describe(name: &str, state: Option<&TopicState>, error: i16) -> MetadataRespo
 pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     let body: MetadataRequest = decode_body(request)?;
     let mut response = MetadataResponse::default();
-    response.brokers = broker
-        .topics
-        .image()
+    let image = broker.topics.image();
+    let fenced = image.fenced.clone();
+    // Fenced brokers are down as far as clients are concerned (Kafka lists
+    // only live ones); their replicas show as offline below.
+    response.brokers = image
         .brokers
         .values()
+        .filter(|r| !fenced.contains(&r.id))
         .map(|r| {
             let mut b = MetadataResponseBroker::default();
             b.node_id = BrokerId(r.id);
@@ -74,7 +91,9 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
     match body.topics {
         None => {
             for (name, state) in broker.topics.all() {
-                response.topics.push(describe(&name, Some(&state), 0));
+                response
+                    .topics
+                    .push(describe(&name, Some(&state), 0, &fenced));
             }
         }
         Some(requested) => {
@@ -85,7 +104,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                         .name_of(topic.topic_id.into_bytes())
                         .and_then(|name| Some((broker.topics.get(&name)?, name)));
                     response.topics.push(match found {
-                        Some((state, name)) => describe(&name, Some(&state), 0),
+                        Some((state, name)) => describe(&name, Some(&state), 0, &fenced),
                         None => {
                             let mut unknown = MetadataResponseTopic::default();
                             unknown.topic_id = topic.topic_id;
@@ -106,16 +125,27 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                     )
                     .await;
                 let described = match found {
-                    Ok(Some(state)) => describe(&name, Some(&state), 0),
-                    Ok(None) => {
-                        describe(&name, None, ResponseError::UnknownTopicOrPartition.code())
-                    }
-                    Err(TopicError::InvalidName(..)) => {
-                        describe(&name, None, ResponseError::InvalidTopicException.code())
-                    }
+                    Ok(Some(state)) => describe(&name, Some(&state), 0, &fenced),
+                    Ok(None) => describe(
+                        &name,
+                        None,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                        &fenced,
+                    ),
+                    Err(TopicError::InvalidName(..)) => describe(
+                        &name,
+                        None,
+                        ResponseError::InvalidTopicException.code(),
+                        &fenced,
+                    ),
                     Err(e) => {
                         warn!(topic = %name, error = %e, "auto-creating a topic failed");
-                        describe(&name, None, ResponseError::LeaderNotAvailable.code())
+                        describe(
+                            &name,
+                            None,
+                            ResponseError::LeaderNotAvailable.code(),
+                            &fenced,
+                        )
                     }
                 };
                 response.topics.push(described);
