@@ -206,10 +206,7 @@ fn partitions_and_groups_spread_over_the_brokers_and_clients_follow_their_leader
     assert_eq!(try_create(cluster.broker(1), "too-many", 1, 4), 38);
 
     let metadata = poll_until(SETTLE, "broker 2 to serve the topic", || {
-        let req = MetadataRequest::default().with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(topic_name("spread"))),
-        ]));
-        let resp = ask(&cluster.broker(2).addr(), 9, &req);
+        let resp = metadata_of(cluster.broker(2), "spread");
         (resp.topics[0].error_code == 0).then_some(resp)
     });
     let leaders: Vec<i32> = {
@@ -358,12 +355,17 @@ fn three_replicas_hold_the_same_bytes_and_acks_all_answers_once_they_do() {
     }
 }
 
-/// Partition `p` of `topic` as `broker` describes it: (leader, ISR).
-fn leader_and_isr(broker: &Broker, topic: &str, p: i32) -> (i32, Vec<i32>) {
+/// Metadata (v9) of `topic` from `broker`.
+fn metadata_of(broker: &Broker, topic: &str) -> kafka_protocol::messages::MetadataResponse {
     let req = MetadataRequest::default().with_topics(Some(vec![
         MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
     ]));
-    let resp = ask(&broker.addr(), 9, &req);
+    ask(&broker.addr(), 9, &req)
+}
+
+/// Partition `p` of `topic` as `broker` describes it: (leader, ISR).
+fn leader_and_isr(broker: &Broker, topic: &str, p: i32) -> (i32, Vec<i32>) {
+    let resp = metadata_of(broker, topic);
     let part = resp.topics[0]
         .partitions
         .iter()
@@ -525,10 +527,7 @@ fn a_dead_leader_is_fenced_another_in_sync_replica_leads_and_nothing_acknowledge
     // Metadata lists the dead broker's replica as offline, and the broker
     // itself no longer.
     {
-        let req = MetadataRequest::default().with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(topic_name("moves"))),
-        ]));
-        let resp = ask(&cluster.broker(next).addr(), 9, &req);
+        let resp = metadata_of(cluster.broker(next), "moves");
         let offline: Vec<i32> = resp.topics[0].partitions[0]
             .offline_replicas
             .iter()
@@ -539,12 +538,7 @@ fn a_dead_leader_is_fenced_another_in_sync_replica_leads_and_nothing_acknowledge
     }
     // A consumer still naming the old leader epoch is fenced (KIP-320); one
     // naming a future epoch is told this broker does not know it yet.
-    let epoch = {
-        let req = MetadataRequest::default().with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(topic_name("moves"))),
-        ]));
-        ask(&cluster.broker(next).addr(), 9, &req).topics[0].partitions[0].leader_epoch
-    };
+    let epoch = metadata_of(cluster.broker(next), "moves").topics[0].partitions[0].leader_epoch;
     assert!(epoch > 0, "the move bumped the leader epoch");
     for (named, code) in [(epoch - 1, 74), (epoch + 1, 75), (epoch, 0), (-1, 0)] {
         let fetch = FetchRequest::default()

@@ -19,7 +19,7 @@ use openraft::Raft;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::network::{Answer, Call, Peer};
+use super::network::{leader_peer, Answer, Call};
 use super::{MetadataRecord, Published, TypeConfig};
 
 /// The last heartbeat of each broker, as the active controller saw it.
@@ -61,22 +61,11 @@ pub async fn heartbeat(
     fetch_timeout: Duration,
 ) {
     let metrics = raft.metrics().borrow().clone();
-    match metrics.current_leader {
-        Some(leader) if leader == metrics.id => liveness.record(broker),
-        Some(leader) => {
-            let addr = metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone());
-            if let Some(addr) = addr {
-                // A lost heartbeat is made up for by the next one.
-                let _ = Peer::new(leader, addr)
-                    .call(&Call::Heartbeat(broker), fetch_timeout)
-                    .await;
-            }
-        }
-        None => {}
+    if metrics.current_leader == Some(metrics.id) {
+        liveness.record(broker);
+    } else if let Some(mut leader) = leader_peer(&metrics) {
+        // A lost heartbeat is made up for by the next one.
+        let _ = leader.call(&Call::Heartbeat(broker), fetch_timeout).await;
     }
 }
 

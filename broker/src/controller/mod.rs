@@ -490,13 +490,7 @@ async fn catch_up(raft: &Raft<TypeConfig>, id: u64, fetch_timeout: Duration) -> 
                 }
             }
             Some(leader) => {
-                let addr = metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&leader)
-                    .map(|node| node.addr.clone());
-                if let Some(addr) = addr {
-                    let mut peer = network::Peer::new(leader, addr);
+                if let Some(mut peer) = network::leader_peer(&metrics) {
                     if let Ok(network::Answer::ReadIndex(Ok(index))) =
                         peer.call(&network::Call::ReadIndex, fetch_timeout).await
                     {

@@ -168,6 +168,14 @@ impl Peer {
     }
 }
 
+/// A connection to the Raft leader as `metrics` know it, unless this node
+/// leads or no leader is known.
+pub fn leader_peer(metrics: &openraft::RaftMetrics<u64, BasicNode>) -> Option<Peer> {
+    let leader = metrics.current_leader.filter(|l| *l != metrics.id)?;
+    let node = metrics.membership_config.membership().get_node(&leader)?;
+    Some(Peer::new(leader, node.addr.clone()))
+}
+
 /// Makes a [`Peer`] for each controller openraft talks to.
 pub struct Peers;
 
