@@ -19,12 +19,16 @@
 //! Each shard also watches the ISRs of the partitions it leads
 //! ([`watch_isr`]) and proposes the changes lag calls for.
 //!
-//! A follower asked to fetch past its leader's log end (it has more than a
-//! newly elected leader) truncates to the leader's high watermark and
-//! fetches again.
+//! Each fetch names the epoch of the follower's last batch
+//! (`last_fetched_epoch`). A leader whose log does not have the follower's
+//! as a prefix (the follower took batches from an old leader that the new
+//! one never had) answers `diverging_epoch`: where that epoch ends in its
+//! log. The follower truncates exactly there ([`truncation_offset`]), never
+//! blindly to its high watermark, and fetches again (KIP-320, KIP-595).
+//! A follower whose log ends below its leader's log start (retention or
+//! DeleteRecords moved it) empties its log and starts again there.
 //!
-//! Not yet (issue 10): truncation at the exact divergence point by leader
-//! epoch (`last_fetched_epoch`); per-fetcher metrics.
+//! Not yet: per-fetcher metrics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,7 +43,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use sluice_engine::shard::LocalShard;
-use sluice_engine::{AppendMode, Offset, TopicPartition};
+use sluice_engine::{AppendMode, Epoch, Offset, TopicPartition};
 use tracing::{debug, info, warn};
 
 use crate::controller::MetadataRecord;
@@ -262,7 +266,8 @@ async fn fetch_loop(
 }
 
 /// Appends what the leader sent for one partition and takes its high
-/// watermark.
+/// watermark; or truncates where the leader says this log diverges, or
+/// starts again at the leader's log start.
 async fn take(
     broker: &Broker,
     local: &LocalShard,
@@ -270,23 +275,68 @@ async fn take(
     data: kafka_protocol::messages::fetch_response::PartitionData,
 ) {
     let tp = &followed.tp;
-    if data.error_code == OFFSET_OUT_OF_RANGE && data.high_watermark >= 0 {
-        // This replica has more than its leader: a new leader, elected
-        // from the ISR, lacks what this one appended as the old leader or
-        // fetched from it beyond the high watermark. Until leader epochs
-        // locate the divergence (part 2), cut back to the leader's high
-        // watermark, below which every ISR member agrees, and fetch again.
-        let to = Offset(data.high_watermark);
+    if data.diverging_epoch.end_offset >= 0 {
+        let leader = (
+            Epoch(data.diverging_epoch.epoch),
+            Offset(data.diverging_epoch.end_offset),
+        );
         let cut = local
-            .with_log(tp, move |log, now| Box::pin(log.truncate_to(to, now)))
+            .with_log(tp, move |log, now| {
+                Box::pin(async move {
+                    let first_start = log.epoch_cache().entries().first().map(|&(_, s)| s);
+                    let to = truncation_offset(
+                        leader,
+                        log.end_offset_for_epoch(leader.0),
+                        first_start,
+                        log.log_end_offset(),
+                    );
+                    log.truncate_to(to, now).await.map(|()| to)
+                })
+            })
             .await;
         match cut {
-            Ok(()) => {
-                warn!(partition = %tp, to = to.0, "ahead of the leader: truncated to its high watermark")
-            }
+            Ok(to) => info!(
+                partition = %tp,
+                leader_epoch = leader.0 .0,
+                leader_end = leader.1 .0,
+                to = to.0,
+                "the log diverged from the leader's: truncated"
+            ),
             Err(e) => {
-                warn!(partition = %tp, error = %e, "truncating to the leader's high watermark failed")
+                warn!(partition = %tp, error = %e, "truncating to the divergence point failed")
             }
+        }
+        return;
+    }
+    if data.error_code == OFFSET_OUT_OF_RANGE && data.high_watermark >= 0 {
+        let leader_start = Offset(data.log_start_offset);
+        let cut = local
+            .with_log(tp, move |log, now| {
+                Box::pin(async move {
+                    if log.log_end_offset() < leader_start {
+                        // Retention or DeleteRecords on the leader moved
+                        // its log start past this log's end: what lies
+                        // between is gone, so start again there.
+                        log.restart_at(leader_start, now)
+                            .await
+                            .map(|()| leader_start)
+                    } else {
+                        // This log is ahead of its leader's and has no
+                        // leader epochs to locate the divergence (batches
+                        // written before epochs were kept): cut back to the
+                        // leader's high watermark, below which every ISR
+                        // member agrees.
+                        let to = Offset(data.high_watermark);
+                        log.truncate_to(to, now).await.map(|()| to)
+                    }
+                })
+            })
+            .await;
+        match cut {
+            Ok(to) => {
+                warn!(partition = %tp, to = to.0, "out of the leader's range: the log now ends at {}", to.0)
+            }
+            Err(e) => warn!(partition = %tp, error = %e, "truncating to the leader's range failed"),
         }
         return;
     }
@@ -309,13 +359,45 @@ async fn take(
     }
 }
 
+/// Where a follower truncates when its leader answers that its log
+/// diverges (KIP-320), given: `leader`, the largest epoch the leader has
+/// at most this log's last epoch and where it ends there; `own`, this
+/// log's answer for that epoch (its largest epoch at most the leader's,
+/// and where that ends here, or −1s if it has none); `first_start`, where
+/// this log's earliest known epoch starts; and the log end.
+///
+/// With the same epoch on both sides, the logs agree up to the smaller
+/// end. When this log lacks the leader's epoch, what follows its own
+/// largest earlier epoch is of epochs the leader never had: cut there and
+/// let the next fetch compare again. With no earlier epoch at all, none
+/// of this log's epochs is the leader's. The result is always below the
+/// log end when the leader found a divergence, so the follower converges.
+pub fn truncation_offset(
+    leader: (Epoch, Offset),
+    own: (Epoch, Offset),
+    first_start: Option<Offset>,
+    log_end: Offset,
+) -> Offset {
+    let (leader_epoch, leader_end) = leader;
+    let to = if leader_epoch.0 < 0 {
+        leader_end
+    } else if own.0 == leader_epoch {
+        leader_end.min(own.1)
+    } else if own.0 .0 >= 0 {
+        own.1
+    } else {
+        leader_end.min(first_start.unwrap_or(log_end))
+    };
+    to.min(log_end)
+}
+
 /// One fetch of every followed partition that is open here, from its log
 /// end.
 fn fetch_request(local: &LocalShard, me: i32, parts: &[Followed]) -> FetchRequest {
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
     for f in parts {
         // Not open yet (the metadata is ahead of this shard): next time.
-        let Some(log_end) = local.log_end_offset(&f.tp) else {
+        let Some((log_end, last_epoch)) = local.log_end_and_epoch(&f.tp) else {
             continue;
         };
         topics.entry(f.tp.topic.as_str()).or_default().push(
@@ -323,7 +405,7 @@ fn fetch_request(local: &LocalShard, me: i32, parts: &[Followed]) -> FetchReques
                 .with_partition(f.tp.partition)
                 .with_current_leader_epoch(f.leader_epoch)
                 .with_fetch_offset(log_end.0)
-                .with_last_fetched_epoch(-1)
+                .with_last_fetched_epoch(last_epoch.0)
                 .with_log_start_offset(-1)
                 .with_partition_max_bytes(PARTITION_MAX_BYTES),
         );
@@ -368,4 +450,41 @@ fn encode_request(request: &FetchRequest, correlation_id: i32) -> std::io::Resul
     let len = u32::try_from(buf.len() - 4).map_err(std::io::Error::other)?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_offsets_follow_the_divergence_rules() {
+        let o = |v| Offset(v);
+        let e = |v| Epoch(v);
+        // (leader's answer, own answer for that epoch, own first epoch
+        // start, log end) → truncate to.
+        let cases = [
+            // Same epoch, the leader's ended first: there.
+            ((e(3), o(100)), (e(3), o(120)), Some(o(0)), o(120), 100),
+            // Same epoch, this log's ended first (later epochs follow).
+            ((e(3), o(100)), (e(3), o(90)), Some(o(0)), o(130), 90),
+            // This log lacks epoch 4: it keeps up to the end of its epoch
+            // 2, and the next fetch compares again.
+            ((e(4), o(100)), (e(2), o(80)), Some(o(0)), o(130), 80),
+            // No epoch here at most the leader's: keep what precedes this
+            // log's first epoch, or the leader's end if lower.
+            ((e(1), o(50)), (e(-1), o(-1)), Some(o(40)), o(70), 40),
+            ((e(1), o(30)), (e(-1), o(-1)), Some(o(40)), o(70), 30),
+            // The leader has no epoch that old: its log start.
+            ((e(-1), o(20)), (e(2), o(60)), Some(o(0)), o(70), 20),
+            // Never past the log end.
+            ((e(3), o(500)), (e(3), o(600)), Some(o(0)), o(70), 70),
+        ];
+        for (leader, own, first, end, want) in cases {
+            assert_eq!(
+                truncation_offset(leader, own, first, end),
+                Offset(want),
+                "leader {leader:?}, own {own:?}, first {first:?}, end {end:?}"
+            );
+        }
+    }
 }

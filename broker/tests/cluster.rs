@@ -641,3 +641,148 @@ fn an_acks_1_message_is_invisible_to_consumers_until_the_followers_have_it() {
         (hw == 2 && bytes > 0).then_some(())
     });
 }
+
+/// Waits until `broker`'s process is stopped (state T).
+fn wait_stopped(broker: &Broker) {
+    let pid = broker.pid().expect("running");
+    poll_until(SETTLE, "the broker to stop", || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        (state == 'T').then_some(())
+    });
+}
+
+#[test]
+fn an_old_leader_truncates_what_its_successor_never_had_exactly_where_the_logs_diverge() {
+    // Followers stay in the ISR while paused (lag 30 s); a dead broker is
+    // fenced after one second.
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "100"),
+            ("broker.session.timeout.ms", "1000"),
+            ("min.insync.replicas", "2"),
+        ],
+    );
+    assert_eq!(try_create(cluster.broker(1), "diverge", 1, 3), 0);
+    let leader = poll_until(SETTLE, "a leader", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "diverge", 0);
+        (leader > 0 && isr.len() == 3).then_some(leader)
+    });
+    poll_until(SETTLE, "a first committed message", || {
+        (produce_raw(cluster.broker(leader), "diverge", 0, -1) == 0).then_some(())
+    });
+    let followers: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    for f in &followers {
+        signal(cluster.broker(*f), libc::SIGSTOP);
+        wait_stopped(cluster.broker(*f));
+    }
+    // Three messages only the leader has (acks=1), then it dies.
+    for _ in 0..3 {
+        assert_eq!(produce_raw(cluster.broker(leader), "diverge", 0, 1), 0);
+    }
+    let before = segments(cluster.broker(leader), "diverge-0");
+    cluster.brokers[leader as usize - 1].kill9();
+    for f in &followers {
+        signal(cluster.broker(*f), libc::SIGCONT);
+    }
+    let next = poll_until(SETTLE, "a follower to lead", || {
+        let (now, isr) = leader_and_isr(cluster.broker(followers[0]), "diverge", 0);
+        (followers.contains(&now) && !isr.contains(&leader)).then_some(now)
+    });
+    // The new leader's epoch begins where the old one's uncommitted
+    // messages were.
+    poll_until(SETTLE, "a message committed under the new leader", || {
+        (produce_raw(cluster.broker(next), "diverge", 0, -1) == 0).then_some(())
+    });
+
+    let old = &mut cluster.brokers[leader as usize - 1];
+    old.spawn_again();
+    old.wait_ready();
+    poll_until(SETTLE, "the old leader to rejoin the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(next), "diverge", 0);
+        (isr.len() == 3).then_some(())
+    });
+    // It kept what was committed, dropped the three messages never
+    // committed, and holds the new leader's bytes from there.
+    let leaders = segments(cluster.broker(next), "diverge-0");
+    poll_until(SETTLE, "the old leader's log to match", || {
+        (segments(cluster.broker(leader), "diverge-0") == leaders).then_some(())
+    });
+    assert_ne!(before, leaders, "the old leader's log had different bytes");
+    // Found by leader epoch (not by the out-of-range fallback).
+    let log = cluster.broker(leader).stderr();
+    assert!(
+        log.contains("the log diverged from the leader's: truncated"),
+        "no divergence truncation in:\n{log}"
+    );
+}
+
+#[test]
+fn a_follower_whose_log_ends_below_its_leaders_log_start_starts_again_there() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::DeleteRecordsRequest;
+    let cluster = Cluster::start_with(3, &[("replica.lag.time.max.ms", "1000")]);
+    assert_eq!(try_create(cluster.broker(1), "behind", 1, 3), 0);
+    let leader = poll_until(SETTLE, "a leader", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "behind", 0);
+        (leader > 0 && isr.len() == 3).then_some(leader)
+    });
+    poll_until(SETTLE, "a first committed message", || {
+        (produce_raw(cluster.broker(leader), "behind", 0, -1) == 0).then_some(())
+    });
+    let paused = (1..=3).find(|n| *n != leader).unwrap();
+    signal(cluster.broker(paused), libc::SIGSTOP);
+    wait_stopped(cluster.broker(paused));
+    poll_until(SETTLE, "the paused follower to leave the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(leader), "behind", 0);
+        (!isr.contains(&paused)).then_some(())
+    });
+    for _ in 0..5 {
+        assert_eq!(produce_raw(cluster.broker(leader), "behind", 0, -1), 0);
+    }
+    let hw = latest_offset(cluster.broker(leader), "behind");
+    assert!(hw >= 6, "high watermark {hw}");
+    // The leader's log now starts past everything the paused one has.
+    let deleted = ask(
+        &cluster.broker(leader).addr(),
+        2,
+        &DeleteRecordsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(topic_name("behind"))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(hw)])]),
+    );
+    let p = &deleted.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.low_watermark), (0, hw));
+    signal(cluster.broker(paused), libc::SIGCONT);
+    poll_until(SETTLE, "the follower to rejoin the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(leader), "behind", 0);
+        isr.contains(&paused).then_some(())
+    });
+    // Its log starts at the leader's log start now.
+    let files: Vec<String> = segments(cluster.broker(paused), "behind-0")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(files, [format!("{hw:020}.log")]);
+}
+
+/// The latest offset (ListOffsets −1: the high watermark) of partition 0.
+fn latest_offset(broker: &Broker, topic: &str) -> i64 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::ListOffsetsRequest;
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    let resp = ask(&broker.addr(), 5, &req);
+    resp.topics[0].partitions[0].offset
+}

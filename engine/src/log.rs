@@ -682,6 +682,32 @@ impl Log {
         self.epochs.end_offset_for(epoch, self.log_end_offset())
     }
 
+    /// For a fetch from `fetch_offset` whose previous batch was written in
+    /// `last_fetched_epoch` (KIP-595, Fetch v12+): where that epoch ends in
+    /// this log, if the fetcher's log cannot be a prefix of this one (this
+    /// log never had that epoch, or it ended before `fetch_offset`). The
+    /// fetcher truncates there (`diverging_epoch` in the response). The
+    /// offset is always below `fetch_offset`, so the fetcher moves.
+    pub fn diverging(
+        &self,
+        last_fetched_epoch: Epoch,
+        fetch_offset: Offset,
+    ) -> Option<(Epoch, Offset)> {
+        if last_fetched_epoch.0 < 0 {
+            return None;
+        }
+        let (epoch, end) = self.end_offset_for_epoch(last_fetched_epoch);
+        if epoch.0 < 0 {
+            // Every epoch this log knows is newer. At or below the log start
+            // nothing can be compared (retention may have taken the
+            // fetcher's epoch away here): the offset check decides. Above
+            // it the fetcher has batches of an epoch this log never had
+            // there: it keeps no more than what precedes this log.
+            return (fetch_offset > self.log_start).then_some((epoch, self.log_start));
+        }
+        (epoch < last_fetched_epoch || end < fetch_offset).then_some((epoch, end))
+    }
+
     /// When a `flush.ms` flush falls due, if one is pending.
     pub fn next_flush_deadline_ms(&self) -> Option<u64> {
         if self.offline.is_some() {
@@ -1409,12 +1435,38 @@ impl Log {
         self.checkpoint_recovery_point().await
     }
 
+    /// Empties the log and starts it again at `offset`, forgetting its
+    /// leader epochs (Kafka's `truncateFullyAndStartAt`): for a follower
+    /// whose log ends below its leader's log start, which retention or
+    /// DeleteRecords moved past it. Durable when this returns.
+    pub async fn restart_at(&mut self, offset: Offset, now_ms: u64) -> Result<()> {
+        self.check_online()?;
+        self.reap_background_flushes(true).await?;
+        let epochs_had = !self.epochs.entries().is_empty();
+        self.epochs = EpochCache::default();
+        let mut result = self.truncate_inner_from(offset, true, now_ms).await;
+        if result.is_ok() && epochs_had {
+            result = self.persist_epochs().await;
+        }
+        if let Err(e) = result {
+            return Err(self.fail(e));
+        }
+        self.rebuild_producer_state().await?;
+        self.last_checkpoint_ms = now_ms;
+        self.checkpoint_recovery_point().await
+    }
+
     async fn truncate_inner(&mut self, offset: Offset, now_ms: u64) -> Result<()> {
+        self.truncate_inner_from(offset, false, now_ms).await
+    }
+
+    /// Removes the segments from `offset` on, or every segment if `all`.
+    async fn truncate_inner_from(&mut self, offset: Offset, all: bool, now_ms: u64) -> Result<()> {
         let mut doomed: Vec<Offset> = self
             .segments
-            .range(offset..)
-            .map(|(b, _)| *b)
-            .filter(|b| *b > self.log_start || offset <= self.log_start)
+            .keys()
+            .copied()
+            .filter(|b| all || (*b >= offset && (*b > self.log_start || offset <= self.log_start)))
             .collect();
         // When every segment goes, the last one stays in memory (its files
         // removed) until its replacement exists: a log is never without an

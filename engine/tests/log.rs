@@ -364,6 +364,94 @@ fn leader_epochs_are_cached_checkpointed_and_answer_offset_for_leader_epoch() {
 }
 
 #[test]
+fn a_fetch_whose_last_epoch_this_log_never_had_or_ended_earlier_diverges() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, LogConfig::default()).await;
+        // Epoch 1: offsets 0..10, epoch 4: 10..25 (two batches each of 5).
+        for (epoch, n) in [(1, 2), (4, 3)] {
+            for _ in 0..n {
+                let b = batch(5, 10, NOW as i64);
+                log.append(
+                    b,
+                    AppendMode::Leader {
+                        epoch: Epoch(epoch),
+                    },
+                    NOW,
+                )
+                .await
+                .unwrap();
+            }
+        }
+        // (last fetched epoch, fetch offset) → divergence, as a table.
+        let cases = [
+            // No epoch given (a consumer, or an empty follower): never.
+            (-1, 3, None),
+            // A prefix of this log, in its epoch: none.
+            (1, 10, None),
+            (4, 25, None),
+            (4, 12, None),
+            // Epoch 1 ended at 10 here; the fetcher has more of it.
+            (1, 12, Some((1, 10))),
+            // Epochs this log never had: the largest below and its end.
+            (3, 12, Some((1, 10))),
+            (5, 25, Some((4, 25))),
+            (0, 2, Some((-1, 0))),
+            // Nothing to compare at the log start: the offset decides.
+            (0, 0, None),
+            // Past the end in the latest epoch: the log end.
+            (4, 30, Some((4, 25))),
+        ];
+        for (epoch, offset, want) in cases {
+            let got = log
+                .diverging(Epoch(epoch), Offset(offset))
+                .map(|(e, o)| (e.0, o.0));
+            assert_eq!(
+                got, want,
+                "last fetched epoch {epoch}, fetch offset {offset}"
+            );
+        }
+    });
+}
+
+#[test]
+fn restart_at_empties_the_log_forgets_its_epochs_and_survives_reopen() {
+    on_each_backend(|_, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        fill(&mut log, 20, 5, 100).await;
+        assert!(log.segment_count() > 1);
+        // A leader whose log now starts at 500 (retention moved it).
+        log.restart_at(Offset(500), NOW).await.unwrap();
+        let check = |log: &Log| {
+            assert_eq!(log.log_start_offset(), Offset(500));
+            assert_eq!(log.log_end_offset(), Offset(500));
+            assert_eq!(log.segment_count(), 1);
+            assert!(log.epoch_cache().entries().is_empty());
+        };
+        check(&log);
+        // The leader's batches follow from there, with their offsets.
+        let mut b = batch(5, 100, NOW as i64);
+        sluice_engine::batch::patch(&mut b, 500, 2).unwrap();
+        log.append(b, AppendMode::Follower, NOW).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(505));
+        assert_eq!(log.end_offset_for_epoch(Epoch(2)), (Epoch(2), Offset(505)));
+        drop(log);
+        let log = open(&fs, &dir, small_segments()).await;
+        assert_eq!(log.log_start_offset(), Offset(500));
+        assert_eq!(log.log_end_offset(), Offset(505));
+        assert_eq!(read_all(&log).await.len(), 1);
+        let mut empty = open(&fs, &dir.join("empty"), small_segments()).await;
+        empty.restart_at(Offset(7), NOW).await.unwrap();
+        drop(empty);
+        check_empty_at(&open(&fs, &dir.join("empty"), small_segments()).await, 7);
+    });
+}
+
+fn check_empty_at(log: &Log, at: i64) {
+    assert_eq!(log.log_start_offset(), Offset(at));
+    assert_eq!(log.log_end_offset(), Offset(at));
+}
+
+#[test]
 fn bad_batches_are_rejected_with_typed_errors_and_change_nothing() {
     on_each_backend(|_, fs, dir| async move {
         let config = LogConfig {

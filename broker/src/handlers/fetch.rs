@@ -31,7 +31,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 use sluice_engine::shard::LocalShard;
-use sluice_engine::{Offset, TopicPartition};
+use sluice_engine::{Epoch, Offset, TopicPartition};
 
 use super::{Connection, Reply};
 use crate::codec::{decode_body, Request};
@@ -50,6 +50,41 @@ struct Want {
     partition_max_bytes: usize,
     /// The follower fetching (its node id), or -1 for a consumer.
     replica: i32,
+    /// The epoch of the batch before `fetch_offset` in the fetcher's log
+    /// (v12+; -1 when not given).
+    last_fetched_epoch: Epoch,
+}
+
+/// What reading one partition found.
+enum Found {
+    Records(sluice_engine::ReadResult),
+    /// The fetcher's log is not a prefix of this one: where the epoch it
+    /// last fetched ends here (KIP-595's `diverging_epoch`).
+    Diverged(Epoch, Offset),
+}
+
+/// Reads one partition as `want` asks, unless the fetcher's log diverges
+/// from this one, in one piece of work on the partition's log.
+async fn read_want(
+    local: &LocalShard,
+    want: &Want,
+    max_bytes: usize,
+    upper: Option<Offset>,
+    min_one_batch: bool,
+) -> sluice_engine::Result<Found> {
+    let (from, last_epoch) = (want.fetch_offset, want.last_fetched_epoch);
+    local
+        .with_log(&want.tp, move |log, _| {
+            Box::pin(async move {
+                if let Some((epoch, end)) = log.diverging(last_epoch, from) {
+                    return Ok(Found::Diverged(epoch, end));
+                }
+                log.read(from, max_bytes, upper, min_one_batch)
+                    .await
+                    .map(Found::Records)
+            })
+        })
+        .await
 }
 
 /// What one shard read.
@@ -143,9 +178,9 @@ async fn read_shard(
         out.seen.push((index, wait_past));
         match pass {
             Pass::Together { first_slot } => {
-                let read = local.read(
-                    &want.tp,
-                    want.fetch_offset,
+                let read = read_want(
+                    &local,
+                    want,
                     want.partition_max_bytes,
                     upper,
                     want.slot == first_slot,
@@ -154,9 +189,7 @@ async fn read_shard(
             }
             Pass::InOrder { .. } => {
                 let max = want.partition_max_bytes.min(budget);
-                let read = local
-                    .read(&want.tp, want.fetch_offset, max, upper, first)
-                    .await;
+                let read = read_want(&local, want, max, upper, first).await;
                 let got = take_read(&mut out, want, version, hw, &mut data, read);
                 if got > 0 {
                     first = false;
@@ -186,10 +219,16 @@ fn take_read(
     version: i16,
     hw: Offset,
     data: &mut PartitionData,
-    read: sluice_engine::Result<sluice_engine::ReadResult>,
+    read: sluice_engine::Result<Found>,
 ) -> usize {
     match read {
-        Ok(result) => {
+        Ok(Found::Diverged(epoch, end)) => {
+            data.diverging_epoch.epoch = epoch.0;
+            data.diverging_epoch.end_offset = end.0;
+            data.records = Some(bytes::Bytes::new());
+            0
+        }
+        Ok(Found::Records(result)) => {
             if version >= 5 {
                 data.log_start_offset = result.log_start_offset.0;
             }
@@ -298,7 +337,8 @@ async fn read_round(
                 round.total += read.bytes;
                 round.missed |= read.missed;
                 for (slot, data) in read.partitions {
-                    round.errors |= data.error_code != 0;
+                    // A divergence is answered at once, as an error is.
+                    round.errors |= data.error_code != 0 || data.diverging_epoch.end_offset >= 0;
                     slots[slot] = data;
                 }
                 round.seen.insert(shard, read.seen);
@@ -381,6 +421,11 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                 fetch_offset: Offset(partition.fetch_offset),
                 partition_max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
                 replica,
+                last_fetched_epoch: Epoch(if version >= 12 {
+                    partition.last_fetched_epoch
+                } else {
+                    -1
+                }),
             });
         }
     }

@@ -39,7 +39,7 @@ use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::io::Fs;
 use crate::log::{AppendInfo, AppendMode, Log, ReadResult, RecoveryReport};
-use crate::types::{Offset, TopicPartition};
+use crate::types::{Epoch, Offset, TopicPartition};
 
 /// A job on one log, run on the shard thread (not `Send`).
 pub(super) type LocalLogJob = Box<dyn for<'a> FnOnce(&'a mut Log, u64) -> LocalBoxFuture<'a, ()>>;
@@ -84,6 +84,9 @@ struct Partition {
     running: Cell<bool>,
     /// The log end offset as of the last finished work.
     end: Cell<Offset>,
+    /// The leader epoch of the log's last batch, as of the last finished
+    /// work (-1: none).
+    last_epoch: Cell<Epoch>,
     waiters: RefCell<Vec<(Offset, Reply<Offset>)>>,
     /// Told when a close of this partition has finished.
     closed: RefCell<Vec<oneshot::Sender<()>>>,
@@ -102,6 +105,7 @@ impl Partition {
             queue: RefCell::new(VecDeque::new()),
             running: Cell::new(false),
             end: Cell::new(Offset::ZERO),
+            last_epoch: Cell::new(Epoch(-1)),
             waiters: RefCell::new(Vec::new()),
             closed: RefCell::new(Vec::new()),
             flush_timer_ms: Cell::new(None),
@@ -239,6 +243,8 @@ impl Core {
     /// satisfies, and arm a flush timer if the log has flush work.
     fn after_work(self: &Rc<Self>, part: &Rc<Partition>, log: &Log) {
         part.end.set(log.log_end_offset());
+        part.last_epoch
+            .set(log.epoch_cache().latest_epoch().unwrap_or(Epoch(-1)));
         answer_waiters(part);
         if !log.has_flush_work() {
             return;
@@ -649,6 +655,16 @@ impl LocalShard {
             .accepting(tp)
             .filter(|p| p.phase.get() == Phase::Open)
             .map(|p| p.end.get())
+    }
+
+    /// The log end offset and the leader epoch of the last batch (-1 for
+    /// none), as of the partition's last finished work: where a follower
+    /// fetches from, and its `last_fetched_epoch`.
+    pub fn log_end_and_epoch(&self, tp: &TopicPartition) -> Option<(Offset, Epoch)> {
+        self.0
+            .accepting(tp)
+            .filter(|p| p.phase.get() == Phase::Open)
+            .map(|p| (p.end.get(), p.last_epoch.get()))
     }
 
     /// Waits until the partition's log end offset is greater than `after`.
