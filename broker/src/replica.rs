@@ -117,6 +117,8 @@ async fn watch_isr(broker: Arc<Broker>) {
                     leader_epoch: change.leader_epoch,
                     partition_epoch: change.partition_epoch,
                     isr: change.isr.clone(),
+                    broker_epoch: broker.controller.broker_epoch(),
+                    joining: change.joining.clone(),
                 };
                 match broker.controller.propose(record).await {
                     Ok(_) => info!(partition = %change.tp, isr = ?change.isr, "ISR changed"),

@@ -91,8 +91,8 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         crate::controller::SNAPSHOT_EVERY,
     )?);
     // This broker's heartbeat to the active controller, from as soon as
-    // there is one: start-up (registration, the offsets topic, loading
-    // groups) may take longer than a session.
+    // it has registered: start-up (the offsets topic, loading groups) may
+    // take longer than a session.
     {
         let controller = controller.clone();
         let (me, every) = (
@@ -136,14 +136,22 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             .detach();
         }))
         .map_err(|e| format!("starting the metadata follower: {e}"))?;
-    runtime
+    let incarnation: String = crate::topics::new_topic_id()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let broker_epoch = runtime
         .block_on(topics.register(BrokerRegistration {
             id: config.node_id,
             host: config.advertised_host.clone(),
             port: config.advertised_port,
             rack: config.rack.clone(),
+            incarnation,
+            epoch: -1,
         }))
         .map_err(|e| format!("registering with the controller: {e}"))?;
+    controller.set_broker_epoch(broker_epoch);
+    info!(node = config.node_id, broker_epoch, "registered");
     let producer_ids = crate::producer_ids::ProducerIds::new(controller.clone(), config.node_id);
     // The internal offsets topic exists from the first start on. In a new
     // cluster it is placed once the voters have registered (for a bounded

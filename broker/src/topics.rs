@@ -25,7 +25,7 @@ use sluice_engine::{Engine, LogConfig, TopicPartition};
 use tracing::{error, info, warn};
 
 use crate::controller::image::{
-    BrokerRegistration, MetadataImage, PartitionRecord, TopicId, TopicImage,
+    Applied, BrokerRegistration, MetadataImage, PartitionRecord, TopicId, TopicImage,
 };
 use crate::controller::{placement, Controller, MetadataError, MetadataRecord, ProposeError};
 
@@ -412,14 +412,20 @@ impl Topics {
         }
     }
 
-    /// Registers this broker's endpoint with the controller unless the
-    /// image already holds exactly this registration.
-    pub async fn register(&self, registration: BrokerRegistration) -> Result<(), TopicError> {
-        if self.image().brokers.get(&registration.id) == Some(&registration) {
-            return Ok(());
+    /// Registers this run of the broker with the controller; returns the
+    /// broker epoch the registration was given.
+    pub async fn register(&self, registration: BrokerRegistration) -> Result<i64, TopicError> {
+        let committed = self
+            .controller
+            .propose(MetadataRecord::RegisterBroker(registration))
+            .await?;
+        self.published(committed.index).await;
+        match committed.applied {
+            Applied::BrokerEpoch { epoch } => Ok(epoch),
+            other => Err(TopicError::Controller(ProposeError::Unavailable(format!(
+                "a registration answered {other:?}"
+            )))),
         }
-        self.propose(MetadataRecord::RegisterBroker(registration))
-            .await
     }
 
     /// Creates a topic of `partitions` partitions with `replication`

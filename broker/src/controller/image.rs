@@ -13,13 +13,28 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// A broker as it registered with the controller: where clients reach it.
+/// A broker as it registered with the controller: where clients reach it,
+/// and which run of its process registered (KIP-841).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerRegistration {
     pub id: i32,
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// Chosen at random by each start of the process.
+    #[serde(default)]
+    pub incarnation: String,
+    /// Given by the controller when the registration applies: larger for
+    /// every registration, so a message from an earlier run of a broker
+    /// (a heartbeat, an ISR change it proposed, a fetch that caught it up)
+    /// is told apart from one of the current run. Set by `apply`; what a
+    /// proposer puts here is ignored.
+    #[serde(default = "no_epoch")]
+    pub epoch: i64,
+}
+
+fn no_epoch() -> i64 {
+    -1
 }
 
 /// One partition's replica assignment and leadership.
@@ -56,7 +71,11 @@ pub type TopicId = [u8; 16];
 /// One entry of the metadata log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataRecord {
-    /// A broker's (re-)registration; replaces an earlier one with its id.
+    /// A broker's registration, made by each start of its process; it
+    /// replaces an earlier one with its id and gets the next broker epoch.
+    /// A new run of a broker (another incarnation) may have lost what it
+    /// had not flushed: it leaves every ISR it was in, as a fenced broker
+    /// does, and rejoins them by catching up (KIP-841). It is not fenced.
     RegisterBroker(BrokerRegistration),
     CreateTopic {
         name: String,
@@ -89,7 +108,10 @@ pub enum MetadataRecord {
     /// A leader's change of a partition's ISR (Kafka's AlterPartition,
     /// KIP-497): applied only if `leader`, `leader_epoch` and
     /// `partition_epoch` are still the partition's, so a deposed leader
-    /// or a stale proposal changes nothing.
+    /// or a stale proposal changes nothing; and if `broker_epoch` (the
+    /// leader's) and each joining member's epoch in `joining` (the one
+    /// its catching-up fetches came with) are still their registrations',
+    /// so that an earlier run of either counts for nothing (KIP-903).
     AlterPartition {
         topic: String,
         topic_id: TopicId,
@@ -98,6 +120,10 @@ pub enum MetadataRecord {
         leader_epoch: i32,
         partition_epoch: i32,
         isr: Vec<i32>,
+        #[serde(default = "no_epoch")]
+        broker_epoch: i64,
+        #[serde(default)]
+        joining: BTreeMap<i32, i64>,
     },
     /// A broker silent for `broker.session.timeout.ms` (KIP-631): it
     /// leaves every ISR it was in (unless it was the last member), and
@@ -126,6 +152,10 @@ pub enum Applied {
     /// The first of the reserved producer ids.
     ProducerIds {
         first: i64,
+    },
+    /// The epoch a broker registration was given.
+    BrokerEpoch {
+        epoch: i64,
     },
 }
 
@@ -180,6 +210,9 @@ pub struct MetadataImage {
     /// Brokers fenced for silence; they lead nothing until unfenced.
     #[serde(default)]
     pub fenced: std::collections::BTreeSet<i32>,
+    /// The epoch the next broker registration gets.
+    #[serde(default)]
+    pub next_broker_epoch: i64,
 }
 
 impl MetadataImage {
@@ -187,43 +220,27 @@ impl MetadataImage {
     pub fn apply(&mut self, record: &MetadataRecord) -> Result<Applied, MetadataError> {
         match record {
             MetadataRecord::RegisterBroker(registration) => {
-                self.brokers.insert(registration.id, registration.clone());
-                self.unfence(registration.id);
+                let id = registration.id;
+                let restarted = self
+                    .brokers
+                    .get(&id)
+                    .is_some_and(|old| old.incarnation != registration.incarnation);
+                let epoch = self.next_broker_epoch;
+                self.next_broker_epoch += 1;
+                let mut registration = registration.clone();
+                registration.epoch = epoch;
+                self.brokers.insert(id, registration);
+                if restarted {
+                    self.leave_isrs(id);
+                }
+                self.unfence(id);
+                return Ok(Applied::BrokerEpoch { epoch });
             }
             MetadataRecord::FenceBroker { id } => {
                 if !self.fenced.insert(*id) {
                     return Ok(Applied::Done);
                 }
-                let fenced = self.fenced.clone();
-                for topic in self.topics.values_mut() {
-                    if !topic.partitions.iter().any(|p| p.replicas.contains(id)) {
-                        continue;
-                    }
-                    let topic = Arc::make_mut(topic);
-                    for p in &mut topic.partitions {
-                        if !p.replicas.contains(id) {
-                            continue;
-                        }
-                        let mut changed = false;
-                        if p.isr.contains(id) && p.isr.len() > 1 {
-                            p.isr.retain(|r| r != id);
-                            changed = true;
-                        }
-                        if p.leader == *id {
-                            p.leader = p
-                                .replicas
-                                .iter()
-                                .copied()
-                                .find(|r| p.isr.contains(r) && !fenced.contains(r))
-                                .unwrap_or(-1);
-                            p.leader_epoch += 1;
-                            changed = true;
-                        }
-                        if changed {
-                            p.partition_epoch += 1;
-                        }
-                    }
-                }
+                self.leave_isrs(*id);
             }
             MetadataRecord::UnfenceBroker { id } => self.unfence(*id),
             MetadataRecord::AlterPartition {
@@ -234,12 +251,29 @@ impl MetadataImage {
                 leader_epoch,
                 partition_epoch,
                 isr,
+                broker_epoch,
+                joining,
             } => {
                 let stale = |why: String| MetadataError::StalePartitionChange {
                     topic: topic.clone(),
                     partition: *partition,
                     why,
                 };
+                let registered = |id: i32| self.brokers.get(&id).map_or(-1, |b| b.epoch);
+                if *broker_epoch >= 0 && *broker_epoch != registered(*leader) {
+                    return Err(stale(format!(
+                        "proposed by broker epoch {broker_epoch} of leader {leader}, which has \
+                         registered again since (epoch {})",
+                        registered(*leader)
+                    )));
+                }
+                if let Some((r, e)) = joining.iter().find(|(r, e)| registered(**r) != **e) {
+                    return Err(stale(format!(
+                        "replica {r} caught up in broker epoch {e}, and has registered again \
+                         since (epoch {}): it must catch up again",
+                        registered(*r)
+                    )));
+                }
                 let image = self.topic_mut(topic)?;
                 if image.id != *topic_id {
                     return Err(stale("the topic was deleted and created again".into()));
@@ -326,6 +360,49 @@ impl MetadataImage {
             }
         }
         Ok(Applied::Done)
+    }
+
+    /// `id` may have lost data or is gone: it leaves every ISR it is in
+    /// (unless it is the last member), and each partition it led is led
+    /// by the first other live ISR member in replica order, or by nobody
+    /// (leader -1) if none is left.
+    fn leave_isrs(&mut self, id: i32) {
+        let id = &id;
+        let fenced = self.fenced.clone();
+        for topic in self.topics.values_mut() {
+            if !topic.partitions.iter().any(|p| p.replicas.contains(id)) {
+                continue;
+            }
+            let topic = Arc::make_mut(topic);
+            for p in &mut topic.partitions {
+                if !p.replicas.contains(id) {
+                    continue;
+                }
+                let mut changed = false;
+                if p.isr.contains(id) && p.isr.len() > 1 {
+                    p.isr.retain(|r| r != id);
+                    changed = true;
+                }
+                if p.leader == *id && p.isr != [*id] {
+                    p.leader = p
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|r| p.isr.contains(r) && !fenced.contains(r))
+                        .unwrap_or(-1);
+                    p.leader_epoch += 1;
+                    changed = true;
+                } else if p.leader == *id && fenced.contains(id) {
+                    // The last ISR member is fenced: nobody leads.
+                    p.leader = -1;
+                    p.leader_epoch += 1;
+                    changed = true;
+                }
+                if changed {
+                    p.partition_epoch += 1;
+                }
+            }
+        }
     }
 
     /// `id` is alive again: partitions without a leader whose ISR names
@@ -523,20 +600,128 @@ mod tests {
         assert_eq!(reserve(1), Ok(Applied::ProducerIds { first: 1010 }));
     }
 
+    fn registration(port: u16, incarnation: &str) -> MetadataRecord {
+        MetadataRecord::RegisterBroker(BrokerRegistration {
+            id: 1,
+            host: "h".into(),
+            port,
+            rack: None,
+            incarnation: incarnation.into(),
+            epoch: -1,
+        })
+    }
+
     #[test]
-    fn re_registration_replaces_the_endpoint() {
+    fn re_registration_replaces_the_endpoint_with_a_larger_epoch() {
         let mut image = MetadataImage::default();
+        let mut epochs = Vec::new();
         for port in [9092, 9093] {
-            image
-                .apply(&MetadataRecord::RegisterBroker(BrokerRegistration {
-                    id: 1,
-                    host: "h".into(),
-                    port,
-                    rack: None,
-                }))
-                .unwrap();
+            match image.apply(&registration(port, "a")).unwrap() {
+                Applied::BrokerEpoch { epoch } => epochs.push(epoch),
+                other => panic!("{other:?}"),
+            }
         }
         assert_eq!(image.brokers.len(), 1);
         assert_eq!(image.brokers[&1].port, 9093);
+        assert!(epochs[0] < epochs[1], "{epochs:?}");
+        assert_eq!(image.brokers[&1].epoch, epochs[1]);
+    }
+
+    /// Partitions over brokers 1, 2, 3 (epochs 4/7): p0 led by 1 with all
+    /// in sync, p1 led by 1 alone in its ISR, p2 led by 2 with all.
+    fn three_partitions(image: &mut MetadataImage) {
+        let p = |leader: i32, isr: Vec<i32>| PartitionRecord {
+            replicas: vec![1, 2, 3],
+            isr,
+            leader,
+            leader_epoch: 4,
+            partition_epoch: 7,
+        };
+        image
+            .apply(&MetadataRecord::CreateTopic {
+                name: "t".into(),
+                id: [1; 16],
+                partitions: vec![p(1, vec![1, 2, 3]), p(1, vec![1]), p(2, vec![1, 2, 3])],
+                overrides: BTreeMap::new(),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_new_run_of_a_broker_leaves_the_isrs_it_may_have_lost_data_of() {
+        let mut image = MetadataImage::default();
+        image.apply(&registration(9092, "a")).unwrap();
+        three_partitions(&mut image);
+        // The same run registering again (a retried proposal) is no restart.
+        image.apply(&registration(9092, "a")).unwrap();
+        assert_eq!(image.topics["t"].partitions[0].isr, [1, 2, 3]);
+        image.apply(&registration(9092, "b")).unwrap();
+        let p = &image.topics["t"].partitions;
+        // It leaves the ISRs and its leaderships move, as when fenced...
+        assert_eq!(
+            (p[0].leader, &p[0].isr, p[0].leader_epoch),
+            (2, &vec![2, 3], 5)
+        );
+        assert_eq!(
+            (p[2].leader, &p[2].isr, p[2].leader_epoch),
+            (2, &vec![2, 3], 4)
+        );
+        assert_eq!((p[0].partition_epoch, p[2].partition_epoch), (8, 8));
+        // ...except where it is the last in-sync replica: it still leads.
+        assert_eq!(
+            (p[1].leader, &p[1].isr, p[1].partition_epoch),
+            (1, &vec![1], 7)
+        );
+        assert!(image.fenced.is_empty());
+    }
+
+    #[test]
+    fn isr_changes_from_an_earlier_run_of_the_leader_or_a_joining_replica_are_refused() {
+        let mut image = MetadataImage::default();
+        let mut epoch_of = |image: &mut MetadataImage, id: i32, run: &str| {
+            let record = MetadataRecord::RegisterBroker(BrokerRegistration {
+                id,
+                host: "h".into(),
+                port: 9092,
+                rack: None,
+                incarnation: run.into(),
+                epoch: -1,
+            });
+            match image.apply(&record).unwrap() {
+                Applied::BrokerEpoch { epoch } => epoch,
+                other => panic!("{other:?}"),
+            }
+        };
+        let one = epoch_of(&mut image, 1, "1a");
+        let two = epoch_of(&mut image, 2, "2a");
+        epoch_of(&mut image, 3, "3a");
+        three_partitions(&mut image);
+        // p1: leader 1 adds 2, which caught up in its registration `two`.
+        let alter = |broker_epoch: i64, joining: i64, partition_epoch: i32| {
+            MetadataRecord::AlterPartition {
+                topic: "t".into(),
+                topic_id: [1; 16],
+                partition: 1,
+                leader: 1,
+                leader_epoch: 4,
+                partition_epoch,
+                isr: vec![1, 2],
+                broker_epoch,
+                joining: BTreeMap::from([(2, joining)]),
+            }
+        };
+        let stale = |r: Result<Applied, MetadataError>| {
+            matches!(r, Err(MetadataError::StalePartitionChange { .. }))
+        };
+        // Broker 2 restarted since its fetches caught it up: refused.
+        let two_again = epoch_of(&mut image, 2, "2b");
+        assert!(stale(image.apply(&alter(one, two, 7))));
+        // A leader's proposal from before it registered again: refused.
+        let one_again = epoch_of(&mut image, 1, "1b");
+        assert!(stale(image.apply(&alter(one, two_again, 7))));
+        assert_eq!(image.topics["t"].partitions[1].isr, [1]);
+        // The current runs of both: applied.
+        image.apply(&alter(one_again, two_again, 7)).unwrap();
+        assert_eq!(image.topics["t"].partitions[1].isr, [1, 2]);
     }
 }

@@ -2,7 +2,9 @@
 //! `FenceBroker` / `UnfenceBroker` records out.
 //!
 //! Every broker heartbeats the active controller every
-//! `broker.heartbeat.interval.ms`; the heartbeat reaches the controller
+//! `broker.heartbeat.interval.ms`, naming the epoch its registration was
+//! given (KIP-841): each start of a broker registers anew, and only the
+//! current registration's heartbeats count; the heartbeat reaches the controller
 //! thread of its own node and is forwarded to the Raft leader from there.
 //! The leader keeps the time of each broker's last heartbeat in memory
 //! (not in the log: a new leader starts everyone's clock afresh, giving
@@ -22,59 +24,77 @@ use tracing::{info, warn};
 use super::network::{leader_peer, Answer, Call};
 use super::{MetadataRecord, Published, TypeConfig};
 
-/// The last heartbeat of each broker, as the active controller saw it.
+/// A broker's id and the epoch of the registration a heartbeat speaks for.
+type Session = (i32, i64);
+
+/// The last heartbeat of each broker registration, as the active
+/// controller saw it. Only a heartbeat with the current registration's
+/// epoch keeps a broker alive: an earlier run of the broker (a zombie that
+/// shares its node id) counts for nothing.
 #[derive(Default)]
 pub struct Liveness {
-    seen: Mutex<HashMap<i32, Instant>>,
+    seen: Mutex<HashMap<Session, Instant>>,
 }
 
 impl Liveness {
-    pub fn record(&self, broker: i32) {
+    pub fn record(&self, session: Session) {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(broker, Instant::now());
+            .insert(session, Instant::now());
     }
 
-    fn reset(&self, brokers: impl Iterator<Item = i32>) {
+    fn reset(&self, sessions: impl Iterator<Item = Session>) {
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.clear();
-        seen.extend(brokers.map(|b| (b, now)));
+        seen.extend(sessions.map(|s| (s, now)));
     }
 
-    fn last(&self, broker: i32) -> Option<Instant> {
+    fn last(&self, session: Session) -> Option<Instant> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&broker)
+            .get(&session)
             .copied()
+    }
+
+    /// Forgets sessions other than the registrations' current ones.
+    fn retain(&self, current: &HashMap<i32, i64>) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, epoch), _| current.get(id) == Some(epoch));
     }
 }
 
-/// A heartbeat from `broker` reached this node's controller: recorded here
-/// if this node leads, else passed on to the leader.
+/// A heartbeat from `broker`'s registration of `epoch` reached this node's
+/// controller: recorded here if this node leads, else passed on to the
+/// leader.
 pub async fn heartbeat(
     raft: &Raft<TypeConfig>,
     liveness: &Liveness,
-    broker: i32,
+    session: Session,
     fetch_timeout: Duration,
 ) {
     let metrics = raft.metrics().borrow().clone();
     if metrics.current_leader == Some(metrics.id) {
-        liveness.record(broker);
+        liveness.record(session);
     } else if let Some(mut leader) = leader_peer(&metrics) {
+        let (broker, epoch) = session;
         // A lost heartbeat is made up for by the next one.
-        let _ = leader.call(&Call::Heartbeat(broker), fetch_timeout).await;
+        let _ = leader
+            .call(&Call::Heartbeat { broker, epoch }, fetch_timeout)
+            .await;
     }
 }
 
 /// Answers a forwarded heartbeat: recorded if this node leads.
-pub fn on_forwarded(raft: &Raft<TypeConfig>, liveness: &Liveness, broker: i32) -> Answer {
+pub fn on_forwarded(raft: &Raft<TypeConfig>, liveness: &Liveness, session: Session) -> Answer {
     let metrics = raft.metrics().borrow().clone();
     let leads = metrics.current_leader == Some(metrics.id);
     if leads {
-        liveness.record(broker);
+        liveness.record(session);
     }
     Answer::Heartbeat(leads)
 }
@@ -101,18 +121,20 @@ pub async fn watch(
             leading = false;
             continue;
         }
+        let current: HashMap<i32, i64> = image.brokers.values().map(|b| (b.id, b.epoch)).collect();
         if !leading {
             // Newly leading: everyone gets a whole session from now.
             leading = true;
-            liveness.reset(image.brokers.keys().copied());
+            liveness.reset(current.iter().map(|(id, epoch)| (*id, *epoch)));
             continue;
         }
+        liveness.retain(&current);
         let now = Instant::now();
-        for &broker in image.brokers.keys() {
-            // A broker registered since this node took over starts its
-            // session now: it registers before it first heartbeats.
-            let last = liveness.last(broker).unwrap_or_else(|| {
-                liveness.record(broker);
+        for (&broker, &epoch) in &current {
+            // A registration made since this node took over starts its
+            // session now: a broker registers before it first heartbeats.
+            let last = liveness.last((broker, epoch)).unwrap_or_else(|| {
+                liveness.record((broker, epoch));
                 now
             });
             let silent = now.duration_since(last) > session_timeout;

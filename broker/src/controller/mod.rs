@@ -118,8 +118,9 @@ struct Proposal {
 /// What the controller thread is asked.
 enum Inbox {
     Propose(Proposal),
-    /// A broker's heartbeat (this node's own broker's).
-    Heartbeat(i32),
+    /// A broker's heartbeat (this node's own broker's), with the epoch of
+    /// its registration.
+    Heartbeat(i32, i64),
 }
 
 /// A handle to the controller thread, shared by every shard.
@@ -128,6 +129,8 @@ pub struct Controller {
     published: Arc<Published>,
     /// The Raft leader as this node last saw it.
     leader: Arc<Mutex<Option<u64>>>,
+    /// This run's broker epoch (-1 until registered).
+    broker_epoch: std::sync::atomic::AtomicI64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -247,6 +250,7 @@ impl Controller {
             proposals,
             published,
             leader,
+            broker_epoch: std::sync::atomic::AtomicI64::new(-1),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -278,9 +282,25 @@ impl Controller {
     /// This broker (`broker`) is alive: passed to the active controller,
     /// which fences brokers it has not heard from for
     /// `broker.session.timeout.ms`. Never waits; a heartbeat that finds
-    /// the controller thread busy is dropped (the next one counts).
+    /// the controller thread busy is dropped (the next one counts). Sent
+    /// only once this run of the broker has registered: it speaks for
+    /// that registration (its broker epoch).
     pub fn heartbeat(&self, broker: i32) {
-        let _ = self.proposals.try_send(Inbox::Heartbeat(broker));
+        let epoch = self.broker_epoch();
+        if epoch >= 0 {
+            let _ = self.proposals.try_send(Inbox::Heartbeat(broker, epoch));
+        }
+    }
+
+    /// The epoch this run of the broker's registration was given, or -1
+    /// before it registered.
+    pub fn broker_epoch(&self) -> i64 {
+        self.broker_epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_broker_epoch(&self, epoch: i64) {
+        self.broker_epoch
+            .store(epoch, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The newest applied image.
@@ -375,8 +395,8 @@ async fn run(
                 let outcome = propose(&raft, proposal.record, fetch_timeout).await;
                 let _ = proposal.reply.send(outcome);
             }),
-            Inbox::Heartbeat(broker) => tokio::spawn(async move {
-                liveness::heartbeat(&raft, &liveness, broker, fetch_timeout).await;
+            Inbox::Heartbeat(broker, epoch) => tokio::spawn(async move {
+                liveness::heartbeat(&raft, &liveness, (broker, epoch), fetch_timeout).await;
             }),
         };
     }

@@ -54,7 +54,10 @@ pub enum Call {
     /// have seen everything committed when it asked.
     ReadIndex,
     /// A broker's heartbeat, passed on to the leader.
-    Heartbeat(i32),
+    Heartbeat {
+        broker: i32,
+        epoch: i64,
+    },
 }
 
 /// A forwarded proposal's outcome.
@@ -272,7 +275,9 @@ async fn serve_peer(
             Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
             Call::Propose(record) => Answer::Propose(propose_here(&raft, record).await),
             Call::ReadIndex => Answer::ReadIndex(read_index(&raft).await),
-            Call::Heartbeat(broker) => super::liveness::on_forwarded(&raft, &liveness, broker),
+            Call::Heartbeat { broker, epoch } => {
+                super::liveness::on_forwarded(&raft, &liveness, (broker, epoch))
+            }
         };
         write_frame(&mut stream, &answer).await?;
     }

@@ -48,8 +48,10 @@ struct Want {
     topic: Arc<TopicState>,
     fetch_offset: Offset,
     partition_max_bytes: usize,
-    /// The follower fetching (its node id), or -1 for a consumer.
+    /// The follower fetching (its node id), or -1 for a consumer, and the
+    /// epoch of its registration as this broker knows it.
     replica: i32,
+    replica_epoch: i64,
     /// The epoch of the batch before `fetch_offset` in the fetcher's log
     /// (v12+; -1 when not given).
     last_fetched_epoch: Epoch,
@@ -152,7 +154,7 @@ async fn read_shard(
                 me,
                 &want.tp,
                 &want.topic,
-                want.replica,
+                (want.replica, want.replica_epoch),
                 want.fetch_offset,
             )
         } else {
@@ -374,6 +376,22 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
     // larger (the first batch is returned whole).
     let hold = budget.max(broker.config.message_max_bytes);
     let topics = broker.topics.snapshot();
+    // The follower's registration as of this request: its fetches count
+    // towards joining an ISR for that run of its process only (KIP-903).
+    // Fetch v15+ says the epoch itself; older versions leave it to the
+    // image.
+    let replica_epoch = if replica < 0 {
+        -1
+    } else if request.version >= 15 && body.replica_state.replica_epoch >= 0 {
+        body.replica_state.replica_epoch
+    } else {
+        broker
+            .topics
+            .image()
+            .brokers
+            .get(&replica)
+            .map_or(-1, |b| b.epoch)
+    };
     let mut slots: Vec<PartitionData> = Vec::new();
     let mut shape: Vec<(kafka_protocol::messages::TopicName, usize)> = Vec::new();
     // Shards in the order their partitions first appear, each with its
@@ -421,6 +439,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                 fetch_offset: Offset(partition.fetch_offset),
                 partition_max_bytes: usize::try_from(partition.partition_max_bytes).unwrap_or(0),
                 replica,
+                replica_epoch,
                 last_fetched_epoch: Epoch(if version >= 12 {
                     partition.last_fetched_epoch
                 } else {

@@ -191,21 +191,21 @@ pub fn start_append(
     })
 }
 
-/// On the leader: follower `replica` fetched from `fetch_offset`, so it
-/// has everything before it. Moves the high watermark (waking whoever
-/// waits on it) and returns it.
+/// On the leader: follower `replica` (registered with `broker_epoch`)
+/// fetched from `fetch_offset`, so it has everything before it. Moves the
+/// high watermark (waking whoever waits on it) and returns it.
 pub fn on_follower_fetch(
     local: &LocalShard,
     me: BrokerId,
     tp: &TopicPartition,
     topic: &TopicState,
-    replica: BrokerId,
+    (replica, broker_epoch): (BrokerId, i64),
     fetch_offset: Offset,
 ) -> Result<Offset, Error> {
     with_entry(local, me, tp, topic, |e| {
         let now = sluice_engine::shard::now_ms();
         if e.state
-            .on_follower_fetch(replica, fetch_offset, now)
+            .on_follower_fetch(replica, broker_epoch, fetch_offset, now)
             .is_some()
         {
             e.wake();
@@ -239,6 +239,9 @@ pub struct IsrChange {
     pub leader_epoch: i32,
     pub partition_epoch: i32,
     pub isr: Vec<BrokerId>,
+    /// The broker epochs of the members it adds (see
+    /// [`PartitionState::joining_epochs`]).
+    pub joining: std::collections::BTreeMap<BrokerId, i64>,
 }
 
 /// The ISR changes the partitions this shard leads need at `now_ms`
@@ -251,7 +254,9 @@ pub fn isr_changes(now_ms: u64, lag_max_ms: u64) -> Vec<IsrChange> {
             .iter_mut()
             .filter_map(|(tp, e)| {
                 let isr = e.state.isr_to_propose(now_ms, lag_max_ms)?;
+                let joining = e.state.joining_epochs(&isr);
                 Some(IsrChange {
+                    joining,
                     tp: tp.clone(),
                     topic_id: e.topic_id,
                     leader_epoch: e.state.leader_epoch(),
@@ -456,7 +461,7 @@ mod tests {
                 assert!(waiting.as_mut().poll(cx).is_pending());
                 // The follower's fetch from offset 1 says it has offset 0.
                 let moved = with_entry(local, ME, &tp, &state, |e| {
-                    let moved = e.state.on_follower_fetch(2, Offset(1), 0);
+                    let moved = e.state.on_follower_fetch(2, 0, Offset(1), 0);
                     e.wake();
                     moved
                 });

@@ -52,6 +52,8 @@ pub struct PartitionState {
     last_fetch: BTreeMap<BrokerId, (u64, Offset)>,
     /// An ISR change proposed to the controller and not yet committed.
     pending_isr: Option<Vec<BrokerId>>,
+    /// Per follower: the broker epoch its latest fetch came with.
+    broker_epochs: BTreeMap<BrokerId, i64>,
 }
 
 impl PartitionState {
@@ -84,6 +86,7 @@ impl PartitionState {
             caught_up_ms: BTreeMap::new(),
             last_fetch: BTreeMap::new(),
             pending_isr: None,
+            broker_epochs: BTreeMap::new(),
         };
         state.advance();
         state
@@ -126,6 +129,7 @@ impl PartitionState {
             caught_up_ms: BTreeMap::new(),
             last_fetch: BTreeMap::new(),
             pending_isr: None,
+            broker_epochs: BTreeMap::new(),
         }
     }
 
@@ -178,17 +182,26 @@ impl PartitionState {
         self.advance()
     }
 
-    /// A follower fetched from `fetch_offset`: it has everything before it.
-    /// Returns the new high watermark if it moved. A replica that is not
-    /// one of this partition's is ignored.
+    /// A follower, in the run of its process registered with
+    /// `broker_epoch`, fetched from `fetch_offset`: it has everything
+    /// before it. Returns the new high watermark if it moved. A replica
+    /// that is not one of this partition's is ignored. A new run of a
+    /// follower proves it has caught up afresh: what an earlier run
+    /// fetched does not count for it (KIP-903).
     pub fn on_follower_fetch(
         &mut self,
         replica: BrokerId,
+        broker_epoch: i64,
         fetch_offset: Offset,
         now_ms: u64,
     ) -> Option<Offset> {
         if !self.leading || replica == self.local || !self.replicas.contains(&replica) {
             return None;
+        }
+        let before = self.broker_epochs.insert(replica, broker_epoch);
+        if before.is_some_and(|e| e != broker_epoch) {
+            self.caught_up_ms.remove(&replica);
+            self.last_fetch.remove(&replica);
         }
         let leader_end = self.log_end_offset();
         // Caught up now if it has everything; or as of its previous fetch
@@ -260,6 +273,16 @@ impl PartitionState {
     /// next check proposes again from the current image.
     pub fn on_isr_refused(&mut self) {
         self.pending_isr = None;
+    }
+
+    /// For the members of `isr` not in the current ISR: the broker epoch
+    /// their catching-up fetches came with, which the controller checks
+    /// is still their registration's.
+    pub fn joining_epochs(&self, isr: &[BrokerId]) -> BTreeMap<BrokerId, i64> {
+        isr.iter()
+            .filter(|r| !self.isr.contains(r) && **r != self.local)
+            .filter_map(|r| Some((*r, *self.broker_epochs.get(r)?)))
+            .collect()
     }
 
     /// The ISR change in flight, if any.
@@ -334,7 +357,7 @@ mod tests {
             if replica == ME {
                 s.on_leader_append(o(offset));
             } else {
-                s.on_follower_fetch(replica, o(offset), 0);
+                s.on_follower_fetch(replica, 0, o(offset), 0);
             }
             assert_eq!(s.high_watermark(), o(hw), "{what}");
         }
@@ -345,7 +368,7 @@ mod tests {
         let mut s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(8), o(8));
         assert_eq!(s.high_watermark(), o(8));
         // A follower restarting behind does not pull it back.
-        assert_eq!(s.on_follower_fetch(2, o(3), 0), None);
+        assert_eq!(s.on_follower_fetch(2, 0, o(3), 0), None);
         assert_eq!(s.high_watermark(), o(8));
         // Nor does a stale report of the leader's own end.
         assert_eq!(s.on_leader_append(o(2)), None);
@@ -355,10 +378,10 @@ mod tests {
     #[test]
     fn fetches_from_strangers_and_the_leader_itself_are_ignored() {
         let mut s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(4), o(0));
-        assert_eq!(s.on_follower_fetch(7, o(4), 0), None);
-        assert_eq!(s.on_follower_fetch(ME, o(4), 0), None);
+        assert_eq!(s.on_follower_fetch(7, 0, o(4), 0), None);
+        assert_eq!(s.on_follower_fetch(ME, 0, o(4), 0), None);
         assert_eq!(s.high_watermark(), o(0));
-        assert_eq!(s.on_follower_fetch(2, o(4), 0), Some(o(4)));
+        assert_eq!(s.on_follower_fetch(2, 0, o(4), 0), Some(o(4)));
     }
 
     #[test]
@@ -383,7 +406,28 @@ mod tests {
             assert_eq!(s.high_watermark(), o(hw), "{what}");
         }
         // A follower counts no one's fetches.
-        assert_eq!(s.on_follower_fetch(2, o(12), 0), None);
+        assert_eq!(s.on_follower_fetch(2, 0, o(12), 0), None);
+    }
+
+    #[test]
+    fn a_new_run_of_a_follower_catches_up_afresh_and_joins_under_its_own_epoch() {
+        const LAG: u64 = 100;
+        let mut s =
+            PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2], o(0), o(0)).started(0, 0);
+        s.on_leader_append(o(10));
+        s.on_follower_fetch(2, 5, o(10), 10);
+        // Replica 3, run of epoch 7, caught up at 20.
+        s.on_follower_fetch(3, 7, o(10), 20);
+        assert_eq!(s.isr_to_propose(21, LAG), Some(vec![1, 2, 3]));
+        assert_eq!(s.joining_epochs(&[1, 2, 3]), BTreeMap::from([(3, 7)]));
+        s.on_isr_refused();
+        // It restarted (epoch 9) and lost its tail: its catching up under
+        // epoch 7 no longer counts.
+        s.on_follower_fetch(3, 9, o(6), 30);
+        assert_eq!(s.isr_to_propose(31, LAG), None);
+        s.on_follower_fetch(3, 9, o(10), 40);
+        assert_eq!(s.isr_to_propose(41, LAG), Some(vec![1, 2, 3]));
+        assert_eq!(s.joining_epochs(&[1, 2, 3]), BTreeMap::from([(3, 9)]));
     }
 
     #[test]
@@ -392,8 +436,8 @@ mod tests {
         let mut s =
             PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2, 3], o(0), o(0)).started(0, 0);
         s.on_leader_append(o(10));
-        s.on_follower_fetch(2, o(10), 50);
-        s.on_follower_fetch(3, o(4), 50);
+        s.on_follower_fetch(2, 0, o(10), 50);
+        s.on_follower_fetch(3, 0, o(4), 50);
         assert_eq!(s.high_watermark(), o(4));
         // Nobody has lagged for longer than LAG yet.
         assert_eq!(s.isr_to_propose(90, LAG), None);
@@ -402,13 +446,13 @@ mod tests {
         assert_eq!(s.isr_to_propose(121, LAG), None, "one change at a time");
         // Until the change commits, 3 still counts for the high watermark.
         s.on_leader_append(o(12));
-        s.on_follower_fetch(2, o(12), 125);
+        s.on_follower_fetch(2, 0, o(12), 125);
         assert_eq!(s.high_watermark(), o(4));
         assert_eq!(s.on_isr_committed(vec![1, 2], 1), Some(o(12)));
         assert_eq!((s.isr(), s.partition_epoch()), (&[1, 2][..], 1));
 
         // 3 catches up: it rejoins, and counts as soon as it is proposed.
-        s.on_follower_fetch(3, o(12), 130);
+        s.on_follower_fetch(3, 0, o(12), 130);
         assert_eq!(s.isr_to_propose(131, LAG), Some(vec![1, 2, 3]));
         // Refused (a stale epoch): proposed again at the next check.
         s.on_isr_refused();
@@ -420,11 +464,11 @@ mod tests {
         // as of a fetch only if it has what the leader had at its previous
         // fetch.
         s.on_leader_append(o(20));
-        s.on_follower_fetch(2, o(20), 140);
-        s.on_follower_fetch(3, o(15), 140);
+        s.on_follower_fetch(2, 0, o(20), 140);
+        s.on_follower_fetch(3, 0, o(15), 140);
         s.on_leader_append(o(30));
-        s.on_follower_fetch(3, o(20), 200); // had the 20 of its fetch at 140
-        s.on_follower_fetch(2, o(30), 200);
+        s.on_follower_fetch(3, 0, o(20), 200); // had the 20 of its fetch at 140
+        s.on_follower_fetch(2, 0, o(30), 200);
         assert_eq!(s.isr_to_propose(235, LAG), None, "3 caught up as of 140");
         assert_eq!(s.isr_to_propose(241, LAG), Some(vec![1, 2]));
     }
@@ -525,7 +569,7 @@ mod tests {
                     Event::Fetch { replica, take } => {
                         let f = replicas[usize::from(replica) % n];
                         if f != leader && alive[&f] {
-                            s.on_follower_fetch(f, o(leo[&f]), now);
+                            s.on_follower_fetch(f, 0, o(leo[&f]), now);
                             let end = leo[&leader];
                             let got = (leo[&f] + i64::from(take)).min(end);
                             leo.insert(f, got);
@@ -601,9 +645,9 @@ mod tests {
                     s.on_isr_committed(pending, next);
                 }
                 for f in replicas.iter().copied().filter(|f| *f != leader) {
-                    s.on_follower_fetch(f, o(leo[&f]), now);
+                    s.on_follower_fetch(f, 0, o(leo[&f]), now);
                     leo.insert(f, leo[&leader]);
-                    s.on_follower_fetch(f, o(leo[&f]), now);
+                    s.on_follower_fetch(f, 0, o(leo[&f]), now);
                 }
                 if let Some(isr) = s.isr_to_propose(now, LAG) {
                     let next = s.partition_epoch() + 1;
