@@ -678,7 +678,7 @@ mod tests {
     #[test]
     fn isr_changes_from_an_earlier_run_of_the_leader_or_a_joining_replica_are_refused() {
         let mut image = MetadataImage::default();
-        let mut epoch_of = |image: &mut MetadataImage, id: i32, run: &str| {
+        let epoch_of = |image: &mut MetadataImage, id: i32, run: &str| {
             let record = MetadataRecord::RegisterBroker(BrokerRegistration {
                 id,
                 host: "h".into(),
