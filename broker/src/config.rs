@@ -35,6 +35,14 @@ pub struct BrokerConfig {
     /// `controller.quorum.voters`: each voter's node id and CONTROLLER
     /// address (`host:port`). Defaults to this node alone.
     pub quorum_voters: BTreeMap<i32, String>,
+    /// Whether this node is a controller voter (`process.roles` has
+    /// `controller`); a broker alone follows the metadata log as a Raft
+    /// learner.
+    pub voter: bool,
+    /// Where the active controller reaches this node's CONTROLLER
+    /// listener: its `advertised.listeners` entry, else its `listeners`
+    /// one.
+    pub controller_advertised: Option<String>,
     /// `controller.quorum.election.timeout.ms`.
     pub controller_election_timeout_ms: u64,
     /// `controller.quorum.fetch.timeout.ms`.
@@ -213,17 +221,25 @@ impl BrokerConfig {
         let roles = get("process.roles").unwrap_or("broker,controller");
         let mut role_list: Vec<&str> = roles.split(',').map(str::trim).collect();
         role_list.sort_unstable();
-        match role_list.as_slice() {
-            ["broker", "controller"] => {}
-            ["broker"] | ["controller"] => {
+        let voter = match role_list.as_slice() {
+            ["broker", "controller"] => true,
+            ["broker"] => false,
+            ["controller"] => {
                 return Err(bad(
                     "process.roles",
                     roles,
-                    "only broker,controller (every broker a controller voter) is supported yet",
+                    "a controller alone is not supported: every node serves clients \
+                     (broker,controller or broker)",
                 ))
             }
-            _ => return Err(bad("process.roles", roles, "expected broker,controller")),
-        }
+            _ => {
+                return Err(bad(
+                    "process.roles",
+                    roles,
+                    "expected broker,controller or broker",
+                ))
+            }
+        };
         let controller_names = get("controller.listener.names").unwrap_or("CONTROLLER");
         let controller_names: Vec<&str> = controller_names.split(',').map(str::trim).collect();
         let listeners = get("listeners").unwrap_or("PLAINTEXT://127.0.0.1:9092");
@@ -236,12 +252,16 @@ impl BrokerConfig {
             .map(|(_, host, port)| listen_addr(host, *port))
             .transpose()
             .map_err(|reason| bad("listeners", listeners, &reason))?;
+        let mut controller_advertised = controller.map(|(_, host, port)| format!("{host}:{port}"));
         let (advertised_host, advertised_port) = match get("advertised.listeners") {
             Some(text) => {
                 let named = parse_listeners(text)
                     .map_err(|reason| bad("advertised.listeners", text, &reason))?;
-                let (client, _) = split_listeners(&named, &controller_names)
+                let (client, advertised_controller) = split_listeners(&named, &controller_names)
                     .map_err(|reason| bad("advertised.listeners", text, &reason))?;
+                if let Some((_, host, port)) = advertised_controller {
+                    controller_advertised = Some(format!("{host}:{port}"));
+                }
                 (client.1.clone(), client.2)
             }
             None => (listen.ip().to_string(), listen.port()),
@@ -257,12 +277,41 @@ impl BrokerConfig {
                 },
             )]),
         };
-        if !quorum_voters.contains_key(&node_id) {
-            let text = get("controller.quorum.voters").unwrap_or_default();
+        let voters_text = get("controller.quorum.voters").unwrap_or_default();
+        if !voter && voters_text.is_empty() {
             return Err(bad(
                 "controller.quorum.voters",
-                text,
+                voters_text,
+                "a broker that is not a controller needs the controllers: set \
+                 controller.quorum.voters",
+            ));
+        }
+        if voter && !quorum_voters.contains_key(&node_id) {
+            return Err(bad(
+                "controller.quorum.voters",
+                voters_text,
                 &format!("node.id {node_id} is a controller (process.roles) but not a voter"),
+            ));
+        }
+        if !voter && quorum_voters.contains_key(&node_id) {
+            return Err(bad(
+                "process.roles",
+                roles,
+                &format!(
+                    "node.id {node_id} is in controller.quorum.voters, so it must be a \
+                     controller too (broker,controller)"
+                ),
+            ));
+        }
+        if !voter && controller_listen.is_none() {
+            return Err(bad(
+                "listeners",
+                listeners,
+                &format!(
+                    "a broker that is not a controller follows the metadata log, which the \
+                     active controller sends to its listener named {}: add one",
+                    controller_names.join(" or ")
+                ),
             ));
         }
         if quorum_voters.len() > 1 && controller_listen.is_none() {
@@ -552,6 +601,8 @@ impl BrokerConfig {
             log_dir,
             controller_listen,
             quorum_voters,
+            voter,
+            controller_advertised,
             controller_election_timeout_ms,
             controller_fetch_timeout_ms,
             num_partitions,
@@ -735,6 +786,28 @@ mod tests {
         assert_eq!(config.controller_election_timeout_ms, 300);
         assert_eq!(config.controller_fetch_timeout_ms, 2000);
 
+        assert!(config.voter);
+        assert_eq!(
+            config.controller_advertised.as_deref(),
+            Some("broker2.example:9093")
+        );
+        // A broker that is not a voter follows the quorum of the others.
+        let learner = BrokerConfig::from_pairs(&pairs(&[
+            ("node.id", "4"),
+            (
+                "listeners",
+                "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093",
+            ),
+            ("process.roles", "broker"),
+            ("controller.quorum.voters", "1@h1:9093,2@h2:9093,3@h3:9093"),
+        ]))
+        .unwrap();
+        assert!(!learner.voter);
+        assert_eq!(
+            learner.controller_advertised.as_deref(),
+            Some("127.0.0.1:19093")
+        );
+
         // The single-node default: a quorum of this node alone, no
         // controller listener.
         let single = BrokerConfig::from_pairs(&[]).unwrap();
@@ -765,7 +838,32 @@ mod tests {
                 "controller.quorum.voters",
                 "not a node id",
             ),
-            (vec![("process.roles", "broker")], "process.roles", "only"),
+            (
+                vec![("process.roles", "controller")],
+                "process.roles",
+                "not supported",
+            ),
+            (
+                vec![("process.roles", "broker")],
+                "controller.quorum.voters",
+                "needs the controllers",
+            ),
+            (
+                vec![
+                    ("process.roles", "broker"),
+                    ("controller.quorum.voters", "1@h:1"),
+                ],
+                "process.roles",
+                "must be a controller too",
+            ),
+            (
+                vec![
+                    ("process.roles", "broker"),
+                    ("controller.quorum.voters", "2@h:1"),
+                ],
+                "listeners",
+                "add one",
+            ),
             (
                 vec![(
                     "listeners",

@@ -1,5 +1,9 @@
-//! `sluice dev-cluster`: N brokers on loopback as child processes, each a
-//! controller voter, for tests, benchmarks and trying replication out.
+//! `sluice dev-cluster`: N brokers on loopback as child processes, for
+//! tests, benchmarks and trying replication out. The first three (or all,
+//! if fewer) are controller voters; any more are brokers only
+//! (`process.roles=broker`), following the metadata log as learners, as a
+//! Kafka cluster keeps a small controller quorum however many brokers it
+//! has.
 //!
 //! Picks free ports, starts `sluice serve` N times with node ids 1..=N,
 //! their data in `DIR/broker-<id>/` and their logs in `DIR/broker-<id>.log`,
@@ -16,6 +20,8 @@ use std::time::{Duration, Instant};
 
 /// How long each broker may take to say it is listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many brokers are controller voters.
+const VOTERS: usize = 3;
 /// How long brokers get to shut down cleanly before they are killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -39,7 +45,7 @@ pub fn run(
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let ports = free_ports(2 * brokers)?;
-    let voters: Vec<String> = (0..brokers)
+    let voters: Vec<String> = (0..brokers.min(VOTERS))
         .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[brokers + i]))
         .collect();
     let exe = std::env::current_exe().map_err(|e| format!("finding the sluice binary: {e}"))?;
@@ -65,6 +71,14 @@ pub fn run(
             .args([
                 "--set",
                 &format!("controller.quorum.voters={}", voters.join(",")),
+            ])
+            .args([
+                "--set",
+                if i < VOTERS {
+                    "process.roles=broker,controller"
+                } else {
+                    "process.roles=broker"
+                },
             ])
             .args([
                 "--set",

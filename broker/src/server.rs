@@ -83,6 +83,11 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         election_timeout_ms: config.controller_election_timeout_ms,
         fetch_timeout_ms: config.controller_fetch_timeout_ms,
         session_timeout_ms: config.broker_session_timeout_ms,
+        learner_addr: if config.voter {
+            None
+        } else {
+            config.controller_advertised.clone()
+        },
     };
     let controller = Arc::new(Controller::start_quorum(
         &config.log_dir,

@@ -338,3 +338,85 @@ fn topics_are_found_and_deleted_by_their_ids() {
     let again = call(&mut s, &broker, 12, 4, &by_id);
     assert_eq!(again.topics[0].error_code, UNKNOWN_TOPIC_ID);
 }
+
+#[test]
+fn describe_topic_partitions_pages_through_topics_in_name_order() {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    use kafka_protocol::messages::DescribeTopicPartitionsRequest;
+    let broker = Broker::start();
+    for (name, partitions) in [("dtp-b", 2), ("dtp-a", 3), ("dtp-c", 1)] {
+        create_topics(&broker, name, partitions);
+    }
+    let mut s = connect(&broker.addr());
+    let names = ["dtp-c", "dtp-a", "dtp-b", "dtp-missing"];
+    let ask = |limit: i32, cursor: Option<(&str, i32)>| {
+        DescribeTopicPartitionsRequest::default()
+            .with_topics(
+                names
+                    .iter()
+                    .map(|n| TopicRequest::default().with_name(topic_name(n)))
+                    .collect(),
+            )
+            .with_response_partition_limit(limit)
+            .with_cursor(cursor.map(|(t, p)| {
+                Cursor::default()
+                    .with_topic_name(topic_name(t))
+                    .with_partition_index(p)
+            }))
+    };
+    // Pages of two partitions: (topic, partition) seen, then the cursor.
+    let mut pages = Vec::new();
+    let mut cursor: Option<(String, i32)> = None;
+    for correlation in 0..10 {
+        let req = ask(2, cursor.as_ref().map(|(t, p)| (t.as_str(), *p)));
+        let resp = call(&mut s, &broker, 0, correlation, &req);
+        let mut page = Vec::new();
+        for t in &resp.topics {
+            let name = t.name.as_ref().unwrap().0.to_string();
+            if t.error_code != 0 {
+                page.push((name.clone(), -1, t.error_code));
+            }
+            for p in &t.partitions {
+                assert_eq!(p.leader_id.0, 1);
+                assert_eq!(p.replica_nodes.len(), 1);
+                page.push((name.clone(), p.partition_index, p.error_code));
+            }
+        }
+        pages.push(page);
+        cursor = resp
+            .next_cursor
+            .map(|c| (c.topic_name.0.to_string(), c.partition_index));
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let p = |t: &str, i: i32| (t.to_string(), i, 0i16);
+    assert_eq!(
+        pages,
+        vec![
+            vec![p("dtp-a", 0), p("dtp-a", 1)],
+            vec![p("dtp-a", 2), p("dtp-b", 0)],
+            vec![p("dtp-b", 1), p("dtp-c", 0)],
+            vec![("dtp-missing".to_string(), -1, 3)],
+        ]
+    );
+    // A cursor naming no requested topic: INVALID_REQUEST (42) for all.
+    let resp = call(&mut s, &broker, 0, 20, &ask(2, Some(("elsewhere", 0))));
+    assert_eq!(resp.topics.len(), 4);
+    assert!(resp.topics.iter().all(|t| t.error_code == 42));
+}
+
+/// Creates `name` with `partitions` partitions (replication factor 1).
+fn create_topics(broker: &Broker, name: &str, partitions: i32) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::CreateTopicsRequest;
+    let mut s = connect(&broker.addr());
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)])
+        .with_timeout_ms(10_000);
+    let resp = call(&mut s, broker, 5, 1, &req);
+    assert_eq!(resp.topics[0].error_code, 0, "creating {name}");
+}

@@ -166,6 +166,75 @@ fn killing_the_active_controller_elects_another_and_loses_no_metadata() {
 }
 
 #[test]
+fn a_broker_that_is_not_a_voter_follows_the_metadata_log_and_takes_replicas() {
+    // Three voters and a broker alone (process.roles=broker): a learner.
+    let mut cluster = Cluster::start_voters(4, 3, &[]);
+    let voters: Vec<&Broker> = cluster.brokers[..3].iter().collect();
+    let controller = agreed_controller(&voters, None);
+    for broker in &cluster.brokers {
+        poll_until(SETTLE, "every broker to be registered", || {
+            let d = describe(broker);
+            let ids: Vec<i32> = d.brokers.iter().map(|b| b.broker_id.0).collect();
+            (ids == [1, 2, 3, 4] && d.controller_id == controller).then_some(())
+        });
+    }
+    // A topic made through the learner (forwarded to the active
+    // controller), with a replica on every broker and leaders spread over
+    // all four.
+    assert_eq!(try_create(cluster.broker(4), "everywhere", 4, 4), 0);
+    let leaders: BTreeSet<i32> = poll_until(SETTLE, "every partition to have a leader", || {
+        let leaders: BTreeSet<i32> = (0..4)
+            .map(|p| leader_and_isr(cluster.broker(4), "everywhere", p).0)
+            .collect();
+        leaders.iter().all(|l| *l > 0).then_some(leaders)
+    });
+    assert_eq!(leaders, BTreeSet::from([1, 2, 3, 4]));
+    assert!(
+        cluster
+            .broker(4)
+            .stderr()
+            .contains("following the metadata log as a learner"),
+        "broker 4 did not join as a learner"
+    );
+    let input: String = (0..50).map(|i| format!("l{i}\n")).collect();
+    produce(
+        cluster.broker(4),
+        "everywhere",
+        &["-X", "acks=all"],
+        input.as_bytes(),
+    );
+    assert_eq!(
+        values(&consume(cluster.broker(4), "everywhere", &["-c", "50"])).len(),
+        50
+    );
+
+    // The learner follows a new active controller, and catches up after
+    // its own restart.
+    cluster.brokers[controller as usize - 1].kill9();
+    let survivors: Vec<&Broker> = (1..=3)
+        .filter(|n| *n != controller)
+        .map(|n| cluster.broker(n))
+        .collect();
+    agreed_controller(&survivors, Some(controller));
+    create_topic(cluster.broker(4), "after-the-controller");
+    let learner = &mut cluster.brokers[3];
+    learner.stop();
+    create_topic(cluster.broker(survivors_first(controller)), "while-away");
+    let learner = &mut cluster.brokers[3];
+    learner.spawn_again();
+    learner.wait_ready();
+    poll_until(SETTLE, "the learner to catch up", || {
+        let names = ["everywhere", "after-the-controller", "while-away"];
+        (topics_seen(cluster.broker(4), &names).len() == 3).then_some(())
+    });
+}
+
+/// A voter other than `dead`.
+fn survivors_first(dead: i32) -> i32 {
+    (1..=3).find(|n| *n != dead).unwrap()
+}
+
+#[test]
 fn a_log_directory_of_another_cluster_is_refused() {
     let mut broker = Broker::start();
     let props_path = broker.data_dir().join("meta.properties");

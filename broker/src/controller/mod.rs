@@ -152,6 +152,9 @@ pub struct Quorum {
     /// `broker.session.timeout.ms`: the active controller fences a broker
     /// it has not heard from for this long.
     pub session_timeout_ms: u64,
+    /// For a node that is not a voter (`process.roles=broker`): the address
+    /// of its CONTROLLER listener, where the leader sends it the log.
+    pub learner_addr: Option<String>,
 }
 
 impl Quorum {
@@ -163,6 +166,7 @@ impl Quorum {
             election_timeout_ms: 1000,
             fetch_timeout_ms: 2000,
             session_timeout_ms: 9000,
+            learner_addr: None,
         }
     }
 }
@@ -432,7 +436,13 @@ async fn begin(
             .map_err(|e| format!("the controller listener: {e}"))?;
         tokio::spawn(network::serve(listener, raft.clone(), liveness));
     }
-    form(&raft, id, &quorum.voters).await?;
+    match &quorum.learner_addr {
+        None => form(&raft, id, &quorum.voters).await?,
+        Some(addr) => {
+            let fetch_timeout = Duration::from_millis(quorum.fetch_timeout_ms.max(1));
+            join(&raft, id, addr, &quorum.voters, fetch_timeout).await?
+        }
+    }
     catch_up(
         &raft,
         id,
@@ -493,6 +503,68 @@ async fn form(
         raft.trigger().elect().await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// A node that is not a voter: asks the voters, one after another until
+/// one answers yes, to have the leader add it as a learner that it sends
+/// the metadata log to at `addr`. Refuses a stored log of another quorum.
+async fn join(
+    raft: &Raft<TypeConfig>,
+    id: u64,
+    addr: &str,
+    voters: &BTreeMap<u64, String>,
+    fetch_timeout: Duration,
+) -> Result<(), String> {
+    if raft.is_initialized().await.map_err(|e| e.to_string())? {
+        let stored: Vec<u64> = raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| m.membership_config.voter_ids().next().is_some(),
+                "the stored membership",
+            )
+            .await
+            .map(|m| m.membership_config.voter_ids().collect())
+            .unwrap_or_default();
+        let configured: Vec<u64> = voters.keys().copied().collect();
+        if stored != configured {
+            return Err(format!(
+                "controller.quorum.voters names node(s) {configured:?}, but the metadata log \
+                 follows a quorum of {stored:?}"
+            ));
+        }
+    }
+    let mut next_log = tokio::time::Instant::now() + WAITING_LOG_EVERY;
+    loop {
+        for (voter, voter_addr) in voters {
+            let mut peer = network::Peer::new(*voter, voter_addr.clone());
+            let call = network::Call::AddLearner {
+                id,
+                addr: addr.to_string(),
+            };
+            match peer.call(&call, fetch_timeout * 3).await {
+                Ok(network::Answer::AddLearner(Ok(()))) => {
+                    info!(node = id, voter, "following the metadata log as a learner");
+                    return Ok(());
+                }
+                Ok(network::Answer::AddLearner(Err(e))) if e.contains("is a controller voter") => {
+                    return Err(e)
+                }
+                Ok(answer) => debug!(voter, ?answer, "joining as a learner: not yet"),
+                Err(e) => debug!(voter, error = %e, "joining as a learner: unreachable"),
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_log {
+            next_log = now + WAITING_LOG_EVERY;
+            warn!(
+                node = id,
+                "waiting to join the controller quorum as a learner: is a majority of \
+                 controller.quorum.voters up, and this node's CONTROLLER listener \
+                 ({addr}) reachable from them?"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until there is a leader and this node has applied everything

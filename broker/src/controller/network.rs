@@ -58,6 +58,12 @@ pub enum Call {
         broker: i32,
         epoch: i64,
     },
+    /// A broker that is not a voter asks to follow the metadata log as a
+    /// learner, the leader to send it to its CONTROLLER listener at `addr`.
+    AddLearner {
+        id: u64,
+        addr: String,
+    },
 }
 
 /// A forwarded proposal's outcome.
@@ -82,6 +88,8 @@ pub enum Answer {
     ReadIndex(Result<u64, String>),
     /// Whether the heartbeat was recorded (this node leads).
     Heartbeat(bool),
+    /// Whether the learner is now in the membership, or why not.
+    AddLearner(Result<(), String>),
 }
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> io::Result<()> {
@@ -278,9 +286,46 @@ async fn serve_peer(
             Call::Heartbeat { broker, epoch } => {
                 super::liveness::on_forwarded(&raft, &liveness, (broker, epoch))
             }
+            Call::AddLearner { id, addr } => Answer::AddLearner(add_learner(&raft, id, addr).await),
         };
         write_frame(&mut stream, &answer).await?;
     }
+}
+
+/// Makes node `id` a learner reached at `addr`, on the leader (passed on
+/// once if this node does not lead). A learner already known there at
+/// another address gets the new one. A voter cannot become a learner.
+async fn add_learner(raft: &Raft<TypeConfig>, id: u64, addr: String) -> Result<(), String> {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.current_leader != Some(metrics.id) {
+        let mut leader = leader_peer(&metrics).ok_or("no controller leader yet")?;
+        return match leader
+            .call(&Call::AddLearner { id, addr }, Duration::from_secs(5))
+            .await
+        {
+            Ok(Answer::AddLearner(answer)) => answer,
+            Ok(_) => Err("the controller leader answered something else".into()),
+            Err(e) => Err(format!("the controller leader is unreachable: {e}")),
+        };
+    }
+    let membership = metrics.membership_config.membership();
+    if membership.voter_ids().any(|v| v == id) {
+        return Err(format!(
+            "node {id} is a controller voter: it cannot join as a learner"
+        ));
+    }
+    let node = BasicNode { addr: addr.clone() };
+    let known = membership.get_node(&id).map(|n| n.addr.clone());
+    let changed = match known {
+        Some(known) if known == addr => return Ok(()),
+        Some(_) => {
+            let change =
+                openraft::ChangeMembers::SetNodes(std::collections::BTreeMap::from([(id, node)]));
+            raft.change_membership(change, true).await.map(|_| ())
+        }
+        None => raft.add_learner(id, node, false).await.map(|_| ()),
+    };
+    changed.map_err(|e| e.to_string())
 }
 
 /// Appends a forwarded record if this node leads.

@@ -17,6 +17,17 @@ use crate::codec::{decode_body, Request};
 use crate::topics::{TopicError, TopicState};
 use crate::Broker;
 
+/// The replicas on `fenced` brokers: offline, as Kafka lists replicas whose
+/// broker is down.
+pub(super) fn offline(replicas: &[i32], fenced: &std::collections::BTreeSet<i32>) -> Vec<BrokerId> {
+    replicas
+        .iter()
+        .copied()
+        .filter(|r| fenced.contains(r))
+        .map(BrokerId)
+        .collect()
+}
+
 /// One topic as Metadata shows it; replicas on `fenced` brokers are listed
 /// as offline, as Kafka lists replicas whose broker is down.
 fn describe(
@@ -44,13 +55,7 @@ fn describe(
                 partition.leader_epoch = record.leader_epoch;
                 partition.replica_nodes = record.replicas.iter().copied().map(BrokerId).collect();
                 partition.isr_nodes = record.isr.iter().copied().map(BrokerId).collect();
-                partition.offline_replicas = record
-                    .replicas
-                    .iter()
-                    .copied()
-                    .filter(|r| fenced.contains(r))
-                    .map(BrokerId)
-                    .collect();
+                partition.offline_replicas = offline(&record.replicas, fenced);
                 if record.leader < 0 {
                     partition.error_code = ResponseError::LeaderNotAvailable.code();
                 }

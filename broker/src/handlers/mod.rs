@@ -10,6 +10,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -80,6 +81,9 @@ pub async fn dispatch(broker: &Broker, request: Request, connection: &Connection
         ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
         ApiKey::DescribeCluster => describe_cluster::handle(broker, &request).await,
+        ApiKey::DescribeTopicPartitions => {
+            describe_topic_partitions::handle(broker, &request).await
+        }
         ApiKey::DeleteRecords => delete_records::handle(broker, &request).await,
         ApiKey::FindCoordinator => find_coordinator::handle(broker, &request).await,
         ApiKey::JoinGroup => join_group::handle(broker, &request).await,

@@ -1,5 +1,6 @@
 //! Several brokers as one cluster: node ids 1..=n, every one a controller
-//! voter, timeouts short enough for a test. Dropping it kills them all.
+//! voter unless told otherwise, timeouts short enough for a test.
+//! Dropping it kills them all.
 
 use std::collections::BTreeSet;
 
@@ -19,12 +20,18 @@ impl Cluster {
 
     /// [`Cluster::start`] with `extra` settings on every broker.
     pub fn start_with(n: usize, extra: &[(&str, &str)]) -> Cluster {
+        Cluster::start_voters(n, n, extra)
+    }
+
+    /// `n` brokers of which the first `voters` are controller voters and
+    /// the rest brokers only (`process.roles=broker`, Raft learners).
+    pub fn start_voters(n: usize, voters: usize, extra: &[(&str, &str)]) -> Cluster {
         let mut ports = BTreeSet::new();
         while ports.len() < 2 * n {
             ports.insert(free_port());
         }
         let ports: Vec<u16> = ports.into_iter().collect();
-        let voters: Vec<String> = (0..n)
+        let voter_list: Vec<String> = (0..voters)
             .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[n + i]))
             .collect();
         let mut brokers: Vec<Broker> = (0..n)
@@ -39,9 +46,18 @@ impl Cluster {
                             ports[n + i]
                         ),
                     ),
-                    ("controller.quorum.voters", voters.join(",")),
+                    ("controller.quorum.voters", voter_list.join(",")),
                     ("controller.quorum.election.timeout.ms", "300".to_string()),
                     ("controller.quorum.fetch.timeout.ms", "600".to_string()),
+                    (
+                        "process.roles",
+                        if i < voters {
+                            "broker,controller"
+                        } else {
+                            "broker"
+                        }
+                        .to_string(),
+                    ),
                 ];
                 let settings: Vec<(String, String)> = settings
                     .into_iter()

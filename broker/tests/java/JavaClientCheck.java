@@ -28,6 +28,7 @@ import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
@@ -36,6 +37,7 @@ import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
 
@@ -105,6 +107,29 @@ public final class JavaClientCheck {
             admin.createTopics(List.of(new NewTopic(topic, partitions, replication)))
                     .all()
                     .get(30, TimeUnit.SECONDS);
+            // The admin client describes topics with DescribeTopicPartitions
+            // (KIP-966) when the broker offers it; wait until every
+            // partition has a leader and all its replicas.
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+            while (true) {
+                TopicDescription d = admin.describeTopics(List.of(topic))
+                        .allTopicNames()
+                        .get(30, TimeUnit.SECONDS)
+                        .get(topic);
+                boolean ready = d.partitions().size() == partitions;
+                for (TopicPartitionInfo info : d.partitions()) {
+                    ready &= info.leader() != null && info.replicas().size() == replication;
+                }
+                if (ready) {
+                    System.out.println("described " + topic + ": " + partitions
+                            + " partitions, each with a leader and " + replication + " replicas");
+                    break;
+                }
+                if (System.nanoTime() > deadline) {
+                    throw new IllegalStateException("topic never fully described: " + d);
+                }
+                Thread.sleep(100);
+            }
         }
     }
 
