@@ -14,9 +14,12 @@ use std::time::Duration;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::{
     CreateTopicsRequest, DescribeClusterRequest, DescribeClusterResponse, FetchRequest,
-    MetadataRequest,
+    MetadataRequest, OffsetForLeaderEpochRequest,
 };
 use kafka_protocol::protocol::{Decodable, HeaderVersion, Request};
 
@@ -625,6 +628,21 @@ fn a_dead_leader_is_fenced_another_in_sync_replica_leads_and_nothing_acknowledge
         assert_eq!(
             resp.responses[0].partitions[0].error_code, code,
             "fetch naming epoch {named} (current {epoch})"
+        );
+        // A consumer validating its position after the leader change
+        // (KIP-320) is fenced alike.
+        let validate = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(topic_name("moves"))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(named)
+                    .with_leader_epoch(0)])]);
+        let resp = ask(&cluster.broker(next).addr(), 4, &validate);
+        assert_eq!(
+            resp.topics[0].partitions[0].error_code, code,
+            "OffsetForLeaderEpoch naming epoch {named} (current {epoch})"
         );
     }
     // Clients find the new leader and go on.

@@ -37,10 +37,15 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                 out.partitions.push(p);
                 continue;
             }
-            // Nothing has led below the current epoch yet, so no request can
-            // carry an older (FENCED_LEADER_EPOCH) one; elections add it.
-            if partition.current_leader_epoch > state.leader_epoch(partition.partition) {
-                p.error_code = ResponseError::UnknownLeaderEpoch.code();
+            // A client that names an older leader epoch than the current
+            // one is fenced (it must refresh its metadata); a newer one is
+            // unknown here yet (KIP-320).
+            if let Some(error) = broker.leader_epoch_error(
+                state,
+                partition.partition,
+                partition.current_leader_epoch,
+            ) {
+                p.error_code = error.code();
             } else {
                 let tp = TopicPartition::new(name.clone(), partition.partition);
                 let requested = Epoch(partition.leader_epoch);
