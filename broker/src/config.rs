@@ -61,6 +61,10 @@ pub struct BrokerConfig {
     pub broker_heartbeat_interval_ms: u64,
     /// `broker.session.timeout.ms`: a broker silent this long is fenced.
     pub broker_session_timeout_ms: u64,
+    /// `controlled.shutdown.enable`: on SIGTERM, have the controller move
+    /// this broker's leaderships first, trying `controlled.shutdown.max.retries`
+    /// times `controlled.shutdown.retry.backoff.ms` apart (None: disabled).
+    pub controlled_shutdown: Option<(u32, u64)>,
     /// `broker.rack`: placement puts one replica per rack before any rack
     /// gets a second.
     pub rack: Option<String>,
@@ -116,6 +120,9 @@ const KNOWN_KEYS: &[&str] = &[
     "broker.rack",
     "broker.heartbeat.interval.ms",
     "broker.session.timeout.ms",
+    "controlled.shutdown.enable",
+    "controlled.shutdown.max.retries",
+    "controlled.shutdown.retry.backoff.ms",
     "min.insync.replicas",
     "auto.create.topics.enable",
     "message.max.bytes",
@@ -401,16 +408,31 @@ impl BrokerConfig {
             |v| *v >= 1,
             "must be at least 1",
         )?;
-        let auto_create_topics = match get("auto.create.topics.enable") {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(bad(
-                    "auto.create.topics.enable",
-                    other,
-                    "must be true or false",
-                ))
-            }
+        let flag = |key: &'static str, default: bool| match get(key) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(other) => Err(bad(key, other, "must be true or false")),
+        };
+        let auto_create_topics = flag("auto.create.topics.enable", true)?;
+        let controlled_shutdown = if flag("controlled.shutdown.enable", true)? {
+            let retries = num(
+                "controlled.shutdown.max.retries",
+                get("controlled.shutdown.max.retries"),
+                3u32,
+                |v| *v >= 1,
+                "must be at least 1",
+            )?;
+            let backoff_ms = num(
+                "controlled.shutdown.retry.backoff.ms",
+                get("controlled.shutdown.retry.backoff.ms"),
+                5000u64,
+                |_| true,
+                "must be a number of milliseconds",
+            )?;
+            Some((retries, backoff_ms))
+        } else {
+            None
         };
         let message_max_bytes = num(
             "message.max.bytes",
@@ -610,6 +632,7 @@ impl BrokerConfig {
             offsets_topic_replication_factor,
             replica_lag_time_max_ms,
             broker_heartbeat_interval_ms,
+            controlled_shutdown,
             broker_session_timeout_ms,
             rack: get("broker.rack")
                 .map(str::trim)

@@ -129,7 +129,11 @@ fn main() {
     let mut signal = 0;
     // SAFETY: `signals` is the set blocked above; sigwait stores the signal.
     unsafe { libc::sigwait(&signals, &mut signal) };
-    tracing::info!(signal, "shutting down: flushing and closing logs");
+    tracing::info!(signal, "shutting down");
+    // Leaderships move to other brokers first; then this broker stops
+    // following, and its logs are flushed and closed.
+    server::controlled_shutdown(&broker);
+    tracing::info!("flushing and closing logs");
     // No metadata changes from here on; every committed record is durable.
     broker.controller.stop();
     // Connections hold the broker too, so the engine is closed through a

@@ -145,7 +145,9 @@ async fn manage(broker: Arc<Broker>, shard: usize) {
         if seen != Some(index) {
             seen = Some(index);
             let mut wanted: BTreeMap<i32, Vec<Followed>> = BTreeMap::new();
-            for (name, state) in broker.topics.all() {
+            // A broker in controlled shutdown follows nothing any more.
+            let stopping = broker.topics.image().shutting_down.contains(&me);
+            for (name, state) in broker.topics.all().into_iter().filter(|_| !stopping) {
                 for p in 0..state.partitions {
                     let leader = state.leader(p);
                     if leader == me || leader < 0 || !state.hosted_by(p, me) {

@@ -693,3 +693,53 @@ async fn write_responses(
     // Closing both directions also ends the reader's pending read.
     let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
 }
+
+/// Controlled shutdown (SIGTERM): asks the controller to move every
+/// leadership this broker holds to another in-sync replica and take it out
+/// of the ISRs, and waits until this broker's own image says so, trying
+/// `controlled.shutdown.max.retries` times. Clients then get
+/// NOT_LEADER_OR_FOLLOWER here and go to the new leaders while this broker
+/// still answers, rather than time out on a dead socket. Skipped on a
+/// cluster of one (there is nobody to hand over to) or when disabled.
+pub fn controlled_shutdown(broker: &Broker) {
+    let Some((retries, backoff_ms)) = broker.config.controlled_shutdown else {
+        return;
+    };
+    let me = broker.config.node_id;
+    let epoch = broker.controller.broker_epoch();
+    if epoch < 0 || broker.topics.image().brokers.len() <= 1 {
+        return;
+    }
+    let runtime = match sluice_engine::shard::client_runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            warn!(error = %e, "controlled shutdown: no runtime; stopping without it");
+            return;
+        }
+    };
+    let attempt_limit = Duration::from_millis(broker.config.controller_fetch_timeout_ms.max(1) * 5);
+    for attempt in 1..=retries {
+        let done = runtime.block_on(compio::time::timeout(
+            attempt_limit,
+            broker.topics.shut_down(me, epoch),
+        ));
+        match done {
+            Ok(Ok(())) => {
+                info!(
+                    node = me,
+                    "controlled shutdown: leaderships moved, out of every ISR"
+                );
+                return;
+            }
+            Ok(Err(e)) => warn!(attempt, retries, error = %e, "controlled shutdown failed"),
+            Err(_) => warn!(
+                attempt,
+                retries, "controlled shutdown: the controller did not answer in time"
+            ),
+        }
+        if attempt < retries {
+            std::thread::sleep(Duration::from_millis(backoff_ms));
+        }
+    }
+    warn!(node = me, "controlled shutdown gave up: stopping anyway; the controller fences this broker once its session times out");
+}

@@ -428,6 +428,14 @@ impl Topics {
         }
     }
 
+    /// This run of broker `id` (registered as `epoch`) is shutting down:
+    /// once this returns, the image this broker serves shows it leading
+    /// nothing and in no ISR it could leave.
+    pub async fn shut_down(&self, id: i32, epoch: i64) -> Result<(), TopicError> {
+        self.propose(MetadataRecord::ShutdownBroker { id, epoch })
+            .await
+    }
+
     /// Creates a topic of `partitions` partitions with `replication`
     /// replicas each, spread over the registered brokers
     /// ([`placement`]), with `overrides` (validated against the broker

@@ -873,3 +873,56 @@ fn latest_offset(broker: &Broker, topic: &str) -> i64 {
     let resp = ask(&broker.addr(), 5, &req);
     resp.topics[0].partitions[0].offset
 }
+
+#[test]
+fn sigterm_hands_leaderships_over_before_the_broker_exits_and_it_rejoins_after() {
+    // Sessions far longer than the test: any leadership that moves, moves
+    // by the controlled shutdown.
+    let mut cluster = Cluster::start_with(3, &[("broker.session.timeout.ms", "60000")]);
+    assert_eq!(try_create(cluster.broker(1), "handover", 3, 3), 0);
+    let all_in_sync = |cluster: &Cluster, from: i32| {
+        (0..3).all(|p| {
+            let (leader, isr) = leader_and_isr(cluster.broker(from), "handover", p);
+            leader > 0 && isr.len() == 3
+        })
+    };
+    poll_until(SETTLE, "every partition in sync", || {
+        all_in_sync(&cluster, 1).then_some(())
+    });
+    let stopping = leader_and_isr(cluster.broker(1), "handover", 0).0;
+    let other = (1..=3).find(|n| *n != stopping).unwrap();
+    let input: String = (0..300).map(|i| format!("h{i}\n")).collect();
+    produce(
+        cluster.broker(other),
+        "handover",
+        &["-X", "acks=all"],
+        input.as_bytes(),
+    );
+
+    cluster.brokers[stopping as usize - 1].stop();
+    poll_until(
+        Duration::from_secs(10),
+        "every leadership and ISR membership of the stopped broker to move",
+        || {
+            (0..3)
+                .all(|p| {
+                    let (leader, isr) = leader_and_isr(cluster.broker(other), "handover", p);
+                    leader > 0 && leader != stopping && !isr.contains(&stopping)
+                })
+                .then_some(())
+        },
+    );
+    assert!(cluster
+        .broker(stopping)
+        .stderr()
+        .contains("controlled shutdown: leaderships moved"));
+    let got = consume(cluster.broker(other), "handover", &["-c", "300"]);
+    assert_eq!(values(&got).len(), 300, "every acknowledged message");
+
+    let back = &mut cluster.brokers[stopping as usize - 1];
+    back.spawn_again();
+    back.wait_ready();
+    poll_until(SETTLE, "the restarted broker to rejoin every ISR", || {
+        all_in_sync(&cluster, other).then_some(())
+    });
+}

@@ -134,9 +134,18 @@ pub enum MetadataRecord {
     },
     /// A fenced broker heartbeats again: it may hold leadership again (a
     /// partition left without a leader whose ISR names it is led by it);
-    /// it rejoins ISRs by catching up.
+    /// it rejoins ISRs by catching up. A broker shutting down stays fenced.
     UnfenceBroker {
         id: i32,
+    },
+    /// A broker's controlled shutdown (SIGTERM): it is fenced and leaves
+    /// every ISR and leadership as a silent broker does, before it stops,
+    /// so that clients move on at once; it stays fenced until its next
+    /// run registers. `epoch` is its registration's: a shutdown of an
+    /// earlier run changes nothing.
+    ShutdownBroker {
+        id: i32,
+        epoch: i64,
     },
     /// Names the cluster. The first such record wins; a different one
     /// later is refused.
@@ -213,6 +222,10 @@ pub struct MetadataImage {
     /// The epoch the next broker registration gets.
     #[serde(default)]
     pub next_broker_epoch: i64,
+    /// Brokers in controlled shutdown: fenced, and not unfenced by their
+    /// last heartbeats, until they register again.
+    #[serde(default)]
+    pub shutting_down: std::collections::BTreeSet<i32>,
 }
 
 impl MetadataImage {
@@ -233,6 +246,7 @@ impl MetadataImage {
                 if restarted {
                     self.leave_isrs(id);
                 }
+                self.shutting_down.remove(&id);
                 self.unfence(id);
                 return Ok(Applied::BrokerEpoch { epoch });
             }
@@ -242,7 +256,19 @@ impl MetadataImage {
                 }
                 self.leave_isrs(*id);
             }
-            MetadataRecord::UnfenceBroker { id } => self.unfence(*id),
+            MetadataRecord::UnfenceBroker { id } => {
+                if !self.shutting_down.contains(id) {
+                    self.unfence(*id);
+                }
+            }
+            MetadataRecord::ShutdownBroker { id, epoch } => {
+                if self.brokers.get(id).map(|b| b.epoch) != Some(*epoch) {
+                    return Ok(Applied::Done);
+                }
+                self.shutting_down.insert(*id);
+                self.fenced.insert(*id);
+                self.leave_isrs(*id);
+            }
             MetadataRecord::AlterPartition {
                 topic,
                 topic_id,

@@ -139,6 +139,10 @@ pub async fn watch(
             });
             let silent = now.duration_since(last) > session_timeout;
             let fenced = image.fenced.contains(&broker);
+            if fenced && image.shutting_down.contains(&broker) {
+                // Stopping: its last heartbeats must not unfence it.
+                continue;
+            }
             let record = match (fenced, silent) {
                 (false, true) => MetadataRecord::FenceBroker { id: broker },
                 (true, false) => MetadataRecord::UnfenceBroker { id: broker },
