@@ -25,6 +25,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DescribeTopicPartitions, 0, 0),
+    (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
@@ -325,6 +326,10 @@ pub fn decode_served_body(request: &Request) -> Result<(), DecodeError> {
         ApiKey::DescribeCluster => {
             decode_body::<messages::DescribeClusterRequest>(request).map(drop)
         }
+        ApiKey::DescribeTopicPartitions => {
+            decode_body::<messages::DescribeTopicPartitionsRequest>(request).map(drop)
+        }
+        ApiKey::ElectLeaders => decode_body::<messages::ElectLeadersRequest>(request).map(drop),
         ApiKey::DescribeConfigs => {
             decode_body::<messages::DescribeConfigsRequest>(request).map(drop)
         }

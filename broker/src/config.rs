@@ -65,6 +65,11 @@ pub struct BrokerConfig {
     /// this broker's leaderships first, trying `controlled.shutdown.max.retries`
     /// times `controlled.shutdown.retry.backoff.ms` apart (None: disabled).
     pub controlled_shutdown: Option<(u32, u64)>,
+    /// `unclean.leader.election.enable`, `auto.leader.rebalance.enable`,
+    /// `leader.imbalance.check.interval.seconds` and
+    /// `leader.imbalance.per.broker.percentage`: the elections the active
+    /// controller makes.
+    pub elections: crate::controller::election::Settings,
     /// `broker.rack`: placement puts one replica per rack before any rack
     /// gets a second.
     pub rack: Option<String>,
@@ -121,6 +126,10 @@ const KNOWN_KEYS: &[&str] = &[
     "broker.heartbeat.interval.ms",
     "broker.session.timeout.ms",
     "controlled.shutdown.enable",
+    "unclean.leader.election.enable",
+    "auto.leader.rebalance.enable",
+    "leader.imbalance.check.interval.seconds",
+    "leader.imbalance.per.broker.percentage",
     "controlled.shutdown.max.retries",
     "controlled.shutdown.retry.backoff.ms",
     "min.insync.replicas",
@@ -415,6 +424,24 @@ impl BrokerConfig {
             Some(other) => Err(bad(key, other, "must be true or false")),
         };
         let auto_create_topics = flag("auto.create.topics.enable", true)?;
+        let elections = crate::controller::election::Settings {
+            unclean_default: flag("unclean.leader.election.enable", false)?,
+            auto_rebalance: flag("auto.leader.rebalance.enable", true)?,
+            imbalance_check: std::time::Duration::from_secs(num(
+                "leader.imbalance.check.interval.seconds",
+                get("leader.imbalance.check.interval.seconds"),
+                300u64,
+                |v| *v >= 1,
+                "must be at least 1",
+            )?),
+            imbalance_percentage: num(
+                "leader.imbalance.per.broker.percentage",
+                get("leader.imbalance.per.broker.percentage"),
+                10u32,
+                |v| *v <= 100,
+                "must be a percentage, 0 to 100",
+            )?,
+        };
         let controlled_shutdown = if flag("controlled.shutdown.enable", true)? {
             let retries = num(
                 "controlled.shutdown.max.retries",
@@ -633,6 +660,7 @@ impl BrokerConfig {
             replica_lag_time_max_ms,
             broker_heartbeat_interval_ms,
             controlled_shutdown,
+            elections,
             broker_session_timeout_ms,
             rack: get("broker.rack")
                 .map(str::trim)

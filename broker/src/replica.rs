@@ -119,6 +119,7 @@ async fn watch_isr(broker: Arc<Broker>) {
                     isr: change.isr.clone(),
                     broker_epoch: broker.controller.broker_epoch(),
                     joining: change.joining.clone(),
+                    high_watermark: change.high_watermark.0,
                 };
                 match broker.controller.propose(record).await {
                     Ok(_) => info!(partition = %change.tp, isr = ?change.isr, "ISR changed"),

@@ -83,6 +83,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         election_timeout_ms: config.controller_election_timeout_ms,
         fetch_timeout_ms: config.controller_fetch_timeout_ms,
         session_timeout_ms: config.broker_session_timeout_ms,
+        elections: config.elections.clone(),
         learner_addr: if config.voter {
             None
         } else {

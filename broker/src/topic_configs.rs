@@ -45,6 +45,7 @@ pub fn broker_keys(key: &str) -> &'static [&'static str] {
         "flush.ms" => &["log.flush.interval.ms"],
         "max.message.bytes" => &["message.max.bytes"],
         "min.insync.replicas" => &["min.insync.replicas"],
+        "unclean.leader.election.enable" => &["unclean.leader.election.enable"],
         _ => &[],
     }
 }
@@ -53,13 +54,20 @@ fn limit_text(value: Option<u64>, unlimited: &str) -> String {
     value.map_or_else(|| unlimited.to_string(), |v| v.to_string())
 }
 
+/// The broker's defaults for the topic settings that have no engine field.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub min_insync_replicas: i32,
+    pub unclean_leader_election: bool,
+}
+
 /// The current value of `key` in `config` (with `overrides` for the keys
-/// that have no engine field), as Kafka spells it.
+/// that have no engine field, else `defaults`), as Kafka spells it.
 pub fn value_of(
     key: &str,
     config: &LogConfig,
     overrides: &BTreeMap<String, String>,
-    min_insync_default: i32,
+    defaults: Defaults,
 ) -> Option<String> {
     Some(match key {
         "cleanup.policy" => "delete".to_string(),
@@ -70,7 +78,7 @@ pub fn value_of(
         "min.insync.replicas" => overrides
             .get(key)
             .cloned()
-            .unwrap_or_else(|| min_insync_default.to_string()),
+            .unwrap_or_else(|| defaults.min_insync_replicas.to_string()),
         "retention.bytes" => limit_text(config.retention_bytes, "-1"),
         "retention.ms" => limit_text(config.retention_ms, "-1"),
         "segment.bytes" => config.segment_bytes.to_string(),
@@ -79,7 +87,7 @@ pub fn value_of(
         "unclean.leader.election.enable" => overrides
             .get(key)
             .cloned()
-            .unwrap_or_else(|| "false".into()),
+            .unwrap_or_else(|| defaults.unclean_leader_election.to_string()),
         _ => return None,
     })
 }
@@ -150,6 +158,11 @@ mod tests {
             .collect()
     }
 
+    const DEFAULTS: Defaults = Defaults {
+        min_insync_replicas: 1,
+        unclean_leader_election: false,
+    };
+
     #[test]
     fn overrides_apply_and_describe_back_as_kafka_spells_them() {
         let o = overrides(&[
@@ -161,15 +174,15 @@ mod tests {
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.flush_messages, Some(1));
         assert_eq!(
-            value_of("retention.ms", &config, &o, 1).as_deref(),
+            value_of("retention.ms", &config, &o, DEFAULTS).as_deref(),
             Some("-1")
         );
         assert_eq!(
-            value_of("min.insync.replicas", &config, &o, 1).as_deref(),
+            value_of("min.insync.replicas", &config, &o, DEFAULTS).as_deref(),
             Some("2")
         );
         assert_eq!(
-            value_of("flush.ms", &config, &o, 1).as_deref(),
+            value_of("flush.ms", &config, &o, DEFAULTS).as_deref(),
             Some("9223372036854775807")
         );
         for (k, v) in [

@@ -510,6 +510,8 @@ impl Topics {
                 replicas,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                high_watermark: 0,
+                unclean: false,
             })
             .collect())
     }

@@ -926,3 +926,173 @@ fn sigterm_hands_leaderships_over_before_the_broker_exits_and_it_rejoins_after()
         all_in_sync(&cluster, other).then_some(())
     });
 }
+
+/// Sets topic config `key` to `value` (IncrementalAlterConfigs v0, SET).
+fn set_topic_config(broker: &Broker, topic: &str, key: &str, value: &str) {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    use kafka_protocol::protocol::StrBytes;
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.to_string()))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_string(key.to_string()))
+                .with_config_operation(0)
+                .with_value(Some(StrBytes::from_string(value.to_string())))]),
+    ]);
+    let resp = ask(&broker.addr(), 0, &req);
+    assert_eq!(resp.responses[0].error_code, 0, "setting {key}={value}");
+}
+
+#[test]
+fn an_offline_partition_waits_for_its_isr_until_unclean_election_is_allowed() {
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "100"),
+            ("broker.session.timeout.ms", "1000"),
+            ("replica.lag.time.max.ms", "1000"),
+            ("auto.leader.rebalance.enable", "false"),
+        ],
+    );
+    assert_eq!(try_create(cluster.broker(1), "unclean", 1, 2), 0);
+    let (leader, isr) = poll_until(SETTLE, "both replicas in sync", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "unclean", 0);
+        (leader > 0 && isr.len() == 2).then_some((leader, isr))
+    });
+    let follower = *isr.iter().find(|r| **r != leader).unwrap();
+    let third = (1..=3).find(|n| !isr.contains(n)).unwrap();
+    poll_until(SETTLE, "a first committed message", || {
+        (produce_raw(cluster.broker(leader), "unclean", 0, -1) == 0).then_some(())
+    });
+    // The follower falls out of the ISR; the leader alone commits more,
+    // then dies: no in-sync replica is left.
+    signal(cluster.broker(follower), libc::SIGSTOP);
+    wait_stopped(cluster.broker(follower));
+    poll_until(SETTLE, "the paused follower to leave the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(leader), "unclean", 0);
+        (isr == [leader]).then_some(())
+    });
+    for _ in 0..3 {
+        assert_eq!(produce_raw(cluster.broker(leader), "unclean", 0, -1), 0);
+    }
+    cluster.brokers[leader as usize - 1].kill9();
+    signal(cluster.broker(follower), libc::SIGCONT);
+    // Offline while unclean election is off: no leader even once the
+    // out-of-sync replica is back (live, registered, unfenced).
+    poll_until(
+        SETTLE,
+        "the partition offline and its follower live",
+        || {
+            let d = describe(cluster.broker(third));
+            let live = d.brokers.iter().any(|b| b.broker_id.0 == follower);
+            let dead = d.brokers.iter().all(|b| b.broker_id.0 != leader);
+            let (now, _) = leader_and_isr(cluster.broker(third), "unclean", 0);
+            (live && dead && now == -1).then_some(())
+        },
+    );
+    // Metadata says LEADER_NOT_AVAILABLE; a produce anywhere is told
+    // NOT_LEADER_OR_FOLLOWER, as Kafka does.
+    let md = metadata_of(cluster.broker(third), "unclean");
+    assert_eq!(md.topics[0].partitions[0].error_code, 5);
+    assert_eq!(produce_raw(cluster.broker(follower), "unclean", 0, -1), 6);
+
+    // Allowed on the topic: the out-of-sync replica leads within seconds.
+    set_topic_config(
+        cluster.broker(third),
+        "unclean",
+        "unclean.leader.election.enable",
+        "true",
+    );
+    poll_until(SETTLE, "the out-of-sync replica to lead", || {
+        let (now, isr) = leader_and_isr(cluster.broker(third), "unclean", 0);
+        (now == follower && isr == [follower]).then_some(())
+    });
+    assert!(
+        cluster
+            .brokers
+            .iter()
+            .any(|b| b.stderr().contains("unclean leader election")),
+        "no broker logged the unclean election"
+    );
+    poll_until(SETTLE, "a message committed under the new leader", || {
+        (produce_raw(cluster.broker(follower), "unclean", 0, -1) == 0).then_some(())
+    });
+    // The old leader returns, drops what the new leader never had, and
+    // holds its bytes.
+    let old = &mut cluster.brokers[leader as usize - 1];
+    old.spawn_again();
+    old.wait_ready();
+    poll_until(SETTLE, "the old leader to rejoin the ISR", || {
+        let (_, isr) = leader_and_isr(cluster.broker(follower), "unclean", 0);
+        (isr.len() == 2).then_some(())
+    });
+    let leaders = segments(cluster.broker(follower), "unclean-0");
+    poll_until(SETTLE, "the old leader's log to match", || {
+        (segments(cluster.broker(leader), "unclean-0") == leaders).then_some(())
+    });
+
+    // ElectLeaders (auto rebalance is off here): the preferred replica
+    // leads again; asking twice, or an unclean election of a partition
+    // that has a leader, is not needed (84); an unknown partition is 3.
+    let preferred =
+        metadata_of(cluster.broker(third), "unclean").topics[0].partitions[0].replica_nodes[0].0;
+    let elect = |kind: i8, partition: i32| {
+        use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+        use kafka_protocol::messages::ElectLeadersRequest;
+        let req = ElectLeadersRequest::default()
+            .with_election_type(kind)
+            .with_timeout_ms(10_000)
+            .with_topic_partitions(Some(vec![TopicPartitions::default()
+                .with_topic(topic_name("unclean"))
+                .with_partitions(vec![partition])]));
+        let resp = ask(&cluster.broker(third).addr(), 2, &req);
+        resp.replica_election_results[0].partition_result[0].error_code
+    };
+    let first = elect(0, 0);
+    assert!(
+        first == 0 || (first == 84 && preferred == follower),
+        "preferred election: {first}"
+    );
+    poll_until(SETTLE, "the preferred replica to lead", || {
+        (leader_and_isr(cluster.broker(third), "unclean", 0).0 == preferred).then_some(())
+    });
+    assert_eq!(elect(0, 0), 84);
+    assert_eq!(elect(1, 0), 84);
+    assert_eq!(elect(0, 7), 3);
+}
+
+#[test]
+fn the_rebalancer_gives_leadership_back_to_the_preferred_replica() {
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "100"),
+            ("broker.session.timeout.ms", "1000"),
+            ("leader.imbalance.check.interval.seconds", "1"),
+        ],
+    );
+    assert_eq!(try_create(cluster.broker(1), "prefers", 1, 3), 0);
+    let preferred = poll_until(SETTLE, "the preferred replica to lead", || {
+        let md = metadata_of(cluster.broker(1), "prefers");
+        let p = md.topics.first()?.partitions.first()?;
+        let preferred = p.replica_nodes.first()?.0;
+        (p.leader_id.0 == preferred && p.isr_nodes.len() == 3).then_some(preferred)
+    });
+    let other = (1..=3).find(|n| *n != preferred).unwrap();
+    cluster.brokers[preferred as usize - 1].kill9();
+    poll_until(SETTLE, "another replica to lead", || {
+        let (leader, _) = leader_and_isr(cluster.broker(other), "prefers", 0);
+        (leader > 0 && leader != preferred).then_some(())
+    });
+    let back = &mut cluster.brokers[preferred as usize - 1];
+    back.spawn_again();
+    back.wait_ready();
+    poll_until(SETTLE, "the preferred replica to lead again", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(other), "prefers", 0);
+        (leader == preferred && isr.len() == 3).then_some(())
+    });
+}

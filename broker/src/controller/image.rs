@@ -49,6 +49,14 @@ pub struct PartitionRecord {
     /// leader): an AlterPartition names the epoch it was made against.
     #[serde(default)]
     pub partition_epoch: i32,
+    /// The high watermark its leader last reported (with an ISR change):
+    /// what an unclean election may lose is measured against it.
+    #[serde(default)]
+    pub high_watermark: i64,
+    /// Its leader was elected from outside the ISR (an unclean election)
+    /// and no ISR change has been made since.
+    #[serde(default)]
+    pub unclean: bool,
 }
 
 impl PartitionRecord {
@@ -61,6 +69,8 @@ impl PartitionRecord {
             leader: broker,
             leader_epoch: 0,
             partition_epoch: 0,
+            high_watermark: 0,
+            unclean: false,
         }
     }
 }
@@ -124,6 +134,23 @@ pub enum MetadataRecord {
         broker_epoch: i64,
         #[serde(default)]
         joining: BTreeMap<i32, i64>,
+        /// The leader's high watermark when it proposed the change.
+        #[serde(default)]
+        high_watermark: i64,
+    },
+    /// A new leader for a partition, chosen by the active controller or
+    /// asked for with ElectLeaders: applied only if `partition_epoch` is
+    /// still the partition's, `leader` is one of its replicas and not
+    /// fenced, and (unless `unclean`) in its ISR. An unclean election makes
+    /// the new leader the whole ISR: what the old ISR had and it lacks is
+    /// lost. Both bump the leader and partition epochs.
+    ElectLeader {
+        topic: String,
+        topic_id: TopicId,
+        partition: i32,
+        partition_epoch: i32,
+        leader: i32,
+        unclean: bool,
     },
     /// A broker silent for `broker.session.timeout.ms` (KIP-631): it
     /// leaves every ISR it was in (unless it was the last member), and
@@ -226,6 +253,9 @@ pub struct MetadataImage {
     /// last heartbeats, until they register again.
     #[serde(default)]
     pub shutting_down: std::collections::BTreeSet<i32>,
+    /// How many unclean leader elections the cluster has made.
+    #[serde(default)]
+    pub unclean_elections: u64,
 }
 
 impl MetadataImage {
@@ -279,6 +309,7 @@ impl MetadataImage {
                 isr,
                 broker_epoch,
                 joining,
+                high_watermark,
             } => {
                 let stale = |why: String| MetadataError::StalePartitionChange {
                     topic: topic.clone(),
@@ -325,6 +356,55 @@ impl MetadataImage {
                 }
                 record.isr = isr.clone();
                 record.partition_epoch += 1;
+                record.high_watermark = record.high_watermark.max(*high_watermark);
+                record.unclean = false;
+            }
+            MetadataRecord::ElectLeader {
+                topic,
+                topic_id,
+                partition,
+                partition_epoch,
+                leader,
+                unclean,
+            } => {
+                let stale = |why: String| MetadataError::StalePartitionChange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    why,
+                };
+                let fenced = self.fenced.contains(leader);
+                let image = self.topic_mut(topic)?;
+                if image.id != *topic_id {
+                    return Err(stale("the topic was deleted and created again".into()));
+                }
+                let record = usize::try_from(*partition)
+                    .ok()
+                    .and_then(|i| image.partitions.get_mut(i))
+                    .ok_or_else(|| stale("no such partition".into()))?;
+                if record.partition_epoch != *partition_epoch {
+                    return Err(stale(format!(
+                        "elected at partition epoch {partition_epoch}, the partition is at {}",
+                        record.partition_epoch
+                    )));
+                }
+                if !record.replicas.contains(leader) || fenced {
+                    return Err(stale(format!("broker {leader} is not a live replica")));
+                }
+                if *unclean {
+                    record.isr = vec![*leader];
+                    record.unclean = true;
+                } else if !record.isr.contains(leader) {
+                    return Err(stale(format!(
+                        "broker {leader} is not in the ISR {:?}",
+                        record.isr
+                    )));
+                }
+                record.leader = *leader;
+                record.leader_epoch += 1;
+                record.partition_epoch += 1;
+                if *unclean {
+                    self.unclean_elections += 1;
+                }
             }
             MetadataRecord::SetClusterId { id } => match &self.cluster_id {
                 Some(current) if current != id => {
@@ -485,6 +565,8 @@ mod tests {
             leader,
             leader_epoch: 4,
             partition_epoch: 7,
+            high_watermark: 0,
+            unclean: false,
         };
         image
             .apply(&MetadataRecord::CreateTopic {
@@ -662,6 +744,8 @@ mod tests {
             leader,
             leader_epoch: 4,
             partition_epoch: 7,
+            high_watermark: 0,
+            unclean: false,
         };
         image
             .apply(&MetadataRecord::CreateTopic {
@@ -734,6 +818,7 @@ mod tests {
                 isr: vec![1, 2],
                 broker_epoch,
                 joining: BTreeMap::from([(2, joining)]),
+                high_watermark: 0,
             }
         };
         let stale = |r: Result<Applied, MetadataError>| {

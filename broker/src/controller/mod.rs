@@ -22,6 +22,7 @@
 //! node with no CONTROLLER listener is a quorum of one that never calls
 //! anyone.
 
+pub mod election;
 pub mod image;
 pub mod liveness;
 pub mod network;
@@ -155,6 +156,8 @@ pub struct Quorum {
     /// For a node that is not a voter (`process.roles=broker`): the address
     /// of its CONTROLLER listener, where the leader sends it the log.
     pub learner_addr: Option<String>,
+    /// The elections this node makes while it is the active controller.
+    pub elections: election::Settings,
 }
 
 impl Quorum {
@@ -167,6 +170,7 @@ impl Quorum {
             fetch_timeout_ms: 2000,
             session_timeout_ms: 9000,
             learner_addr: None,
+            elections: election::Settings::default(),
         }
     }
 }
@@ -362,6 +366,7 @@ async fn run(
     let fetch_timeout = Duration::from_millis(start.quorum.fetch_timeout_ms.max(1));
     let session_timeout = Duration::from_millis(start.quorum.session_timeout_ms.max(1));
     let published = start.published.clone();
+    let elections = start.quorum.elections.clone();
     let liveness = Arc::new(liveness::Liveness::default());
     let raft = match begin(start, liveness.clone()).await {
         Ok(raft) => {
@@ -387,9 +392,15 @@ async fn run(
     });
     tokio::spawn(liveness::watch(
         raft.clone(),
-        published,
+        published.clone(),
         liveness.clone(),
         session_timeout,
+        fetch_timeout,
+    ));
+    tokio::spawn(election::watch(
+        raft.clone(),
+        published,
+        elections,
         fetch_timeout,
     ));
     while let Ok(message) = inbox.recv().await {

@@ -86,7 +86,10 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
                             key,
                             &state.config,
                             state.overrides(),
-                            broker.config.min_insync_replicas,
+                            topic_configs::Defaults {
+                                min_insync_replicas: broker.config.min_insync_replicas,
+                                unclean_leader_election: broker.config.elections.unclean_default,
+                            },
                         ) else {
                             continue;
                         };

@@ -11,6 +11,7 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_topic_partitions;
+pub mod elect_leaders;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -81,6 +82,7 @@ pub async fn dispatch(broker: &Broker, request: Request, connection: &Connection
         ApiKey::InitProducerId => init_producer_id::handle(broker, &request).await,
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(broker, &request).await,
         ApiKey::DescribeCluster => describe_cluster::handle(broker, &request).await,
+        ApiKey::ElectLeaders => elect_leaders::handle(broker, &request).await,
         ApiKey::DescribeTopicPartitions => {
             describe_topic_partitions::handle(broker, &request).await
         }

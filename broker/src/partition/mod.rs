@@ -103,6 +103,18 @@ fn with_entry<R>(
             } else {
                 PartitionState::follower
             };
+            if record.leader == me && record.unclean {
+                // What the old ISR acknowledged beyond this log is gone.
+                let lost = (record.high_watermark - log_end.0).max(0);
+                tracing::warn!(
+                    partition = %tp,
+                    leader_epoch = record.leader_epoch,
+                    log_end_offset = log_end.0,
+                    last_reported_high_watermark = record.high_watermark,
+                    "leading after an unclean election: up to {lost} acknowledged offsets \
+                     beyond this log's end are lost"
+                );
+            }
             let entry = Entry {
                 topic_id: topic.id(),
                 state: make(
@@ -242,6 +254,8 @@ pub struct IsrChange {
     /// The broker epochs of the members it adds (see
     /// [`PartitionState::joining_epochs`]).
     pub joining: std::collections::BTreeMap<BrokerId, i64>,
+    /// The leader's high watermark when it proposed the change.
+    pub high_watermark: Offset,
 }
 
 /// The ISR changes the partitions this shard leads need at `now_ms`
@@ -257,6 +271,7 @@ pub fn isr_changes(now_ms: u64, lag_max_ms: u64) -> Vec<IsrChange> {
                 let joining = e.state.joining_epochs(&isr);
                 Some(IsrChange {
                     joining,
+                    high_watermark: e.state.high_watermark(),
                     tp: tp.clone(),
                     topic_id: e.topic_id,
                     leader_epoch: e.state.leader_epoch(),
@@ -446,6 +461,8 @@ mod tests {
                 leader: ME,
                 leader_epoch: 3,
                 partition_epoch: 0,
+                high_watermark: 0,
+                unclean: false,
             },
         );
         on_shard(&tp.clone(), move |local| {
@@ -480,6 +497,8 @@ mod tests {
             leader,
             leader_epoch,
             partition_epoch: leader_epoch,
+            high_watermark: 0,
+            unclean: false,
         };
         let (before, after) = (topic(2, record(ME, 3)), topic(2, record(2, 4)));
         on_shard(&tp.clone(), move |local| {
