@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms`: a follower not caught up with its leader
     /// for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `replica.high.watermark.checkpoint.interval.ms`: how often every
+    /// partition's high watermark is written to `log.dirs`.
+    pub hw_checkpoint_interval_ms: u64,
     /// `broker.heartbeat.interval.ms`: how often this broker tells the
     /// active controller it is alive.
     pub broker_heartbeat_interval_ms: u64,
@@ -122,6 +125,7 @@ const KNOWN_KEYS: &[&str] = &[
     "default.replication.factor",
     "offsets.topic.replication.factor",
     "replica.lag.time.max.ms",
+    "replica.high.watermark.checkpoint.interval.ms",
     "broker.rack",
     "broker.heartbeat.interval.ms",
     "broker.session.timeout.ms",
@@ -359,6 +363,13 @@ impl BrokerConfig {
             "replica.lag.time.max.ms",
             get("replica.lag.time.max.ms"),
             30_000u64,
+            |v| *v >= 10,
+            "must be at least 10",
+        )?;
+        let hw_checkpoint_interval_ms = num(
+            "replica.high.watermark.checkpoint.interval.ms",
+            get("replica.high.watermark.checkpoint.interval.ms"),
+            5000u64,
             |v| *v >= 10,
             "must be at least 10",
         )?;
@@ -659,6 +670,7 @@ impl BrokerConfig {
             offsets_topic_replication_factor,
             replica_lag_time_max_ms,
             broker_heartbeat_interval_ms,
+            hw_checkpoint_interval_ms,
             controlled_shutdown,
             elections,
             broker_session_timeout_ms,

@@ -133,13 +133,21 @@ fn main() {
     // Leaderships move to other brokers first; then this broker stops
     // following, and its logs are flushed and closed.
     server::controlled_shutdown(&broker);
+    server::checkpoint_high_watermarks(&broker, None);
     tracing::info!("flushing and closing logs");
     // No metadata changes from here on; every committed record is durable.
     broker.controller.stop();
     // Connections hold the broker too, so the engine is closed through a
     // shared reference: every log is flushed and closed, then the shards stop.
     let failed = match broker.engine.close() {
-        Ok(()) => false,
+        Ok(()) => {
+            // The next start knows nothing written here was lost.
+            let marker = broker.config.log_dir.join(server::CLEAN_SHUTDOWN_FILE);
+            if let Err(e) = std::fs::write(&marker, b"") {
+                tracing::warn!(error = %e, "writing the clean-shutdown marker");
+            }
+            false
+        }
         Err(e) => {
             tracing::error!(error = %e, "closing the logs failed");
             true

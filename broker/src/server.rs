@@ -43,6 +43,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         .map_err(|e| format!("creating {}: {e}", config.log_dir.display()))?;
     lock_log_dir(&config.log_dir)?;
     ensure_port_free(config.listen)?;
+    crate::partition::checkpoint::load(&config.log_dir);
     let mut engine_config = EngineConfig {
         data_dir: config.log_dir.clone(),
         io_driver: config.io_driver,
@@ -153,6 +154,8 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             port: config.advertised_port,
             rack: config.rack.clone(),
             incarnation,
+            min_insync_replicas: config.min_insync_replicas,
+            data_intact: data_intact(&config.log_dir),
             epoch: -1,
         }))
         .map_err(|e| format!("registering with the controller: {e}"))?;
@@ -242,6 +245,20 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             .map_err(|e| format!("starting the group ticker: {e}"))?;
     }
     crate::replica::start(&broker)?;
+    {
+        let broker = broker.clone();
+        let every = Duration::from_millis(broker.config.hw_checkpoint_interval_ms);
+        std::thread::Builder::new()
+            .name("sluice-hw-checkpoint".into())
+            .spawn(move || {
+                let mut last = None;
+                loop {
+                    std::thread::sleep(every);
+                    last = checkpoint_high_watermarks(&broker, last);
+                }
+            })
+            .map_err(|e| format!("starting the high-watermark checkpoint thread: {e}"))?;
+    }
     for shard in broker.engine.shards() {
         let listener = bind_reuseport(broker.config.listen)
             .map_err(|e| format!("listening on {}: {e}", broker.config.listen))?;
@@ -743,4 +760,56 @@ pub fn controlled_shutdown(broker: &Broker) {
         }
     }
     warn!(node = me, "controlled shutdown gave up: stopping anyway; the controller fences this broker once its session times out");
+}
+
+/// Written into `log.dirs` once every log is flushed and closed, removed at
+/// the next start.
+pub const CLEAN_SHUTDOWN_FILE: &str = ".sluice-clean-shutdown";
+/// The boot id of the machine at this broker's last start.
+const BOOT_ID_FILE: &str = ".sluice-boot-id";
+
+/// Whether everything the previous run of this broker wrote is still in
+/// `log_dir`: it shut down cleanly, or the machine has not restarted since
+/// that run started (a killed process loses nothing the page cache holds).
+/// Records this start's boot id.
+fn data_intact(log_dir: &std::path::Path) -> bool {
+    let clean = std::fs::remove_file(log_dir.join(CLEAN_SHUTDOWN_FILE)).is_ok();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let previous = std::fs::read_to_string(log_dir.join(BOOT_ID_FILE)).ok();
+    if let Err(e) = std::fs::write(log_dir.join(BOOT_ID_FILE), &boot) {
+        warn!(error = %e, "recording the boot id");
+    }
+    let same_boot = !boot.is_empty() && previous.as_deref().map(str::trim) == Some(boot.as_str());
+    clean || same_boot
+}
+
+/// Writes every partition's high watermark to `log.dirs` unless it is what
+/// `last` (the previous call's result) already wrote; returns what is on
+/// disk now.
+pub fn checkpoint_high_watermarks(
+    broker: &Broker,
+    last: Option<crate::partition::checkpoint::Checkpointed>,
+) -> Option<crate::partition::checkpoint::Checkpointed> {
+    use crate::partition::checkpoint;
+    let runtime = sluice_engine::shard::client_runtime().ok()?;
+    let mut now = checkpoint::Checkpointed::new();
+    for shard in broker.engine.shards() {
+        let found = runtime
+            .block_on(shard.run(|_| Box::pin(async { crate::partition::high_watermarks() })));
+        for (tp, id, hw) in found.unwrap_or_default() {
+            now.insert(tp, (id, hw));
+        }
+    }
+    if last.as_ref() == Some(&now) {
+        return last;
+    }
+    match checkpoint::store(&broker.config.log_dir, &now) {
+        Ok(()) => Some(now),
+        Err(e) => {
+            warn!(error = %e, "writing the high-watermark checkpoint");
+            last
+        }
+    }
 }

@@ -36,6 +36,8 @@ pub struct TopicState {
     pub partitions: i32,
     /// The broker defaults with the topic's overrides applied.
     pub config: LogConfig,
+    /// The cluster's `min.insync.replicas` for topics that do not set it.
+    pub min_insync_default: i32,
 }
 
 impl TopicState {
@@ -88,7 +90,19 @@ impl TopicState {
         self.image.id
     }
 
-    fn from_image(base: &LogConfig, name: &str, image: &Arc<TopicImage>) -> TopicState {
+    /// How many in-sync replicas `partition` needs (see
+    /// [`TopicImage::min_isr`]); 1 for a partition it does not have.
+    pub fn min_isr(&self, partition: i32) -> usize {
+        self.record(partition)
+            .map_or(1, |p| self.image.min_isr(p, self.min_insync_default))
+    }
+
+    fn from_image(
+        base: &LogConfig,
+        name: &str,
+        image: &Arc<TopicImage>,
+        min_insync_default: i32,
+    ) -> TopicState {
         let config = crate::topic_configs::apply(base, &image.overrides).unwrap_or_else(|why| {
             // Overrides are validated before they are proposed; a broker
             // default changed since can still make one invalid.
@@ -99,6 +113,7 @@ impl TopicState {
             image: image.clone(),
             partitions: i32::try_from(image.partitions.len()).unwrap_or(i32::MAX),
             config,
+            min_insync_default,
         }
     }
 }
@@ -118,6 +133,8 @@ pub enum TopicError {
     InvalidPartitions(String),
     #[error("{0}")]
     InvalidReplicationFactor(String),
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
     #[error(transparent)]
     Controller(ProposeError),
 }
@@ -255,7 +272,12 @@ impl Topics {
                 .map(|(name, topic)| {
                     (
                         name.clone(),
-                        Arc::new(TopicState::from_image(&self.base, name, topic)),
+                        Arc::new(TopicState::from_image(
+                            &self.base,
+                            name,
+                            topic,
+                            image.min_insync_default,
+                        )),
                     )
                 })
                 .collect(),
@@ -447,19 +469,85 @@ impl Topics {
         replication: i16,
         overrides: BTreeMap<String, String>,
     ) -> Result<Arc<TopicState>, TopicError> {
-        validate_name(name).map_err(|why| TopicError::InvalidName(name.to_string(), why))?;
-        crate::topic_configs::apply(&self.base, &overrides).map_err(TopicError::InvalidConfig)?;
         let count = usize::try_from(partitions)
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| {
                 TopicError::InvalidPartitions("number of partitions must be at least 1".into())
             })?;
+        self.create_placed(name, overrides, |id| self.place(id, 0, count, replication))
+            .await
+    }
+
+    /// Creates a topic whose partition `i` has the replicas
+    /// `assignment[i]` (its first the preferred leader), as CreateTopics'
+    /// manual assignments ask.
+    pub async fn create_assigned(
+        &self,
+        name: &str,
+        assignment: Vec<Vec<i32>>,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<Arc<TopicState>, TopicError> {
+        self.create_placed(name, overrides, |_| self.check_assignment(&assignment))
+            .await
+    }
+
+    /// Partition records for a manual `assignment`, if every partition has
+    /// replicas, on distinct registered brokers.
+    pub fn check_assignment(
+        &self,
+        assignment: &[Vec<i32>],
+    ) -> Result<Vec<PartitionRecord>, TopicError> {
+        let image = self.image();
+        if assignment.is_empty() {
+            return Err(TopicError::InvalidPartitions(
+                "number of partitions must be at least 1".into(),
+            ));
+        }
+        for (index, replicas) in assignment.iter().enumerate() {
+            let mut distinct = replicas.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let why = if replicas.is_empty() {
+                Some("has no replicas".to_string())
+            } else if distinct.len() != replicas.len() {
+                Some(format!("names a broker twice in {replicas:?}"))
+            } else {
+                replicas
+                    .iter()
+                    .find(|b| !image.brokers.contains_key(b))
+                    .map(|b| format!("names broker {b}, which is not registered"))
+            };
+            if let Some(why) = why {
+                return Err(TopicError::InvalidReplicaAssignment(format!(
+                    "partition {index} {why}"
+                )));
+            }
+        }
+        Ok(assignment
+            .iter()
+            .map(|replicas| PartitionRecord {
+                leader: replicas[0],
+                isr: replicas.clone(),
+                replicas: replicas.clone(),
+                ..PartitionRecord::single(replicas[0])
+            })
+            .collect())
+    }
+
+    async fn create_placed(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        place: impl FnOnce(&TopicId) -> Result<Vec<PartitionRecord>, TopicError>,
+    ) -> Result<Arc<TopicState>, TopicError> {
+        validate_name(name).map_err(|why| TopicError::InvalidName(name.to_string(), why))?;
+        crate::topic_configs::apply(&self.base, &overrides).map_err(TopicError::InvalidConfig)?;
         if self.get(name).is_some() {
             return Err(TopicError::Exists(name.to_string()));
         }
         let id = new_topic_id();
-        let partitions = self.place(&id, 0, count, replication)?;
+        let partitions = place(&id)?;
         self.propose(MetadataRecord::CreateTopic {
             name: name.to_string(),
             id,
@@ -512,6 +600,7 @@ impl Topics {
                 partition_epoch: 0,
                 high_watermark: 0,
                 unclean: false,
+                elr: Vec::new(),
             })
             .collect())
     }

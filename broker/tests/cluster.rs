@@ -1096,3 +1096,134 @@ fn the_rebalancer_gives_leadership_back_to_the_preferred_replica() {
         (leader == preferred && isr.len() == 3).then_some(())
     });
 }
+
+/// Creates `name` with the replicas of each partition as given.
+fn create_assigned(broker: &Broker, name: &str, assignment: &[&[i32]]) -> i16 {
+    use kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment;
+    use kafka_protocol::messages::BrokerId;
+    let topic = CreatableTopic::default()
+        .with_name(topic_name(name))
+        .with_num_partitions(-1)
+        .with_replication_factor(-1)
+        .with_assignments(
+            assignment
+                .iter()
+                .zip(0..)
+                .map(|(replicas, index)| {
+                    CreatableReplicaAssignment::default()
+                        .with_partition_index(index)
+                        .with_broker_ids(replicas.iter().copied().map(BrokerId).collect())
+                })
+                .collect(),
+        );
+    let resp = ask(
+        &broker.addr(),
+        5,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(10_000),
+    );
+    resp.topics[0].error_code
+}
+
+#[test]
+fn when_every_replica_dies_an_eligible_leader_replica_leads_before_the_last_in_sync_one_returns() {
+    // Voters 1–3 keep the controller quorum; the partition lives on the
+    // brokers-only 4, 5, 6, which all die.
+    let mut cluster = Cluster::start_voters(
+        6,
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "100"),
+            ("broker.session.timeout.ms", "1000"),
+            ("min.insync.replicas", "2"),
+            ("replica.high.watermark.checkpoint.interval.ms", "50"),
+        ],
+    );
+    assert_eq!(
+        create_assigned(cluster.broker(1), "standing", &[&[4, 5, 6]]),
+        0
+    );
+    // Bad assignments are refused with INVALID_REPLICA_ASSIGNMENT (39).
+    assert_eq!(create_assigned(cluster.broker(1), "twice", &[&[4, 4]]), 39);
+    assert_eq!(create_assigned(cluster.broker(1), "nobody", &[&[4, 9]]), 39);
+    poll_until(SETTLE, "all three in sync", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "standing", 0);
+        (leader == 4 && isr == [4, 5, 6]).then_some(())
+    });
+    let input: String = (0..200).map(|i| format!("s{i}\n")).collect();
+    produce(
+        cluster.broker(1),
+        "standing",
+        &["-X", "acks=all"],
+        input.as_bytes(),
+    );
+    let fenced = |cluster: &Cluster, id: i32| {
+        describe(cluster.broker(1))
+            .brokers
+            .iter()
+            .all(|b| b.broker_id.0 != id)
+    };
+    // Killed one after another, each fenced before the next dies: 4 (the
+    // ISR keeps two), 5 (the ISR drops below two: 5 stays eligible), 6.
+    for id in [4, 5, 6] {
+        cluster.brokers[id as usize - 1].kill9();
+        poll_until(SETTLE, "the killed broker to be fenced", || {
+            fenced(&cluster, id).then_some(())
+        });
+    }
+    let (leader, isr) = leader_and_isr(cluster.broker(1), "standing", 0);
+    assert_eq!((leader, isr), (-1, vec![6]));
+    let elr = |cluster: &Cluster| {
+        use kafka_protocol::messages::describe_topic_partitions_request::TopicRequest;
+        use kafka_protocol::messages::DescribeTopicPartitionsRequest;
+        let req = DescribeTopicPartitionsRequest::default()
+            .with_topics(vec![
+                TopicRequest::default().with_name(topic_name("standing"))
+            ])
+            .with_response_partition_limit(10);
+        let resp = ask(&cluster.broker(1).addr(), 0, &req);
+        let p = &resp.topics[0].partitions[0];
+        let mut elr: Vec<i32> = p
+            .eligible_leader_replicas
+            .iter()
+            .flatten()
+            .map(|b| b.0)
+            .collect();
+        elr.sort_unstable();
+        elr
+    };
+    assert_eq!(elr(&cluster), [5]);
+
+    // Back in another order: 4 first, which may not lead (it left while
+    // the ISR was still large enough); then 5, eligible, which leads with
+    // everything acknowledged while 6, the last in-sync replica, is down.
+    for id in [4, 5] {
+        let b = &mut cluster.brokers[id as usize - 1];
+        b.spawn_again();
+        b.wait_ready();
+    }
+    poll_until(SETTLE, "the eligible replica to lead", || {
+        (leader_and_isr(cluster.broker(1), "standing", 0).0 == 5).then_some(())
+    });
+    // Its high watermark moves once the ISR is back to two (4 caught up
+    // from it), so consumers see everything acknowledged.
+    poll_until(SETTLE, "4 to catch up into the ISR", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "standing", 0);
+        (leader == 5 && isr.len() == 2).then_some(())
+    });
+    let got = consume(cluster.broker(1), "standing", &["-c", "200"]);
+    assert_eq!(
+        values(&got),
+        input.lines().map(String::from).collect::<Vec<_>>(),
+        "every acknowledged message, once, in order"
+    );
+    let last = &mut cluster.brokers[5];
+    last.spawn_again();
+    last.wait_ready();
+    poll_until(SETTLE, "every replica back in sync", || {
+        let (_, isr) = leader_and_isr(cluster.broker(1), "standing", 0);
+        (isr.len() == 3).then_some(())
+    });
+    assert!(elr(&cluster).is_empty());
+}

@@ -3,7 +3,8 @@
 //! the elections nobody asks for.
 //!
 //! - **Offline partitions** (no leader): the first live ISR member in
-//!   replica order leads (a clean election: it has everything committed).
+//!   replica order leads, else the first live eligible leader replica
+//!   (KIP-966; a clean election either way: it has everything committed).
 //!   If no ISR member is live and the topic allows it
 //!   (`unclean.leader.election.enable`, topic or broker setting), the first
 //!   live replica leads and becomes the whole ISR (an unclean election:
@@ -138,7 +139,12 @@ pub fn elect(
                 return Err(Refusal::NotNeeded);
             }
             let replicas = || p.replicas.iter().copied().filter(|r| live(image, *r));
-            if let Some(clean) = replicas().find(|r| p.isr.contains(r)) {
+            // An ISR member, else an eligible leader replica (KIP-966):
+            // either has everything committed.
+            if let Some(clean) = replicas()
+                .find(|r| p.isr.contains(r))
+                .or_else(|| replicas().find(|r| p.elr.contains(r)))
+            {
                 return Ok(record(name, topic, partition, p, clean, false));
             }
             replicas()
@@ -288,6 +294,8 @@ mod tests {
                     port: 9092,
                     rack: None,
                     incarnation: String::new(),
+                    min_insync_replicas: 1,
+                    data_intact: true,
                     epoch: id as i64,
                 },
             );
@@ -318,6 +326,7 @@ mod tests {
             partition_epoch: 5,
             high_watermark: 0,
             unclean: false,
+            elr: Vec::new(),
         }
     }
 

@@ -24,6 +24,16 @@ pub struct BrokerRegistration {
     /// Chosen at random by each start of the process.
     #[serde(default)]
     pub incarnation: String,
+    /// This broker's `min.insync.replicas`: the latest registration's is
+    /// the cluster's default for topics that do not set it.
+    #[serde(default = "one")]
+    pub min_insync_replicas: i32,
+    /// Whether everything this broker's previous run wrote is still on its
+    /// disks: it shut down cleanly, or the machine has not restarted since
+    /// (the page cache kept what was not flushed). A broker that cannot say
+    /// so leaves the eligible leader replicas.
+    #[serde(default)]
+    pub data_intact: bool,
     /// Given by the controller when the registration applies: larger for
     /// every registration, so a message from an earlier run of a broker
     /// (a heartbeat, an ISR change it proposed, a fetch that caught it up)
@@ -35,6 +45,10 @@ pub struct BrokerRegistration {
 
 fn no_epoch() -> i64 {
     -1
+}
+
+fn one() -> i32 {
+    1
 }
 
 /// One partition's replica assignment and leadership.
@@ -57,6 +71,39 @@ pub struct PartitionRecord {
     /// and no ISR change has been made since.
     #[serde(default)]
     pub unclean: bool,
+    /// Eligible leader replicas (KIP-966): replicas that left the ISR while
+    /// it was smaller than `min.insync.replicas`. The high watermark does
+    /// not move while the ISR is that small, so each of them has
+    /// everything committed, and may lead cleanly when no ISR member is
+    /// live. Emptied once the ISR is large enough again.
+    #[serde(default)]
+    pub elr: Vec<i32>,
+}
+
+impl PartitionRecord {
+    /// Replaces the ISR. Members that leave it while it is below `min_isr`
+    /// become eligible leader replicas; an ISR of at least `min_isr`
+    /// empties them; an ISR member is never one.
+    fn set_isr(&mut self, isr: Vec<i32>, min_isr: usize) {
+        let left: Vec<i32> = self
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| !isr.contains(r))
+            .collect();
+        self.isr = isr;
+        if self.isr.len() >= min_isr {
+            self.elr.clear();
+            return;
+        }
+        for r in left {
+            if !self.elr.contains(&r) {
+                self.elr.push(r);
+            }
+        }
+        let isr = &self.isr;
+        self.elr.retain(|r| !isr.contains(r));
+    }
 }
 
 impl PartitionRecord {
@@ -71,6 +118,7 @@ impl PartitionRecord {
             partition_epoch: 0,
             high_watermark: 0,
             unclean: false,
+            elr: Vec::new(),
         }
     }
 }
@@ -256,6 +304,28 @@ pub struct MetadataImage {
     /// How many unclean leader elections the cluster has made.
     #[serde(default)]
     pub unclean_elections: u64,
+    /// `min.insync.replicas` for topics that do not set it: the latest
+    /// broker registration's.
+    #[serde(default = "one")]
+    pub min_insync_default: i32,
+}
+
+impl TopicImage {
+    /// How many in-sync replicas `partition` needs before its high
+    /// watermark moves and its ISR members stop being remembered as
+    /// eligible leaders: `min.insync.replicas` (the topic's, else
+    /// `default`), at most its replicas.
+    pub fn min_isr(&self, partition: &PartitionRecord, default: i32) -> usize {
+        min_isr(&self.overrides, partition, default)
+    }
+}
+
+fn min_isr(overrides: &BTreeMap<String, String>, p: &PartitionRecord, default: i32) -> usize {
+    let configured = overrides
+        .get("min.insync.replicas")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(default.max(1) as usize);
+    configured.min(p.replicas.len()).max(1)
 }
 
 impl MetadataImage {
@@ -272,9 +342,14 @@ impl MetadataImage {
                 self.next_broker_epoch += 1;
                 let mut registration = registration.clone();
                 registration.epoch = epoch;
+                self.min_insync_default = registration.min_insync_replicas.max(1);
+                let intact = registration.data_intact;
                 self.brokers.insert(id, registration);
                 if restarted {
                     self.leave_isrs(id);
+                    if !intact {
+                        self.leave_elrs(id);
+                    }
                 }
                 self.shutting_down.remove(&id);
                 self.unfence(id);
@@ -331,14 +406,20 @@ impl MetadataImage {
                         registered(*r)
                     )));
                 }
+                let default = self.min_insync_default;
                 let image = self.topic_mut(topic)?;
                 if image.id != *topic_id {
                     return Err(stale("the topic was deleted and created again".into()));
                 }
+                let min_isr = usize::try_from(*partition)
+                    .ok()
+                    .and_then(|i| image.partitions.get(i))
+                    .map(|p| image.min_isr(p, default));
                 let record = usize::try_from(*partition)
                     .ok()
                     .and_then(|i| image.partitions.get_mut(i))
                     .ok_or_else(|| stale("no such partition".into()))?;
+                let min_isr = min_isr.unwrap_or(1);
                 if (record.leader, record.leader_epoch, record.partition_epoch)
                     != (*leader, *leader_epoch, *partition_epoch)
                 {
@@ -354,7 +435,7 @@ impl MetadataImage {
                         record.replicas
                     )));
                 }
-                record.isr = isr.clone();
+                record.set_isr(isr.clone(), min_isr);
                 record.partition_epoch += 1;
                 record.high_watermark = record.high_watermark.max(*high_watermark);
                 record.unclean = false;
@@ -373,10 +454,15 @@ impl MetadataImage {
                     why,
                 };
                 let fenced = self.fenced.contains(leader);
+                let default = self.min_insync_default;
                 let image = self.topic_mut(topic)?;
                 if image.id != *topic_id {
                     return Err(stale("the topic was deleted and created again".into()));
                 }
+                let min_isr = usize::try_from(*partition)
+                    .ok()
+                    .and_then(|i| image.partitions.get(i))
+                    .map_or(1, |p| image.min_isr(p, default));
                 let record = usize::try_from(*partition)
                     .ok()
                     .and_then(|i| image.partitions.get_mut(i))
@@ -391,12 +477,19 @@ impl MetadataImage {
                     return Err(stale(format!("broker {leader} is not a live replica")));
                 }
                 if *unclean {
-                    record.isr = vec![*leader];
+                    record.set_isr(vec![*leader], min_isr);
+                    record.elr.clear();
                     record.unclean = true;
+                } else if record.elr.contains(leader) && !record.isr.contains(leader) {
+                    // An eligible leader replica has everything committed:
+                    // it leads alone, and the ISR it replaces (members
+                    // that are down) becomes eligible in its turn.
+                    record.elr.retain(|r| r != leader);
+                    record.set_isr(vec![*leader], min_isr);
                 } else if !record.isr.contains(leader) {
                     return Err(stale(format!(
-                        "broker {leader} is not in the ISR {:?}",
-                        record.isr
+                        "broker {leader} is neither in the ISR {:?} nor eligible {:?}",
+                        record.isr, record.elr
                     )));
                 }
                 record.leader = *leader;
@@ -475,18 +568,22 @@ impl MetadataImage {
     fn leave_isrs(&mut self, id: i32) {
         let id = &id;
         let fenced = self.fenced.clone();
+        let default = self.min_insync_default;
         for topic in self.topics.values_mut() {
             if !topic.partitions.iter().any(|p| p.replicas.contains(id)) {
                 continue;
             }
             let topic = Arc::make_mut(topic);
+            let overrides = &topic.overrides;
             for p in &mut topic.partitions {
                 if !p.replicas.contains(id) {
                     continue;
                 }
                 let mut changed = false;
                 if p.isr.contains(id) && p.isr.len() > 1 {
-                    p.isr.retain(|r| r != id);
+                    let isr = p.isr.iter().copied().filter(|r| r != id).collect();
+                    let min = min_isr(overrides, p, default);
+                    p.set_isr(isr, min);
                     changed = true;
                 }
                 if p.leader == *id && p.isr != [*id] {
@@ -505,6 +602,22 @@ impl MetadataImage {
                     changed = true;
                 }
                 if changed {
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    /// `id` may have lost what it had not flushed: it is no longer an
+    /// eligible leader of any partition.
+    fn leave_elrs(&mut self, id: i32) {
+        for topic in self.topics.values_mut() {
+            if !topic.partitions.iter().any(|p| p.elr.contains(&id)) {
+                continue;
+            }
+            for p in &mut Arc::make_mut(topic).partitions {
+                if p.elr.contains(&id) {
+                    p.elr.retain(|r| *r != id);
                     p.partition_epoch += 1;
                 }
             }
@@ -567,6 +680,7 @@ mod tests {
             partition_epoch: 7,
             high_watermark: 0,
             unclean: false,
+            elr: Vec::new(),
         };
         image
             .apply(&MetadataRecord::CreateTopic {
@@ -715,6 +829,8 @@ mod tests {
             port,
             rack: None,
             incarnation: incarnation.into(),
+            min_insync_replicas: 1,
+            data_intact: true,
             epoch: -1,
         })
     }
@@ -746,6 +862,7 @@ mod tests {
             partition_epoch: 7,
             high_watermark: 0,
             unclean: false,
+            elr: Vec::new(),
         };
         image
             .apply(&MetadataRecord::CreateTopic {
@@ -795,6 +912,8 @@ mod tests {
                 port: 9092,
                 rack: None,
                 incarnation: run.into(),
+                min_insync_replicas: 1,
+                data_intact: true,
                 epoch: -1,
             });
             match image.apply(&record).unwrap() {
@@ -834,5 +953,94 @@ mod tests {
         // The current runs of both: applied.
         image.apply(&alter(one_again, two_again, 7)).unwrap();
         assert_eq!(image.topics["t"].partitions[1].isr, [1, 2]);
+    }
+
+    #[test]
+    fn the_last_replicas_standing_stay_eligible_and_lead_cleanly_when_they_return() {
+        use crate::controller::election;
+        let register = |image: &mut MetadataImage, id: i32, run: &str, intact: bool| {
+            image
+                .apply(&MetadataRecord::RegisterBroker(BrokerRegistration {
+                    id,
+                    host: "h".into(),
+                    port: 9092,
+                    rack: None,
+                    incarnation: run.into(),
+                    min_insync_replicas: 2,
+                    data_intact: intact,
+                    epoch: -1,
+                }))
+                .unwrap();
+        };
+        let start = || {
+            let mut image = MetadataImage::default();
+            for id in 1..=3 {
+                register(&mut image, id, "a", true);
+            }
+            three_partitions(&mut image);
+            image
+        };
+        let p0 = |image: &MetadataImage| {
+            let p = &image.topics["t"].partitions[0];
+            (p.leader, p.isr.clone(), p.elr.clone())
+        };
+        let fence = |image: &mut MetadataImage, id: i32| {
+            image.apply(&MetadataRecord::FenceBroker { id }).unwrap();
+        };
+        // Brokers die one after another: 1 (the ISR keeps two), then 2
+        // (the ISR falls below two: 2 is remembered as eligible), then 3.
+        let mut image = start();
+        fence(&mut image, 1);
+        assert_eq!(p0(&image), (2, vec![2, 3], vec![]));
+        fence(&mut image, 2);
+        assert_eq!(p0(&image), (3, vec![3], vec![2]));
+        fence(&mut image, 3);
+        assert_eq!(p0(&image), (-1, vec![3], vec![2]));
+        let elect = |image: &mut MetadataImage| {
+            for record in election::offline(image, false) {
+                image.apply(&record).unwrap();
+            }
+        };
+        // 1 returns first: it left while the ISR was large enough, so it
+        // may not lead.
+        register(&mut image, 1, "b", true);
+        elect(&mut image);
+        assert_eq!(p0(&image).0, -1);
+        // 2 returns with its data: it leads, and 3 (the ISR it replaces,
+        // still down) is eligible in its turn.
+        register(&mut image, 2, "b", true);
+        elect(&mut image);
+        assert_eq!(p0(&image), (2, vec![2], vec![3]));
+        // Once the ISR is large enough again, nobody else is eligible.
+        let epoch = image.topics["t"].partitions[0].partition_epoch;
+        let leader_epoch = image.topics["t"].partitions[0].leader_epoch;
+        image
+            .apply(&MetadataRecord::AlterPartition {
+                topic: "t".into(),
+                topic_id: [1; 16],
+                partition: 0,
+                leader: 2,
+                leader_epoch,
+                partition_epoch: epoch,
+                isr: vec![2, 1],
+                broker_epoch: -1,
+                joining: BTreeMap::new(),
+                high_watermark: 0,
+            })
+            .unwrap();
+        assert_eq!(p0(&image), (2, vec![2, 1], vec![]));
+
+        // The same, but 2 restarts after a machine restart with unflushed
+        // data: it is no longer eligible, and the partition waits for 3.
+        let mut image = start();
+        for id in 1..=3 {
+            fence(&mut image, id);
+        }
+        register(&mut image, 2, "b", false);
+        elect(&mut image);
+        assert_eq!(p0(&image), (-1, vec![3], vec![]));
+        register(&mut image, 3, "b", true);
+        elect(&mut image);
+        assert_eq!(p0(&image).0, 3);
     }
 }

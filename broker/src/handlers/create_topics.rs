@@ -46,12 +46,68 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         } else {
             topic.replication_factor
         };
-        let outcome = if !topic.assignments.is_empty() {
-            fail(
-                result,
-                ResponseError::InvalidReplicaAssignment,
-                "manual replica assignments are not supported; give a replication factor".into(),
-            )
+        // Manual assignments: partition i's replicas, first the preferred
+        // leader; then the counts must be left to them (-1), as in Kafka.
+        let mut assignment: Vec<(i32, Vec<i32>)> = topic
+            .assignments
+            .iter()
+            .map(|a| {
+                (
+                    a.partition_index,
+                    a.broker_ids.iter().map(|b| b.0).collect(),
+                )
+            })
+            .collect();
+        assignment.sort_by_key(|(index, _)| *index);
+        let assigned = (!assignment.is_empty()).then(|| {
+            if topic.num_partitions != -1 || topic.replication_factor != -1 {
+                return Err((
+                    ResponseError::InvalidRequest,
+                    "with replica assignments, numPartitions and replicationFactor must be -1"
+                        .to_string(),
+                ));
+            }
+            if assignment
+                .iter()
+                .zip(0..)
+                .any(|((index, _), i)| *index != i)
+            {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    "replica assignments must name partitions 0, 1, 2… once each".to_string(),
+                ));
+            }
+            Ok(assignment
+                .iter()
+                .map(|(_, r)| r.clone())
+                .collect::<Vec<_>>())
+        });
+        let outcome = if let Some(assigned) = assigned {
+            let created = match assigned {
+                Err((error, why)) => Err((error, why)),
+                Ok(assigned) if body.validate_only => broker
+                    .topics
+                    .check_assignment(&assigned)
+                    .map(|records| (records.len() as i32, None))
+                    .map_err(|e| (error_for(&e), e.to_string())),
+                Ok(assigned) => broker
+                    .topics
+                    .create_assigned(&name, assigned, overrides)
+                    .await
+                    .map(|state| (state.partitions, Some(state.id())))
+                    .map_err(|e| (error_for(&e), e.to_string())),
+            };
+            match created {
+                Ok((count, id)) => {
+                    result.num_partitions = count;
+                    result.replication_factor = assignment[0].1.len() as i16;
+                    if let Some(id) = id {
+                        result.topic_id = Uuid::from_bytes(id);
+                    }
+                    result
+                }
+                Err((error, why)) => fail(result, error, why),
+            }
         } else if body.validate_only {
             let checked = validate_name(&name)
                 .map_err(|why| TopicError::InvalidName(name.clone(), why))
@@ -104,6 +160,7 @@ pub(crate) fn error_for(e: &TopicError) -> ResponseError {
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
         TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         TopicError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        TopicError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         TopicError::Controller(e) => {
             warn!(error = %e, "a topic change did not reach the metadata log");
             ResponseError::NotController

@@ -3,7 +3,10 @@
 //! topics in name order, at most `response_partition_limit` partitions per
 //! response (capped at [`PARTITION_LIMIT_MAX`], Kafka's
 //! `max.request.partition.size.limit`), and a cursor saying where the next
-//! request starts. The Java admin client's `describeTopics` uses it.
+//! request starts. The Java admin client's `describeTopics` uses it. The
+//! eligible leader replicas are listed; the last known ones are always
+//! empty (the last ISR member stays in the ISR instead: see
+//! docs/REPLICATION.md).
 
 use std::collections::BTreeSet;
 
@@ -92,7 +95,7 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
             p.replica_nodes = record.replicas.iter().copied().map(BrokerId).collect();
             p.isr_nodes = record.isr.iter().copied().map(BrokerId).collect();
             p.offline_replicas = super::metadata::offline(&record.replicas, &image.fenced);
-            p.eligible_leader_replicas = Some(Vec::new());
+            p.eligible_leader_replicas = Some(record.elr.iter().copied().map(BrokerId).collect());
             p.last_known_elr = Some(Vec::new());
             if record.leader < 0 {
                 p.error_code = ResponseError::LeaderNotAvailable.code();

@@ -258,6 +258,15 @@ async fn finish_one(
         let wait =
             partition::wait_for_high_watermark(local, terms.me, &a.tp, &a.topic, info.last_offset);
         match compio::time::timeout(terms.ack_timeout, wait).await {
+            // The ISR shrank below min.insync.replicas while it waited:
+            // fewer copies than asked for (Kafka's answer), whether or not
+            // the high watermark had passed the batch by then.
+            Ok(Ok(_))
+                if partition::in_sync_count(local, terms.me, &a.tp, &a.topic)
+                    .is_ok_and(|n| n < a.min_insync) =>
+            {
+                return failed(index, ResponseError::NotEnoughReplicasAfterAppend.code())
+            }
             // Woken without the high watermark passing the batch: the
             // partition changed leader (or its waiters overflowed). Not
             // committed as far as this broker knows: the client retries
@@ -265,14 +274,6 @@ async fn finish_one(
             // duplicate), as Kafka answers its purgatory on a leader change.
             Ok(Ok(hw)) if hw <= info.last_offset => {
                 return failed(index, ResponseError::NotLeaderOrFollower.code())
-            }
-            // Committed, but the ISR shrank below min.insync.replicas while
-            // it waited: fewer copies than asked for (Kafka's answer).
-            Ok(Ok(_))
-                if partition::in_sync_count(local, terms.me, &a.tp, &a.topic)
-                    .is_ok_and(|n| n < a.min_insync) =>
-            {
-                return failed(index, ResponseError::NotEnoughReplicasAfterAppend.code())
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return failed(index, errors::code(&e)),

@@ -20,6 +20,7 @@
 //!
 //! [`ShardHandle::run`]: sluice_engine::shard::ShardHandle::run
 
+pub mod checkpoint;
 pub mod state;
 
 /// Byte budgets (the engine's), for the responses the broker holds.
@@ -51,6 +52,15 @@ struct Entry {
 }
 
 impl Entry {
+    /// Answers every high-watermark waiter with the current one, passed
+    /// or not.
+    fn wake_all(&mut self) {
+        let hw = self.state.high_watermark();
+        for (_, tx) in self.hw_waiters.drain(..) {
+            let _answered = tx.send(hw);
+        }
+    }
+
     fn wake(&mut self) {
         let hw = self.state.high_watermark();
         let mut i = 0;
@@ -97,11 +107,16 @@ fn with_entry<R>(
             let previous_hw = table
                 .get(tp)
                 .filter(|e| e.topic_id == topic.id())
-                .map_or(Offset::ZERO, |e| e.state.high_watermark());
-            let make = if record.leader == me {
-                PartitionState::leader
-            } else {
-                PartitionState::follower
+                .map(|e| e.state.high_watermark())
+                .or_else(|| checkpoint::loaded(tp, &topic.id()))
+                .unwrap_or(Offset::ZERO);
+            let min_isr = topic.min_isr(tp.partition);
+            let make = |me, epoch, replicas, isr, log_end, hw| {
+                if record.leader == me {
+                    PartitionState::leader(me, epoch, replicas, isr, log_end, hw, min_isr)
+                } else {
+                    PartitionState::follower(me, epoch, replicas, isr, log_end, hw)
+                }
             };
             if record.leader == me && record.unclean {
                 // What the old ISR acknowledged beyond this log is gone.
@@ -139,11 +154,26 @@ fn with_entry<R>(
             .ok_or_else(|| Error::UnknownPartition(tp.clone()))?;
         // An ISR change the controller committed (this leader's, or one
         // made while it was not looking).
-        if record.partition_epoch > entry.state.partition_epoch()
-            && entry
+        if record.partition_epoch > entry.state.partition_epoch() {
+            let moved = entry
                 .state
                 .on_isr_committed(record.isr.clone(), record.partition_epoch)
-                .is_some()
+                .is_some();
+            if moved {
+                entry.wake();
+            }
+            // Below min.insync.replicas the high watermark stays put: every
+            // waiter is answered now (acks=all produces then say
+            // NOT_ENOUGH_REPLICAS_AFTER_APPEND) rather than time out.
+            if record.leader == me && record.isr.len() < topic.min_isr(tp.partition) {
+                entry.wake_all();
+            }
+        }
+        // A changed min.insync.replicas applies from the next event.
+        if entry
+            .state
+            .set_min_isr(topic.min_isr(tp.partition))
+            .is_some()
         {
             entry.wake();
         }
@@ -296,6 +326,17 @@ pub fn isr_refused(change: &IsrChange) {
     })
 }
 
+/// Every partition's high watermark on this shard, for the checkpoint.
+pub fn high_watermarks() -> Vec<(TopicPartition, TopicId, Offset)> {
+    TABLE.with(|table| {
+        table
+            .borrow()
+            .iter()
+            .map(|(tp, e)| (tp.clone(), e.topic_id, e.state.high_watermark()))
+            .collect()
+    })
+}
+
 /// How many replicas the partition's ISR holds, as this shard knows it.
 pub fn in_sync_count(
     local: &LocalShard,
@@ -403,6 +444,7 @@ mod tests {
             }),
             partitions: 1,
             config: LogConfig::default(),
+            min_insync_default: 1,
         })
     }
 
@@ -463,6 +505,7 @@ mod tests {
                 partition_epoch: 0,
                 high_watermark: 0,
                 unclean: false,
+                elr: Vec::new(),
             },
         );
         on_shard(&tp.clone(), move |local| {
@@ -499,6 +542,7 @@ mod tests {
             partition_epoch: leader_epoch,
             high_watermark: 0,
             unclean: false,
+            elr: Vec::new(),
         };
         let (before, after) = (topic(2, record(ME, 3)), topic(2, record(2, 4)));
         on_shard(&tp.clone(), move |local| {

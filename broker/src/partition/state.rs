@@ -54,13 +54,17 @@ pub struct PartitionState {
     pending_isr: Option<Vec<BrokerId>>,
     /// Per follower: the broker epoch its latest fetch came with.
     broker_epochs: BTreeMap<BrokerId, i64>,
+    /// How many members the ISR needs for the high watermark to move
+    /// (`min.insync.replicas`, at most the replicas; KIP-966).
+    min_isr: usize,
 }
 
 impl PartitionState {
     /// The state of a partition this broker (`local`) leads, whose log ends
     /// at `log_end`. The high watermark starts at the log end when this
     /// broker is the only in-sync replica (everything it has is on every
-    /// ISR member), and at `high_watermark` otherwise, capped by the log end.
+    /// ISR member) and `min_isr` allows that, and at `high_watermark`
+    /// otherwise, capped by the log end.
     pub fn leader(
         local: BrokerId,
         leader_epoch: i32,
@@ -68,8 +72,9 @@ impl PartitionState {
         isr: Vec<BrokerId>,
         log_end: Offset,
         high_watermark: Offset,
+        min_isr: usize,
     ) -> PartitionState {
-        let alone = isr.iter().all(|r| *r == local);
+        let alone = isr.iter().all(|r| *r == local) && min_isr <= 1;
         let mut state = PartitionState {
             local,
             leader_epoch,
@@ -87,6 +92,7 @@ impl PartitionState {
             last_fetch: BTreeMap::new(),
             pending_isr: None,
             broker_epochs: BTreeMap::new(),
+            min_isr: min_isr.max(1),
         };
         state.advance();
         state
@@ -105,6 +111,13 @@ impl PartitionState {
 
     pub fn partition_epoch(&self) -> i32 {
         self.partition_epoch
+    }
+
+    /// Sets how many ISR members the high watermark needs to move (at
+    /// least one). Returns the new high watermark if that moved it.
+    pub fn set_min_isr(&mut self, min_isr: usize) -> Option<Offset> {
+        self.min_isr = min_isr.max(1);
+        self.advance()
     }
 
     /// The state of a partition this broker (`local`) follows, whose log
@@ -130,6 +143,7 @@ impl PartitionState {
             last_fetch: BTreeMap::new(),
             pending_isr: None,
             broker_epochs: BTreeMap::new(),
+            min_isr: 1,
         }
     }
 
@@ -291,9 +305,12 @@ impl PartitionState {
     }
 
     /// Recomputes the high watermark: the smallest log end offset in the
-    /// ISR, never below its current value.
+    /// ISR, never below its current value; it stays put while the ISR is
+    /// smaller than `min_isr`, so that everything committed is on at least
+    /// that many replicas, and a replica that leaves the ISR then has all
+    /// of it (an eligible leader replica, KIP-966).
     fn advance(&mut self) -> Option<Offset> {
-        if !self.leading {
+        if !self.leading || self.isr.len() < self.min_isr {
             return None;
         }
         let leader_end = self.log_end_offset();
@@ -334,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_sole_in_sync_replica_commits_each_append_at_once() {
-        let mut s = PartitionState::leader(ME, 0, vec![ME], vec![ME], o(5), o(0));
+        let mut s = PartitionState::leader(ME, 0, vec![ME], vec![ME], o(5), o(0), 1);
         assert_eq!(s.high_watermark(), o(5));
         assert_eq!(s.on_leader_append(o(9)), Some(o(9)));
         assert_eq!(s.on_leader_append(o(9)), None);
@@ -352,7 +369,7 @@ mod tests {
             ("follower 3 at 10", 3, 10, 10),
             ("follower 3 claims past the leader", 3, 50, 10),
         ];
-        let mut s = PartitionState::leader(ME, 3, vec![1, 2, 3], vec![1, 2, 3], o(0), o(0));
+        let mut s = PartitionState::leader(ME, 3, vec![1, 2, 3], vec![1, 2, 3], o(0), o(0), 1);
         for &(what, replica, offset, hw) in table {
             if replica == ME {
                 s.on_leader_append(o(offset));
@@ -365,7 +382,7 @@ mod tests {
 
     #[test]
     fn the_high_watermark_never_moves_back() {
-        let mut s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(8), o(8));
+        let mut s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(8), o(8), 1);
         assert_eq!(s.high_watermark(), o(8));
         // A follower restarting behind does not pull it back.
         assert_eq!(s.on_follower_fetch(2, 0, o(3), 0), None);
@@ -377,7 +394,7 @@ mod tests {
 
     #[test]
     fn fetches_from_strangers_and_the_leader_itself_are_ignored() {
-        let mut s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(4), o(0));
+        let mut s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(4), o(0), 1);
         assert_eq!(s.on_follower_fetch(7, 0, o(4), 0), None);
         assert_eq!(s.on_follower_fetch(ME, 0, o(4), 0), None);
         assert_eq!(s.high_watermark(), o(0));
@@ -413,7 +430,7 @@ mod tests {
     fn a_new_run_of_a_follower_catches_up_afresh_and_joins_under_its_own_epoch() {
         const LAG: u64 = 100;
         let mut s =
-            PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2], o(0), o(0)).started(0, 0);
+            PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2], o(0), o(0), 1).started(0, 0);
         s.on_leader_append(o(10));
         s.on_follower_fetch(2, 5, o(10), 10);
         // Replica 3, run of epoch 7, caught up at 20.
@@ -431,10 +448,32 @@ mod tests {
     }
 
     #[test]
+    fn the_high_watermark_waits_while_the_isr_is_below_min_insync_replicas() {
+        // min.insync.replicas=2 of three replicas.
+        let mut s = PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2, 3], o(0), o(0), 2)
+            .started(0, 0);
+        s.on_leader_append(o(10));
+        s.on_follower_fetch(2, 0, o(10), 1);
+        s.on_follower_fetch(3, 0, o(6), 1);
+        assert_eq!(s.high_watermark(), o(6));
+        // Down to the leader alone: appends are not committed, even with
+        // every ISR member (itself) having them.
+        s.on_isr_committed(vec![1], 1);
+        assert_eq!(s.high_watermark(), o(6));
+        assert_eq!(s.on_leader_append(o(12)), None);
+        // A restarted leader alone does not take its log end either.
+        let alone = PartitionState::leader(ME, 1, vec![1, 2, 3], vec![1], o(12), o(6), 2);
+        assert_eq!(alone.high_watermark(), o(6));
+        // Two in sync again: it moves.
+        s.on_follower_fetch(2, 0, o(12), 2);
+        assert_eq!(s.on_isr_committed(vec![1, 2], 2), Some(o(12)));
+    }
+
+    #[test]
     fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
         const LAG: u64 = 100;
-        let mut s =
-            PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2, 3], o(0), o(0)).started(0, 0);
+        let mut s = PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2, 3], o(0), o(0), 1)
+            .started(0, 0);
         s.on_leader_append(o(10));
         s.on_follower_fetch(2, 0, o(10), 50);
         s.on_follower_fetch(3, 0, o(4), 50);
@@ -475,7 +514,8 @@ mod tests {
 
     #[test]
     fn a_leader_alone_keeps_itself_in_the_isr() {
-        let mut s = PartitionState::leader(ME, 0, vec![2, 1], vec![2, 1], o(5), o(0)).started(3, 0);
+        let mut s =
+            PartitionState::leader(ME, 0, vec![2, 1], vec![2, 1], o(5), o(0), 1).started(3, 0);
         assert_eq!(s.isr_to_propose(1_000, 100), Some(vec![1]));
         assert_eq!(s.on_isr_committed(vec![1], 4), Some(o(5)));
         assert_eq!(s.isr_to_propose(2_000, 100), None);
@@ -483,7 +523,7 @@ mod tests {
 
     #[test]
     fn a_restarted_leader_never_starts_above_its_log_end() {
-        let s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(3), o(9));
+        let s = PartitionState::leader(ME, 0, vec![1, 2], vec![1, 2], o(3), o(9), 1);
         assert_eq!(s.high_watermark(), o(3));
     }
 
@@ -544,7 +584,7 @@ mod tests {
             let mut leo: BTreeMap<BrokerId, i64> = replicas.iter().map(|r| (*r, 0)).collect();
             let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
             let (mut leader, mut epoch, mut now) = (1, 0, 0u64);
-            let mut s = PartitionState::leader(leader, epoch, replicas.clone(), replicas.clone(), o(0), o(0))
+            let mut s = PartitionState::leader(leader, epoch, replicas.clone(), replicas.clone(), o(0), o(0), 1)
                 .started(0, now);
             let mut committed = 0i64;
             let mut appended = 0i64;
@@ -610,7 +650,7 @@ mod tests {
                             epoch += 1;
                             let hw = s.high_watermark();
                             leader = next;
-                            s = PartitionState::leader(leader, epoch, replicas.clone(), isr, o(leo[&leader]), hw)
+                            s = PartitionState::leader(leader, epoch, replicas.clone(), isr, o(leo[&leader]), hw, 1)
                                 .started(s.partition_epoch() + 1, now);
                             // A replica with more than the new leader (the
                             // old leader, a follower that fetched further)
