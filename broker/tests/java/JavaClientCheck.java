@@ -20,7 +20,9 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Properties;
+import java.util.Set;
 import java.util.TreeMap;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
@@ -37,7 +39,9 @@ import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.ElectionType;
 import org.apache.kafka.common.TopicPartitionInfo;
+import org.apache.kafka.common.errors.ElectionNotNeededException;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
 
@@ -96,6 +100,31 @@ public final class JavaClientCheck {
         same("the second consumer of the group", more, gotMore);
         System.out.println("a second consumer in the group read only the " + MORE
                 + " new records");
+
+        if (replication > 1) {
+            electPreferred(bootstrap, topic);
+        }
+    }
+
+    /** AdminClient.electLeaders (ElectLeaders): every partition is led by
+     *  its preferred replica already, so each answers "not needed". */
+    private static void electPreferred(String bootstrap, String topic) throws Exception {
+        Properties p = new Properties();
+        p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(p)) {
+            TopicPartition first = new TopicPartition(topic, 0);
+            Map<TopicPartition, Optional<Throwable>> result = admin
+                    .electLeaders(ElectionType.PREFERRED, Set.of(first))
+                    .partitions()
+                    .get(30, TimeUnit.SECONDS);
+            Optional<Throwable> outcome = result.get(first);
+            if (outcome == null || (outcome.isPresent()
+                    && !(outcome.get() instanceof ElectionNotNeededException))) {
+                throw new CheckFailed("electLeaders answered " + result);
+            }
+            System.out.println("electLeaders(PREFERRED) answered for " + first + ": "
+                    + (outcome.isPresent() ? "not needed" : "elected"));
+        }
     }
 
     private static void createTopic(String bootstrap, String topic, int partitions,
