@@ -197,6 +197,10 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, parts: Vec<Followed>) {
         if let Some(addr) = addr {
             match TcpStream::connect(&addr).await {
                 Ok(stream) => {
+                    // Each fetch is one small write: send it at once.
+                    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_nodelay(true) {
+                        debug!(leader, error = %e, "TCP_NODELAY on the fetch connection");
+                    }
                     if let Err(e) = fetch_loop(&broker, &local, stream, &parts).await {
                         debug!(leader, %addr, error = %e, "follower fetch failed; reconnecting");
                     }
@@ -397,12 +401,16 @@ pub fn truncation_offset(
 }
 
 /// One fetch of every followed partition that is open here, from its log
-/// end.
+/// end. While some are not open yet (a topic just created: the metadata
+/// is ahead of this shard), the leader is asked not to park the fetch for
+/// long, so that the next one, which includes them, follows soon: acks=all
+/// produces to a new partition wait for its followers' first fetch.
 fn fetch_request(local: &LocalShard, me: i32, parts: &[Followed]) -> FetchRequest {
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    let mut all_open = true;
     for f in parts {
-        // Not open yet (the metadata is ahead of this shard): next time.
         let Some((log_end, last_epoch)) = local.log_end_and_epoch(&f.tp) else {
+            all_open = false;
             continue;
         };
         topics.entry(f.tp.topic.as_str()).or_default().push(
@@ -417,7 +425,11 @@ fn fetch_request(local: &LocalShard, me: i32, parts: &[Followed]) -> FetchReques
     }
     FetchRequest::default()
         .with_replica_id(BrokerId(me))
-        .with_max_wait_ms(WAIT_MAX_MS)
+        .with_max_wait_ms(if all_open {
+            WAIT_MAX_MS
+        } else {
+            RECHECK.as_millis() as i32
+        })
         .with_min_bytes(1)
         .with_max_bytes(RESPONSE_MAX_BYTES)
         .with_isolation_level(0)
