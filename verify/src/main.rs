@@ -1,0 +1,252 @@
+//! `sluice-verify`: Kafka's verifiable producer and consumer, and a checker
+//! of their event logs, against Sluice or any Kafka-compatible cluster.
+//!
+//! ```text
+//! sluice-verify producer --bootstrap-server B --topic T --max-messages N > producer.jsonl
+//! sluice-verify consumer --bootstrap-server B --topic T --group-id G --verbose > consumer.jsonl
+//! sluice-verify check --producer producer.jsonl --consumer consumer.jsonl
+//! ```
+//!
+//! SIGTERM or SIGINT stops a producer (after what is in flight is answered)
+//! or a consumer cleanly.
+
+mod check;
+mod consumer;
+mod events;
+mod producer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-verify",
+    about = "Verifiable producer and consumer, and their checker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sends PREFIX.SEQ messages and prints one JSON event per line.
+    Producer {
+        #[arg(long)]
+        bootstrap_server: String,
+        #[arg(long)]
+        topic: String,
+        /// -1: until SIGTERM.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        max_messages: i64,
+        /// Messages per second; -1: as fast as it goes.
+        #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+        throughput: f64,
+        #[arg(long, default_value = "all")]
+        acks: String,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        enable_idempotence: bool,
+        #[arg(long)]
+        retries: Option<u32>,
+        #[arg(long, default_value_t = 120_000)]
+        delivery_timeout_ms: u64,
+        /// Values are PREFIX.SEQ; a different prefix per producer of a run.
+        #[arg(long, default_value = "v")]
+        value_prefix: String,
+        /// Any librdkafka producer setting, KEY=VALUE (repeatable).
+        #[arg(long = "producer-config", value_parser = key_value)]
+        config: Vec<(String, String)>,
+    },
+    /// Reads as a consumer group member and prints one JSON event per line.
+    Consumer {
+        #[arg(long)]
+        bootstrap_server: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        group_id: String,
+        #[arg(long, default_value = "earliest")]
+        auto_offset_reset: String,
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        enable_auto_commit: bool,
+        #[arg(long, default_value_t = 5000)]
+        auto_commit_interval_ms: u64,
+        /// Commit after each batch read (with auto commit off).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        commit_after_process: bool,
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        max_messages: i64,
+        #[arg(long, default_value = "range")]
+        assignment_strategy: String,
+        /// Print every record read (record_data), which `check` needs.
+        #[arg(long)]
+        verbose: bool,
+        /// Any librdkafka consumer setting, KEY=VALUE (repeatable).
+        #[arg(long = "consumer-config", value_parser = key_value)]
+        config: Vec<(String, String)>,
+    },
+    /// Judges a run from its producers' and consumers' event logs; exits 1
+    /// if anything acknowledged was lost (unless --allow-loss), duplicated
+    /// or reordered, or if the run acknowledged too little to judge.
+    Check {
+        #[arg(long = "producer", required = true)]
+        producers: Vec<std::path::PathBuf>,
+        #[arg(long = "consumer")]
+        consumers: Vec<std::path::PathBuf>,
+        /// Fewer acknowledged messages than this: no verdict (exit 2).
+        #[arg(long, default_value_t = 100)]
+        min_acked: u64,
+        /// Loss is expected (acks=1, unclean election): reported, not failed.
+        #[arg(long)]
+        allow_loss: bool,
+    },
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn stop_on_signals() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGINT, handler);
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    stop_on_signals();
+    let stop = || STOP.load(Ordering::Relaxed);
+    let outcome = match cli.command {
+        Command::Producer {
+            bootstrap_server,
+            topic,
+            max_messages,
+            throughput,
+            acks,
+            enable_idempotence,
+            retries,
+            delivery_timeout_ms,
+            value_prefix,
+            config,
+        } => producer::run(
+            producer::Options {
+                bootstrap: bootstrap_server,
+                topic,
+                max_messages,
+                throughput,
+                acks,
+                idempotence: enable_idempotence,
+                retries,
+                delivery_timeout_ms,
+                value_prefix,
+                config,
+            },
+            &stop,
+        ),
+        Command::Consumer {
+            bootstrap_server,
+            topic,
+            group_id,
+            auto_offset_reset,
+            enable_auto_commit,
+            auto_commit_interval_ms,
+            commit_after_process,
+            max_messages,
+            assignment_strategy,
+            verbose,
+            config,
+        } => consumer::run(
+            consumer::Options {
+                bootstrap: bootstrap_server,
+                topic,
+                group_id,
+                auto_offset_reset,
+                enable_auto_commit,
+                auto_commit_interval_ms,
+                commit_after_process,
+                max_messages,
+                assignment_strategy,
+                verbose,
+                config,
+            },
+            &stop,
+        ),
+        Command::Check {
+            producers,
+            consumers,
+            min_acked,
+            allow_loss,
+        } => run_check(&producers, &consumers, min_acked, allow_loss),
+    };
+    if let Err(e) = outcome {
+        eprintln!("sluice-verify: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn read_logs(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<events::Event>>, String> {
+    paths
+        .iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            Ok(events::parse(&text).0)
+        })
+        .collect()
+}
+
+fn run_check(
+    producers: &[std::path::PathBuf],
+    consumers: &[std::path::PathBuf],
+    min_acked: u64,
+    allow_loss: bool,
+) -> Result<(), String> {
+    let report = check::check(
+        &read_logs(producers)?,
+        &read_logs(consumers)?,
+        check::Expect {
+            min_acked,
+            loss_allowed: allow_loss,
+        },
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+    );
+    eprintln!(
+        "acknowledged {}, send errors {}, consumed {}, lost {}, duplicated {}, order violations {}, \
+         conflicting offsets {}, consumers backwards {} / skipped {}: {:?}",
+        report.acked,
+        report.send_errors,
+        report.consumed,
+        report.lost.len(),
+        report.duplicated.len(),
+        report.order_violations.len(),
+        report.conflicting_offsets.len(),
+        report.went_backwards.len(),
+        report.skipped.len(),
+        report.verdict
+    );
+    match report.verdict {
+        check::Verdict::Pass => Ok(()),
+        check::Verdict::Fail => std::process::exit(1),
+        check::Verdict::Insufficient => {
+            eprintln!("sluice-verify: too little traffic to judge (--min-acked {min_acked})");
+            std::process::exit(2)
+        }
+    }
+}

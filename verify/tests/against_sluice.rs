@@ -1,0 +1,195 @@
+//! The verifiable producer and consumer against a real single-node Sluice
+//! broker, and the checker on their logs: a clean run passes; the same
+//! logs with an acknowledged message removed from what was read fail.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `sluice` broker binary of this build (built by `cargo test
+/// --workspace`, beside this test's own directory).
+fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("sluice");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the broker first (cargo build -p sluice-broker)",
+        bin.display()
+    );
+    bin
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_broker() -> Broker {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(sluice_bin())
+        .arg("serve")
+        .args(["--set", &format!("listeners=PLAINTEXT://127.0.0.1:{port}")])
+        .args(["--set", &format!("log.dirs={}", dir.path().display())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sluice starts");
+    // It prints one line once it listens (or exits, closing stdout).
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let broker = Broker {
+        child,
+        port,
+        _dir: dir,
+    };
+    assert!(
+        line.contains("listening on"),
+        "the broker did not start: {line:?}"
+    );
+    broker
+}
+
+/// Runs `sluice-verify ARGS`, killed after `limit`; its output goes to
+/// files (a pipe nobody reads would stall it).
+fn verify(args: &[&str], limit: Duration) -> Output {
+    let out = tempfile::tempfile().expect("temp file");
+    let err = tempfile::tempfile().expect("temp file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-verify"))
+        .args(args)
+        .stdout(out.try_clone().expect("clone"))
+        .stderr(err.try_clone().expect("clone"))
+        .spawn()
+        .expect("sluice-verify starts");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut bytes = Vec::new();
+        f.rewind().expect("rewind");
+        f.read_to_end(&mut bytes).expect("read");
+        bytes
+    };
+    Output {
+        status,
+        stdout: read(out),
+        stderr: read(err),
+    }
+}
+
+/// A run's status and stderr, for a failed assertion (stdout is long).
+fn said(output: &Output) -> String {
+    format!(
+        "{}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn lines_named(output: &Output, name: &str) -> usize {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("\"name\":\"{name}\"")))
+        .count()
+}
+
+#[test]
+fn a_clean_run_against_sluice_passes_the_checker_and_a_lost_message_fails_it() {
+    let broker = start_broker();
+    let bootstrap = format!("127.0.0.1:{}", broker.port);
+    let limit = Duration::from_secs(120);
+    let produced = verify(
+        &[
+            "producer",
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            "verified",
+            "--max-messages",
+            "2000",
+            "--value-prefix",
+            "run1",
+        ],
+        limit,
+    );
+    assert!(produced.status.success(), "producer: {}", said(&produced));
+    assert_eq!(lines_named(&produced, "producer_send_success"), 2000);
+    assert_eq!(lines_named(&produced, "shutdown_complete"), 1);
+    assert!(lines_named(&produced, "tool_data") >= 1);
+    let consumed = verify(
+        &[
+            "consumer",
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            "verified",
+            "--group-id",
+            "verifiers",
+            "--max-messages",
+            "2000",
+            "--verbose",
+        ],
+        limit,
+    );
+    assert!(consumed.status.success(), "consumer: {}", said(&consumed));
+    assert_eq!(lines_named(&consumed, "record_data"), 2000);
+    assert!(lines_named(&consumed, "partitions_assigned") >= 1);
+    assert!(lines_named(&consumed, "offsets_committed") >= 1);
+
+    let logs = tempfile::tempdir().expect("temp dir");
+    let producer_log = logs.path().join("producer.jsonl");
+    let consumer_log = logs.path().join("consumer.jsonl");
+    std::fs::write(&producer_log, &produced.stdout).expect("write");
+    std::fs::write(&consumer_log, &consumed.stdout).expect("write");
+    let p = producer_log.to_str().unwrap();
+    let c = consumer_log.to_str().unwrap();
+    let checked = verify(&["check", "--producer", p, "--consumer", c], limit);
+    assert!(checked.status.success(), "check: {}", said(&checked));
+    let report: serde_json::Value = serde_json::from_slice(&checked.stdout).expect("a JSON report");
+    assert_eq!(report["acked"], 2000);
+    assert_eq!(report["verdict"], "pass");
+
+    // The same run, had the consumers missed one acknowledged message.
+    let dropped: String = String::from_utf8_lossy(&consumed.stdout)
+        .lines()
+        .filter(|l| !l.contains("\"value\":\"run1.1234\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&consumer_log, dropped).expect("write");
+    let checked = verify(&["check", "--producer", p, "--consumer", c], limit);
+    assert_eq!(checked.status.code(), Some(1), "check: {}", said(&checked));
+    let report: serde_json::Value = serde_json::from_slice(&checked.stdout).expect("a JSON report");
+    assert_eq!(report["lost"][0][0], "run1.1234");
+}
