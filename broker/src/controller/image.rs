@@ -669,19 +669,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fencing_moves_leadership_to_a_live_isr_member_and_a_return_restores_an_orphan() {
-        let mut image = MetadataImage::default();
-        let replicated = |leader: i32, isr: Vec<i32>| PartitionRecord {
+    /// A partition of replicas 1, 2, 3 at leader epoch 4, partition
+    /// epoch 7.
+    fn replicated(leader: i32, isr: Vec<i32>) -> PartitionRecord {
+        PartitionRecord {
             replicas: vec![1, 2, 3],
             isr,
             leader,
             leader_epoch: 4,
             partition_epoch: 7,
-            high_watermark: 0,
-            unclean: false,
-            elr: Vec::new(),
-        };
+            ..PartitionRecord::single(leader)
+        }
+    }
+
+    #[test]
+    fn fencing_moves_leadership_to_a_live_isr_member_and_a_return_restores_an_orphan() {
+        let mut image = MetadataImage::default();
         image
             .apply(&MetadataRecord::CreateTopic {
                 name: "t".into(),
@@ -854,16 +857,7 @@ mod tests {
     /// Partitions over brokers 1, 2, 3 (epochs 4/7): p0 led by 1 with all
     /// in sync, p1 led by 1 alone in its ISR, p2 led by 2 with all.
     fn three_partitions(image: &mut MetadataImage) {
-        let p = |leader: i32, isr: Vec<i32>| PartitionRecord {
-            replicas: vec![1, 2, 3],
-            isr,
-            leader,
-            leader_epoch: 4,
-            partition_epoch: 7,
-            high_watermark: 0,
-            unclean: false,
-            elr: Vec::new(),
-        };
+        let p = replicated;
         image
             .apply(&MetadataRecord::CreateTopic {
                 name: "t".into(),

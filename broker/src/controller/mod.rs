@@ -485,17 +485,7 @@ async fn form(
         }
         return Ok(());
     }
-    // The membership read from the log reaches the metrics shortly after
-    // start.
-    let stored: Vec<u64> = raft
-        .wait(Some(Duration::from_secs(5)))
-        .metrics(
-            |m| m.membership_config.voter_ids().next().is_some(),
-            "the stored membership",
-        )
-        .await
-        .map(|m| m.membership_config.voter_ids().collect())
-        .unwrap_or_default();
+    let stored = stored_voters(raft).await;
     if !stored.contains(&id) {
         return Err(format!(
             "the metadata log belongs to a quorum of node(s) {stored:?}, not to node.id {id}; \
@@ -516,6 +506,19 @@ async fn form(
     Ok(())
 }
 
+/// The voters of the membership stored in the log (an initialized one):
+/// it reaches the metrics shortly after start.
+async fn stored_voters(raft: &Raft<TypeConfig>) -> Vec<u64> {
+    raft.wait(Some(Duration::from_secs(5)))
+        .metrics(
+            |m| m.membership_config.voter_ids().next().is_some(),
+            "the stored membership",
+        )
+        .await
+        .map(|m| m.membership_config.voter_ids().collect())
+        .unwrap_or_default()
+}
+
 /// A node that is not a voter: asks the voters, one after another until
 /// one answers yes, to have the leader add it as a learner that it sends
 /// the metadata log to at `addr`. Refuses a stored log of another quorum.
@@ -527,15 +530,7 @@ async fn join(
     fetch_timeout: Duration,
 ) -> Result<(), String> {
     if raft.is_initialized().await.map_err(|e| e.to_string())? {
-        let stored: Vec<u64> = raft
-            .wait(Some(Duration::from_secs(5)))
-            .metrics(
-                |m| m.membership_config.voter_ids().next().is_some(),
-                "the stored membership",
-            )
-            .await
-            .map(|m| m.membership_config.voter_ids().collect())
-            .unwrap_or_default();
+        let stored = stored_voters(raft).await;
         let configured: Vec<u64> = voters.keys().copied().collect();
         if stored != configured {
             return Err(format!(
