@@ -12,7 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use crate::events::{
-    emit, now_ms, CommittedOffset, Event, PartitionLag, PartitionRange, TopicPartition,
+    now_ms, CommittedOffset, Event, PartitionLag, PartitionRange, Sink, TopicPartition,
 };
 
 pub struct Options {
@@ -32,9 +32,15 @@ pub struct Options {
     /// Print every record (`record_data`), as the checker needs.
     pub verbose: bool,
     pub config: Vec<(String, String)>,
+    pub out: Sink,
+    /// Stop once nothing has been read for this long after the first
+    /// assignment (the scenario runner's "read everything back").
+    pub idle_exit: Option<Duration>,
 }
 
-struct Context;
+struct Context {
+    out: Sink,
+}
 
 impl ClientContext for Context {}
 
@@ -51,7 +57,7 @@ fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            emit(&Event::PartitionsRevoked {
+            self.out.emit(&Event::PartitionsRevoked {
                 timestamp: now_ms(),
                 partitions: partitions(list),
             });
@@ -60,7 +66,7 @@ impl ConsumerContext for Context {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            emit(&Event::PartitionsAssigned {
+            self.out.emit(&Event::PartitionsAssigned {
                 timestamp: now_ms(),
                 partitions: partitions(list),
             });
@@ -74,6 +80,7 @@ const BATCH_MAX: usize = 500;
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
 pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
+    let out = options.out.clone();
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &options.bootstrap)
@@ -92,17 +99,25 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
         config.set(k, v);
     }
     let consumer: BaseConsumer<Context> = config
-        .create_with_context(Context)
+        .create_with_context(Context {
+            out: options.out.clone(),
+        })
         .map_err(|e| format!("creating the consumer: {e}"))?;
     consumer
         .subscribe(&[&options.topic])
         .map_err(|e| format!("subscribing to {}: {e}", options.topic))?;
-    emit(&Event::StartupComplete {
+    out.emit(&Event::StartupComplete {
         timestamp: now_ms(),
     });
     let mut consumed: i64 = 0;
     let mut next_lag = Instant::now() + LAG_EVERY;
+    let mut last_read = Instant::now();
     while (options.max_messages < 0 || consumed < options.max_messages) && !stop() {
+        if options.idle_exit.is_some_and(|idle| {
+            last_read.elapsed() >= idle && !consumer.assignment().map_or(true, |a| a.count() == 0)
+        }) {
+            break;
+        }
         let mut batch: BTreeMap<(String, i32), PartitionRange> = BTreeMap::new();
         let mut count = 0usize;
         let mut wait = Duration::from_millis(100);
@@ -128,7 +143,7 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
             );
             if options.verbose {
                 let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-                emit(&Event::RecordData {
+                out.emit(&Event::RecordData {
                     timestamp: now_ms(),
                     topic: topic.clone(),
                     partition,
@@ -151,31 +166,36 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
             range.max_offset = range.max_offset.max(offset);
         }
         if count > 0 {
+            last_read = Instant::now();
             consumed += count as i64;
-            emit(&Event::RecordsConsumed {
+            out.emit(&Event::RecordsConsumed {
                 timestamp: now_ms(),
                 count: count as u64,
                 partitions: batch.values().cloned().collect(),
             });
             if !options.enable_auto_commit && options.commit_after_process {
-                commit(&consumer, &batch);
+                commit(&consumer, &batch, &out);
             }
         }
         if Instant::now() >= next_lag {
             next_lag += LAG_EVERY;
-            report_lag(&consumer);
+            report_lag(&consumer, &out);
         }
     }
-    report_lag(&consumer);
+    report_lag(&consumer, &out);
     drop(consumer);
-    emit(&Event::ShutdownComplete {
+    out.emit(&Event::ShutdownComplete {
         timestamp: now_ms(),
     });
     Ok(())
 }
 
 /// Commits the offsets after each partition's last record read.
-fn commit(consumer: &BaseConsumer<Context>, batch: &BTreeMap<(String, i32), PartitionRange>) {
+fn commit(
+    consumer: &BaseConsumer<Context>,
+    batch: &BTreeMap<(String, i32), PartitionRange>,
+    out: &Sink,
+) {
     let mut list = TopicPartitionList::new();
     let mut offsets = Vec::new();
     for ((topic, partition), range) in batch {
@@ -192,7 +212,7 @@ fn commit(consumer: &BaseConsumer<Context>, batch: &BTreeMap<(String, i32), Part
         }
     }
     let result = consumer.commit(&list, CommitMode::Sync);
-    emit(&Event::OffsetsCommitted {
+    out.emit(&Event::OffsetsCommitted {
         timestamp: now_ms(),
         success: result.is_ok(),
         offsets,
@@ -201,7 +221,7 @@ fn commit(consumer: &BaseConsumer<Context>, batch: &BTreeMap<(String, i32), Part
 }
 
 /// Each assigned partition's lag: its high watermark minus the position.
-fn report_lag(consumer: &BaseConsumer<Context>) {
+fn report_lag(consumer: &BaseConsumer<Context>, out: &Sink) {
     let Ok(positions) = consumer.position() else {
         return;
     };
@@ -223,7 +243,7 @@ fn report_lag(consumer: &BaseConsumer<Context>) {
         });
     }
     if !lags.is_empty() {
-        emit(&Event::ConsumerLag {
+        out.emit(&Event::ConsumerLag {
             timestamp: now_ms(),
             partitions: lags,
         });

@@ -4,6 +4,8 @@
 //! for those read these too. Every event carries `timestamp` (ms since the
 //! Unix epoch).
 
+use std::io::Write;
+
 use serde::{Deserialize, Serialize};
 
 /// One line of a producer's or consumer's output.
@@ -126,13 +128,27 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Prints `event` as one line on stdout.
-pub fn emit(event: &Event) {
-    use std::io::Write;
-    if let Ok(line) = serde_json::to_string(event) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+/// Where a producer's or consumer's events go: stdout, or a file when the
+/// scenario runner drives them.
+#[derive(Clone)]
+pub struct Sink(std::sync::Arc<std::sync::Mutex<Box<dyn std::io::Write + Send>>>);
+
+impl Sink {
+    pub fn stdout() -> Sink {
+        Sink::new(Box::new(std::io::stdout()))
+    }
+
+    pub fn new(out: Box<dyn std::io::Write + Send>) -> Sink {
+        Sink(std::sync::Arc::new(std::sync::Mutex::new(out)))
+    }
+
+    /// Writes `event` as one line.
+    pub fn emit(&self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
     }
 }
 

@@ -10,10 +10,13 @@
 //! SIGTERM or SIGINT stops a producer (after what is in flight is answered)
 //! or a consumer cleanly.
 
+mod admin;
 mod check;
+mod cluster;
 mod consumer;
 mod events;
 mod producer;
+mod scenario;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -86,6 +89,20 @@ enum Command {
         #[arg(long = "consumer-config", value_parser = key_value)]
         config: Vec<(String, String)>,
     },
+    /// Runs scenario files: a local cluster, a producer under the faults
+    /// of each, a consumer reading everything back, the checker; prints a
+    /// table and exits 1 if any scenario failed.
+    Run {
+        #[arg(required = true)]
+        scenarios: Vec<std::path::PathBuf>,
+        /// The broker binary (default: `sluice` beside this one).
+        #[arg(long)]
+        sluice_bin: Option<std::path::PathBuf>,
+        /// Where each scenario's cluster, logs and event logs go (default:
+        /// a new directory under the system's temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Judges a run from its producers' and consumers' event logs; exits 1
     /// if anything acknowledged was lost (unless --allow-loss), duplicated
     /// or reordered, or if the run acknowledged too little to judge.
@@ -154,6 +171,7 @@ fn main() {
                 delivery_timeout_ms,
                 value_prefix,
                 config,
+                out: events::Sink::stdout(),
             },
             &stop,
         ),
@@ -182,9 +200,16 @@ fn main() {
                 assignment_strategy,
                 verbose,
                 config,
+                out: events::Sink::stdout(),
+                idle_exit: None,
             },
             &stop,
         ),
+        Command::Run {
+            scenarios,
+            sluice_bin,
+            dir,
+        } => run_scenarios(&scenarios, sluice_bin, dir),
         Command::Check {
             producers,
             consumers,
@@ -249,4 +274,42 @@ fn run_check(
             std::process::exit(2)
         }
     }
+}
+
+fn run_scenarios(
+    paths: &[std::path::PathBuf],
+    bin: Option<std::path::PathBuf>,
+    dir: Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    let bin = match bin {
+        Some(bin) => bin,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("sluice"),
+    };
+    let base = match dir {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!("sluice-verify-{}", std::process::id())),
+    };
+    let mut outcomes = Vec::new();
+    for path in paths {
+        let scenario = scenario::load(path)?;
+        eprintln!("sluice-verify: {}: {}", scenario.name, scenario.description);
+        let dir = base.join(&scenario.name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let outcome = scenario::run(&scenario, &bin, &dir)?;
+        for (what, at, outage) in &outcome.outages {
+            eprintln!(
+                "  {at} ms: {what}; next acknowledgement {}",
+                outage.map_or_else(|| "never".to_string(), |o| format!("{o} ms later"))
+            );
+        }
+        eprintln!("  logs and event logs in {}", dir.display());
+        outcomes.push(outcome);
+    }
+    print!("{}", scenario::table(&outcomes));
+    if !scenario::passed(&outcomes) {
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
-use crate::events::{emit, now_ms, Event};
+use crate::events::{now_ms, Event, Sink};
 
 /// The producer's settings (`sluice-verify producer --help`).
 pub struct Options {
@@ -27,9 +27,11 @@ pub struct Options {
     pub delivery_timeout_ms: u64,
     pub value_prefix: String,
     pub config: Vec<(String, String)>,
+    pub out: Sink,
 }
 
 struct Context {
+    out: Sink,
     acked: AtomicU64,
     errors: AtomicU64,
     retries: AtomicU64,
@@ -50,7 +52,7 @@ impl ProducerContext for Context {
         match result {
             Ok(message) => {
                 self.acked.fetch_add(1, Ordering::Relaxed);
-                emit(&Event::ProducerSendSuccess {
+                self.out.emit(&Event::ProducerSendSuccess {
                     timestamp: now_ms(),
                     topic: message.topic().to_string(),
                     partition: message.partition(),
@@ -62,7 +64,7 @@ impl ProducerContext for Context {
             Err((error, message)) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 let (exception, retriable) = classify(error);
-                emit(&Event::ProducerSendError {
+                self.out.emit(&Event::ProducerSendError {
                     timestamp: now_ms(),
                     topic: message.topic().to_string(),
                     key: text(message.key()),
@@ -132,7 +134,9 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
     for (k, v) in &options.config {
         config.set(k, v);
     }
+    let out = options.out.clone();
     let context = Context {
+        out: out.clone(),
         acked: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         retries: AtomicU64::new(0),
@@ -140,7 +144,7 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
     let producer: BaseProducer<Context> = config
         .create_with_context(context)
         .map_err(|e| format!("creating the producer: {e}"))?;
-    emit(&Event::StartupComplete {
+    out.emit(&Event::StartupComplete {
         timestamp: now_ms(),
     });
     let start = Instant::now();
@@ -187,14 +191,14 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
         producer.poll(Duration::ZERO);
         if Instant::now() >= next_report {
             next_report += REPORT_EVERY;
-            emit(&tool_data(sent, &producer));
+            out.emit(&tool_data(sent, &producer));
         }
     }
     // Whatever is in flight gets its answer (or its error) before the end.
     let flush_for = Duration::from_millis(options.delivery_timeout_ms.saturating_add(5_000));
     let _ = producer.flush(flush_for);
-    emit(&tool_data(sent, &producer));
-    emit(&Event::ShutdownComplete {
+    out.emit(&tool_data(sent, &producer));
+    out.emit(&Event::ShutdownComplete {
         timestamp: now_ms(),
     });
     Ok(())

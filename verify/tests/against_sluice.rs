@@ -193,3 +193,41 @@ fn a_clean_run_against_sluice_passes_the_checker_and_a_lost_message_fails_it() {
     let report: serde_json::Value = serde_json::from_slice(&checked.stdout).expect("a JSON report");
     assert_eq!(report["lost"][0][0], "run1.1234");
 }
+
+#[test]
+fn every_shipped_scenario_runs_and_judges_as_its_file_expects() {
+    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut files: Vec<String> = std::fs::read_dir(&scenarios)
+        .expect("verify/scenarios")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = sluice_bin();
+    let mut args = vec!["run", "--sluice-bin", bin.to_str().unwrap()];
+    args.extend(["--dir", dir.path().to_str().unwrap()]);
+    args.extend(files.iter().map(String::as_str));
+    let ran = verify(&args, Duration::from_secs(600));
+    let table = String::from_utf8_lossy(&ran.stdout).to_string();
+    assert!(ran.status.success(), "{}\n{table}", said(&ran));
+    // | scenario | acknowledged | lost | duplicated | order | outage | verdict |
+    let rows: Vec<Vec<String>> = table
+        .lines()
+        .skip(2)
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    assert_eq!(rows.len(), files.len(), "{table}");
+    for row in &rows {
+        assert_eq!(row[7], "Pass", "{table}");
+        let lost: u64 = row[3].parse().expect("lost");
+        if row[1] == "acks1-leader-crash" {
+            // The seed scenario loses what only the dead leader had.
+            assert!(lost > 0, "the acks=1 crash lost nothing:\n{table}");
+        } else {
+            assert_eq!(lost, 0, "{table}");
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! A local cluster for scenarios: `sluice serve` processes on loopback,
+//! each started, stopped, killed, paused and resumed on its own. The first
+//! three are controller voters, the rest brokers only (as `sluice
+//! dev-cluster` does). Dropping it kills every process.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to say it listens.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    pub id: i32,
+    pub port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+pub struct LocalCluster {
+    pub nodes: Vec<Node>,
+    bin: PathBuf,
+}
+
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    // Held together so that no two are the same.
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
+        .collect()
+}
+
+impl LocalCluster {
+    /// Starts `n` brokers with `settings` on each, their data and logs
+    /// under `dir`, and waits until all listen.
+    pub fn start(bin: &Path, n: usize, dir: &Path, settings: &[String]) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let ports = free_ports(2 * n)?;
+        let voters: Vec<String> = (0..n.min(3))
+            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[n + i]))
+            .collect();
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
+            bin: bin.to_path_buf(),
+        };
+        for i in 0..n {
+            let id = i as i32 + 1;
+            let mut args = vec![
+                format!("node.id={id}"),
+                format!(
+                    "listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                    ports[i],
+                    ports[n + i]
+                ),
+                format!("controller.quorum.voters={}", voters.join(",")),
+                format!(
+                    "process.roles={}",
+                    if i < 3 { "broker,controller" } else { "broker" }
+                ),
+                format!("log.dirs={}", dir.join(format!("broker-{id}")).display()),
+            ];
+            args.extend(settings.iter().cloned());
+            cluster.nodes.push(Node {
+                id,
+                port: ports[i],
+                args,
+                log: dir.join(format!("broker-{id}.log")),
+                child: None,
+                paused: false,
+            });
+        }
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        for i in 0..n {
+            cluster.wait_ready(i)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The brokers that are running and not paused, as a bootstrap list.
+    pub fn live_bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some() && !n.paused)
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The brokers paused now.
+    pub fn paused(&self) -> Vec<i32> {
+        self.nodes
+            .iter()
+            .filter(|n| n.paused)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn index(&self, id: i32) -> Result<usize, String> {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .ok_or_else(|| format!("no broker {id}"))
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(|e| format!("{}: {e}", node.log.display()))?;
+        let mut command = Command::new(&self.bin);
+        command.arg("serve");
+        for a in &node.args {
+            command.args(["--set", a]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, i: usize) -> Result<(), String> {
+        let node = &mut self.nodes[i];
+        let Some(stdout) = node.child.as_mut().and_then(|c| c.stdout.take()) else {
+            return Err(format!("broker {} is not running", node.id));
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the broker never blocks on a full pipe.
+            let mut rest = String::new();
+            while reader.read_line(&mut rest).is_ok_and(|n| n > 0) {
+                rest.clear();
+            }
+        });
+        let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
+        if line.contains("listening on") {
+            Ok(())
+        } else {
+            Err(format!(
+                "broker {} did not start (see {})",
+                node.id,
+                node.log.display()
+            ))
+        }
+    }
+
+    fn signal(&mut self, id: i32, sig: libc::c_int) -> Result<(), String> {
+        let i = self.index(id)?;
+        let Some(child) = self.nodes[i].child.as_ref() else {
+            return Err(format!("broker {id} is not running"));
+        };
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        if unsafe { libc::kill(child.id() as libc::pid_t, sig) } != 0 {
+            return Err(format!(
+                "signalling broker {id}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, id: i32) -> Result<(), String> {
+        let i = self.index(id)?;
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and wait (bounded) for a clean exit.
+    pub fn terminate(&mut self, id: i32) -> Result<(), String> {
+        self.signal(id, libc::SIGTERM)?;
+        let i = self.index(id)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        if let Some(mut child) = self.nodes[i].child.take() {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) if status.success() => return Ok(()),
+                    Ok(Some(status)) => return Err(format!("broker {id} exited {status}")),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!("broker {id} did not stop on SIGTERM"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP / SIGCONT.
+    pub fn pause(&mut self, id: i32) -> Result<(), String> {
+        self.signal(id, libc::SIGSTOP)?;
+        let i = self.index(id)?;
+        self.nodes[i].paused = true;
+        Ok(())
+    }
+
+    pub fn resume(&mut self, id: i32) -> Result<(), String> {
+        self.signal(id, libc::SIGCONT)?;
+        let i = self.index(id)?;
+        self.nodes[i].paused = false;
+        Ok(())
+    }
+
+    /// Starts a stopped broker again on its port and data, and waits until
+    /// it listens.
+    pub fn start_again(&mut self, id: i32) -> Result<(), String> {
+        let i = self.index(id)?;
+        if self.nodes[i].child.is_some() {
+            return Ok(());
+        }
+        self.spawn(i)?;
+        self.wait_ready(i)
+    }
+
+    /// Every broker running and none paused.
+    pub fn heal(&mut self) -> Result<(), String> {
+        let ids: Vec<i32> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            let i = self.index(id)?;
+            if self.nodes[i].paused {
+                self.resume(id)?;
+            }
+            self.start_again(id)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! `sluice-verify run`: a scenario file (TOML, `verify/scenarios/`) names a
+//! cluster, a topic, a producer and a timeline of faults; the runner starts
+//! the cluster, produces while it injects the faults, heals the cluster,
+//! reads everything back with a consumer, and judges the logs with the
+//! checker. Each scenario says whether loss is expected (acks=1 under a
+//! leader crash) or forbidden.
+//!
+//! ```toml
+//! name = "leader-hard-kill"
+//! description = "SIGKILL the leader of partition 0 under load"
+//! brokers = 3
+//! broker_config = ["broker.session.timeout.ms=1000"]
+//! [topic]
+//! partitions = 3
+//! replication_factor = 3
+//! config = { "min.insync.replicas" = "2" }
+//! [producer]
+//! messages = 6000
+//! throughput = 2000
+//! [[fault]]
+//! at_ms = 1000
+//! action = "kill"          # kill, terminate, pause, resume, start, bounce, clean-bounce
+//! target = "leader"        # leader, followers, controller, broker:N, last, paused
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::admin;
+use crate::check::{self, Expect, Verdict};
+use crate::cluster::LocalCluster;
+use crate::events::{self, Event, Sink};
+use crate::{consumer, producer};
+
+fn three() -> usize {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// Loss is the expected outcome: reported, not failed on.
+    #[serde(default)]
+    pub expect_loss: bool,
+    #[serde(default = "three")]
+    pub brokers: usize,
+    /// `key=value` for every broker.
+    #[serde(default)]
+    pub broker_config: Vec<String>,
+    #[serde(default)]
+    pub topic: TopicSpec,
+    pub producer: ProducerSpec,
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<Fault>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for TopicSpec {
+    fn default() -> Self {
+        TopicSpec {
+            name: "verify".into(),
+            partitions: 3,
+            replication_factor: 3,
+            config: BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]),
+        }
+    }
+}
+
+fn all() -> String {
+    "all".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerSpec {
+    pub messages: i64,
+    /// Messages per second.
+    pub throughput: f64,
+    #[serde(default = "all")]
+    pub acks: String,
+    #[serde(default = "yes")]
+    pub idempotence: bool,
+    #[serde(default)]
+    pub delivery_timeout_ms: Option<u64>,
+    /// `key=value` librdkafka settings.
+    #[serde(default)]
+    pub config: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// SIGKILL.
+    Kill,
+    /// SIGTERM (a controlled shutdown), waiting for the exit.
+    Terminate,
+    /// SIGSTOP.
+    Pause,
+    /// SIGCONT.
+    Resume,
+    /// Start a stopped broker again.
+    Start,
+    /// SIGKILL, then start again.
+    Bounce,
+    /// SIGTERM, then start again.
+    CleanBounce,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub at_ms: u64,
+    pub action: Action,
+    pub target: String,
+}
+
+/// A scenario's outcome, one row of the table.
+#[derive(Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub report: check::Report,
+    /// Per fault: when it happened (ms into the run) and how long until
+    /// every partition had an acknowledgement after it.
+    pub outages: Vec<(String, u64, Option<u64>)>,
+}
+
+impl Outcome {
+    pub fn worst_outage_ms(&self) -> Option<u64> {
+        self.outages.iter().filter_map(|(_, _, o)| *o).max()
+    }
+}
+
+pub fn load(path: &Path) -> Result<Scenario, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn key_values(items: &[String]) -> Result<Vec<(String, String)>, String> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("{s:?}: expected key=value"))
+        })
+        .collect()
+}
+
+/// Polls `f` every 100 ms until it answers, for at most `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The brokers `target` names now.
+fn resolve(
+    target: &str,
+    cluster: &LocalCluster,
+    topic: &str,
+    last: &[i32],
+) -> Result<Vec<i32>, String> {
+    // Asked of brokers that can answer: a paused one would not.
+    let bootstrap = cluster.live_bootstrap();
+    let view = || admin::view(&bootstrap, topic);
+    match target {
+        "leader" => {
+            let leader = view()?.partitions.first().map_or(-1, |p| p.leader);
+            if leader < 0 {
+                return Err("partition 0 has no leader".into());
+            }
+            Ok(vec![leader])
+        }
+        "followers" => {
+            let v = view()?;
+            let p = v.partitions.first().ok_or("no partition 0")?;
+            Ok(p.replicas
+                .iter()
+                .copied()
+                .filter(|r| *r != p.leader)
+                .collect())
+        }
+        "controller" => {
+            let c = view()?.controller;
+            if c < 0 {
+                return Err("no active controller".into());
+            }
+            Ok(vec![c])
+        }
+        "last" => Ok(last.to_vec()),
+        "paused" => Ok(cluster.paused()),
+        other => other
+            .strip_prefix("broker:")
+            .and_then(|n| n.parse().ok())
+            .map(|n| vec![n])
+            .ok_or_else(|| format!("unknown target {other:?}")),
+    }
+}
+
+/// Runs `scenario` on a local cluster of `bin` under `dir`.
+pub fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Result<Outcome, String> {
+    let topic = &scenario.topic.name;
+    let mut cluster = LocalCluster::start(
+        bin,
+        scenario.brokers,
+        &dir.join("cluster"),
+        &scenario.broker_config,
+    )?;
+    let bootstrap = cluster.bootstrap();
+    let configs: Vec<(String, String)> = scenario
+        .topic
+        .config
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    wait_for("the topic to be created", Duration::from_secs(60), || {
+        admin::create_topic(
+            &bootstrap,
+            topic,
+            scenario.topic.partitions,
+            scenario.topic.replication_factor,
+            &configs,
+        )
+        .ok()
+    })?;
+    let in_sync = |bootstrap: &str| {
+        let view = admin::view(bootstrap, topic).ok()?;
+        (view.partitions.len() == scenario.topic.partitions as usize
+            && view
+                .partitions
+                .iter()
+                .all(|p| p.leader >= 0 && p.isr.len() == p.replicas.len()))
+        .then_some(())
+    };
+    wait_for("every partition in sync", Duration::from_secs(60), || {
+        in_sync(&bootstrap)
+    })?;
+
+    let producer_log = dir.join("producer.jsonl");
+    let consumer_log = dir.join("consumer.jsonl");
+    let file = |path: &PathBuf| -> Result<Sink, String> {
+        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Sink::new(Box::new(std::io::BufWriter::new(f))))
+    };
+    let spec = &scenario.producer;
+    let options = producer::Options {
+        bootstrap: bootstrap.clone(),
+        topic: topic.clone(),
+        max_messages: spec.messages,
+        throughput: spec.throughput,
+        acks: spec.acks.clone(),
+        idempotence: spec.idempotence,
+        retries: None,
+        delivery_timeout_ms: spec.delivery_timeout_ms.unwrap_or(120_000),
+        value_prefix: scenario.name.clone(),
+        config: key_values(&spec.config)?,
+        out: file(&producer_log)?,
+    };
+    let start = Instant::now();
+    let epoch_ms = events::now_ms();
+    let producing = std::thread::spawn(move || producer::run(options, &|| false));
+    let mut faults = scenario.faults.clone();
+    faults.sort_by_key(|f| f.at_ms);
+    let mut applied: Vec<(String, u64)> = Vec::new();
+    let mut last: Vec<i32> = Vec::new();
+    for fault in &faults {
+        let due = start + Duration::from_millis(fault.at_ms);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let targets = resolve(&fault.target, &cluster, topic, &last)?;
+        let at = epoch_ms + start.elapsed().as_millis() as u64;
+        for &id in &targets {
+            match fault.action {
+                Action::Kill => cluster.kill(id)?,
+                Action::Terminate => cluster.terminate(id)?,
+                Action::Pause => cluster.pause(id)?,
+                Action::Resume => cluster.resume(id)?,
+                Action::Start => cluster.start_again(id)?,
+                Action::Bounce => {
+                    cluster.kill(id)?;
+                    cluster.start_again(id)?;
+                }
+                Action::CleanBounce => {
+                    cluster.terminate(id)?;
+                    cluster.start_again(id)?;
+                }
+            }
+        }
+        applied.push((format!("{:?} {:?}", fault.action, targets), at));
+        last = targets;
+    }
+    producing
+        .join()
+        .map_err(|_| "the producer panicked".to_string())??;
+    // Heal, then read everything back.
+    cluster.heal()?;
+    wait_for(
+        "every partition to have a leader again",
+        Duration::from_secs(60),
+        || {
+            let view = admin::view(&bootstrap, topic).ok()?;
+            view.partitions.iter().all(|p| p.leader >= 0).then_some(())
+        },
+    )?;
+    let consumed = consumer::Options {
+        bootstrap: bootstrap.clone(),
+        topic: topic.clone(),
+        group_id: format!("verify-{}", scenario.name),
+        auto_offset_reset: "earliest".into(),
+        enable_auto_commit: false,
+        auto_commit_interval_ms: 5000,
+        commit_after_process: true,
+        max_messages: -1,
+        assignment_strategy: "range".into(),
+        verbose: true,
+        config: Vec::new(),
+        out: file(&consumer_log)?,
+        idle_exit: Some(Duration::from_secs(5)),
+    };
+    consumer::run(consumed, &|| false)?;
+    drop(cluster);
+
+    let read = |path: &PathBuf| -> Result<Vec<Event>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(events::parse(&text).0)
+    };
+    let produced = read(&producer_log)?;
+    let report = check::check(
+        std::slice::from_ref(&produced),
+        &[read(&consumer_log)?],
+        Expect {
+            min_acked: (spec.messages.max(0) as u64 / 10).max(100),
+            loss_allowed: scenario.expect_loss,
+        },
+    );
+    // Per partition, when its acknowledgements came.
+    let mut acks: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
+    for e in &produced {
+        if let Event::ProducerSendSuccess {
+            timestamp,
+            partition,
+            ..
+        } = e
+        {
+            acks.entry(*partition).or_default().push(*timestamp);
+        }
+    }
+    // A fault's outage: until every partition has been acknowledged again
+    // (the slowest partition's wait); None if one never was.
+    let outages = applied
+        .into_iter()
+        .map(|(what, at)| {
+            let next = acks
+                .values()
+                .map(|times| times.iter().filter(|t| **t >= at).min().map(|t| t - at))
+                .try_fold(0u64, |worst, wait| wait.map(|w| worst.max(w)));
+            (what, at - epoch_ms, next)
+        })
+        .collect();
+    Ok(Outcome {
+        name: scenario.name.clone(),
+        report,
+        outages,
+    })
+}
+
+/// The table `sluice-verify run` prints.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "| scenario | acknowledged | lost | duplicated | order violations | worst outage (ms) | verdict |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for o in outcomes {
+        let r = &o.report;
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:?} |\n",
+            o.name,
+            r.acked,
+            r.lost.len(),
+            r.duplicated.len(),
+            r.order_violations.len(),
+            o.worst_outage_ms()
+                .map_or_else(|| "-".to_string(), |v| v.to_string()),
+            r.verdict
+        ));
+    }
+    out
+}
+
+/// Whether every outcome passed.
+pub fn passed(outcomes: &[Outcome]) -> bool {
+    outcomes.iter().all(|o| o.report.verdict == Verdict::Pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_scenario_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("verify/scenarios") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                let scenario = load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!scenario.description.is_empty(), "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "only {seen} scenarios");
+    }
+
+    #[test]
+    fn unknown_fields_and_actions_are_refused() {
+        let bad = [
+            "name='x'\ndescription='y'\n[producer]\nmessages=1\nthroughput=1\nspeed=3\n",
+            "name='x'\ndescription='y'\n[producer]\nmessages=1\nthroughput=1\n[[fault]]\nat_ms=1\naction='explode'\ntarget='leader'\n",
+        ];
+        for text in bad {
+            assert!(toml::from_str::<Scenario>(text).is_err(), "{text}");
+        }
+    }
+}
