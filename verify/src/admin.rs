@@ -116,19 +116,40 @@ pub fn view(bootstrap: &str, topic: &str) -> Result<ClusterView, String> {
     })
 }
 
-/// Creates `topic`; one that exists already is fine.
+/// Creates `topic`, with each partition's replicas as `assignment` says
+/// when it is not empty (then `partitions` and `replication_factor` are
+/// taken from it); one that exists already is fine.
 pub fn create_topic(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
     replication_factor: i16,
     configs: &[(String, String)],
+    assignment: &[Vec<i32>],
 ) -> Result<(), String> {
+    use kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment;
+    use kafka_protocol::messages::BrokerId;
+    let (partitions, replication_factor) = if assignment.is_empty() {
+        (partitions, replication_factor)
+    } else {
+        (-1, -1)
+    };
     first_answer(bootstrap, |addr| {
         let t = CreatableTopic::default()
             .with_name(TopicName(StrBytes::from_string(topic.to_string())))
             .with_num_partitions(partitions)
             .with_replication_factor(replication_factor)
+            .with_assignments(
+                assignment
+                    .iter()
+                    .zip(0..)
+                    .map(|(replicas, index)| {
+                        CreatableReplicaAssignment::default()
+                            .with_partition_index(index)
+                            .with_broker_ids(replicas.iter().copied().map(BrokerId).collect())
+                    })
+                    .collect(),
+            )
             .with_configs(
                 configs
                     .iter()

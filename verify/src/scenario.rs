@@ -66,6 +66,10 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub replication_factor: i16,
     pub config: BTreeMap<String, String>,
+    /// Each partition's replicas (the first its preferred leader), instead
+    /// of `partitions` and `replication_factor`: to put replicas on brokers
+    /// that are not controller voters, say.
+    pub assignment: Vec<Vec<i32>>,
 }
 
 impl Default for TopicSpec {
@@ -75,6 +79,7 @@ impl Default for TopicSpec {
             partitions: 3,
             replication_factor: 3,
             config: BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]),
+            assignment: Vec::new(),
         }
     }
 }
@@ -244,12 +249,18 @@ pub fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Result<Outcome, Strin
             scenario.topic.partitions,
             scenario.topic.replication_factor,
             &configs,
+            &scenario.topic.assignment,
         )
         .ok()
     })?;
+    let partitions = if scenario.topic.assignment.is_empty() {
+        scenario.topic.partitions as usize
+    } else {
+        scenario.topic.assignment.len()
+    };
     let in_sync = |bootstrap: &str| {
         let view = admin::view(bootstrap, topic).ok()?;
-        (view.partitions.len() == scenario.topic.partitions as usize
+        (view.partitions.len() == partitions
             && view
                 .partitions
                 .iter()
