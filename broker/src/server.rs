@@ -161,6 +161,22 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
         .map_err(|e| format!("registering with the controller: {e}"))?;
     controller.set_broker_epoch(broker_epoch);
     info!(node = config.node_id, broker_epoch, "registered");
+    // The cluster's default comes from the latest registration: a broker
+    // configured otherwise has just changed it for every topic without an
+    // override of its own.
+    let image = topics.image();
+    if image.brokers.len() > 1
+        && image
+            .brokers
+            .values()
+            .any(|b| b.min_insync_replicas != config.min_insync_replicas)
+    {
+        warn!(
+            min_insync_replicas = config.min_insync_replicas,
+            "brokers disagree on min.insync.replicas; the cluster now uses this broker's for \
+             topics that do not set it: configure every broker alike"
+        );
+    }
     let producer_ids = crate::producer_ids::ProducerIds::new(controller.clone(), config.node_id);
     // The internal offsets topic exists from the first start on. In a new
     // cluster it is placed once the voters have registered (for a bounded
