@@ -21,6 +21,22 @@ pub struct Node {
     paused: bool,
 }
 
+/// What a scenario does to brokers, whoever runs them.
+pub trait Nodes {
+    /// Every broker's client address.
+    fn bootstrap(&self) -> String;
+    /// The brokers that can answer now (not paused).
+    fn live_bootstrap(&self) -> String;
+    fn paused(&self) -> Vec<i32>;
+    fn kill(&mut self, id: i32) -> Result<(), String>;
+    fn terminate(&mut self, id: i32) -> Result<(), String>;
+    fn pause(&mut self, id: i32) -> Result<(), String>;
+    fn resume(&mut self, id: i32) -> Result<(), String>;
+    fn start_again(&mut self, id: i32) -> Result<(), String>;
+    /// Every broker running and none paused.
+    fn heal(&mut self) -> Result<(), String>;
+}
+
 pub struct LocalCluster {
     pub nodes: Vec<Node>,
     bin: PathBuf,
@@ -268,5 +284,135 @@ impl Drop for LocalCluster {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+impl Nodes for LocalCluster {
+    fn bootstrap(&self) -> String {
+        LocalCluster::bootstrap(self)
+    }
+    fn live_bootstrap(&self) -> String {
+        LocalCluster::live_bootstrap(self)
+    }
+    fn paused(&self) -> Vec<i32> {
+        LocalCluster::paused(self)
+    }
+    fn kill(&mut self, id: i32) -> Result<(), String> {
+        LocalCluster::kill(self, id)
+    }
+    fn terminate(&mut self, id: i32) -> Result<(), String> {
+        LocalCluster::terminate(self, id)
+    }
+    fn pause(&mut self, id: i32) -> Result<(), String> {
+        LocalCluster::pause(self, id)
+    }
+    fn resume(&mut self, id: i32) -> Result<(), String> {
+        LocalCluster::resume(self, id)
+    }
+    fn start_again(&mut self, id: i32) -> Result<(), String> {
+        LocalCluster::start_again(self, id)
+    }
+    fn heal(&mut self) -> Result<(), String> {
+        LocalCluster::heal(self)
+    }
+}
+
+/// A cluster someone else runs (Kafka, Redpanda, Sluice elsewhere),
+/// reached at `bootstrap` and controlled by shell command templates in
+/// which `{node}` stands for the broker id.
+pub struct ExternalCluster {
+    pub bootstrap: String,
+    pub kill: String,
+    pub start: String,
+    /// Defaults to sending SIGTERM the way `kill` sends SIGKILL is not
+    /// knowable: without it, `terminate` is refused.
+    pub terminate: Option<String>,
+    pub pause: Option<String>,
+    pub resume: Option<String>,
+    /// Brokers this run took down or paused, to heal at the end.
+    down: std::collections::BTreeSet<i32>,
+    paused: std::collections::BTreeSet<i32>,
+}
+
+impl ExternalCluster {
+    pub fn new(
+        bootstrap: String,
+        kill: String,
+        start: String,
+        terminate: Option<String>,
+        pause: Option<String>,
+        resume: Option<String>,
+    ) -> ExternalCluster {
+        ExternalCluster {
+            bootstrap,
+            kill,
+            start,
+            terminate,
+            pause,
+            resume,
+            down: Default::default(),
+            paused: Default::default(),
+        }
+    }
+
+    fn run(template: Option<&String>, what: &str, id: i32) -> Result<(), String> {
+        let template = template.ok_or_else(|| format!("no --{what}-cmd given"))?;
+        let command = template.replace("{node}", &id.to_string());
+        let status = Command::new("sh")
+            .args(["-c", &command])
+            .status()
+            .map_err(|e| format!("{command}: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{command}: {status}"))
+        }
+    }
+}
+
+impl Nodes for ExternalCluster {
+    fn bootstrap(&self) -> String {
+        self.bootstrap.clone()
+    }
+    fn live_bootstrap(&self) -> String {
+        self.bootstrap.clone()
+    }
+    fn paused(&self) -> Vec<i32> {
+        self.paused.iter().copied().collect()
+    }
+    fn kill(&mut self, id: i32) -> Result<(), String> {
+        Self::run(Some(&self.kill), "kill", id)?;
+        self.down.insert(id);
+        Ok(())
+    }
+    fn terminate(&mut self, id: i32) -> Result<(), String> {
+        Self::run(self.terminate.as_ref(), "terminate", id)?;
+        self.down.insert(id);
+        Ok(())
+    }
+    fn pause(&mut self, id: i32) -> Result<(), String> {
+        Self::run(self.pause.as_ref(), "pause", id)?;
+        self.paused.insert(id);
+        Ok(())
+    }
+    fn resume(&mut self, id: i32) -> Result<(), String> {
+        Self::run(self.resume.as_ref(), "resume", id)?;
+        self.paused.remove(&id);
+        Ok(())
+    }
+    fn start_again(&mut self, id: i32) -> Result<(), String> {
+        Self::run(Some(&self.start), "start", id)?;
+        self.down.remove(&id);
+        Ok(())
+    }
+    fn heal(&mut self) -> Result<(), String> {
+        for id in self.paused() {
+            self.resume(id)?;
+        }
+        let down: Vec<i32> = self.down.iter().copied().collect();
+        for id in down {
+            self.start_again(id)?;
+        }
+        Ok(())
     }
 }

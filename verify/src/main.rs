@@ -102,6 +102,26 @@ enum Command {
         /// a new directory under the system's temporary directory).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+        /// Run against this cluster instead of starting one (Kafka,
+        /// Redpanda, Sluice elsewhere); faults go through the commands
+        /// below, in which {node} stands for the broker id.
+        #[arg(long, requires_all = ["kill_cmd", "start_cmd"])]
+        bootstrap_server: Option<String>,
+        /// Kills broker {node} (SIGKILL or the like).
+        #[arg(long)]
+        kill_cmd: Option<String>,
+        /// Starts broker {node} again.
+        #[arg(long)]
+        start_cmd: Option<String>,
+        /// Stops broker {node} cleanly (SIGTERM or the like).
+        #[arg(long)]
+        terminate_cmd: Option<String>,
+        /// Pauses broker {node} (SIGSTOP or the like).
+        #[arg(long)]
+        pause_cmd: Option<String>,
+        /// Resumes a paused broker {node}.
+        #[arg(long)]
+        resume_cmd: Option<String>,
     },
     /// Judges a run from its producers' and consumers' event logs; exits 1
     /// if anything acknowledged was lost (unless --allow-loss), duplicated
@@ -209,7 +229,25 @@ fn main() {
             scenarios,
             sluice_bin,
             dir,
-        } => run_scenarios(&scenarios, sluice_bin, dir),
+            bootstrap_server,
+            kill_cmd,
+            start_cmd,
+            terminate_cmd,
+            pause_cmd,
+            resume_cmd,
+        } => {
+            let external = bootstrap_server.map(|b| {
+                cluster::ExternalCluster::new(
+                    b,
+                    kill_cmd.unwrap_or_default(),
+                    start_cmd.unwrap_or_default(),
+                    terminate_cmd,
+                    pause_cmd,
+                    resume_cmd,
+                )
+            });
+            run_scenarios(&scenarios, sluice_bin, dir, external)
+        }
         Command::Check {
             producers,
             consumers,
@@ -280,6 +318,7 @@ fn run_scenarios(
     paths: &[std::path::PathBuf],
     bin: Option<std::path::PathBuf>,
     dir: Option<std::path::PathBuf>,
+    mut external: Option<cluster::ExternalCluster>,
 ) -> Result<(), String> {
     let bin = match bin {
         Some(bin) => bin,
@@ -297,7 +336,11 @@ fn run_scenarios(
         eprintln!("sluice-verify: {}: {}", scenario.name, scenario.description);
         let dir = base.join(&scenario.name);
         let _ = std::fs::remove_dir_all(&dir);
-        let outcome = scenario::run(&scenario, &bin, &dir)?;
+        let target = match external.as_mut() {
+            Some(external) => scenario::Target::External(external),
+            None => scenario::Target::Local(&bin),
+        };
+        let outcome = scenario::run(&scenario, target, &dir)?;
         for (what, at, outage) in &outcome.outages {
             eprintln!(
                 "  {at} ms: {what}; next acknowledgement {}",

@@ -31,7 +31,7 @@ use serde::Deserialize;
 
 use crate::admin;
 use crate::check::{self, Expect, Verdict};
-use crate::cluster::LocalCluster;
+use crate::cluster::{LocalCluster, Nodes};
 use crate::events::{self, Event, Sink};
 use crate::{consumer, producer};
 
@@ -185,7 +185,7 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
 /// The brokers `target` names now.
 fn resolve(
     target: &str,
-    cluster: &LocalCluster,
+    cluster: &dyn Nodes,
     topic: &str,
     last: &[i32],
 ) -> Result<Vec<i32>, String> {
@@ -226,15 +226,33 @@ fn resolve(
     }
 }
 
-/// Runs `scenario` on a local cluster of `bin` under `dir`.
-pub fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Result<Outcome, String> {
+/// Where a scenario runs.
+pub enum Target<'a> {
+    /// A local cluster of this `sluice` binary, its data under the run's
+    /// directory.
+    Local(&'a Path),
+    /// A cluster someone else runs (the scenario's `brokers` and
+    /// `broker_config` do not apply).
+    External(&'a mut crate::cluster::ExternalCluster),
+}
+
+/// Runs `scenario` on `target`, its event logs under `dir`.
+pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcome, String> {
     let topic = &scenario.topic.name;
-    let mut cluster = LocalCluster::start(
-        bin,
-        scenario.brokers,
-        &dir.join("cluster"),
-        &scenario.broker_config,
-    )?;
+    let mut local;
+    let cluster: &mut dyn Nodes = match target {
+        Target::Local(bin) => {
+            local = LocalCluster::start(
+                bin,
+                scenario.brokers,
+                &dir.join("cluster"),
+                &scenario.broker_config,
+            )?;
+            &mut local
+        }
+        Target::External(external) => external,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let bootstrap = cluster.bootstrap();
     let configs: Vec<(String, String)> = scenario
         .topic
@@ -303,7 +321,7 @@ pub fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Result<Outcome, Strin
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let targets = resolve(&fault.target, &cluster, topic, &last)?;
+        let targets = resolve(&fault.target, &*cluster, topic, &last)?;
         let at = epoch_ms + start.elapsed().as_millis() as u64;
         for &id in &targets {
             match fault.action {
@@ -354,7 +372,6 @@ pub fn run(scenario: &Scenario, bin: &Path, dir: &Path) -> Result<Outcome, Strin
         idle_exit: Some(Duration::from_secs(5)),
     };
     consumer::run(consumed, &|| false)?;
-    drop(cluster);
 
     let read = |path: &PathBuf| -> Result<Vec<Event>, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -231,3 +231,101 @@ fn every_shipped_scenario_runs_and_judges_as_its_file_expects() {
         }
     }
 }
+
+/// Brokers started by shell scripts, as a user's own cluster would be:
+/// killed (by their pid files) when dropped.
+struct ScriptedCluster {
+    dir: tempfile::TempDir,
+    nodes: usize,
+}
+
+impl Drop for ScriptedCluster {
+    fn drop(&mut self) {
+        for node in 1..=self.nodes {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.path().join(format!("{node}.pid"))) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    kill_pid(pid);
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILL to a broker this test started.
+fn kill_pid(pid: i32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+#[test]
+fn a_scenario_runs_against_a_cluster_it_did_not_start_through_command_hooks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports: Vec<u16> = (0..6)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("port"))
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let voters: Vec<String> = (0..3)
+        .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[3 + i]))
+        .collect();
+    let bin = sluice_bin();
+    for i in 0..3 {
+        let node = i + 1;
+        let script = format!(
+            "{bin} serve --set node.id={node} \
+             --set listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{} \
+             --set controller.quorum.voters={} --set log.dirs={}/data-{node} \
+             --set broker.heartbeat.interval.ms=200 --set broker.session.timeout.ms=1500 \
+             --set controller.quorum.election.timeout.ms=500 \
+             > {}/broker-{node}.log 2>&1 &\necho $! > {}/{node}.pid\n",
+            ports[i],
+            ports[3 + i],
+            voters.join(","),
+            dir.path().display(),
+            dir.path().display(),
+            dir.path().display(),
+            bin = bin.display(),
+        );
+        std::fs::write(dir.path().join(format!("start-{node}.sh")), script).expect("script");
+    }
+    let d = dir.path().display().to_string();
+    let cluster = ScriptedCluster { dir, nodes: 3 };
+    for node in 1..=3 {
+        let started = Command::new("sh")
+            .arg(format!("{d}/start-{node}.sh"))
+            .status()
+            .expect("sh");
+        assert!(started.success());
+    }
+    let bootstrap: Vec<String> = ports[..3]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/leader-hard-kill.toml");
+    let logs = format!("{d}/run");
+    let kill = format!("kill -9 $(cat {d}/{{node}}.pid)");
+    let start = format!("sh {d}/start-{{node}}.sh");
+    let ran = verify(
+        &[
+            "run",
+            "--bootstrap-server",
+            &bootstrap.join(","),
+            "--kill-cmd",
+            &kill,
+            "--start-cmd",
+            &start,
+            "--dir",
+            &logs,
+            scenario.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    let table = String::from_utf8_lossy(&ran.stdout).to_string();
+    assert!(ran.status.success(), "{}\n{table}", said(&ran));
+    assert!(
+        table.contains("| leader-hard-kill | 8000 | 0 | 0 | 0 |"),
+        "{table}"
+    );
+    assert!(table.contains("Pass"), "{table}");
+    drop(cluster);
+}
