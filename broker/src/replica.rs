@@ -145,6 +145,9 @@ async fn manage(broker: Arc<Broker>, shard: usize) {
         let index = broker.topics.index();
         if seen != Some(index) {
             seen = Some(index);
+            if let Some(local) = sluice_engine::shard::local() {
+                partition::on_metadata(&local, me, &broker.topics.snapshot());
+            }
             let mut wanted: BTreeMap<i32, Vec<Followed>> = BTreeMap::new();
             // A broker in controlled shutdown follows nothing any more.
             let stopping = broker.topics.image().shutting_down.contains(&me);

@@ -172,3 +172,38 @@ pub fn create_topic(
         }
     })
 }
+
+/// Sets topic configs (IncrementalAlterConfigs, SET).
+pub fn set_topic_configs(
+    bootstrap: &str,
+    topic: &str,
+    configs: &[(String, String)],
+) -> Result<(), String> {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    first_answer(bootstrap, |addr| {
+        let resource = AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.to_string()))
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        AlterableConfig::default()
+                            .with_name(StrBytes::from_string(k.clone()))
+                            .with_config_operation(0)
+                            .with_value(Some(StrBytes::from_string(v.clone())))
+                    })
+                    .collect(),
+            );
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![resource]);
+        let resp = ask(addr, 0, &req)?;
+        match resp.responses.first().map(|r| r.error_code) {
+            Some(0) => Ok(()),
+            Some(code) => Err(format!("setting configs of {topic}: error {code}")),
+            None => Err(format!("setting configs of {topic}: no answer")),
+        }
+    })
+}

@@ -19,7 +19,8 @@
 //! throughput = 2000
 //! [[fault]]
 //! at_ms = 1000
-//! action = "kill"          # kill, terminate, pause, resume, start, bounce, clean-bounce
+//! action = "kill"          # kill, terminate, pause, resume, start, bounce, clean-bounce,
+//!                          # set-topic-config (with config = { … })
 //! target = "leader"        # leader, followers, controller, broker:N, last, paused
 //! ```
 
@@ -126,6 +127,9 @@ pub enum Action {
     Bounce,
     /// SIGTERM, then start again.
     CleanBounce,
+    /// Set the fault's `config` on the scenario's topic
+    /// (IncrementalAlterConfigs); `target` is ignored.
+    SetTopicConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,7 +137,11 @@ pub enum Action {
 pub struct Fault {
     pub at_ms: u64,
     pub action: Action,
+    #[serde(default)]
     pub target: String,
+    /// For `set-topic-config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 /// A scenario's outcome, one row of the table.
@@ -321,6 +329,17 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        if fault.action == Action::SetTopicConfig {
+            let configs: Vec<(String, String)> = fault
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            admin::set_topic_configs(&cluster.live_bootstrap(), topic, &configs)?;
+            let at = epoch_ms + start.elapsed().as_millis() as u64;
+            applied.push((format!("set {configs:?}"), at));
+            continue;
+        }
         let targets = resolve(&fault.target, &*cluster, topic, &last)?;
         let at = epoch_ms + start.elapsed().as_millis() as u64;
         for &id in &targets {
@@ -338,6 +357,7 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
                     cluster.terminate(id)?;
                     cluster.start_again(id)?;
                 }
+                Action::SetTopicConfig => {}
             }
         }
         applied.push((format!("{:?} {:?}", fault.action, targets), at));

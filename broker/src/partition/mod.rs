@@ -326,6 +326,23 @@ pub fn isr_refused(change: &IsrChange) {
     })
 }
 
+/// The metadata changed: brings every partition entry on this shard up to
+/// date with it (an ISR the controller committed, by fencing a follower
+/// say, or a new leader epoch), waking whoever waits on what that moved.
+/// Without it an entry learned of a change only with its next produce or
+/// fetch, and acks=all produces stuck on a fenced follower (a client whose
+/// every in-flight request waits sends no new one) waited out their
+/// timeout although the ISR without it had committed them.
+pub fn on_metadata(local: &LocalShard, me: BrokerId, topics: &crate::topics::TopicsSnapshot) {
+    let held: Vec<TopicPartition> = TABLE.with(|table| table.borrow().keys().cloned().collect());
+    for tp in held {
+        if let Some(topic) = topics.get(&tp.topic) {
+            // A partition no longer open here is simply skipped.
+            let _ = with_entry(local, me, &tp, topic, |_| ());
+        }
+    }
+}
+
 /// Every partition's high watermark on this shard, for the checkpoint.
 pub fn high_watermarks() -> Vec<(TopicPartition, TopicId, Offset)> {
     TABLE.with(|table| {
