@@ -997,7 +997,11 @@ fn an_offline_partition_waits_for_its_isr_until_unclean_election_is_allowed() {
     // Metadata says LEADER_NOT_AVAILABLE; a produce anywhere is told
     // NOT_LEADER_OR_FOLLOWER, as Kafka does.
     let md = metadata_of(cluster.broker(third), "unclean");
-    assert_eq!(md.topics[0].partitions[0].error_code, 5);
+    assert_eq!(
+        md.topics[0].partitions[0].error_code, 5,
+        "{:?}",
+        md.topics[0].partitions[0]
+    );
     assert_eq!(produce_raw(cluster.broker(follower), "unclean", 0, -1), 6);
 
     // Allowed on the topic: the out-of-sync replica leads within seconds.
