@@ -123,9 +123,17 @@ pub async fn watch(
         }
         let current: HashMap<i32, i64> = image.brokers.values().map(|b| (b.id, b.epoch)).collect();
         if !leading {
-            // Newly leading: everyone gets a whole session from now.
+            // Newly leading: every live broker gets a whole session from
+            // now. A fenced one stays fenced until it is heard from: a
+            // change of controller must not bring a dead broker back (it
+            // would lead again the partitions whose last ISR member it is).
             leading = true;
-            liveness.reset(current.iter().map(|(id, epoch)| (*id, *epoch)));
+            liveness.reset(
+                current
+                    .iter()
+                    .filter(|(id, _)| !image.fenced.contains(id))
+                    .map(|(id, epoch)| (*id, *epoch)),
+            );
             continue;
         }
         liveness.retain(&current);
@@ -133,12 +141,17 @@ pub async fn watch(
         for (&broker, &epoch) in &current {
             // A registration made since this node took over starts its
             // session now: a broker registers before it first heartbeats.
-            let last = liveness.last((broker, epoch)).unwrap_or_else(|| {
-                liveness.record((broker, epoch));
-                now
-            });
-            let silent = now.duration_since(last) > session_timeout;
             let fenced = image.fenced.contains(&broker);
+            let last = match liveness.last((broker, epoch)) {
+                Some(last) => last,
+                // Not heard from since this node took over: stays fenced.
+                None if fenced => continue,
+                None => {
+                    liveness.record((broker, epoch));
+                    now
+                }
+            };
+            let silent = now.duration_since(last) > session_timeout;
             if fenced && image.shutting_down.contains(&broker) {
                 // Stopping: its last heartbeats must not unfence it.
                 continue;
