@@ -406,20 +406,7 @@ impl MetadataImage {
                         registered(*r)
                     )));
                 }
-                let default = self.min_insync_default;
-                let image = self.topic_mut(topic)?;
-                if image.id != *topic_id {
-                    return Err(stale("the topic was deleted and created again".into()));
-                }
-                let min_isr = usize::try_from(*partition)
-                    .ok()
-                    .and_then(|i| image.partitions.get(i))
-                    .map(|p| image.min_isr(p, default));
-                let record = usize::try_from(*partition)
-                    .ok()
-                    .and_then(|i| image.partitions.get_mut(i))
-                    .ok_or_else(|| stale("no such partition".into()))?;
-                let min_isr = min_isr.unwrap_or(1);
+                let (record, min_isr) = self.partition_to_change(topic, topic_id, *partition)?;
                 if (record.leader, record.leader_epoch, record.partition_epoch)
                     != (*leader, *leader_epoch, *partition_epoch)
                 {
@@ -454,19 +441,7 @@ impl MetadataImage {
                     why,
                 };
                 let fenced = self.fenced.contains(leader);
-                let default = self.min_insync_default;
-                let image = self.topic_mut(topic)?;
-                if image.id != *topic_id {
-                    return Err(stale("the topic was deleted and created again".into()));
-                }
-                let min_isr = usize::try_from(*partition)
-                    .ok()
-                    .and_then(|i| image.partitions.get(i))
-                    .map_or(1, |p| image.min_isr(p, default));
-                let record = usize::try_from(*partition)
-                    .ok()
-                    .and_then(|i| image.partitions.get_mut(i))
-                    .ok_or_else(|| stale("no such partition".into()))?;
+                let (record, min_isr) = self.partition_to_change(topic, topic_id, *partition)?;
                 if record.partition_epoch != *partition_epoch {
                     return Err(stale(format!(
                         "elected at partition epoch {partition_epoch}, the partition is at {}",
@@ -606,6 +581,32 @@ impl MetadataImage {
                 }
             }
         }
+    }
+
+    /// The partition a change names, if its topic is still the one the
+    /// change was made for, with the ISR size its high watermark needs.
+    fn partition_to_change(
+        &mut self,
+        topic: &str,
+        topic_id: &TopicId,
+        partition: i32,
+    ) -> Result<(&mut PartitionRecord, usize), MetadataError> {
+        let stale = |why: &str| MetadataError::StalePartitionChange {
+            topic: topic.to_string(),
+            partition,
+            why: why.to_string(),
+        };
+        let default = self.min_insync_default;
+        let image = self.topic_mut(topic)?;
+        if image.id != *topic_id {
+            return Err(stale("the topic was deleted and created again"));
+        }
+        let index = usize::try_from(partition)
+            .ok()
+            .filter(|i| *i < image.partitions.len())
+            .ok_or_else(|| stale("no such partition"))?;
+        let min_isr = image.min_isr(&image.partitions[index], default);
+        Ok((&mut image.partitions[index], min_isr))
     }
 
     /// `id` may have lost what it had not flushed: it is no longer an

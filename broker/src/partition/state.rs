@@ -116,7 +116,11 @@ impl PartitionState {
     /// Sets how many ISR members the high watermark needs to move (at
     /// least one). Returns the new high watermark if that moved it.
     pub fn set_min_isr(&mut self, min_isr: usize) -> Option<Offset> {
-        self.min_isr = min_isr.max(1);
+        let min_isr = min_isr.max(1);
+        if min_isr == self.min_isr {
+            return None;
+        }
+        self.min_isr = min_isr;
         self.advance()
     }
 
