@@ -31,6 +31,10 @@ type Position = (String, i32, i64);
 pub struct Report {
     pub acked: u64,
     pub send_errors: u64,
+    /// Fatal client errors (each followed by a new producer): an idempotent
+    /// producer that saw the cluster forget acknowledged messages. A failure
+    /// unless loss is expected.
+    pub fatal_errors: Vec<String>,
     /// Distinct (partition, offset) records the consumers read.
     pub consumed: u64,
     /// Acknowledged values no consumer read, with where they were acked.
@@ -88,6 +92,9 @@ pub fn check(producers: &[Vec<Event>], consumers: &[Vec<Event>], expect: Expect)
                     ));
                 }
                 Event::ProducerSendError { .. } => report.send_errors += 1,
+                Event::ProducerFatalError {
+                    exception, message, ..
+                } => report.fatal_errors.push(format!("{exception}: {message}")),
                 _ => {}
             }
         }
@@ -212,7 +219,7 @@ pub fn check(producers: &[Vec<Event>], consumers: &[Vec<Event>], expect: Expect)
     }
     report.verdict = if report.acked < expect.min_acked.max(1) {
         Verdict::Insufficient
-    } else if (!report.lost.is_empty() && !expect.loss_allowed)
+    } else if ((!report.lost.is_empty() || !report.fatal_errors.is_empty()) && !expect.loss_allowed)
         || !report.duplicated.is_empty()
         || !report.order_violations.is_empty()
         || !report.conflicting_offsets.is_empty()
@@ -290,6 +297,29 @@ mod tests {
         };
         let report = check(&produced(), &consumed, allowed);
         assert_eq!((report.verdict, report.lost.len()), (Verdict::Pass, 1));
+    }
+
+    #[test]
+    fn a_fatal_producer_error_fails_unless_loss_is_expected() {
+        let mut producers = produced();
+        producers[0].push(Event::ProducerFatalError {
+            timestamp: 0,
+            exception: "OUT_OF_ORDER_SEQUENCE_NUMBER".into(),
+            message: "the broker lost acknowledged messages".into(),
+        });
+        let consumed = vec![vec![
+            read(0, 0, "p.0"),
+            read(0, 1, "p.1"),
+            read(0, 2, "p.2"),
+        ]];
+        let report = check(&producers, &consumed, EXPECT);
+        assert_eq!(report.verdict, Verdict::Fail, "{report:?}");
+        assert_eq!(report.fatal_errors.len(), 1);
+        let allowed = Expect {
+            loss_allowed: true,
+            ..EXPECT
+        };
+        assert_eq!(check(&producers, &consumed, allowed).verdict, Verdict::Pass);
     }
 
     #[test]

@@ -36,6 +36,16 @@ pub enum Event {
         message: String,
         retriable: bool,
     },
+    /// The client raised a fatal error (librdkafka's idempotent producer
+    /// does when the cluster answers as if acknowledged messages were lost,
+    /// e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after an unclean election). Every
+    /// message still queued then fails; the tool starts a new producer (a
+    /// new producer id) and goes on, as an application would.
+    ProducerFatalError {
+        timestamp: u64,
+        exception: String,
+        message: String,
+    },
     /// Totals and rates, every few seconds and at the end.
     ToolData {
         timestamp: u64,

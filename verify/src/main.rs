@@ -291,10 +291,11 @@ fn run_check(
         serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
     );
     eprintln!(
-        "acknowledged {}, send errors {}, consumed {}, lost {}, duplicated {}, order violations {}, \
+        "acknowledged {}, send errors {}, fatal client errors {}, consumed {}, lost {}, duplicated {}, order violations {}, \
          conflicting offsets {}, consumers backwards {} / skipped {}: {:?}",
         report.acked,
         report.send_errors,
+        report.fatal_errors.len(),
         report.consumed,
         report.lost.len(),
         report.duplicated.len(),

@@ -2,6 +2,7 @@
 //! prints what became of each (see [`crate::events`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -30,17 +31,26 @@ pub struct Options {
     pub out: Sink,
 }
 
-struct Context {
-    out: Sink,
+/// Totals over the run, across the producers a fatal error replaces.
+#[derive(Default)]
+struct Counts {
     acked: AtomicU64,
     errors: AtomicU64,
+    /// Retries of the producers replaced so far.
+    retries_before: AtomicU64,
+    /// Retries of the current producer (from its statistics).
     retries: AtomicU64,
+}
+
+struct Context {
+    out: Sink,
+    counts: Arc<Counts>,
 }
 
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
         let retries: u64 = statistics.brokers.values().map(|b| b.txretries).sum();
-        self.retries.store(retries, Ordering::Relaxed);
+        self.counts.retries.store(retries, Ordering::Relaxed);
     }
 }
 
@@ -51,7 +61,7 @@ impl ProducerContext for Context {
         let text = |bytes: Option<&[u8]>| bytes.map(|b| String::from_utf8_lossy(b).into_owned());
         match result {
             Ok(message) => {
-                self.acked.fetch_add(1, Ordering::Relaxed);
+                self.counts.acked.fetch_add(1, Ordering::Relaxed);
                 self.out.emit(&Event::ProducerSendSuccess {
                     timestamp: now_ms(),
                     topic: message.topic().to_string(),
@@ -62,7 +72,7 @@ impl ProducerContext for Context {
                 });
             }
             Err((error, message)) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.counts.errors.fetch_add(1, Ordering::Relaxed);
                 let (exception, retriable) = classify(error);
                 self.out.emit(&Event::ProducerSendError {
                     timestamp: now_ms(),
@@ -117,7 +127,7 @@ fn screaming_snake(camel: &str) -> String {
     out
 }
 
-pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
+fn create(options: &Options, counts: &Arc<Counts>) -> Result<BaseProducer<Context>, String> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &options.bootstrap)
@@ -134,29 +144,59 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
     for (k, v) in &options.config {
         config.set(k, v);
     }
-    let out = options.out.clone();
     let context = Context {
-        out: out.clone(),
-        acked: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        retries: AtomicU64::new(0),
+        out: options.out.clone(),
+        counts: counts.clone(),
     };
-    let producer: BaseProducer<Context> = config
+    config
         .create_with_context(context)
-        .map_err(|e| format!("creating the producer: {e}"))?;
+        .map_err(|e| format!("creating the producer: {e}"))
+}
+
+/// Prints the producer's fatal error, if it has one; true if so.
+fn report_fatal(out: &Sink, producer: &BaseProducer<Context>) -> bool {
+    let Some((code, reason)) = producer.client().fatal_error() else {
+        return false;
+    };
+    out.emit(&Event::ProducerFatalError {
+        timestamp: now_ms(),
+        exception: screaming_snake(&format!("{code:?}")),
+        message: reason,
+    });
+    true
+}
+
+/// After a fatal error: lets every queued message fail (each gets its
+/// `producer_send_error`) and returns a new producer.
+fn replace(
+    options: &Options,
+    counts: &Arc<Counts>,
+    producer: BaseProducer<Context>,
+) -> Result<BaseProducer<Context>, String> {
+    let _ = producer.flush(Duration::from_secs(5));
+    counts
+        .retries_before
+        .fetch_add(counts.retries.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+    drop(producer);
+    create(options, counts)
+}
+
+pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
+    let counts = Arc::new(Counts::default());
+    let mut producer = create(&options, &counts)?;
+    let out = options.out.clone();
     out.emit(&Event::StartupComplete {
         timestamp: now_ms(),
     });
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut next_report = start + REPORT_EVERY;
-    let tool_data = |sent: u64, producer: &BaseProducer<Context>| {
-        let ctx = producer.context();
+    let tool_data = |sent: u64| {
         let secs = start.elapsed().as_secs_f64().max(1e-3);
         let (acked, errors, retries) = (
-            ctx.acked.load(Ordering::Relaxed),
-            ctx.errors.load(Ordering::Relaxed),
-            ctx.retries.load(Ordering::Relaxed),
+            counts.acked.load(Ordering::Relaxed),
+            counts.errors.load(Ordering::Relaxed),
+            counts.retries_before.load(Ordering::Relaxed) + counts.retries.load(Ordering::Relaxed),
         );
         Event::ToolData {
             timestamp: now_ms(),
@@ -171,6 +211,9 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
         }
     };
     while (options.max_messages < 0 || (sent as i64) < options.max_messages) && !stop() {
+        if report_fatal(&out, &producer) {
+            producer = replace(&options, &counts, producer)?;
+        }
         if options.throughput > 0.0 {
             let due = start + Duration::from_secs_f64(sent as f64 / options.throughput);
             let now = Instant::now();
@@ -186,18 +229,23 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 producer.poll(Duration::from_millis(10));
             }
+            // Checked at the top of the loop: the message is sent again by
+            // the new producer.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), _)) => {}
             Err((e, _)) => return Err(format!("sending: {e}")),
         }
         producer.poll(Duration::ZERO);
         if Instant::now() >= next_report {
             next_report += REPORT_EVERY;
-            out.emit(&tool_data(sent, &producer));
+            out.emit(&tool_data(sent));
         }
     }
     // Whatever is in flight gets its answer (or its error) before the end.
     let flush_for = Duration::from_millis(options.delivery_timeout_ms.saturating_add(5_000));
     let _ = producer.flush(flush_for);
-    out.emit(&tool_data(sent, &producer));
+    report_fatal(&out, &producer);
+    drop(producer);
+    out.emit(&tool_data(sent));
     out.emit(&Event::ShutdownComplete {
         timestamp: now_ms(),
     });
