@@ -1,12 +1,15 @@
 //! A local cluster for scenarios: `sluice serve` processes on loopback,
 //! each started, stopped, killed, paused and resumed on its own. The first
 //! three are controller voters, the rest brokers only (as `sluice
-//! dev-cluster` does). Dropping it kills every process.
+//! dev-cluster` does). Dropping it kills every process. With network
+//! faults, each listener sits behind a fault proxy ([`crate::proxy`]) that
+//! the brokers advertise and name as the controller voters.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a broker may take to say it listens.
@@ -35,11 +38,16 @@ pub trait Nodes {
     fn start_again(&mut self, id: i32) -> Result<(), String>;
     /// Every broker running and none paused.
     fn heal(&mut self) -> Result<(), String>;
+    /// Every broker's id.
+    fn ids(&self) -> Vec<i32>;
+    /// The fault proxies in front of the brokers, if this cluster has them.
+    fn network(&self) -> Option<Arc<crate::proxy::Network>>;
 }
 
 pub struct LocalCluster {
     pub nodes: Vec<Node>,
     bin: PathBuf,
+    network: Option<Arc<crate::proxy::Network>>,
 }
 
 fn free_ports(n: usize) -> Result<Vec<u16>, String> {
@@ -55,16 +63,38 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
 
 impl LocalCluster {
     /// Starts `n` brokers with `settings` on each, their data and logs
-    /// under `dir`, and waits until all listen.
-    pub fn start(bin: &Path, n: usize, dir: &Path, settings: &[String]) -> Result<Self, String> {
+    /// under `dir`, and waits until all listen; with `proxied`, behind
+    /// fault proxies.
+    pub fn start(
+        bin: &Path,
+        n: usize,
+        dir: &Path,
+        settings: &[String],
+        proxied: bool,
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let ports = free_ports(2 * n)?;
+        // What everyone else connects to: the listeners, or their proxies.
+        let mut front = ports.clone();
+        let network = if proxied {
+            let network = Arc::new(crate::proxy::Network::default());
+            for (i, port) in front.iter_mut().enumerate() {
+                let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+                *port = listener.local_addr().map_err(|e| e.to_string())?.port();
+                let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], ports[i]));
+                crate::proxy::spawn(network.clone(), listener, (i % n) as i32 + 1, upstream)?;
+            }
+            Some(network)
+        } else {
+            None
+        };
         let voters: Vec<String> = (0..n.min(3))
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[n + i]))
+            .map(|i| format!("{}@127.0.0.1:{}", i + 1, front[n + i]))
             .collect();
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             bin: bin.to_path_buf(),
+            network,
         };
         for i in 0..n {
             let id = i as i32 + 1;
@@ -74,6 +104,11 @@ impl LocalCluster {
                     "listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
                     ports[i],
                     ports[n + i]
+                ),
+                format!(
+                    "advertised.listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                    front[i],
+                    front[n + i]
                 ),
                 format!("controller.quorum.voters={}", voters.join(",")),
                 format!(
@@ -85,7 +120,7 @@ impl LocalCluster {
             args.extend(settings.iter().cloned());
             cluster.nodes.push(Node {
                 id,
-                port: ports[i],
+                port: front[i],
                 args,
                 log: dir.join(format!("broker-{id}.log")),
                 child: None,
@@ -153,6 +188,9 @@ impl LocalCluster {
             .stderr(Stdio::from(log))
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
+        if let Some(network) = &self.network {
+            network.set_pid(node.id, Some(child.id()));
+        }
         node.child = Some(child);
         node.paused = false;
         Ok(())
@@ -205,6 +243,9 @@ impl LocalCluster {
     /// SIGKILL.
     pub fn kill(&mut self, id: i32) -> Result<(), String> {
         let i = self.index(id)?;
+        if let Some(network) = &self.network {
+            network.set_pid(id, None);
+        }
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -216,6 +257,9 @@ impl LocalCluster {
     pub fn terminate(&mut self, id: i32) -> Result<(), String> {
         self.signal(id, libc::SIGTERM)?;
         let i = self.index(id)?;
+        if let Some(network) = &self.network {
+            network.set_pid(id, None);
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         if let Some(mut child) = self.nodes[i].child.take() {
             loop {
@@ -262,8 +306,11 @@ impl LocalCluster {
         self.wait_ready(i)
     }
 
-    /// Every broker running and none paused.
+    /// Every broker running, none paused, no network fault.
     pub fn heal(&mut self) -> Result<(), String> {
+        if let Some(network) = &self.network {
+            network.heal(None);
+        }
         let ids: Vec<i32> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             let i = self.index(id)?;
@@ -278,6 +325,9 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        if let Some(network) = &self.network {
+            network.stop();
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
@@ -314,6 +364,12 @@ impl Nodes for LocalCluster {
     }
     fn heal(&mut self) -> Result<(), String> {
         LocalCluster::heal(self)
+    }
+    fn ids(&self) -> Vec<i32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+    fn network(&self) -> Option<Arc<crate::proxy::Network>> {
+        self.network.clone()
     }
 }
 
@@ -414,5 +470,12 @@ impl Nodes for ExternalCluster {
             self.start_again(id)?;
         }
         Ok(())
+    }
+    /// Not known: faults that target "all" need a local cluster.
+    fn ids(&self) -> Vec<i32> {
+        Vec::new()
+    }
+    fn network(&self) -> Option<Arc<crate::proxy::Network>> {
+        None
     }
 }

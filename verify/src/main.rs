@@ -16,6 +16,7 @@ mod cluster;
 mod consumer;
 mod events;
 mod producer;
+mod proxy;
 mod scenario;
 
 use std::sync::atomic::{AtomicBool, Ordering};

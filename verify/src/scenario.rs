@@ -20,8 +20,13 @@
 //! [[fault]]
 //! at_ms = 1000
 //! action = "kill"          # kill, terminate, pause, resume, start, bounce, clean-bounce,
-//!                          # set-topic-config (with config = { … })
-//! target = "leader"        # leader, followers, controller, broker:N, last, paused
+//!                          # set-topic-config (with config = { … }),
+//!                          # isolate, delay (ms = N), limit (bytes_per_sec = N),
+//!                          # disconnect, heal-network
+//! target = "leader"        # leader, followers, follower (the first), controller, broker:N,
+//!                          # last, paused, all
+//! peers = "brokers"        # network faults: brokers, clients or all (isolate: brokers,
+//!                          # the others: clients)
 //! ```
 
 use std::collections::BTreeMap;
@@ -130,6 +135,30 @@ pub enum Action {
     /// Set the fault's `config` on the scenario's topic
     /// (IncrementalAlterConfigs); `target` is ignored.
     SetTopicConfig,
+    /// Network faults, through the fault proxies (a local cluster only):
+    /// cut the target off from its `peers` (bytes held until healed),
+    Isolate,
+    /// add `ms` each way,
+    Delay,
+    /// pace to `bytes_per_sec` each way,
+    Limit,
+    /// reset the open connections once,
+    Disconnect,
+    /// and lift every network fault on the target.
+    HealNetwork,
+}
+
+impl Action {
+    pub fn is_network(self) -> bool {
+        matches!(
+            self,
+            Action::Isolate
+                | Action::Delay
+                | Action::Limit
+                | Action::Disconnect
+                | Action::HealNetwork
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +171,44 @@ pub struct Fault {
     /// For `set-topic-config`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// For network faults: whom the target is cut off from, delayed or
+    /// limited towards.
+    #[serde(default)]
+    pub peers: Option<crate::proxy::Peers>,
+    /// For `delay`.
+    #[serde(default)]
+    pub ms: Option<u64>,
+    /// For `limit`.
+    #[serde(default)]
+    pub bytes_per_sec: Option<u64>,
+}
+
+impl Fault {
+    /// Applies a network fault to broker `id`.
+    fn apply_network(&self, network: &crate::proxy::Network, id: i32) -> Result<(), String> {
+        use crate::proxy::{Effect, Peers};
+        let peers = self.peers.unwrap_or(match self.action {
+            Action::Isolate => Peers::Brokers,
+            _ => Peers::Clients,
+        });
+        match self.action {
+            Action::Isolate => network.add(id, peers, Effect::Partition),
+            Action::Delay => {
+                let ms = self.ms.ok_or("delay needs ms")?;
+                network.add(id, peers, Effect::Delay(Duration::from_millis(ms)));
+            }
+            Action::Limit => {
+                let rate = self.bytes_per_sec.ok_or("limit needs bytes_per_sec")?;
+                network.add(id, peers, Effect::Bandwidth(rate));
+            }
+            Action::Disconnect => {
+                network.disconnect(id, peers);
+            }
+            Action::HealNetwork => network.heal(Some(id)),
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// A scenario's outcome, one row of the table.
@@ -208,14 +275,19 @@ fn resolve(
             }
             Ok(vec![leader])
         }
-        "followers" => {
+        "followers" | "follower" => {
             let v = view()?;
             let p = v.partitions.first().ok_or("no partition 0")?;
-            Ok(p.replicas
+            let mut followers: Vec<i32> = p
+                .replicas
                 .iter()
                 .copied()
                 .filter(|r| *r != p.leader)
-                .collect())
+                .collect();
+            if target == "follower" {
+                followers.truncate(1);
+            }
+            Ok(followers)
         }
         "controller" => {
             let c = view()?.controller;
@@ -226,6 +298,13 @@ fn resolve(
         }
         "last" => Ok(last.to_vec()),
         "paused" => Ok(cluster.paused()),
+        "all" => {
+            let ids = cluster.ids();
+            if ids.is_empty() {
+                return Err("target \"all\" needs a local cluster".into());
+            }
+            Ok(ids)
+        }
         other => other
             .strip_prefix("broker:")
             .and_then(|n| n.parse().ok())
@@ -255,6 +334,7 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
                 scenario.brokers,
                 &dir.join("cluster"),
                 &scenario.broker_config,
+                scenario.faults.iter().any(|f| f.action.is_network()),
             )?;
             &mut local
         }
@@ -342,7 +422,16 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         }
         let targets = resolve(&fault.target, &*cluster, topic, &last)?;
         let at = epoch_ms + start.elapsed().as_millis() as u64;
+        let network = cluster.network();
         for &id in &targets {
+            if fault.action.is_network() {
+                let network = network.as_ref().ok_or(
+                    "network faults need a local cluster (the fault proxies sit in front of its \
+                     listeners)",
+                )?;
+                fault.apply_network(network, id)?;
+                continue;
+            }
             match fault.action {
                 Action::Kill => cluster.kill(id)?,
                 Action::Terminate => cluster.terminate(id)?,
@@ -357,7 +446,7 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
                     cluster.terminate(id)?;
                     cluster.start_again(id)?;
                 }
-                Action::SetTopicConfig => {}
+                _ => {}
             }
         }
         applied.push((format!("{:?} {:?}", fault.action, targets), at));
