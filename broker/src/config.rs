@@ -28,6 +28,10 @@ pub struct BrokerConfig {
     pub advertised_port: u16,
     /// `log.dirs`: one directory for now.
     pub log_dir: PathBuf,
+    /// `metadata.log.dir`: where the controller's metadata log lives; by
+    /// default in `log.dirs`. Apart, a full or failing data disk leaves the
+    /// controller quorum working.
+    pub metadata_log_dir: PathBuf,
     /// Where this node's controller listens for the other controllers: the
     /// `listeners` entry named in `controller.listener.names`. None for a
     /// quorum of one, which talks to nobody.
@@ -121,6 +125,7 @@ const KNOWN_KEYS: &[&str] = &[
     "inter.broker.listener.name",
     "log.dirs",
     "log.dir",
+    "metadata.log.dir",
     "num.partitions",
     "default.replication.factor",
     "offsets.topic.replication.factor",
@@ -407,6 +412,9 @@ impl BrokerConfig {
                 .map(|dirs| dirs.split(',').next().unwrap_or(dirs).trim())
                 .unwrap_or("sluice-data"),
         );
+        let metadata_log_dir = get("metadata.log.dir")
+            .map(|d| PathBuf::from(d.trim()))
+            .unwrap_or_else(|| log_dir.clone());
         let num_partitions = num(
             "num.partitions",
             get("num.partitions"),
@@ -659,6 +667,7 @@ impl BrokerConfig {
             advertised_host,
             advertised_port,
             log_dir,
+            metadata_log_dir,
             controller_listen,
             quorum_voters,
             voter,

@@ -140,6 +140,11 @@ fn main() {
     // Connections hold the broker too, so the engine is closed through a
     // shared reference: every log is flushed and closed, then the shards stop.
     let failed = match broker.engine.close() {
+        // A log directory that lost writes must not be vouched for.
+        Ok(()) if broker.controller.storage() == sluice_broker::controller::Storage::Offline => {
+            tracing::warn!("the log directory failed during this run: no clean-shutdown marker");
+            false
+        }
         Ok(()) => {
             // The next start knows nothing written here was lost.
             let marker = broker.config.log_dir.join(server::CLEAN_SHUTDOWN_FILE);

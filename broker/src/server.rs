@@ -91,8 +91,10 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             config.controller_advertised.clone()
         },
     };
+    std::fs::create_dir_all(&config.metadata_log_dir)
+        .map_err(|e| format!("creating {}: {e}", config.metadata_log_dir.display()))?;
     let controller = Arc::new(Controller::start_quorum(
-        &config.log_dir,
+        &config.metadata_log_dir,
         quorum,
         controller_listener,
         crate::controller::SNAPSHOT_EVERY,
@@ -101,16 +103,26 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     // it has registered: start-up (the offsets topic, loading groups) may
     // take longer than a session.
     {
-        let controller = controller.clone();
+        let (controller, engine) = (controller.clone(), engine.clone());
         let (me, every) = (
             config.node_id,
             Duration::from_millis(config.broker_heartbeat_interval_ms),
         );
         std::thread::Builder::new()
             .name("sluice-heartbeat".into())
-            .spawn(move || loop {
-                controller.heartbeat(me);
-                std::thread::sleep(every);
+            .spawn(move || {
+                let runtime = sluice_engine::shard::client_runtime()
+                    .inspect_err(
+                        |e| warn!(error = %e, "no runtime to check the log directory with"),
+                    )
+                    .ok();
+                loop {
+                    if let Some(runtime) = &runtime {
+                        check_storage(runtime, &engine, &controller);
+                    }
+                    controller.heartbeat(me);
+                    std::thread::sleep(every);
+                }
             })
             .map_err(|e| format!("starting the heartbeat thread: {e}"))?;
     }
@@ -780,6 +792,54 @@ pub fn controlled_shutdown(broker: &Broker) {
 
 /// Written into `log.dirs` once every log is flushed and closed, removed at
 /// the next start.
+/// How long a heartbeat waits for a shard to say how its logs' storage is.
+const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Sets what the next heartbeats say of the log directory: offline if any
+/// log went offline (a failed write or fsync; for good, until a restart
+/// reopens them), full while appends hit ENOSPC, else fine. Told only in a
+/// cluster of more than one broker: a sole broker has nowhere to move its
+/// leaderships, so it keeps serving the partitions whose logs work (and a
+/// full disk's appends resume once there is room).
+fn check_storage(runtime: &compio::runtime::Runtime, engine: &Engine, controller: &Controller) {
+    use crate::controller::Storage;
+    use sluice_engine::StorageHealth;
+    let before = controller.storage();
+    if before == Storage::Offline {
+        return;
+    }
+    let mut failures = Vec::new();
+    for shard in engine.shards() {
+        // A shard too busy to answer soon is asked again next time: the
+        // heartbeat must not wait for it.
+        let asked = shard.run(|local| Box::pin(async move { local.storage_failures() }));
+        match runtime.block_on(compio::time::timeout(STORAGE_CHECK_TIMEOUT, asked)) {
+            Ok(Ok(found)) => failures.extend(found),
+            _ => return,
+        }
+    }
+    let worst = failures.iter().map(|(_, h)| *h).max();
+    let now = match worst {
+        Some(StorageHealth::Offline) => Storage::Offline,
+        Some(StorageHealth::Full) => Storage::Full,
+        _ => Storage::Ok,
+    };
+    if now == before || controller.published().get().1.brokers.len() < 2 {
+        return;
+    }
+    let partitions: Vec<String> = failures.iter().map(|(tp, _)| tp.to_string()).collect();
+    match now {
+        Storage::Ok => info!("the log directory has room again; telling the controller"),
+        _ => tracing::error!(
+            state = ?now,
+            partitions = ?partitions,
+            "the log directory failed; telling the controller, which moves this broker's \
+             leaderships and takes it out of every ISR"
+        ),
+    }
+    controller.set_storage(now);
+}
+
 pub const CLEAN_SHUTDOWN_FILE: &str = ".sluice-clean-shutdown";
 /// The boot id of the machine at this broker's last start.
 const BOOT_ID_FILE: &str = ".sluice-boot-id";

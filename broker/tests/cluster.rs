@@ -1231,3 +1231,127 @@ fn when_every_replica_dies_an_eligible_leader_replica_leads_before_the_last_in_s
     });
     assert!(elr(&cluster).is_empty());
 }
+
+/// A tmpfs of its own at a directory (mounting needs root); lazily
+/// unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+
+    /// Writes a filler file until the file system has no byte left.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        for chunk in [1 << 20, 4096, 1] {
+            let buf = vec![0u8; chunk];
+            while f.write_all(&buf).is_ok() {}
+        }
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_log_directory_moves_the_brokers_leaderships_and_it_returns_once_there_is_room() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a small tmpfs for the log directory needs root");
+        return;
+    }
+    // The metadata logs apart (relative: each broker's own directory), so
+    // that the full disk is the data disk only.
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "200"),
+            ("broker.session.timeout.ms", "1500"),
+            ("replica.lag.time.max.ms", "1000"),
+            ("metadata.log.dir", "metadata"),
+        ],
+    );
+    // Broker 3's log directory moves to a 32 MiB disk of its own.
+    let full = &mut cluster.brokers[2];
+    full.stop();
+    let data = full.data_dir();
+    let old = data.with_extension("old");
+    std::fs::rename(&data, &old).unwrap();
+    let Some(disk) = SmallDisk::mount(&data, 32 << 20) else {
+        panic!("mounting a tmpfs failed although running as root");
+    };
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(old.join("."))
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    full.spawn_again();
+    full.wait_ready();
+
+    assert_eq!(create_assigned(cluster.broker(1), "disk", &[&[3, 1, 2]]), 0);
+    poll_until(
+        SETTLE,
+        "broker 3 to lead with every replica in sync",
+        || (leader_and_isr(cluster.broker(1), "disk", 0) == (3, vec![1, 2, 3])).then_some(()),
+    );
+    let (first, mut expected) = common::numbered("d", 200);
+    produce(cluster.broker(1), "disk", &["-X", "acks=all"], &first);
+
+    disk.fill();
+    // Appends fill what is left of the segment's last page, then fail
+    // (KAFKA_STORAGE_ERROR, retriable) until the controller has heard and
+    // moved the leadership (NOT_LEADER_OR_FOLLOWER).
+    let code = (0..10_000)
+        .map(|_| produce_raw(cluster.broker(3), "disk", 0, 1))
+        .find(|code| *code != 0);
+    assert!(
+        matches!(code, Some(56 | 6)),
+        "produce to a full disk answered {code:?}"
+    );
+    poll_until(
+        Duration::from_secs(15),
+        "the leadership and ISR membership of the broker with the full disk to move",
+        || {
+            let (leader, isr) = leader_and_isr(cluster.broker(1), "disk", 0);
+            (leader > 0 && leader != 3 && isr == [1, 2]).then_some(())
+        },
+    );
+    assert!(cluster
+        .broker(3)
+        .stderr()
+        .contains("the log directory failed; telling the controller"));
+    let (second, more) = common::numbered("e", 200);
+    produce(cluster.broker(1), "disk", &["-X", "acks=all"], &second);
+    expected.extend(more);
+
+    disk.free();
+    poll_until(
+        SETTLE,
+        "the broker to rejoin the ISR once there is room",
+        || (leader_and_isr(cluster.broker(1), "disk", 0).1 == [1, 2, 3]).then_some(()),
+    );
+    // Everything acknowledged, in order (with the probes that fitted).
+    let got = consume(cluster.broker(1), "disk", &[]);
+    let got: Vec<String> = values(&got).into_iter().filter(|v| v != "raw").collect();
+    assert_eq!(got, expected, "every acknowledged message, in order");
+}

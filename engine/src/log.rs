@@ -102,6 +102,17 @@ pub enum Durability {
     Flushed,
 }
 
+/// Whether a log's storage works, as the broker reports it to the
+/// controller (Kafka's offline log directories, KIP-858).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StorageHealth {
+    Ok,
+    /// The last append hit ENOSPC; the next to succeed clears it.
+    Full,
+    /// A write or fsync failed: offline until the log is reopened.
+    Offline,
+}
+
 /// The result of one append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -212,6 +223,9 @@ pub struct Log {
     epochs_unpersisted: bool,
     last_checkpoint_ms: u64,
     offline: Option<String>,
+    /// The last append failed with ENOSPC (cleared by the next that
+    /// succeeds).
+    full: bool,
     /// Flushes of rolled segments in flight, oldest first, each with the
     /// offset below which everything is flushed once it completes.
     background_flushes: VecDeque<(Offset, JoinHandle<Result<()>>)>,
@@ -272,6 +286,7 @@ impl Log {
             epochs_unpersisted: false,
             last_checkpoint_ms: now_ms,
             offline: None,
+            full: false,
             background_flushes: VecDeque::new(),
             producers: ProducerState::default(),
             io_warnings: IoWarnLimiter::default(),
@@ -671,6 +686,18 @@ impl Log {
 
     pub fn is_offline(&self) -> bool {
         self.offline.is_some()
+    }
+
+    /// Whether the log's storage works: offline (a failed write or fsync,
+    /// until reopened), full (the last append hit ENOSPC), or fine.
+    pub fn storage_health(&self) -> StorageHealth {
+        if self.offline.is_some() {
+            StorageHealth::Offline
+        } else if self.full {
+            StorageHealth::Full
+        } else {
+            StorageHealth::Ok
+        }
     }
 
     pub fn epoch_cache(&self) -> &EpochCache {
@@ -1097,6 +1124,10 @@ impl Log {
         } = std::mem::take(staged);
         let start = self.active().size;
         let written = self.active().file.write_vectored_all_at(bufs, start).await;
+        self.full = matches!(
+            &written,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC)
+        );
         if written.is_ok() {
             self.producers.commit();
         } else {

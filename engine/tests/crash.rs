@@ -15,7 +15,7 @@ use kafka_protocol::records::Compression;
 use sluice_engine::io::Fs;
 use sluice_engine::log::{AppendMode, Durability, Log};
 use sluice_engine::sim::{SimFs, SimRng};
-use sluice_engine::{Epoch, Error, LogConfig, Offset};
+use sluice_engine::{Epoch, Error, LogConfig, Offset, StorageHealth};
 
 const NOW: u64 = 1_700_000_000_000;
 const LEADER: AppendMode = AppendMode::Leader { epoch: Epoch(1) };
@@ -298,6 +298,7 @@ fn eio_on_write_takes_the_log_offline_and_reopening_recovers_it() {
         assert!(matches!(err, Error::Io { .. }), "{err}");
         assert!(err.to_string().contains("appending"), "{err}");
         assert!(log.is_offline());
+        assert_eq!(log.storage_health(), StorageHealth::Offline);
         sim.set_fail_writes(false);
         // Offline means offline: no reads of possibly garbage state, no
         // further appends, until the log is reopened and recovered.
@@ -479,6 +480,8 @@ fn enospc_fails_the_append_keeps_the_log_consistent_and_appends_resume() {
             .unwrap_err();
         assert!(matches!(err, Error::NoSpace { .. }), "{err}");
         assert!(!log.is_offline());
+        // Reported (the broker moves its leaderships) until an append fits.
+        assert_eq!(log.storage_health(), StorageHealth::Full);
         assert_eq!(log.size_bytes(), size);
         assert_eq!(log.log_end_offset(), Offset(2));
         assert_eq!(check_log(&log).await.len(), 1);
@@ -488,6 +491,7 @@ fn enospc_fails_the_append_keeps_the_log_consistent_and_appends_resume() {
             .await
             .unwrap();
         assert_eq!(info.base_offset, Offset(2));
+        assert_eq!(log.storage_health(), StorageHealth::Ok);
         log.flush(NOW).await.unwrap();
         drop(log);
         let (log, report) = open(&sim.crash(7), &config).await;

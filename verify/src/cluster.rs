@@ -18,6 +18,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Node {
     pub id: i32,
     pub port: u16,
+    /// Its `log.dirs`, and whether that is a small tmpfs of its own.
+    data: PathBuf,
+    small_disk: bool,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -42,6 +45,40 @@ pub trait Nodes {
     fn ids(&self) -> Vec<i32>;
     /// The fault proxies in front of the brokers, if this cluster has them.
     fn network(&self) -> Option<Arc<crate::proxy::Network>>;
+    /// Fills the broker's data disk (a small one of its own) to the last
+    /// byte, or frees what that took.
+    fn fill_disk(&mut self, id: i32) -> Result<(), String>;
+    fn free_disk(&mut self, id: i32) -> Result<(), String>;
+}
+
+/// Where `fill_disk` puts its filler, in the broker's data directory.
+const FILLER: &str = "sluice-verify-filler";
+
+/// Mounts a tmpfs of `bytes` at `dir` (root only).
+fn mount_small_disk(dir: &Path, bytes: u64) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| format!("mount: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mounting a {bytes} byte tmpfs at {} failed ({status}): disk faults need root",
+            dir.display()
+        ))
+    }
+}
+
+fn unmount(dir: &Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status();
 }
 
 pub struct LocalCluster {
@@ -64,13 +101,17 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
 impl LocalCluster {
     /// Starts `n` brokers with `settings` on each, their data and logs
     /// under `dir`, and waits until all listen; with `proxied`, behind
-    /// fault proxies.
+    /// fault proxies; the brokers `small_disks` names with their data on a
+    /// tmpfs of that many bytes each (and every broker's metadata log
+    /// apart, `metadata.log.dir`, so that a full data disk leaves the
+    /// controller quorum alone).
     pub fn start(
         bin: &Path,
         n: usize,
         dir: &Path,
         settings: &[String],
         proxied: bool,
+        small_disks: Option<(&[i32], u64)>,
     ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let ports = free_ports(2 * n)?;
@@ -98,6 +139,8 @@ impl LocalCluster {
         };
         for i in 0..n {
             let id = i as i32 + 1;
+            let data = dir.join(format!("broker-{id}"));
+            let small_disk = small_disks.is_some_and(|(ids, _)| ids.contains(&id));
             let mut args = vec![
                 format!("node.id={id}"),
                 format!(
@@ -115,12 +158,23 @@ impl LocalCluster {
                     "process.roles={}",
                     if i < 3 { "broker,controller" } else { "broker" }
                 ),
-                format!("log.dirs={}", dir.join(format!("broker-{id}")).display()),
+                format!("log.dirs={}", data.display()),
             ];
+            if let Some((_, bytes)) = small_disks {
+                args.push(format!(
+                    "metadata.log.dir={}",
+                    dir.join(format!("broker-{id}-metadata")).display()
+                ));
+                if small_disk {
+                    mount_small_disk(&data, bytes)?;
+                }
+            }
             args.extend(settings.iter().cloned());
             cluster.nodes.push(Node {
                 id,
                 port: front[i],
+                data,
+                small_disk,
                 args,
                 log: dir.join(format!("broker-{id}.log")),
                 child: None,
@@ -306,10 +360,50 @@ impl LocalCluster {
         self.wait_ready(i)
     }
 
-    /// Every broker running, none paused, no network fault.
+    /// Fills the broker's small disk: a filler file written until the
+    /// file system has no byte left.
+    pub fn fill_disk(&mut self, id: i32) -> Result<(), String> {
+        use std::io::Write;
+        let node = &self.nodes[self.index(id)?];
+        if !node.small_disk {
+            return Err(format!(
+                "broker {id} has no small disk of its own (the scenario's small_disks)"
+            ));
+        }
+        let path = node.data.join(FILLER);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for chunk in [1 << 20, 4096, 1] {
+            let buf = vec![0u8; chunk];
+            while file.write_all(&buf).is_ok() {}
+        }
+        Ok(())
+    }
+
+    pub fn free_disk(&mut self, id: i32) -> Result<(), String> {
+        let node = &self.nodes[self.index(id)?];
+        match std::fs::remove_file(node.data.join(FILLER)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every broker running, none paused, no network or disk fault.
     pub fn heal(&mut self) -> Result<(), String> {
         if let Some(network) = &self.network {
             network.heal(None);
+        }
+        let small: Vec<i32> = self
+            .nodes
+            .iter()
+            .filter(|n| n.small_disk)
+            .map(|n| n.id)
+            .collect();
+        for id in small {
+            self.free_disk(id)?;
         }
         let ids: Vec<i32> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
@@ -332,6 +426,9 @@ impl Drop for LocalCluster {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+            if node.small_disk {
+                unmount(&node.data);
             }
         }
     }
@@ -370,6 +467,12 @@ impl Nodes for LocalCluster {
     }
     fn network(&self) -> Option<Arc<crate::proxy::Network>> {
         self.network.clone()
+    }
+    fn fill_disk(&mut self, id: i32) -> Result<(), String> {
+        LocalCluster::fill_disk(self, id)
+    }
+    fn free_disk(&mut self, id: i32) -> Result<(), String> {
+        LocalCluster::free_disk(self, id)
     }
 }
 
@@ -477,5 +580,11 @@ impl Nodes for ExternalCluster {
     }
     fn network(&self) -> Option<Arc<crate::proxy::Network>> {
         None
+    }
+    fn fill_disk(&mut self, _: i32) -> Result<(), String> {
+        Err("disk faults need a local cluster".into())
+    }
+    fn free_disk(&mut self, _: i32) -> Result<(), String> {
+        Err("disk faults need a local cluster".into())
     }
 }

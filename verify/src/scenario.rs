@@ -22,7 +22,8 @@
 //! action = "kill"          # kill, terminate, pause, resume, start, bounce, clean-bounce,
 //!                          # set-topic-config (with config = { … }),
 //!                          # isolate, delay (ms = N), limit (bytes_per_sec = N),
-//!                          # disconnect, heal-network
+//!                          # disconnect, heal-network, fill-disk, free-disk (with
+//!                          # [small_disks] brokers = [N], bytes = B)
 //! target = "leader"        # leader, followers, follower (the first), controller, broker:N,
 //!                          # last, paused, all
 //! peers = "brokers"        # network faults: brokers, clients or all (isolate: brokers,
@@ -63,6 +64,17 @@ pub struct Scenario {
     pub producer: ProducerSpec,
     #[serde(default, rename = "fault")]
     pub faults: Vec<Fault>,
+    /// Brokers whose data sits on a small disk of its own, for disk faults.
+    #[serde(default)]
+    pub small_disks: Option<SmallDisks>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmallDisks {
+    pub brokers: Vec<i32>,
+    /// Each one's size.
+    pub bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +158,10 @@ pub enum Action {
     Disconnect,
     /// and lift every network fault on the target.
     HealNetwork,
+    /// Fill the target's small disk to the last byte (`small_disks`),
+    FillDisk,
+    /// and free it again.
+    FreeDisk,
 }
 
 impl Action {
@@ -335,6 +351,10 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
                 &dir.join("cluster"),
                 &scenario.broker_config,
                 scenario.faults.iter().any(|f| f.action.is_network()),
+                scenario
+                    .small_disks
+                    .as_ref()
+                    .map(|d| (d.brokers.as_slice(), d.bytes)),
             )?;
             &mut local
         }
@@ -446,6 +466,8 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
                     cluster.terminate(id)?;
                     cluster.start_again(id)?;
                 }
+                Action::FillDisk => cluster.fill_disk(id)?,
+                Action::FreeDisk => cluster.free_disk(id)?,
                 _ => {}
             }
         }

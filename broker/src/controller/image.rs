@@ -222,6 +222,24 @@ pub enum MetadataRecord {
         id: i32,
         epoch: i64,
     },
+    /// A broker's heartbeat reports its log directory failed (KIP-858;
+    /// its only one: `log.dirs` takes one). It is fenced as a silent broker
+    /// is: it leaves every ISR and its leaderships move, and its heartbeats
+    /// do not unfence it while the failure lasts. `lost_writes` (a failed
+    /// write or fsync, not a full disk): what it had not flushed may be
+    /// gone, so it is no longer an eligible leader either. `epoch` is its
+    /// registration's: a report of an earlier run changes nothing.
+    LogDirFailed {
+        id: i32,
+        epoch: i64,
+        lost_writes: bool,
+    },
+    /// A broker whose disk was full reports room again: unfenced (it
+    /// rejoins ISRs by catching up).
+    LogDirRecovered {
+        id: i32,
+        epoch: i64,
+    },
     /// Names the cluster. The first such record wins; a different one
     /// later is refused.
     SetClusterId {
@@ -301,6 +319,10 @@ pub struct MetadataImage {
     /// last heartbeats, until they register again.
     #[serde(default)]
     pub shutting_down: std::collections::BTreeSet<i32>,
+    /// Brokers whose log directory failed (`LogDirFailed`): fenced until
+    /// they report it recovered or register again.
+    #[serde(default)]
+    pub storage_failed: std::collections::BTreeSet<i32>,
     /// How many unclean leader elections the cluster has made.
     #[serde(default)]
     pub unclean_elections: u64,
@@ -352,6 +374,7 @@ impl MetadataImage {
                     }
                 }
                 self.shutting_down.remove(&id);
+                self.storage_failed.remove(&id);
                 self.unfence(id);
                 return Ok(Applied::BrokerEpoch { epoch });
             }
@@ -362,6 +385,31 @@ impl MetadataImage {
                 self.leave_isrs(*id);
             }
             MetadataRecord::UnfenceBroker { id } => {
+                if !self.shutting_down.contains(id) && !self.storage_failed.contains(id) {
+                    self.unfence(*id);
+                }
+            }
+            MetadataRecord::LogDirFailed {
+                id,
+                epoch,
+                lost_writes,
+            } => {
+                if self.brokers.get(id).map(|b| b.epoch) != Some(*epoch) {
+                    return Ok(Applied::Done);
+                }
+                self.storage_failed.insert(*id);
+                self.fenced.insert(*id);
+                self.leave_isrs(*id);
+                if *lost_writes {
+                    self.leave_elrs(*id);
+                }
+            }
+            MetadataRecord::LogDirRecovered { id, epoch } => {
+                if self.brokers.get(id).map(|b| b.epoch) != Some(*epoch)
+                    || !self.storage_failed.remove(id)
+                {
+                    return Ok(Applied::Done);
+                }
                 if !self.shutting_down.contains(id) {
                     self.unfence(*id);
                 }
@@ -895,6 +943,62 @@ mod tests {
             (1, &vec![1], 7)
         );
         assert!(image.fenced.is_empty());
+    }
+
+    #[test]
+    fn a_failed_log_directory_fences_its_broker_until_it_recovers_or_restarts() {
+        let mut image = MetadataImage::default();
+        image.apply(&registration(9092, "a")).unwrap();
+        let epoch = image.brokers[&1].epoch;
+        three_partitions(&mut image);
+        // A report from an earlier run changes nothing.
+        let stale = MetadataRecord::LogDirFailed {
+            id: 1,
+            epoch: epoch - 1,
+            lost_writes: false,
+        };
+        image.apply(&stale).unwrap();
+        assert!(image.storage_failed.is_empty() && image.fenced.is_empty());
+        let full = MetadataRecord::LogDirFailed {
+            id: 1,
+            epoch,
+            lost_writes: false,
+        };
+        image.apply(&full).unwrap();
+        let p = &image.topics["t"].partitions;
+        // Fenced: its leaderships move, it leaves the ISRs; where it is the
+        // last in-sync replica, nobody leads.
+        assert_eq!((p[0].leader, &p[0].isr), (2, &vec![2, 3]));
+        assert_eq!((p[1].leader, &p[1].isr), (-1, &vec![1]));
+        assert_eq!(p[2].isr, [2, 3]);
+        assert!(image.fenced.contains(&1) && image.storage_failed.contains(&1));
+        // Its heartbeats do not unfence it while the failure lasts.
+        image
+            .apply(&MetadataRecord::UnfenceBroker { id: 1 })
+            .unwrap();
+        assert!(image.fenced.contains(&1));
+        // Room again: unfenced, and it leads what only it had in sync.
+        image
+            .apply(&MetadataRecord::LogDirRecovered { id: 1, epoch })
+            .unwrap();
+        assert!(image.fenced.is_empty() && image.storage_failed.is_empty());
+        assert_eq!(image.topics["t"].partitions[1].leader, 1);
+
+        // Writes lost (a failed fsync): no longer an eligible leader either;
+        // only a new run (registering) lifts it.
+        if let Some(t) = image.topics.get_mut("t") {
+            Arc::make_mut(t).partitions[0].elr = vec![1];
+        }
+        image
+            .apply(&MetadataRecord::LogDirFailed {
+                id: 1,
+                epoch,
+                lost_writes: true,
+            })
+            .unwrap();
+        assert!(image.topics["t"].partitions[0].elr.is_empty());
+        image.apply(&registration(9092, "b")).unwrap();
+        assert!(image.storage_failed.is_empty() && image.fenced.is_empty());
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! `broker.session.timeout.ms` is fenced, which moves its leaderships to
 //! other in-sync replicas (see `MetadataImage::apply`); a fenced broker that
 //! heartbeats again is unfenced.
+//!
+//! Heartbeats also say whether the broker's log directory works (KIP-858):
+//! one that reports it failed (a failed write or fsync, or a full disk) gets
+//! a `LogDirFailed` record, which fences it as silence would and keeps it
+//! fenced while it says so; a full disk that has room again gets
+//! `LogDirRecovered`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -22,7 +28,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::network::{leader_peer, Answer, Call};
-use super::{MetadataRecord, Published, TypeConfig};
+use super::{MetadataRecord, Published, Storage, TypeConfig};
 
 /// A broker's id and the epoch of the registration a heartbeat speaks for.
 type Session = (i32, i64);
@@ -33,25 +39,27 @@ type Session = (i32, i64);
 /// shares its node id) counts for nothing.
 #[derive(Default)]
 pub struct Liveness {
-    seen: Mutex<HashMap<Session, Instant>>,
+    seen: Mutex<HashMap<Session, (Instant, Storage)>>,
 }
 
 impl Liveness {
-    pub fn record(&self, session: Session) {
+    pub fn record(&self, session: Session, storage: Storage) {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(session, Instant::now());
+            .insert(session, (Instant::now(), storage));
     }
 
     fn reset(&self, sessions: impl Iterator<Item = Session>) {
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.clear();
-        seen.extend(sessions.map(|s| (s, now)));
+        seen.extend(sessions.map(|s| (s, (now, Storage::Ok))));
     }
 
-    fn last(&self, session: Session) -> Option<Instant> {
+    /// The time of the session's last heartbeat and what it said of the
+    /// broker's storage.
+    fn last(&self, session: Session) -> Option<(Instant, Storage)> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -75,26 +83,35 @@ pub async fn heartbeat(
     raft: &Raft<TypeConfig>,
     liveness: &Liveness,
     session: Session,
+    storage: Storage,
     fetch_timeout: Duration,
 ) {
     let metrics = raft.metrics().borrow().clone();
     if metrics.current_leader == Some(metrics.id) {
-        liveness.record(session);
+        liveness.record(session, storage);
     } else if let Some(mut leader) = leader_peer(&metrics) {
         let (broker, epoch) = session;
         // A lost heartbeat is made up for by the next one.
-        let _ = leader
-            .call(&Call::Heartbeat { broker, epoch }, fetch_timeout)
-            .await;
+        let call = Call::Heartbeat {
+            broker,
+            epoch,
+            storage,
+        };
+        let _ = leader.call(&call, fetch_timeout).await;
     }
 }
 
 /// Answers a forwarded heartbeat: recorded if this node leads.
-pub fn on_forwarded(raft: &Raft<TypeConfig>, liveness: &Liveness, session: Session) -> Answer {
+pub fn on_forwarded(
+    raft: &Raft<TypeConfig>,
+    liveness: &Liveness,
+    session: Session,
+    storage: Storage,
+) -> Answer {
     let metrics = raft.metrics().borrow().clone();
     let leads = metrics.current_leader == Some(metrics.id);
     if leads {
-        liveness.record(session);
+        liveness.record(session, storage);
     }
     Answer::Heartbeat(leads)
 }
@@ -142,24 +159,35 @@ pub async fn watch(
             // A registration made since this node took over starts its
             // session now: a broker registers before it first heartbeats.
             let fenced = image.fenced.contains(&broker);
-            let last = match liveness.last((broker, epoch)) {
+            let (last, storage) = match liveness.last((broker, epoch)) {
                 Some(last) => last,
                 // Not heard from since this node took over: stays fenced.
                 None if fenced => continue,
                 None => {
-                    liveness.record((broker, epoch));
-                    now
+                    liveness.record((broker, epoch), Storage::Ok);
+                    (now, Storage::Ok)
                 }
             };
             let silent = now.duration_since(last) > session_timeout;
-            if fenced && image.shutting_down.contains(&broker) {
-                // Stopping: its last heartbeats must not unfence it.
+            let failed = image.storage_failed.contains(&broker);
+            let record = if !silent && storage != Storage::Ok && !failed {
+                MetadataRecord::LogDirFailed {
+                    id: broker,
+                    epoch,
+                    lost_writes: storage == Storage::Offline,
+                }
+            } else if !silent && storage == Storage::Ok && failed {
+                MetadataRecord::LogDirRecovered { id: broker, epoch }
+            } else if fenced && (failed || image.shutting_down.contains(&broker)) {
+                // Stopping, or its storage out of service: its heartbeats
+                // must not unfence it.
                 continue;
-            }
-            let record = match (fenced, silent) {
-                (false, true) => MetadataRecord::FenceBroker { id: broker },
-                (true, false) => MetadataRecord::UnfenceBroker { id: broker },
-                _ => continue,
+            } else {
+                match (fenced, silent) {
+                    (false, true) => MetadataRecord::FenceBroker { id: broker },
+                    (true, false) => MetadataRecord::UnfenceBroker { id: broker },
+                    _ => continue,
+                }
             };
             if !in_flight
                 .lock()
@@ -170,13 +198,26 @@ pub async fn watch(
             }
             let (raft, in_flight) = (raft.clone(), in_flight.clone());
             tokio::spawn(async move {
-                let what = if fenced { "unfencing" } else { "fencing" };
-                match super::propose(&raft, record, fetch_timeout).await {
-                    Ok(_) if fenced => info!(broker, "broker heard from again: unfenced"),
-                    Ok(_) => warn!(
-                        broker,
-                        "broker silent for broker.session.timeout.ms: fenced, its leaderships moved"
+                let (what, done) = match &record {
+                    MetadataRecord::LogDirFailed { .. } => (
+                        "taking a failed log directory out of service",
+                        "broker reports its log directory failed: fenced, its leaderships moved",
                     ),
+                    MetadataRecord::LogDirRecovered { .. } => (
+                        "bringing a log directory back",
+                        "broker reports its log directory has room again: unfenced",
+                    ),
+                    MetadataRecord::UnfenceBroker { .. } => {
+                        ("unfencing", "broker heard from again: unfenced")
+                    }
+                    _ => (
+                        "fencing",
+                        "broker silent for broker.session.timeout.ms: fenced, its leaderships moved",
+                    ),
+                };
+                match super::propose(&raft, record, fetch_timeout).await {
+                    Ok(_) if fenced => info!(broker, "{done}"),
+                    Ok(_) => warn!(broker, "{done}"),
                     Err(e) => warn!(broker, error = %e, "{what} a broker failed"),
                 }
                 in_flight

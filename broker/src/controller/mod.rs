@@ -41,6 +41,21 @@ use tracing::{debug, info, warn};
 
 pub use image::{Applied, MetadataError, MetadataImage, MetadataRecord};
 
+/// A broker's log directory as its heartbeats report it (as Kafka's report
+/// offline log directories, KIP-858). The broker's only directory, since
+/// `log.dirs` takes one: a failed one takes the broker's storage out of
+/// service (see `MetadataRecord::LogDirFailed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Storage {
+    #[default]
+    Ok,
+    /// Appends fail with ENOSPC; the broker reports `Ok` again once one fits.
+    Full,
+    /// A write or fsync failed: what was not flushed may be gone. Until the
+    /// broker restarts.
+    Offline,
+}
+
 openraft::declare_raft_types!(
     /// The controller's Raft types: metadata records in, their outcome out.
     pub TypeConfig:
@@ -120,8 +135,8 @@ struct Proposal {
 enum Inbox {
     Propose(Proposal),
     /// A broker's heartbeat (this node's own broker's), with the epoch of
-    /// its registration.
-    Heartbeat(i32, i64),
+    /// its registration and the state of its log directory.
+    Heartbeat(i32, i64, Storage),
 }
 
 /// A handle to the controller thread, shared by every shard.
@@ -132,6 +147,8 @@ pub struct Controller {
     leader: Arc<Mutex<Option<u64>>>,
     /// This run's broker epoch (-1 until registered).
     broker_epoch: std::sync::atomic::AtomicI64,
+    /// This broker's log directory, as its heartbeats report it.
+    storage: Mutex<Storage>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -259,6 +276,7 @@ impl Controller {
             published,
             leader,
             broker_epoch: std::sync::atomic::AtomicI64::new(-1),
+            storage: Mutex::new(Storage::Ok),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -296,8 +314,20 @@ impl Controller {
     pub fn heartbeat(&self, broker: i32) {
         let epoch = self.broker_epoch();
         if epoch >= 0 {
-            let _ = self.proposals.try_send(Inbox::Heartbeat(broker, epoch));
+            let storage = self.storage();
+            let _ = self
+                .proposals
+                .try_send(Inbox::Heartbeat(broker, epoch, storage));
         }
+    }
+
+    /// This broker's log directory as the next heartbeats report it.
+    pub fn set_storage(&self, storage: Storage) {
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner()) = storage;
+    }
+
+    pub fn storage(&self) -> Storage {
+        *self.storage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The epoch this run of the broker's registration was given, or -1
@@ -410,8 +440,9 @@ async fn run(
                 let outcome = propose(&raft, proposal.record, fetch_timeout).await;
                 let _ = proposal.reply.send(outcome);
             }),
-            Inbox::Heartbeat(broker, epoch) => tokio::spawn(async move {
-                liveness::heartbeat(&raft, &liveness, (broker, epoch), fetch_timeout).await;
+            Inbox::Heartbeat(broker, epoch, storage) => tokio::spawn(async move {
+                liveness::heartbeat(&raft, &liveness, (broker, epoch), storage, fetch_timeout)
+                    .await;
             }),
         };
     }

@@ -57,6 +57,8 @@ pub enum Call {
     Heartbeat {
         broker: i32,
         epoch: i64,
+        #[serde(default)]
+        storage: super::Storage,
     },
     /// A broker that is not a voter asks to follow the metadata log as a
     /// learner, the leader to send it to its CONTROLLER listener at `addr`.
@@ -283,9 +285,11 @@ async fn serve_peer(
             Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
             Call::Propose(record) => Answer::Propose(propose_here(&raft, record).await),
             Call::ReadIndex => Answer::ReadIndex(read_index(&raft).await),
-            Call::Heartbeat { broker, epoch } => {
-                super::liveness::on_forwarded(&raft, &liveness, (broker, epoch))
-            }
+            Call::Heartbeat {
+                broker,
+                epoch,
+                storage,
+            } => super::liveness::on_forwarded(&raft, &liveness, (broker, epoch), storage),
             Call::AddLearner { id, addr } => Answer::AddLearner(add_learner(&raft, id, addr).await),
         };
         write_frame(&mut stream, &answer).await?;

@@ -38,7 +38,7 @@ use crate::budget::Permit;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::io::Fs;
-use crate::log::{AppendInfo, AppendMode, Log, ReadResult, RecoveryReport};
+use crate::log::{AppendInfo, AppendMode, Log, ReadResult, RecoveryReport, StorageHealth};
 use crate::types::{Epoch, Offset, TopicPartition};
 
 /// A job on one log, run on the shard thread (not `Send`).
@@ -90,6 +90,8 @@ struct Partition {
     waiters: RefCell<Vec<(Offset, Reply<Offset>)>>,
     /// Told when a close of this partition has finished.
     closed: RefCell<Vec<oneshot::Sender<()>>>,
+    /// The log's storage health as of the last finished work.
+    health: Cell<StorageHealth>,
     /// The earliest deadline a flush timer is armed for.
     flush_timer_ms: Cell<Option<u64>>,
     /// Whether a flush check is queued and not yet run.
@@ -108,6 +110,7 @@ impl Partition {
             last_epoch: Cell::new(Epoch(-1)),
             waiters: RefCell::new(Vec::new()),
             closed: RefCell::new(Vec::new()),
+            health: Cell::new(StorageHealth::Ok),
             flush_timer_ms: Cell::new(None),
             flush_queued: Cell::new(false),
         }
@@ -243,6 +246,7 @@ impl Core {
     /// satisfies, and arm a flush timer if the log has flush work.
     fn after_work(self: &Rc<Self>, part: &Rc<Partition>, log: &Log) {
         part.end.set(log.log_end_offset());
+        part.health.set(log.storage_health());
         part.last_epoch
             .set(log.epoch_cache().latest_epoch().unwrap_or(Epoch(-1)));
         answer_waiters(part);
@@ -665,6 +669,18 @@ impl LocalShard {
             .accepting(tp)
             .filter(|p| p.phase.get() == Phase::Open)
             .map(|p| (p.end.get(), p.last_epoch.get()))
+    }
+
+    /// The partitions of this shard whose storage is not [`StorageHealth::Ok`]
+    /// as of their last finished work.
+    pub fn storage_failures(&self) -> Vec<(TopicPartition, StorageHealth)> {
+        self.0
+            .partitions
+            .borrow()
+            .values()
+            .filter(|p| p.health.get() != StorageHealth::Ok)
+            .map(|p| (p.tp.clone(), p.health.get()))
+            .collect()
     }
 
     /// Waits until the partition's log end offset is greater than `after`.
