@@ -15,6 +15,8 @@ mod check;
 mod cluster;
 mod consumer;
 mod events;
+mod group;
+mod plugfs;
 mod producer;
 mod proxy;
 mod scenario;
@@ -348,6 +350,17 @@ fn run_scenarios(
                 "  {at} ms: {what}; next acknowledgement {}",
                 outage.map_or_else(|| "never".to_string(), |o| format!("{o} ms later"))
             );
+        }
+        if let Some(group) = &outcome.group {
+            eprintln!(
+                "  consumer group: read more than once {}, unread {}, rebalances during the faults {}",
+                group.redelivered,
+                group.unread.len(),
+                group.rebalances
+            );
+            for failure in &group.failures {
+                eprintln!("  FAILED: {failure}");
+            }
         }
         eprintln!("  logs and event logs in {}", dir.display());
         outcomes.push(outcome);

@@ -23,7 +23,8 @@
 //!                          # set-topic-config (with config = { … }),
 //!                          # isolate, delay (ms = N), limit (bytes_per_sec = N),
 //!                          # disconnect, heal-network, fill-disk, free-disk (with
-//!                          # [small_disks] brokers = [N], bytes = B)
+//!                          # [small_disks] brokers = [N], bytes = B),
+//!                          # consumer-bounce, consumer-kill (with [consumers])
 //! target = "leader"        # leader, followers, follower (the first), controller, broker:N,
 //!                          # last, paused, all
 //! peers = "brokers"        # network faults: brokers, clients or all (isolate: brokers,
@@ -67,6 +68,9 @@ pub struct Scenario {
     /// Brokers whose data sits on a small disk of its own, for disk faults.
     #[serde(default)]
     pub small_disks: Option<SmallDisks>,
+    /// A consumer group reading while the faults happen.
+    #[serde(default)]
+    pub consumers: Option<crate::group::Spec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +166,12 @@ pub enum Action {
     FillDisk,
     /// and free it again.
     FreeDisk,
+    /// A consumer group member (`target = "consumer:N"`, or `"consumers"`
+    /// for each in turn) stopped with SIGTERM (it commits and leaves) and
+    /// started again,
+    ConsumerBounce,
+    /// or SIGKILLed and started again.
+    ConsumerKill,
 }
 
 impl Action {
@@ -232,6 +242,8 @@ impl Fault {
 pub struct Outcome {
     pub name: String,
     pub report: check::Report,
+    /// What the consumer group running during the faults read, if any.
+    pub group: Option<crate::group::Report>,
     /// Per fault: when it happened (ms into the run) and how long until
     /// every partition had an acknowledgement after it.
     pub outages: Vec<(String, u64, Option<u64>)>,
@@ -417,6 +429,31 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         config: key_values(&spec.config)?,
         out: file(&producer_log)?,
     };
+    // The group starts, and the run goes on once its members hold every
+    // partition (a new group's first assignment takes seconds).
+    let start_group = || {
+        scenario.consumers.as_ref().map(|spec| {
+            let group = crate::group::Group::start(
+                spec,
+                &bootstrap,
+                topic,
+                &format!("verify-group-{}", scenario.name),
+                dir,
+            )?;
+            wait_for(
+                "the consumer group to hold every partition",
+                Duration::from_secs(60),
+                || (group.assigned().len() == partitions).then_some(()),
+            )?;
+            Ok::<_, String>((group, events::now_ms()))
+        })
+    };
+    let group_at = scenario.consumers.as_ref().map(|c| c.start_at_ms);
+    // The group and when it first held every partition.
+    let mut group = match group_at {
+        Some(0) => start_group().transpose()?,
+        _ => None,
+    };
     let start = Instant::now();
     let epoch_ms = events::now_ms();
     let producing = std::thread::spawn(move || producer::run(options, &|| false));
@@ -424,10 +461,35 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
     faults.sort_by_key(|f| f.at_ms);
     let mut applied: Vec<(String, u64)> = Vec::new();
     let mut last: Vec<i32> = Vec::new();
-    for fault in &faults {
-        let due = start + Duration::from_millis(fault.at_ms);
+    let sleep_until = |at_ms: u64| {
+        let due = start + Duration::from_millis(at_ms);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
+        }
+    };
+    for fault in &faults {
+        if let Some(at) = group_at.filter(|at| group.is_none() && *at <= fault.at_ms) {
+            sleep_until(at);
+            group = start_group().transpose()?;
+        }
+        sleep_until(fault.at_ms);
+        if matches!(fault.action, Action::ConsumerBounce | Action::ConsumerKill) {
+            let (members, _) = group
+                .as_mut()
+                .ok_or("consumer faults need a running [consumers] group")?;
+            let which: Vec<usize> = match fault.target.as_str() {
+                "consumers" => (1..=members.len()).collect(),
+                other => vec![other
+                    .strip_prefix("consumer:")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| format!("unknown consumer target {other:?}"))?],
+            };
+            let at = epoch_ms + start.elapsed().as_millis() as u64;
+            for &i in &which {
+                members.bounce(i, fault.action == Action::ConsumerKill)?;
+            }
+            applied.push((format!("{:?} consumers {which:?}", fault.action), at));
+            continue;
         }
         if fault.action == Action::SetTopicConfig {
             let configs: Vec<(String, String)> = fault
@@ -474,6 +536,10 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         applied.push((format!("{:?} {:?}", fault.action, targets), at));
         last = targets;
     }
+    if let Some(at) = group_at.filter(|_| group.is_none()) {
+        sleep_until(at);
+        group = start_group().transpose()?;
+    }
     producing
         .join()
         .map_err(|_| "the producer panicked".to_string())??;
@@ -509,14 +575,69 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         Ok(events::parse(&text).0)
     };
     let produced = read(&producer_log)?;
-    let report = check::check(
+    // The group, if any, reads on until it has everything acknowledged
+    // (bounded: what was lost it never will), then its members leave.
+    let mut group_logs = Vec::new();
+    let mut stopped_at = events::now_ms();
+    let mut assigned_at = 0;
+    if let Some((members, at)) = group.as_mut() {
+        assigned_at = *at;
+        // Starting from the latest offsets, it need not read what came
+        // before it (nor shortly after: see `group::check`).
+        let from = match scenario.consumers.as_ref() {
+            Some(c) if c.auto_offset_reset == "latest" => *at + crate::group::LATEST_GRACE_MS,
+            _ => 0,
+        };
+        let acked: std::collections::BTreeSet<(i32, i64)> = produced
+            .iter()
+            .filter_map(|e| match e {
+                Event::ProducerSendSuccess {
+                    partition,
+                    offset,
+                    timestamp,
+                    ..
+                } if *timestamp >= from => Some((*partition, *offset)),
+                _ => None,
+            })
+            .collect();
+        let _ = wait_for(
+            "the group to read everything",
+            Duration::from_secs(60),
+            || members.has_read(&acked).then_some(()),
+        );
+        stopped_at = events::now_ms();
+        members.stop_all();
+        group_logs = members.read_logs();
+    }
+    let mut consumers = vec![read(&consumer_log)?];
+    consumers.extend(group_logs.iter().cloned());
+    let mut report = check::check(
         std::slice::from_ref(&produced),
-        &[read(&consumer_log)?],
+        &consumers,
         Expect {
             min_acked: (spec.messages.max(0) as u64 / 10).max(100),
             loss_allowed: scenario.expect_loss,
         },
     );
+    let group_report = scenario.consumers.as_ref().map(|spec| {
+        let lost = report.lost.iter().map(|(v, _)| v.clone()).collect();
+        let first_fault = applied.first().map_or(stopped_at, |(_, at)| *at);
+        crate::group::check(
+            spec,
+            &produced,
+            &group_logs,
+            &lost,
+            (first_fault, stopped_at),
+            assigned_at,
+        )
+    });
+    if group_report
+        .as_ref()
+        .is_some_and(|g| !g.failures.is_empty())
+        && report.verdict == Verdict::Pass
+    {
+        report.verdict = Verdict::Fail;
+    }
     // Per partition, when its acknowledgements came.
     let mut acks: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
     for e in &produced {
@@ -544,6 +665,7 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
     Ok(Outcome {
         name: scenario.name.clone(),
         report,
+        group: group_report,
         outages,
     })
 }
