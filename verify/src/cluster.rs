@@ -39,6 +39,10 @@ pub trait Nodes {
     fn pause(&mut self, id: i32) -> Result<(), String>;
     fn resume(&mut self, id: i32) -> Result<(), String>;
     fn start_again(&mut self, id: i32) -> Result<(), String>;
+    /// Starts the stopped brokers of `ids` together.
+    fn start_all(&mut self, ids: &[i32]) -> Result<(), String> {
+        ids.iter().try_for_each(|id| self.start_again(*id))
+    }
     /// Every broker running and none paused.
     fn heal(&mut self) -> Result<(), String>;
     /// Every broker's id.
@@ -49,6 +53,9 @@ pub trait Nodes {
     /// byte, or frees what that took.
     fn fill_disk(&mut self, id: i32) -> Result<(), String>;
     fn free_disk(&mut self, id: i32) -> Result<(), String>;
+    /// SIGKILLs the brokers and drops what they had not fsynced; the bytes
+    /// dropped per broker.
+    fn power_loss(&mut self, ids: &[i32]) -> Result<Vec<u64>, String>;
 }
 
 /// Where `fill_disk` puts its filler, in the broker's data directory.
@@ -85,6 +92,22 @@ pub struct LocalCluster {
     pub nodes: Vec<Node>,
     bin: PathBuf,
     network: Option<Arc<crate::proxy::Network>>,
+    /// Each broker's power-loss filesystem, with `power_loss` (declared
+    /// last: unmounted after the processes are killed).
+    plugs: std::collections::BTreeMap<i32, crate::plugfs::PlugFs>,
+}
+
+/// How much data not yet fsynced a broker's power-loss filesystem holds
+/// before it writes the largest file back (as the kernel would).
+const PLUG_PENDING_MAX: u64 = 1 << 30;
+
+/// Where each broker's data lives, for disk faults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disks<'a> {
+    /// These brokers' data on a tmpfs of this many bytes each.
+    pub small: Option<(&'a [i32], u64)>,
+    /// Every broker's data on a power-loss filesystem ([`crate::plugfs`]).
+    pub power_loss: bool,
 }
 
 fn free_ports(n: usize) -> Result<Vec<u16>, String> {
@@ -111,8 +134,9 @@ impl LocalCluster {
         dir: &Path,
         settings: &[String],
         proxied: bool,
-        small_disks: Option<(&[i32], u64)>,
+        disks: Disks<'_>,
     ) -> Result<Self, String> {
+        let small_disks = disks.small;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let ports = free_ports(2 * n)?;
         // What everyone else connects to: the listeners, or their proxies.
@@ -136,6 +160,7 @@ impl LocalCluster {
             nodes: Vec::new(),
             bin: bin.to_path_buf(),
             network,
+            plugs: Default::default(),
         };
         for i in 0..n {
             let id = i as i32 + 1;
@@ -160,6 +185,14 @@ impl LocalCluster {
                 ),
                 format!("log.dirs={}", data.display()),
             ];
+            if disks.power_loss {
+                let backing = dir.join(format!("broker-{id}-durable"));
+                std::fs::create_dir_all(&backing)
+                    .and_then(|()| std::fs::create_dir_all(&data))
+                    .map_err(|e| format!("{}: {e}", data.display()))?;
+                let plug = crate::plugfs::PlugFs::mount(&backing, &data, PLUG_PENDING_MAX)?;
+                cluster.plugs.insert(id, plug);
+            }
             if let Some((_, bytes)) = small_disks {
                 args.push(format!(
                     "metadata.log.dir={}",
@@ -352,12 +385,24 @@ impl LocalCluster {
     /// Starts a stopped broker again on its port and data, and waits until
     /// it listens.
     pub fn start_again(&mut self, id: i32) -> Result<(), String> {
-        let i = self.index(id)?;
-        if self.nodes[i].child.is_some() {
-            return Ok(());
+        self.start_all(&[id])
+    }
+
+    /// Starts the stopped brokers of `ids` together, then waits until each
+    /// listens: one alone may wait for the others (a controller quorum).
+    pub fn start_all(&mut self, ids: &[i32]) -> Result<(), String> {
+        let mut started = Vec::new();
+        for &id in ids {
+            let i = self.index(id)?;
+            if self.nodes[i].child.is_none() {
+                self.spawn(i)?;
+                started.push(i);
+            }
         }
-        self.spawn(i)?;
-        self.wait_ready(i)
+        for i in started {
+            self.wait_ready(i)?;
+        }
+        Ok(())
     }
 
     /// Fills the broker's small disk: a filler file written until the
@@ -383,6 +428,21 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGKILLs the brokers and drops everything they wrote and did not
+    /// fsync, as a power loss of their machines at one instant would; the
+    /// bytes dropped, per broker.
+    pub fn power_loss(&mut self, ids: &[i32]) -> Result<Vec<u64>, String> {
+        for &id in ids {
+            if !self.plugs.contains_key(&id) {
+                return Err(format!(
+                    "broker {id} has no power-loss filesystem (the scenario's power_loss)"
+                ));
+            }
+            self.kill(id)?;
+        }
+        Ok(ids.iter().map(|id| self.plugs[id].pull_plug()).collect())
+    }
+
     pub fn free_disk(&mut self, id: i32) -> Result<(), String> {
         let node = &self.nodes[self.index(id)?];
         match std::fs::remove_file(node.data.join(FILLER)) {
@@ -406,14 +466,13 @@ impl LocalCluster {
             self.free_disk(id)?;
         }
         let ids: Vec<i32> = self.nodes.iter().map(|n| n.id).collect();
-        for id in ids {
+        for &id in &ids {
             let i = self.index(id)?;
             if self.nodes[i].paused {
                 self.resume(id)?;
             }
-            self.start_again(id)?;
         }
-        Ok(())
+        self.start_all(&ids)
     }
 }
 
@@ -459,6 +518,9 @@ impl Nodes for LocalCluster {
     fn start_again(&mut self, id: i32) -> Result<(), String> {
         LocalCluster::start_again(self, id)
     }
+    fn start_all(&mut self, ids: &[i32]) -> Result<(), String> {
+        LocalCluster::start_all(self, ids)
+    }
     fn heal(&mut self) -> Result<(), String> {
         LocalCluster::heal(self)
     }
@@ -473,6 +535,9 @@ impl Nodes for LocalCluster {
     }
     fn free_disk(&mut self, id: i32) -> Result<(), String> {
         LocalCluster::free_disk(self, id)
+    }
+    fn power_loss(&mut self, ids: &[i32]) -> Result<Vec<u64>, String> {
+        LocalCluster::power_loss(self, ids)
     }
 }
 
@@ -586,5 +651,8 @@ impl Nodes for ExternalCluster {
     }
     fn free_disk(&mut self, _: i32) -> Result<(), String> {
         Err("disk faults need a local cluster".into())
+    }
+    fn power_loss(&mut self, _: &[i32]) -> Result<Vec<u64>, String> {
+        Err("power loss needs a local cluster".into())
     }
 }

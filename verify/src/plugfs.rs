@@ -71,7 +71,6 @@ use fuser::{
 const TTL: Duration = Duration::ZERO;
 
 /// A mounted power-loss filesystem. Dropping it unmounts (lazily if busy).
-#[allow(dead_code)] // until the scenario runner uses it; the tests do
 pub struct PlugFs {
     session: Option<BackgroundSession>,
     notifier: Notifier,
@@ -79,7 +78,6 @@ pub struct PlugFs {
     mountpoint: PathBuf,
 }
 
-#[allow(dead_code)] // until the scenario runner uses it; the tests do
 impl PlugFs {
     /// Mounts a filesystem at `mountpoint` whose durable state lives in
     /// `backing` (needs root). At most `max_pending_bytes` of written but not
@@ -119,6 +117,7 @@ impl PlugFs {
     }
 
     /// Where the filesystem is mounted (canonical path).
+    #[cfg(test)]
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
     }
@@ -143,6 +142,7 @@ impl PlugFs {
     }
 
     /// Bytes written and not yet fsynced.
+    #[cfg(test)]
     pub fn pending_bytes(&self) -> u64 {
         lock(&self.state).pending_total
     }

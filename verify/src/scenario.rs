@@ -24,7 +24,8 @@
 //!                          # isolate, delay (ms = N), limit (bytes_per_sec = N),
 //!                          # disconnect, heal-network, fill-disk, free-disk (with
 //!                          # [small_disks] brokers = [N], bytes = B),
-//!                          # consumer-bounce, consumer-kill (with [consumers])
+//!                          # consumer-bounce, consumer-kill (with [consumers]),
+//!                          # power-loss (with power_loss = true)
 //! target = "leader"        # leader, followers, follower (the first), controller, broker:N,
 //!                          # last, paused, all
 //! peers = "brokers"        # network faults: brokers, clients or all (isolate: brokers,
@@ -71,6 +72,10 @@ pub struct Scenario {
     /// A consumer group reading while the faults happen.
     #[serde(default)]
     pub consumers: Option<crate::group::Spec>,
+    /// Every broker's data on a filesystem that can lose power
+    /// (`power-loss` faults; root only).
+    #[serde(default)]
+    pub power_loss: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +177,9 @@ pub enum Action {
     ConsumerBounce,
     /// or SIGKILLed and started again.
     ConsumerKill,
+    /// The targets lose power at one instant (`power_loss = true`): SIGKILL
+    /// and everything they had not fsynced dropped; `start` brings them back.
+    PowerLoss,
 }
 
 impl Action {
@@ -363,10 +371,13 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
                 &dir.join("cluster"),
                 &scenario.broker_config,
                 scenario.faults.iter().any(|f| f.action.is_network()),
-                scenario
-                    .small_disks
-                    .as_ref()
-                    .map(|d| (d.brokers.as_slice(), d.bytes)),
+                crate::cluster::Disks {
+                    small: scenario
+                        .small_disks
+                        .as_ref()
+                        .map(|d| (d.brokers.as_slice(), d.bytes)),
+                    power_loss: scenario.power_loss,
+                },
             )?;
             &mut local
         }
@@ -505,6 +516,21 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         let targets = resolve(&fault.target, &*cluster, topic, &last)?;
         let at = epoch_ms + start.elapsed().as_millis() as u64;
         let network = cluster.network();
+        if fault.action == Action::Start {
+            cluster.start_all(&targets)?;
+            applied.push((format!("Start {targets:?}"), at));
+            last = targets;
+            continue;
+        }
+        if fault.action == Action::PowerLoss {
+            let dropped = cluster.power_loss(&targets)?;
+            applied.push((
+                format!("PowerLoss {targets:?} (unsynced bytes dropped: {dropped:?})"),
+                at,
+            ));
+            last = targets;
+            continue;
+        }
         for &id in &targets {
             if fault.action.is_network() {
                 let network = network.as_ref().ok_or(
