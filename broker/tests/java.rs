@@ -16,8 +16,11 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
-use common::Broker;
+use common::cluster::{
+    leader_and_isr, produce_raw, set_topic_config, signal, try_create, wait_stopped, Cluster,
+    SETTLE,
+};
+use common::{poll_until, Broker};
 
 const JARS: [&str; 5] = [
     "kafka-clients",
@@ -114,17 +117,15 @@ fn compile_check() -> (tempfile::TempDir, String) {
         .prefix("sluice-java-")
         .tempdir()
         .expect("temp dir");
-    let source = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/java/JavaClientCheck.java"
-    );
+    let sources = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java");
     let mut javac = Command::new("javac");
     javac
         .arg("-d")
         .arg(classes.path())
         .arg("-cp")
         .arg(jars.join("kafka-clients.jar"))
-        .arg(source);
+        .arg(format!("{sources}/JavaClientCheck.java"))
+        .arg(format!("{sources}/TruncationCheck.java"));
     let compiled = run_with_timeout(javac, JAVA_TIMEOUT);
     assert!(
         compiled.status.success(),
@@ -194,4 +195,139 @@ fn java_client_works_against_a_three_broker_cluster_with_three_replicas() {
     if let Err(why) = run_check(&classpath, &cluster.bootstrap(), "java-cluster", 3) {
         cluster.brokers[0].fail(&why);
     }
+}
+
+/// A Java program run with its stdin and stdout piped, killed on drop.
+struct Interactive {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl Interactive {
+    fn start(mut cmd: Command) -> Interactive {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn java");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Interactive {
+            child,
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    /// The first line (from now) that contains `what`, within `timeout`.
+    fn expect_line(&mut self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {what:?} from the Java program; it printed:\n{}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("writing to the Java program");
+        stdin.flush().expect("flush");
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// KIP-320 with Apache Kafka's consumer: it read records only the leader
+/// had (its follower paused out of the ISR); the leader dies and the
+/// follower is elected uncleanly. Polling on, the client asks the new
+/// leader where the epoch of its last record ends, finds that below its
+/// position, and (auto.offset.reset=none) throws LogTruncationException
+/// instead of silently reading on from a position that no longer exists.
+#[test]
+fn the_java_consumer_detects_the_truncation_an_unclean_election_causes() {
+    let (_classes, classpath) = compile_check();
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "100"),
+            ("broker.session.timeout.ms", "1000"),
+            ("replica.lag.time.max.ms", "1000"),
+            ("auto.leader.rebalance.enable", "false"),
+        ],
+    );
+    assert_eq!(try_create(cluster.broker(1), "trunc", 1, 2), 0);
+    let (leader, isr) = poll_until(SETTLE, "both replicas in sync", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "trunc", 0);
+        (leader > 0 && isr.len() == 2).then_some((leader, isr))
+    });
+    let follower = *isr.iter().find(|r| **r != leader).unwrap();
+    let third = (1..=3).find(|n| !isr.contains(n)).unwrap();
+    poll_until(SETTLE, "a first committed record", || {
+        (produce_raw(cluster.broker(leader), "trunc", 0, -1) == 0).then_some(())
+    });
+    signal(cluster.broker(follower), libc::SIGSTOP);
+    wait_stopped(cluster.broker(follower));
+    poll_until(SETTLE, "the paused follower to leave the ISR", || {
+        (leader_and_isr(cluster.broker(leader), "trunc", 0).1 == [leader]).then_some(())
+    });
+    // Committed by the leader alone (min.insync.replicas=1).
+    for _ in 0..5 {
+        assert_eq!(produce_raw(cluster.broker(leader), "trunc", 0, -1), 0);
+    }
+    let mut java = Command::new("java");
+    java.arg("-cp")
+        .arg(&classpath)
+        .arg("TruncationCheck")
+        .arg(cluster.bootstrap())
+        .arg("trunc")
+        .arg("6");
+    let mut consumer = Interactive::start(java);
+    consumer.expect_line("read 6 records up to offset 6", JAVA_TIMEOUT);
+
+    cluster.brokers[leader as usize - 1].kill9();
+    signal(cluster.broker(follower), libc::SIGCONT);
+    set_topic_config(
+        cluster.broker(third),
+        "trunc",
+        "unclean.leader.election.enable",
+        "true",
+    );
+    poll_until(SETTLE, "the out-of-sync replica to lead", || {
+        (leader_and_isr(cluster.broker(third), "trunc", 0).0 == follower).then_some(())
+    });
+    consumer.say("go");
+    let line = consumer.expect_line("truncation detected", JAVA_TIMEOUT);
+    // The new leader has the first record only: the divergence is at 1.
+    assert!(line.contains("offset=1"), "{line}");
 }

@@ -3,6 +3,15 @@
 //! Dropping it kills them all.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, Request};
+
+use super::poll_until;
+use super::raw::{batch, connect, produce_req, read_reply, send, topic_name, typed_request, Reply};
 
 use super::{free_port, Broker};
 
@@ -87,4 +96,114 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// Bound on every wait for the cluster to reach a state.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// Sends `req` to `addr` on a fresh connection and decodes the answer.
+pub fn ask<R: Request>(addr: &str, version: i16, req: &R) -> R::Response {
+    let mut s = connect(addr);
+    send(&mut s, &typed_request(version, 1, req).0).expect("request sent");
+    let Reply::Frame(body) = read_reply(&mut s) else {
+        panic!("{addr}: no answer to api key {}", R::KEY)
+    };
+    let mut buf = bytes::Bytes::from(body);
+    let _header = kafka_protocol::messages::ResponseHeader::decode(
+        &mut buf,
+        R::Response::header_version(version),
+    )
+    .expect("response header");
+    R::Response::decode(&mut buf, version).expect("response body")
+}
+
+/// CreateTopics' error code for `name`.
+pub fn try_create(broker: &Broker, name: &str, partitions: i32, replication: i16) -> i16 {
+    ask(
+        &broker.addr(),
+        5,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name(name))
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication)])
+            .with_timeout_ms(10_000),
+    )
+    .topics[0]
+        .error_code
+}
+
+/// Metadata (v9) of `topic` from `broker`.
+pub fn metadata_of(broker: &Broker, topic: &str) -> kafka_protocol::messages::MetadataResponse {
+    let req = MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
+    ]));
+    ask(&broker.addr(), 9, &req)
+}
+
+/// Partition `p` of `topic` as `broker` describes it: (leader, ISR).
+pub fn leader_and_isr(broker: &Broker, topic: &str, p: i32) -> (i32, Vec<i32>) {
+    let resp = metadata_of(broker, topic);
+    let part = resp.topics[0]
+        .partitions
+        .iter()
+        .find(|x| x.partition_index == p)
+        .expect("the partition is described");
+    let mut isr: Vec<i32> = part.isr_nodes.iter().map(|b| b.0).collect();
+    isr.sort_unstable();
+    (part.leader_id.0, isr)
+}
+
+/// Produces one record with `acks` straight to `broker`; the partition's
+/// error code.
+pub fn produce_raw(broker: &Broker, topic: &str, p: i32, acks: i16) -> i16 {
+    let req = produce_req(topic, p, batch(&["raw"])).with_acks(acks);
+    let mut s = connect(&broker.addr());
+    send(&mut s, &typed_request(7, 3, &req).0).unwrap();
+    let Reply::Frame(body) = read_reply(&mut s) else {
+        panic!("no produce answer from {}", broker.addr())
+    };
+    let mut buf = bytes::Bytes::from(body);
+    let _ = kafka_protocol::messages::ResponseHeader::decode(&mut buf, 0).unwrap();
+    kafka_protocol::messages::ProduceResponse::decode(&mut buf, 7)
+        .unwrap()
+        .responses[0]
+        .partition_responses[0]
+        .error_code
+}
+
+pub fn signal(broker: &Broker, sig: i32) {
+    let pid = broker.pid().expect("running") as libc::pid_t;
+    // SAFETY: kill(2) on our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+/// Waits until `broker`'s process is stopped (state T).
+pub fn wait_stopped(broker: &Broker) {
+    let pid = broker.pid().expect("running");
+    poll_until(SETTLE, "the broker to stop", || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        (state == 'T').then_some(())
+    });
+}
+
+/// Sets topic config `key` to `value` (IncrementalAlterConfigs v0, SET).
+pub fn set_topic_config(broker: &Broker, topic: &str, key: &str, value: &str) {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    use kafka_protocol::protocol::StrBytes;
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.to_string()))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_string(key.to_string()))
+                .with_config_operation(0)
+                .with_value(Some(StrBytes::from_string(value.to_string())))]),
+    ]);
+    let resp = ask(&broker.addr(), 0, &req);
+    assert_eq!(resp.responses[0].error_code, 0, "setting {key}={value}");
 }
