@@ -56,6 +56,8 @@ pub trait Nodes {
     /// SIGKILLs the brokers and drops what they had not fsynced; the bytes
     /// dropped per broker.
     fn power_loss(&mut self, ids: &[i32]) -> Result<Vec<u64>, String>;
+    /// Stalls the broker's disk (its plugfs) or lets it go on.
+    fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String>;
 }
 
 /// Where `fill_disk` puts its filler, in the broker's data directory.
@@ -443,6 +445,14 @@ impl LocalCluster {
         Ok(ids.iter().map(|id| self.plugs[id].pull_plug()).collect())
     }
 
+    pub fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String> {
+        let plug = self.plugs.get(&id).ok_or_else(|| {
+            format!("broker {id} has no plugfs disk (the scenario's power_loss = true)")
+        })?;
+        plug.set_stalled(stalled);
+        Ok(())
+    }
+
     pub fn free_disk(&mut self, id: i32) -> Result<(), String> {
         let node = &self.nodes[self.index(id)?];
         match std::fs::remove_file(node.data.join(FILLER)) {
@@ -464,6 +474,9 @@ impl LocalCluster {
             .collect();
         for id in small {
             self.free_disk(id)?;
+        }
+        for plug in self.plugs.values() {
+            plug.set_stalled(false);
         }
         let ids: Vec<i32> = self.nodes.iter().map(|n| n.id).collect();
         for &id in &ids {
@@ -538,6 +551,9 @@ impl Nodes for LocalCluster {
     }
     fn power_loss(&mut self, ids: &[i32]) -> Result<Vec<u64>, String> {
         LocalCluster::power_loss(self, ids)
+    }
+    fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String> {
+        LocalCluster::stall_disk(self, id, stalled)
     }
 }
 
@@ -654,5 +670,8 @@ impl Nodes for ExternalCluster {
     }
     fn power_loss(&mut self, _: &[i32]) -> Result<Vec<u64>, String> {
         Err("power loss needs a local cluster".into())
+    }
+    fn stall_disk(&mut self, _: i32, _: bool) -> Result<(), String> {
+        Err("disk faults need a local cluster".into())
     }
 }

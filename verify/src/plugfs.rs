@@ -75,6 +75,8 @@ pub struct PlugFs {
     session: Option<BackgroundSession>,
     notifier: Notifier,
     state: Arc<Mutex<State>>,
+    /// While set, every request waits: a disk that stopped answering.
+    stalled: Arc<std::sync::atomic::AtomicBool>,
     mountpoint: PathBuf,
 }
 
@@ -102,8 +104,10 @@ impl PlugFs {
             MountOption::FSName("plugfs".to_string()),
             MountOption::Subtype("plugfs".to_string()),
         ];
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ops = Ops {
             state: Arc::clone(&state),
+            stalled: Arc::clone(&stalled),
         };
         let session = fuser::spawn_mount(ops, &mountpoint, &config)
             .map_err(|e| format!("mounting plugfs at {}: {e}", mountpoint.display()))?;
@@ -112,6 +116,7 @@ impl PlugFs {
             session: Some(session),
             notifier,
             state,
+            stalled,
             mountpoint,
         })
     }
@@ -120,6 +125,13 @@ impl PlugFs {
     #[cfg(test)]
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Stalls the disk (every request waits, as on a disk that stopped
+    /// answering) or lets it go on.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled
+            .store(stalled, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops every write not yet fsynced, as a power loss would; returns the
@@ -150,6 +162,7 @@ impl PlugFs {
 
 impl Drop for PlugFs {
     fn drop(&mut self) {
+        self.set_stalled(false);
         let Some(session) = self.session.take() else {
             return;
         };
@@ -719,13 +732,22 @@ fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
 /// The FUSE side: each request locks the state and replies.
 struct Ops {
     state: Arc<Mutex<State>>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ops {
+    /// The state, once the disk is not stalled: every request passes here,
+    /// and the session has one thread, so a stall holds them all.
     fn state(&self) -> MutexGuard<'_, State> {
+        while self.stalled.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(STALL_CHECK);
+        }
         lock(&self.state)
     }
 }
+
+/// How often a stalled filesystem looks whether it may go on.
+const STALL_CHECK: Duration = Duration::from_millis(10);
 
 fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
     match result {
@@ -1093,6 +1115,26 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
+    }
+
+    #[test]
+    fn a_stalled_disk_holds_every_request_until_it_goes_on() {
+        let Some(h) = mount(64 << 20) else { return };
+        std::fs::write(h.path("s"), b"before").unwrap();
+        h.fs.set_stalled(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = h.path("s");
+        let writer = std::thread::spawn(move || {
+            let done = std::fs::write(path, b"during");
+            let _ = tx.send(());
+            done
+        });
+        // Not a timing claim: the write cannot finish while stalled, however
+        // long this waits.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        h.fs.set_stalled(false);
+        writer.join().unwrap().unwrap();
+        assert_eq!(std::fs::read(h.path("s")).unwrap(), b"during");
     }
 
     #[test]

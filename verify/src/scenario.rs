@@ -25,7 +25,8 @@
 //!                          # disconnect, heal-network, fill-disk, free-disk (with
 //!                          # [small_disks] brokers = [N], bytes = B),
 //!                          # consumer-bounce, consumer-kill (with [consumers]),
-//!                          # power-loss (with power_loss = true)
+//!                          # power-loss, stall-disk, unstall-disk (with power_loss = true:
+//!                          # every broker's data on plugfs)
 //! target = "leader"        # leader, followers, follower (the first), controller, broker:N,
 //!                          # last, paused, all
 //! peers = "brokers"        # network faults: brokers, clients or all (isolate: brokers,
@@ -180,6 +181,11 @@ pub enum Action {
     /// The targets lose power at one instant (`power_loss = true`): SIGKILL
     /// and everything they had not fsynced dropped; `start` brings them back.
     PowerLoss,
+    /// The target's disk stops answering (`power_loss = true`: its plugfs
+    /// holds every request),
+    StallDisk,
+    /// and goes on.
+    UnstallDisk,
 }
 
 impl Action {
@@ -555,6 +561,8 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
                     cluster.start_again(id)?;
                 }
                 Action::FillDisk => cluster.fill_disk(id)?,
+                Action::StallDisk => cluster.stall_disk(id, true)?,
+                Action::UnstallDisk => cluster.stall_disk(id, false)?,
                 Action::FreeDisk => cluster.free_disk(id)?,
                 _ => {}
             }
