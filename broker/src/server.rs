@@ -272,6 +272,33 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
             }))
             .map_err(|e| format!("starting the group ticker: {e}"))?;
     }
+    // Group memberships that changed are written to __consumer_offsets, one
+    // after another, by the broker coordinating each (a failed write is
+    // tried again once the group is touched again).
+    {
+        let broker = broker.clone();
+        runtime
+            .block_on(shard0.spawn(move || {
+                compio::runtime::spawn(async move {
+                    loop {
+                        compio::time::sleep(GROUP_TICK).await;
+                        for (group, stored, key) in broker.groups.take_dirty() {
+                            if !broker.coordinates(&group) {
+                                continue;
+                            }
+                            match broker.offsets.store_group(&broker, &group, &stored).await {
+                                Ok(()) => broker.groups.mark_stored(&group, key),
+                                Err(e) => {
+                                    warn!(group, error = %e, "writing the group's membership failed")
+                                }
+                            }
+                        }
+                    }
+                })
+                .detach();
+            }))
+            .map_err(|e| format!("starting the group membership writer: {e}"))?;
+    }
     crate::replica::start(&broker)?;
     {
         let broker = broker.clone();

@@ -12,7 +12,9 @@ use std::sync::Mutex;
 
 use futures_channel::oneshot;
 
-use super::state::{code, Completion, Group, JoinRequest, JoinResponse, Limits, Outcome};
+use super::state::{
+    code, Completion, Group, JoinRequest, JoinResponse, Limits, Outcome, Stored, StoredKey,
+};
 
 /// A committed offset, as OffsetCommit stores and OffsetFetch returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,9 @@ struct Entry {
     join_waiters: HashMap<String, oneshot::Sender<JoinResponse>>,
     sync_waiters: HashMap<String, oneshot::Sender<(i16, Vec<u8>)>>,
     offsets: BTreeMap<(String, i32), Committed>,
+    /// The view of the group last written to (or read from)
+    /// `__consumer_offsets`.
+    stored_key: StoredKey,
 }
 
 impl Entry {
@@ -85,6 +90,8 @@ pub struct Coordinator {
     /// each (as Kafka's coordinator shards by that partition), so that
     /// requests of different groups rarely wait on each other.
     groups: Vec<Mutex<HashMap<String, Entry>>>,
+    /// Groups whose persisted view is behind (see [`Coordinator::take_dirty`]).
+    dirty: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What DescribeGroups and ListGroups show of a group.
@@ -114,6 +121,7 @@ impl Coordinator {
             groups: (0..super::offsets_topic::PARTITIONS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            dirty: Mutex::default(),
         }
     }
 
@@ -144,7 +152,63 @@ impl Coordinator {
     fn with<T>(&self, group_id: &str, f: impl FnOnce(&mut Entry, Limits) -> T) -> T {
         let mut groups = self.stripe(group_id);
         let entry = groups.entry(group_id.to_string()).or_default();
-        f(entry, self.limits)
+        let out = f(entry, self.limits);
+        let key = entry.group.as_ref().and_then(Group::stored_key);
+        if key.is_some() && key != entry.stored_key {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(group_id.to_string());
+        }
+        out
+    }
+
+    /// The groups whose membership changed since it was last persisted
+    /// (a rebalance ended, or the group emptied), each with what to write
+    /// now and the view that is. Taken once: a failed write is not retried
+    /// until the group changes again.
+    pub fn take_dirty(&self) -> Vec<(String, Stored, StoredKey)> {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        dirty
+            .into_iter()
+            .filter_map(|id| {
+                let groups = self.stripe(&id);
+                let group = groups.get(&id)?.group.as_ref()?;
+                let stored = group.stored()?;
+                Some((id.clone(), stored, group.stored_key()))
+            })
+            .collect()
+    }
+
+    /// Notes that `key`'s view of the group is persisted.
+    pub fn mark_stored(&self, group_id: &str, key: StoredKey) {
+        if let Some(entry) = self.stripe(group_id).get_mut(group_id) {
+            entry.stored_key = key;
+        }
+    }
+
+    /// Restores a group's membership read back from `__consumer_offsets`
+    /// (`None`: a tombstone) as of `now_ms`.
+    pub fn restore_group(&self, group_id: &str, stored: Option<Stored>, now_ms: u64) {
+        let mut groups = self.stripe(group_id);
+        let entry = groups.entry(group_id.to_string()).or_default();
+        entry.group = stored.map(|s| Group::restored(group_id, self.limits, s, now_ms));
+        entry.stored_key = entry.group.as_ref().and_then(Group::stored_key);
+    }
+
+    /// What is persisted of each group `keep` selects that has a view to
+    /// persist: for a compaction to write again.
+    pub fn stored_where(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, Stored)> {
+        let mut out = Vec::new();
+        for groups in self.stripes() {
+            out.extend(
+                groups
+                    .iter()
+                    .filter(|(id, _)| keep(id))
+                    .filter_map(|(id, e)| Some((id.clone(), e.group.as_ref()?.stored()?))),
+            );
+        }
+        out
     }
 
     pub fn join(&self, group_id: &str, now_ms: u64, req: JoinRequest) -> Wait<JoinResponse> {

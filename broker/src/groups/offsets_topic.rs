@@ -1,7 +1,12 @@
 //! Committed offsets in the internal topic `__consumer_offsets`, in Kafka's
 //! record format: key (version 1) = group, topic, partition; value
 //! (version 3) = offset, leader epoch, metadata, commit timestamp; a null
-//! value is a tombstone. A group's records go to partition
+//! value is a tombstone. Group membership too (Kafka's group metadata
+//! record): key (version 2) = group; value (version 3) = protocol type,
+//! generation, protocol, leader, timestamp and each member's ids, timeouts,
+//! subscription and assignment; written when a rebalance ends or the group
+//! empties, so that the broker that coordinates the group next (its
+//! coordinator moved) lets the members go on without a rebalance. A group's records go to partition
 //! `abs(javaHashCode(group)) % 50`, as in Kafka, so the latest record per key
 //! is the committed offset.
 //!
@@ -28,6 +33,7 @@ use kafka_protocol::records::{
 use sluice_engine::{Engine, Offset, TopicPartition};
 
 use super::coordinator::{Committed, Coordinator};
+use super::state::{Stored, StoredMember};
 use crate::Broker;
 
 pub const TOPIC: &str = "__consumer_offsets";
@@ -86,6 +92,142 @@ pub fn encode_value(c: &Committed) -> Bytes {
     put_string(&mut buf, &c.metadata);
     buf.put_i64(c.commit_timestamp_ms);
     buf.freeze()
+}
+
+fn put_nullable_string(buf: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => put_string(buf, s),
+        None => buf.put_i16(-1),
+    }
+}
+
+fn get_nullable_string(buf: &mut Bytes) -> Option<Option<String>> {
+    if buf.remaining() < 2 {
+        return None;
+    }
+    if i16::from_be_bytes([buf[0], buf[1]]) < 0 {
+        buf.advance(2);
+        return Some(None);
+    }
+    get_string(buf).map(Some)
+}
+
+fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
+    buf.put_i32(b.len() as i32);
+    buf.put_slice(b);
+}
+
+fn get_bytes(buf: &mut Bytes) -> Option<Vec<u8>> {
+    if buf.remaining() < 4 {
+        return None;
+    }
+    let len = usize::try_from(buf.get_i32()).ok()?;
+    (buf.remaining() >= len).then(|| buf.split_to(len).to_vec())
+}
+
+/// The key of a group's membership record (version 2).
+pub fn encode_group_key(group: &str) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i16(2);
+    put_string(&mut buf, group);
+    buf.freeze()
+}
+
+/// The group a membership key names; `None` for other keys.
+pub fn decode_group_key(mut key: Bytes) -> Option<String> {
+    if key.remaining() < 2 || key.get_i16() != 2 {
+        return None;
+    }
+    get_string(&mut key)
+}
+
+pub fn encode_group_value(g: &Stored, now_ms: i64) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_i16(3);
+    put_string(&mut buf, &g.protocol_type);
+    buf.put_i32(g.generation);
+    put_nullable_string(&mut buf, g.protocol.as_deref());
+    put_nullable_string(&mut buf, g.leader.as_deref());
+    buf.put_i64(now_ms);
+    buf.put_i32(g.members.len() as i32);
+    for m in &g.members {
+        put_string(&mut buf, &m.id);
+        put_nullable_string(&mut buf, m.group_instance_id.as_deref());
+        put_string(&mut buf, &m.client_id);
+        put_string(&mut buf, &m.client_host);
+        buf.put_i32(m.rebalance_timeout_ms);
+        buf.put_i32(m.session_timeout_ms);
+        put_bytes(&mut buf, &m.subscription);
+        put_bytes(&mut buf, &m.assignment);
+    }
+    buf.freeze()
+}
+
+/// A membership value of versions 0–3 (Kafka's layouts: v1 adds the
+/// rebalance timeout, v2 the state timestamp, v3 the instance id).
+pub fn decode_group_value(mut v: Bytes) -> Option<Stored> {
+    if v.remaining() < 2 {
+        return None;
+    }
+    let version = v.get_i16();
+    let protocol_type = get_string(&mut v)?;
+    if v.remaining() < 4 {
+        return None;
+    }
+    let generation = v.get_i32();
+    let protocol = get_nullable_string(&mut v)?;
+    let leader = get_nullable_string(&mut v)?;
+    if version >= 2 {
+        if v.remaining() < 8 {
+            return None;
+        }
+        v.get_i64();
+    }
+    if v.remaining() < 4 {
+        return None;
+    }
+    let count = v.get_i32().max(0) as usize;
+    let mut members = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let id = get_string(&mut v)?;
+        let group_instance_id = if version >= 3 {
+            get_nullable_string(&mut v)?
+        } else {
+            None
+        };
+        let client_id = get_string(&mut v)?;
+        let client_host = get_string(&mut v)?;
+        let rebalance_timeout_ms = if version >= 1 {
+            (v.remaining() >= 4).then(|| v.get_i32())?
+        } else {
+            -1
+        };
+        let session_timeout_ms = (v.remaining() >= 4).then(|| v.get_i32())?;
+        let subscription = get_bytes(&mut v)?;
+        let assignment = get_bytes(&mut v)?;
+        let rebalance_timeout_ms = if rebalance_timeout_ms < 0 {
+            session_timeout_ms
+        } else {
+            rebalance_timeout_ms
+        };
+        members.push(StoredMember {
+            id,
+            group_instance_id,
+            client_id,
+            client_host,
+            rebalance_timeout_ms,
+            session_timeout_ms,
+            subscription,
+            assignment,
+        });
+    }
+    Some(Stored {
+        protocol_type,
+        generation,
+        protocol,
+        leader,
+        members,
+    })
 }
 
 /// (group, topic, partition) from an offset-commit key; `None` for other
@@ -305,11 +447,30 @@ impl OffsetStore {
         let engine = &broker.engine;
         let tp = TopicPartition::new(TOPIC, partition);
         let live = coordinator.committed_where(|group| partition_for(group) == partition);
+        // Memberships too, as each group stands now (one mid-rebalance has
+        // none to write: its members rejoin if its coordinator moves).
+        let now = sluice_engine::shard::now_ms() as i64;
+        let memberships: Vec<(Bytes, Bytes, i64)> = coordinator
+            .stored_where(|group| partition_for(group) == partition)
+            .into_iter()
+            .map(|(group, stored)| {
+                (
+                    encode_group_key(&group),
+                    encode_group_value(&stored, now),
+                    now,
+                )
+            })
+            .collect();
+        let offsets = live.iter().map(|(group, (topic, p), c)| {
+            (
+                encode_key(group, topic, *p),
+                encode_value(c),
+                c.commit_timestamp_ms,
+            )
+        });
         let mut batches: Vec<Vec<Record>> = vec![Vec::new()];
         let mut bytes = 0;
-        for (group, (topic, p), c) in &live {
-            let key = encode_key(group, topic, *p);
-            let value = encode_value(c);
+        for (key, value, timestamp) in memberships.into_iter().chain(offsets) {
             if bytes + key.len() + value.len() > CHECKPOINT_BATCH_BYTES {
                 batches.push(Vec::new());
                 bytes = 0;
@@ -317,12 +478,7 @@ impl OffsetStore {
             bytes += key.len() + value.len();
             let batch = batches.last_mut().expect("one batch at least");
             let offset = batch.len() as i64;
-            batch.push(Self::record(
-                key,
-                Some(value),
-                offset,
-                c.commit_timestamp_ms,
-            ));
+            batch.push(Self::record(key, Some(value), offset, timestamp));
         }
         let mut start = None;
         for batch in batches.into_iter().filter(|b| !b.is_empty()) {
@@ -352,6 +508,29 @@ impl OffsetStore {
         Ok(live.len() as u64)
     }
 
+    /// Appends a group's membership (see the module documentation).
+    pub async fn store_group(
+        &self,
+        broker: &Broker,
+        group: &str,
+        stored: &Stored,
+    ) -> Result<(), String> {
+        let partition = partition_for(group);
+        let mut growth = self.lock(partition).await;
+        let now = sluice_engine::shard::now_ms() as i64;
+        let record = Self::record(
+            encode_group_key(group),
+            Some(encode_group_value(stored, now)),
+            0,
+            now,
+        );
+        self.append(broker, partition, vec![record]).await?;
+        growth.appended += 1;
+        Ok(())
+    }
+
+    /// Deletes a group for good: tombstones for its committed offsets at
+    /// `keys` and for its membership.
     pub async fn tombstone(
         &self,
         broker: &Broker,
@@ -361,15 +540,17 @@ impl OffsetStore {
         let partition = partition_for(group);
         let mut growth = self.lock(partition).await;
         let now = sluice_engine::shard::now_ms() as i64;
-        let records = keys
+        // The group's membership record goes too.
+        let keys = keys
             .iter()
+            .map(|(topic, partition)| encode_key(group, topic, *partition))
+            .chain(std::iter::once(encode_group_key(group)));
+        let records: Vec<Record> = keys
             .enumerate()
-            .map(|(i, (topic, partition))| {
-                Self::record(encode_key(group, topic, *partition), None, i as i64, now)
-            })
+            .map(|(i, key)| Self::record(key, None, i as i64, now))
             .collect();
+        growth.appended += records.len() as u64;
         self.append(broker, partition, records).await?;
-        growth.appended += keys.len() as u64;
         Ok(())
     }
 
@@ -394,6 +575,9 @@ impl OffsetStore {
         let mut restored = 0;
         let tp = TopicPartition::new(TOPIC, p);
         let mut from: Option<Offset> = None;
+        // The latest membership record of each group (`None`: a tombstone).
+        let mut memberships: std::collections::BTreeMap<String, Option<Stored>> =
+            Default::default();
         loop {
             let start = match from {
                 Some(o) => o,
@@ -414,7 +598,16 @@ impl OffsetStore {
             }
             for set in decode_batches(&tp, read.records) {
                 for record in set.records {
-                    let Some((group, topic, partition)) = record.key.and_then(decode_key) else {
+                    let Some(key) = record.key else {
+                        continue;
+                    };
+                    if let Some(group) = decode_group_key(key.clone()) {
+                        let stored = record.value.and_then(decode_group_value);
+                        memberships.insert(group, stored);
+                        restored += 1;
+                        continue;
+                    }
+                    let Some((group, topic, partition)) = decode_key(key) else {
                         continue;
                     };
                     let value = record.value.and_then(decode_value);
@@ -423,6 +616,12 @@ impl OffsetStore {
                 }
             }
             from = Some(read.next_offset);
+        }
+        // Every member gets a fresh session from now, as if it had just
+        // heartbeated: the coordinator moved, the members did not.
+        let now = sluice_engine::shard::now_ms();
+        for (group, stored) in memberships {
+            coordinator.restore_group(&group, stored, now);
         }
         // Replayed records count toward the next compaction.
         self.lock(p).await.appended = restored as u64;
@@ -532,5 +731,60 @@ mod tests {
         assert_eq!(decode_value(encode_value(&c)), Some(c));
         assert_eq!(decode_key(Bytes::from_static(b"\x00\x02junk")), None);
         assert_eq!(decode_value(Bytes::from_static(b"\x00")), None);
+    }
+
+    #[test]
+    fn memberships_round_trip_and_are_told_apart_from_offsets() {
+        let stored = Stored {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol: Some("range".into()),
+            leader: Some("a-1".into()),
+            members: vec![
+                StoredMember {
+                    id: "a-1".into(),
+                    group_instance_id: None,
+                    client_id: "a".into(),
+                    client_host: "/127.0.0.1".into(),
+                    rebalance_timeout_ms: 300_000,
+                    session_timeout_ms: 45_000,
+                    subscription: vec![0, 1, 2],
+                    assignment: vec![3, 4],
+                },
+                StoredMember {
+                    id: "b-2".into(),
+                    group_instance_id: Some("static-b".into()),
+                    client_id: "b".into(),
+                    client_host: "/127.0.0.1".into(),
+                    rebalance_timeout_ms: 60_000,
+                    session_timeout_ms: 10_000,
+                    subscription: Vec::new(),
+                    assignment: Vec::new(),
+                },
+            ],
+        };
+        let key = encode_group_key("g");
+        assert_eq!(decode_group_key(key.clone()).as_deref(), Some("g"));
+        // Neither decoder takes the other's key.
+        assert_eq!(decode_key(key), None);
+        assert_eq!(decode_group_key(encode_key("g", "t", 0)), None);
+        let value = encode_group_value(&stored, 1234);
+        assert_eq!(decode_group_value(value.clone()), Some(stored));
+        // An empty group (no protocol, no leader) round-trips too.
+        let empty = Stored {
+            protocol_type: "consumer".into(),
+            generation: 8,
+            protocol: None,
+            leader: None,
+            members: Vec::new(),
+        };
+        assert_eq!(
+            decode_group_value(encode_group_value(&empty, 0)),
+            Some(empty)
+        );
+        // Cut anywhere, it is refused rather than misread.
+        for len in 0..value.len() {
+            assert_eq!(decode_group_value(value.slice(..len)), None, "cut at {len}");
+        }
     }
 }

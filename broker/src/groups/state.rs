@@ -161,6 +161,38 @@ pub enum Outcome<T> {
     Wait,
 }
 
+/// A group's membership as `__consumer_offsets` keeps it (Kafka's group
+/// metadata record): written when a rebalance ends (the group is stable)
+/// or the group empties, so that a broker that takes over coordinating it
+/// knows its generation, members and their assignments, and the members
+/// go on without a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    pub members: Vec<StoredMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMember {
+    pub id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    /// The member's metadata for the group's protocol.
+    pub subscription: Vec<u8>,
+    pub assignment: Vec<u8>,
+}
+
+/// Whether a group's persisted view may have changed: its generation, its
+/// member count, and whether it is stable or empty (`None` mid-rebalance,
+/// when nothing is written). Cheap, for every request to compare.
+pub type StoredKey = Option<(i32, usize)>;
+
 /// One group. Owned by its coordinator; not shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -204,6 +236,88 @@ impl Group {
             initial_rebalance: false,
             limits,
         }
+    }
+
+    /// See [`StoredKey`].
+    pub fn stored_key(&self) -> StoredKey {
+        matches!(self.state, GroupState::Stable | GroupState::Empty)
+            .then_some((self.generation, self.members.len()))
+    }
+
+    /// What to persist of the group now: a stable group's generation and
+    /// members, or an empty group's generation; `None` mid-rebalance (the
+    /// last stable view stays the persisted one).
+    pub fn stored(&self) -> Option<Stored> {
+        self.stored_key()?;
+        Some(Stored {
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            generation: self.generation,
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone(),
+            members: self
+                .members
+                .values()
+                .map(|m| StoredMember {
+                    id: m.id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    session_timeout_ms: m.session_timeout_ms,
+                    subscription: m
+                        .protocols
+                        .iter()
+                        .find(|(name, _)| Some(name) == self.protocol.as_ref())
+                        .map(|(_, meta)| meta.clone())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The group as a coordinator taking it over finds it in `stored`:
+    /// stable with its members, each given a fresh session from `now_ms`
+    /// (as Kafka's new coordinator does), or empty.
+    pub fn restored(id: impl Into<String>, limits: Limits, stored: Stored, now_ms: u64) -> Group {
+        let mut group = Group::new(id, limits);
+        group.generation = stored.generation;
+        group.protocol_type = Some(stored.protocol_type).filter(|t| !t.is_empty());
+        group.protocol = stored.protocol;
+        group.leader = stored.leader;
+        for m in stored.members {
+            if let Some(instance) = &m.group_instance_id {
+                group.static_members.insert(instance.clone(), m.id.clone());
+            }
+            let protocols = group
+                .protocol
+                .iter()
+                .map(|p| (p.clone(), m.subscription.clone()))
+                .collect();
+            group.members.insert(
+                m.id.clone(),
+                Member {
+                    id: m.id,
+                    group_instance_id: m.group_instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    protocols,
+                    assignment: m.assignment,
+                    last_heartbeat_ms: now_ms,
+                    joined: false,
+                    awaiting_sync: false,
+                },
+            );
+        }
+        group.state = if group.members.is_empty() {
+            group.leader = None;
+            GroupState::Empty
+        } else {
+            GroupState::Stable
+        };
+        group
     }
 
     /// Whether `member_id` claims a `group.instance.id` that another member
@@ -882,6 +996,34 @@ mod tests {
         let leader = g.leader.clone().unwrap();
         g.sync(100, None, &leader, 1, vec![]);
         (g, a, b)
+    }
+
+    #[test]
+    fn a_stable_group_restored_elsewhere_keeps_its_members_generation_and_assignments() {
+        let (mut g, a, b) = stable_pair();
+        let stored = g.stored().expect("a stable group is stored");
+        assert_eq!((stored.generation, stored.members.len()), (1, 2));
+        // Another coordinator takes over later: each member has a fresh
+        // session, and its heartbeats and syncs go on at generation 1.
+        let mut moved = Group::restored("g", limits(), stored, 50_000);
+        assert_eq!(moved.state, GroupState::Stable);
+        assert_eq!(moved.leader, g.leader);
+        assert_eq!(moved.heartbeat(50_100, None, &a, 1), code::NONE);
+        assert_eq!(moved.heartbeat(50_100, None, &b, 1), code::NONE);
+        let (outcome, _) = moved.sync(50_200, None, &b, 1, vec![]);
+        assert_eq!(
+            outcome,
+            Outcome::Now((code::NONE, g.members[&b].assignment.clone()))
+        );
+        // Nothing is stored mid-rebalance: the last stable view stands.
+        g.leave(200, None, &b);
+        assert_eq!(g.state, GroupState::PreparingRebalance);
+        assert_eq!((g.stored(), g.stored_key()), (None, None));
+        // An empty group keeps its generation.
+        g.leave(300, None, &a);
+        let empty = Group::restored("g", limits(), g.stored().expect("stored"), 400);
+        assert_eq!(empty.state, GroupState::Empty);
+        assert_eq!(empty.generation, g.generation);
     }
 
     #[test]

@@ -14,8 +14,9 @@ pub async fn handle(broker: &Broker, request: &Request) -> Reply {
         let group = group_id.0.as_str().to_string();
         let committed: Vec<(String, i32)> = broker.groups.committed(&group).into_keys().collect();
         let mut error = broker.groups.delete(&group);
-        if error == 0 && !committed.is_empty() {
-            // Tombstones, so the offsets stay deleted after a restart.
+        if error == 0 {
+            // Tombstones, so the offsets and the membership stay deleted
+            // after a restart.
             if let Err(e) = broker.offsets.tombstone(broker, &group, &committed).await {
                 tracing::warn!(group = %group, error = %e, "persisting a group deletion failed");
                 error = kafka_protocol::ResponseError::CoordinatorNotAvailable.code();
