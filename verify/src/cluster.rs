@@ -58,6 +58,12 @@ pub trait Nodes {
     fn power_loss(&mut self, ids: &[i32]) -> Result<Vec<u64>, String>;
     /// Stalls the broker's disk (its plugfs) or lets it go on.
     fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String>;
+    /// The bytes of a broker's replica of `topic`-`partition`: its segment
+    /// files in offset order, concatenated; `None` where the runner cannot
+    /// see the broker's disk.
+    fn replica_bytes(&self, _id: i32, _topic: &str, _partition: i32) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Where `fill_disk` puts its filler, in the broker's data directory.
@@ -554,6 +560,26 @@ impl Nodes for LocalCluster {
     }
     fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String> {
         LocalCluster::stall_disk(self, id, stalled)
+    }
+    fn replica_bytes(&self, id: i32, topic: &str, partition: i32) -> Option<Vec<u8>> {
+        let node = &self.nodes[self.index(id).ok()?];
+        let dir = node.data.join(format!("{topic}-{partition}"));
+        // No directory (yet): an empty replica.
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Some(Vec::new());
+        };
+        let mut segments: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        // Named by base offset, zero-padded: name order is offset order.
+        segments.sort();
+        let mut bytes = Vec::new();
+        for segment in segments {
+            bytes.extend(std::fs::read(segment).ok()?);
+        }
+        Some(bytes)
     }
 }
 

@@ -351,6 +351,14 @@ fn run_scenarios(
                 outage.map_or_else(|| "never".to_string(), |o| format!("{o} ms later"))
             );
         }
+        match &outcome.divergent_replicas {
+            Some(d) if d.is_empty() => eprintln!("  replicas byte-identical once healed"),
+            Some(d) => eprintln!(
+                "  FAILED: replicas still differ once healed: {}",
+                d.join(", ")
+            ),
+            None => {}
+        }
         if let Some(group) = &outcome.group {
             eprintln!(
                 "  consumer group: read more than once {}, unread {}, rebalances during the faults {}",

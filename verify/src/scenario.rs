@@ -258,6 +258,9 @@ pub struct Outcome {
     pub report: check::Report,
     /// What the consumer group running during the faults read, if any.
     pub group: Option<crate::group::Report>,
+    /// Partitions whose replicas still held different bytes once healed
+    /// (and how long the runner waited); `None` where it cannot look.
+    pub divergent_replicas: Option<Vec<String>>,
     /// Per fault: when it happened (ms into the run) and how long until
     /// every partition had an acknowledgement after it.
     pub outages: Vec<(String, u64, Option<u64>)>,
@@ -353,6 +356,47 @@ fn resolve(
             .map(|n| vec![n])
             .ok_or_else(|| format!("unknown target {other:?}")),
     }
+}
+
+/// How long replicas may take, once healed and idle, to hold the same
+/// bytes.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Once healed (and nothing produced any more): the partitions whose
+/// replicas do not hold byte-identical logs within [`CONVERGE_TIMEOUT`]
+/// (every replica in the ISR, every log the leader's, batch for batch);
+/// `None` if the runner cannot see the brokers' disks.
+fn identical_replicas(cluster: &dyn Nodes, topic: &str, partitions: usize) -> Option<Vec<String>> {
+    let bootstrap = cluster.live_bootstrap();
+    let differing = || -> Option<Vec<String>> {
+        let view = admin::view(&bootstrap, topic).ok()?;
+        let mut differ = Vec::new();
+        if view.partitions.len() != partitions {
+            return None;
+        }
+        for part in &view.partitions {
+            let logs: Vec<Vec<u8>> = part
+                .replicas
+                .iter()
+                .map(|r| cluster.replica_bytes(*r, topic, part.partition))
+                .collect::<Option<_>>()?;
+            if logs.windows(2).any(|w| w[0] != w[1]) || part.isr.len() != part.replicas.len() {
+                differ.push(format!("{topic}-{}", part.partition));
+            }
+        }
+        Some(differ)
+    };
+    // Only a local cluster's disks are the runner's to read.
+    if cluster.ids().is_empty() {
+        return None;
+    }
+    let outcome = wait_for("the replicas to converge", CONVERGE_TIMEOUT, || {
+        differing().filter(|d| d.is_empty())
+    });
+    Some(match outcome {
+        Ok(none) => none,
+        Err(_) => differing().unwrap_or_else(|| vec![format!("{topic} (not described)")]),
+    })
 }
 
 /// Where a scenario runs.
@@ -643,6 +687,7 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         members.stop_all();
         group_logs = members.read_logs();
     }
+    let divergent_replicas = identical_replicas(&*cluster, topic, partitions);
     let mut consumers = vec![read(&consumer_log)?];
     consumers.extend(group_logs.iter().cloned());
     let mut report = check::check(
@@ -665,9 +710,11 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
             assigned_at,
         )
     });
-    if group_report
-        .as_ref()
-        .is_some_and(|g| !g.failures.is_empty())
+    let replicas_differ = divergent_replicas.as_ref().is_some_and(|d| !d.is_empty());
+    if (replicas_differ
+        || group_report
+            .as_ref()
+            .is_some_and(|g| !g.failures.is_empty()))
         && report.verdict == Verdict::Pass
     {
         report.verdict = Verdict::Fail;
@@ -700,6 +747,7 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         name: scenario.name.clone(),
         report,
         group: group_report,
+        divergent_replicas,
         outages,
     })
 }
