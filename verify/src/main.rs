@@ -125,6 +125,10 @@ enum Command {
         /// Resumes a paused broker {node}.
         #[arg(long)]
         resume_cmd: Option<String>,
+        /// The soak variant: repeat each scenario's faults, in cycles, for
+        /// this many seconds while producing at its rate throughout.
+        #[arg(long)]
+        duration: Option<u64>,
     },
     /// Judges a run from its producers' and consumers' event logs; exits 1
     /// if anything acknowledged was lost (unless --allow-loss), duplicated
@@ -238,6 +242,7 @@ fn main() {
             terminate_cmd,
             pause_cmd,
             resume_cmd,
+            duration,
         } => {
             let external = bootstrap_server.map(|b| {
                 cluster::ExternalCluster::new(
@@ -249,7 +254,8 @@ fn main() {
                     resume_cmd,
                 )
             });
-            run_scenarios(&scenarios, sluice_bin, dir, external)
+            let soak = duration.map(std::time::Duration::from_secs);
+            run_scenarios(&scenarios, sluice_bin, dir, external, soak)
         }
         Command::Check {
             producers,
@@ -323,6 +329,7 @@ fn run_scenarios(
     bin: Option<std::path::PathBuf>,
     dir: Option<std::path::PathBuf>,
     mut external: Option<cluster::ExternalCluster>,
+    soak: Option<std::time::Duration>,
 ) -> Result<(), String> {
     let bin = match bin {
         Some(bin) => bin,
@@ -336,7 +343,10 @@ fn run_scenarios(
     };
     let mut outcomes = Vec::new();
     for path in paths {
-        let scenario = scenario::load(path)?;
+        let mut scenario = scenario::load(path)?;
+        if let Some(duration) = soak {
+            scenario.soak(duration);
+        }
         eprintln!("sluice-verify: {}: {}", scenario.name, scenario.description);
         let dir = base.join(&scenario.name);
         let _ = std::fs::remove_dir_all(&dir);

@@ -251,6 +251,32 @@ impl Fault {
     }
 }
 
+/// The pause between two cycles of a soak's faults, after the last fault
+/// of a cycle.
+const SOAK_GAP_MS: u64 = 3000;
+
+impl Scenario {
+    /// The soak variant: the faults repeat, one cycle every (last fault +
+    /// [`SOAK_GAP_MS`]), for `duration`, and the producer sends at its rate
+    /// throughout.
+    pub fn soak(&mut self, duration: Duration) {
+        let total_ms = duration.as_millis() as u64;
+        let period = self.faults.iter().map(|f| f.at_ms).max().unwrap_or(0) + SOAK_GAP_MS;
+        let cycle = std::mem::take(&mut self.faults);
+        let mut start = 0;
+        while start + period <= total_ms.max(period) && !cycle.is_empty() {
+            self.faults.extend(cycle.iter().map(|f| Fault {
+                at_ms: f.at_ms + start,
+                ..f.clone()
+            }));
+            start += period;
+        }
+        let messages = (self.producer.throughput * duration.as_secs_f64()) as i64;
+        self.producer.messages = self.producer.messages.max(messages);
+        self.name = format!("{}-soak", self.name);
+    }
+}
+
 /// A scenario's outcome, one row of the table.
 #[derive(Debug)]
 pub struct Outcome {
@@ -797,6 +823,20 @@ mod tests {
             }
         }
         assert!(seen >= 3, "only {seen} scenarios");
+    }
+
+    #[test]
+    fn a_soak_repeats_the_faults_in_cycles_for_its_duration() {
+        let text = "name='x'\ndescription='y'\n[producer]\nmessages=100\nthroughput=10\n\
+                    [[fault]]\nat_ms=1000\naction='kill'\ntarget='leader'\n\
+                    [[fault]]\nat_ms=2000\naction='start'\ntarget='last'\n";
+        let mut scenario: Scenario = toml::from_str(text).unwrap();
+        scenario.soak(Duration::from_secs(20));
+        // A cycle every 5 s (2 s of faults, 3 s apart): four in 20 s.
+        let times: Vec<u64> = scenario.faults.iter().map(|f| f.at_ms).collect();
+        assert_eq!(times, [1000, 2000, 6000, 7000, 11000, 12000, 16000, 17000]);
+        assert_eq!(scenario.producer.messages, 200);
+        assert_eq!(scenario.name, "x-soak");
     }
 
     #[test]
