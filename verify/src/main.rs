@@ -19,6 +19,7 @@ mod group;
 mod plugfs;
 mod producer;
 mod proxy;
+mod report;
 mod scenario;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,6 +130,10 @@ enum Command {
         /// this many seconds while producing at its rate throughout.
         #[arg(long)]
         duration: Option<u64>,
+        /// Write a JSON and a Markdown report and an SVG timeline per
+        /// scenario, and README.md with the table, into this directory.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
     },
     /// Judges a run from its producers' and consumers' event logs; exits 1
     /// if anything acknowledged was lost (unless --allow-loss), duplicated
@@ -243,6 +248,7 @@ fn main() {
             pause_cmd,
             resume_cmd,
             duration,
+            report,
         } => {
             let external = bootstrap_server.map(|b| {
                 cluster::ExternalCluster::new(
@@ -255,7 +261,7 @@ fn main() {
                 )
             });
             let soak = duration.map(std::time::Duration::from_secs);
-            run_scenarios(&scenarios, sluice_bin, dir, external, soak)
+            run_scenarios(&scenarios, sluice_bin, dir, external, soak, report)
         }
         Command::Check {
             producers,
@@ -330,6 +336,7 @@ fn run_scenarios(
     dir: Option<std::path::PathBuf>,
     mut external: Option<cluster::ExternalCluster>,
     soak: Option<std::time::Duration>,
+    report_dir: Option<std::path::PathBuf>,
 ) -> Result<(), String> {
     let bin = match bin {
         Some(bin) => bin,
@@ -381,9 +388,16 @@ fn run_scenarios(
             }
         }
         eprintln!("  logs and event logs in {}", dir.display());
+        if let Some(report_dir) = &report_dir {
+            report::write(report_dir, &outcome)?;
+        }
         outcomes.push(outcome);
     }
     print!("{}", scenario::table(&outcomes));
+    if let Some(report_dir) = &report_dir {
+        report::index(report_dir, &outcomes)?;
+        eprintln!("sluice-verify: reports in {}", report_dir.display());
+    }
     if !scenario::passed(&outcomes) {
         std::process::exit(1);
     }

@@ -290,6 +290,10 @@ pub struct Outcome {
     /// Per fault: when it happened (ms into the run) and how long until
     /// every partition had an acknowledgement after it.
     pub outages: Vec<(String, u64, Option<u64>)>,
+    /// What the scenario file says it shows.
+    pub description: String,
+    /// Per partition, when each acknowledgement came (ms into the run).
+    pub acks: BTreeMap<i32, Vec<u64>>,
 }
 
 impl Outcome {
@@ -769,8 +773,15 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
             (what, at - epoch_ms, next)
         })
         .collect();
+    for times in acks.values_mut() {
+        for t in times.iter_mut() {
+            *t = t.saturating_sub(epoch_ms);
+        }
+    }
     Ok(Outcome {
         name: scenario.name.clone(),
+        description: scenario.description.clone(),
+        acks,
         report,
         group: group_report,
         divergent_replicas,
