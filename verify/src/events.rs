@@ -139,9 +139,12 @@ pub fn now_ms() -> u64 {
 }
 
 /// Where a producer's or consumer's events go: stdout, or a file when the
-/// scenario runner drives them.
+/// scenario runner drives them; and the metrics they feed, if served.
 #[derive(Clone)]
-pub struct Sink(std::sync::Arc<std::sync::Mutex<Box<dyn std::io::Write + Send>>>);
+pub struct Sink {
+    out: std::sync::Arc<std::sync::Mutex<Box<dyn std::io::Write + Send>>>,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+}
 
 impl Sink {
     pub fn stdout() -> Sink {
@@ -149,13 +152,25 @@ impl Sink {
     }
 
     pub fn new(out: Box<dyn std::io::Write + Send>) -> Sink {
-        Sink(std::sync::Arc::new(std::sync::Mutex::new(out)))
+        Sink {
+            out: std::sync::Arc::new(std::sync::Mutex::new(out)),
+            metrics: None,
+        }
+    }
+
+    /// Also feeds every event to `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Sink {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes `event` as one line.
     pub fn emit(&self, event: &Event) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(event);
+        }
         if let Ok(line) = serde_json::to_string(event) {
-            let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }

@@ -16,6 +16,7 @@ mod cluster;
 mod consumer;
 mod events;
 mod group;
+mod metrics;
 mod plugfs;
 mod producer;
 mod proxy;
@@ -64,6 +65,9 @@ enum Command {
         /// Any librdkafka producer setting, KEY=VALUE (repeatable).
         #[arg(long = "producer-config", value_parser = key_value)]
         config: Vec<(String, String)>,
+        /// Serve the error and retry rates as Prometheus text here.
+        #[arg(long)]
+        metrics_listener: Option<String>,
     },
     /// Reads as a consumer group member and prints one JSON event per line.
     Consumer {
@@ -92,6 +96,10 @@ enum Command {
         /// Any librdkafka consumer setting, KEY=VALUE (repeatable).
         #[arg(long = "consumer-config", value_parser = key_value)]
         config: Vec<(String, String)>,
+        /// Serve records read and the lag per partition as Prometheus text
+        /// here.
+        #[arg(long)]
+        metrics_listener: Option<String>,
     },
     /// Runs scenario files: a local cluster, a producer under the faults
     /// of each, a consumer reading everything back, the checker; prints a
@@ -175,6 +183,18 @@ fn stop_on_signals() {
     }
 }
 
+/// Events to stdout, and to Prometheus text on `metrics` if given.
+fn sink(metrics: Option<&str>) -> Result<events::Sink, String> {
+    let out = events::Sink::stdout();
+    let Some(addr) = metrics else {
+        return Ok(out);
+    };
+    let registry = std::sync::Arc::new(metrics::Metrics::default());
+    let bound = metrics::serve(addr, registry.clone())?;
+    eprintln!("sluice-verify: metrics on http://{bound}/metrics");
+    Ok(out.with_metrics(registry))
+}
+
 fn main() {
     let cli = Cli::parse();
     stop_on_signals();
@@ -191,22 +211,25 @@ fn main() {
             delivery_timeout_ms,
             value_prefix,
             config,
-        } => producer::run(
-            producer::Options {
-                bootstrap: bootstrap_server,
-                topic,
-                max_messages,
-                throughput,
-                acks,
-                idempotence: enable_idempotence,
-                retries,
-                delivery_timeout_ms,
-                value_prefix,
-                config,
-                out: events::Sink::stdout(),
-            },
-            &stop,
-        ),
+            metrics_listener,
+        } => sink(metrics_listener.as_deref()).and_then(|out| {
+            producer::run(
+                producer::Options {
+                    bootstrap: bootstrap_server,
+                    topic,
+                    max_messages,
+                    throughput,
+                    acks,
+                    idempotence: enable_idempotence,
+                    retries,
+                    delivery_timeout_ms,
+                    value_prefix,
+                    config,
+                    out,
+                },
+                &stop,
+            )
+        }),
         Command::Consumer {
             bootstrap_server,
             topic,
@@ -219,24 +242,27 @@ fn main() {
             assignment_strategy,
             verbose,
             config,
-        } => consumer::run(
-            consumer::Options {
-                bootstrap: bootstrap_server,
-                topic,
-                group_id,
-                auto_offset_reset,
-                enable_auto_commit,
-                auto_commit_interval_ms,
-                commit_after_process,
-                max_messages,
-                assignment_strategy,
-                verbose,
-                config,
-                out: events::Sink::stdout(),
-                idle_exit: None,
-            },
-            &stop,
-        ),
+            metrics_listener,
+        } => sink(metrics_listener.as_deref()).and_then(|out| {
+            consumer::run(
+                consumer::Options {
+                    bootstrap: bootstrap_server,
+                    topic,
+                    group_id,
+                    auto_offset_reset,
+                    enable_auto_commit,
+                    auto_commit_interval_ms,
+                    commit_after_process,
+                    max_messages,
+                    assignment_strategy,
+                    verbose,
+                    config,
+                    out,
+                    idle_exit: None,
+                },
+                &stop,
+            )
+        }),
         Command::Run {
             scenarios,
             sluice_bin,
