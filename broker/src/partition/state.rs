@@ -709,4 +709,270 @@ mod tests {
             proptest::prop_assert!(appended > 0 && s.high_watermark().0 > 0, "an idle schedule");
         }
     }
+
+    /// Events of the election model test.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Append(u8),
+        Fetch {
+            replica: u8,
+            take: u8,
+        },
+        Tick(u16),
+        Propose,
+        Settle {
+            commit: bool,
+        },
+        /// A follower's process dies (its log stays, as the page cache does).
+        Crash(u8),
+        Restart(u8),
+        /// The leader's process dies: the controller elects.
+        LeaderDies,
+        /// SIGTERM: leadership to the next live ISR member, out of the ISR.
+        ControlledShutdown,
+        /// The preferred replica leads again if it is in sync.
+        Preferred,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (1u8..20).prop_map(Step::Append),
+            6 => (0u8..5, 1u8..30).prop_map(|(replica, take)| Step::Fetch { replica, take }),
+            3 => (1u16..400).prop_map(Step::Tick),
+            2 => Just(Step::Propose),
+            2 => any::<bool>().prop_map(|commit| Step::Settle { commit }),
+            1 => (0u8..5).prop_map(Step::Crash),
+            2 => (0u8..5).prop_map(Step::Restart),
+            1 => Just(Step::LeaderDies),
+            1 => Just(Step::ControlledShutdown),
+            1 => Just(Step::Preferred),
+        ]
+    }
+
+    /// One replica's log: per offset, the epoch it was written in and a
+    /// unique id (what "the same bytes" means here).
+    type ModelLog = Vec<(i32, u64)>;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Part 2's model: random schedules with crashes at any step, the
+        /// leader dying (clean election, or unclean when the schedule
+        /// allows it and no in-sync replica is left), controlled shutdowns
+        /// and preferred-leader moves, over 3–5 replicas whose logs are
+        /// modelled record by record (followers truncate where their log
+        /// parts from the leader's). Checks: while an in-sync replica
+        /// lives, every committed offset stays on every ISR member, the
+        /// same record (a mutation electing an out-of-sync replica cleanly
+        /// fails it); an unclean election's reported loss (the old high
+        /// watermark minus the new leader's log end, all the controller
+        /// knows) is exactly the committed records it drops when the new
+        /// leader's log is a prefix of them, and a lower bound when it
+        /// holds a longer log of an older epoch; after healing every
+        /// replica holds the leader's log, record for record; an idle
+        /// schedule fails.
+        #[test]
+        fn elections_keep_what_was_committed_or_report_exactly_what_they_lose(
+            n in 3usize..=5,
+            unclean_allowed in proptest::prelude::any::<bool>(),
+            steps in proptest::collection::vec(step(), 20..200),
+        ) {
+            const LAG: u64 = 1000;
+            let replicas: Vec<BrokerId> = (1..=n as i32).collect();
+            let mut logs: BTreeMap<BrokerId, ModelLog> =
+                replicas.iter().map(|r| (*r, Vec::new())).collect();
+            let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
+            let (mut leader, mut epoch, mut now, mut next_id) = (1, 0, 0u64, 0u64);
+            let mut leader_alive = true;
+            let mut s = PartitionState::leader(leader, epoch, replicas.clone(), replicas.clone(), o(0), o(0), 1)
+                .started(0, now);
+            // What is committed: the records below the highest high
+            // watermark, as acks=all acknowledged them.
+            let mut committed: ModelLog = Vec::new();
+            let (mut appended, mut lost_reported, mut lost_real) = (0u64, 0i64, 0i64);
+            let end = |logs: &BTreeMap<BrokerId, ModelLog>, r: BrokerId| o(logs[&r].len() as i64);
+            let steps = std::iter::once(Step::Append(5)).chain(steps);
+            for step in steps {
+                match step {
+                    Step::Append(k) if leader_alive => {
+                        for _ in 0..k {
+                            logs.get_mut(&leader).unwrap().push((epoch, next_id));
+                            next_id += 1;
+                        }
+                        appended += u64::from(k);
+                        s.on_leader_append(end(&logs, leader));
+                    }
+                    Step::Fetch { replica, take } if leader_alive => {
+                        let f = replicas[usize::from(replica) % n];
+                        if f != leader && alive[&f] {
+                            // Truncate where the logs part (KIP-279), then
+                            // fetch from there.
+                            let lead = logs[&leader].clone();
+                            let mine = logs.get_mut(&f).unwrap();
+                            let same = mine.iter().zip(&lead).take_while(|(a, b)| a == b).count();
+                            mine.truncate(same);
+                            s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
+                            let upto = (mine.len() + usize::from(take)).min(lead.len());
+                            mine.extend_from_slice(&lead[mine.len()..upto]);
+                        }
+                    }
+                    Step::Tick(ms) => now += u64::from(ms),
+                    Step::Propose if leader_alive => {
+                        s.isr_to_propose(now, LAG);
+                    }
+                    Step::Settle { commit } if leader_alive => {
+                        if let Some(isr) = s.pending_isr().map(<[BrokerId]>::to_vec) {
+                            if commit {
+                                let next = s.partition_epoch() + 1;
+                                s.on_isr_committed(isr, next);
+                            } else {
+                                s.on_isr_refused();
+                            }
+                        }
+                    }
+                    Step::Crash(r) => {
+                        let r = replicas[usize::from(r) % n];
+                        if r != leader {
+                            alive.insert(r, false);
+                        }
+                    }
+                    Step::Restart(r) => {
+                        let r = replicas[usize::from(r) % n];
+                        alive.insert(r, true);
+                        if r == leader && !leader_alive {
+                            // The last in-sync replica returns: it leads again,
+                            // with everything committed.
+                            leader_alive = true;
+                            epoch += 1;
+                            let isr = s.isr().to_vec();
+                            let hw = s.high_watermark();
+                            s = PartitionState::leader(leader, epoch, replicas.clone(), isr, end(&logs, leader), hw, 1)
+                                .started(s.partition_epoch() + 1, now);
+                        }
+                    }
+                    Step::LeaderDies | Step::ControlledShutdown if leader_alive => {
+                        let dies = matches!(step, Step::LeaderDies);
+                        if dies {
+                            alive.insert(leader, false);
+                        }
+                        let hw = s.high_watermark();
+                        let others: Vec<BrokerId> =
+                            s.isr().iter().copied().filter(|r| *r != leader).collect();
+                        let clean = replicas.iter().copied().find(|r| others.contains(r) && alive[r]);
+                        let unclean = replicas.iter().copied().find(|r| *r != leader && alive[r]);
+                        match (clean, unclean) {
+                            (Some(next), _) => {
+                                leader = next;
+                                epoch += 1;
+                                s = PartitionState::leader(leader, epoch, replicas.clone(), others, end(&logs, leader), hw, 1)
+                                    .started(s.partition_epoch() + 1, now);
+                            }
+                            (None, Some(next)) if dies && unclean_allowed => {
+                                // Unclean: the controller reports the old high
+                                // watermark minus the new leader's log end.
+                                let new_end = logs[&next].len() as i64;
+                                let reported = (hw.0 - new_end).max(0);
+                                let keep = committed
+                                    .iter()
+                                    .zip(&logs[&next])
+                                    .take_while(|(a, b)| a == b)
+                                    .count();
+                                let real = (committed.len() - keep) as i64;
+                                // Exact when the new leader's log is a prefix
+                                // of what was committed; when it holds records
+                                // of an epoch the committed ones replaced (a
+                                // longer, divergent log), the controller, which
+                                // knows log ends and not contents, undercounts.
+                                let diverged = keep < committed.len().min(new_end as usize);
+                                if diverged {
+                                    proptest::prop_assert!(reported <= real, "reported {} above the real loss {}", reported, real);
+                                } else {
+                                    proptest::prop_assert_eq!(reported, real, "reported loss differs from the real one");
+                                }
+                                lost_reported += reported;
+                                lost_real += real;
+                                committed.truncate(keep);
+                                leader = next;
+                                epoch += 1;
+                                s = PartitionState::leader(leader, epoch, replicas.clone(), vec![leader], end(&logs, leader), hw.min(o(new_end)), 1)
+                                    .started(s.partition_epoch() + 1, now);
+                            }
+                            // No one to lead (or a shutdown with nobody to
+                            // hand over to): offline until the leader returns.
+                            _ => leader_alive = !dies,
+                        }
+                    }
+                    Step::Preferred if leader_alive => {
+                        let p = replicas[0];
+                        if p != leader && alive[&p] && s.isr().contains(&p) && logs[&p] == logs[&leader] {
+                            let isr = s.isr().to_vec();
+                            let hw = s.high_watermark();
+                            leader = p;
+                            epoch += 1;
+                            s = PartitionState::leader(leader, epoch, replicas.clone(), isr, end(&logs, leader), hw, 1)
+                                .started(s.partition_epoch() + 1, now);
+                        }
+                    }
+                    _ => {}
+                }
+                // Every committed record is on every ISR member, the same.
+                let hw = s.high_watermark().0 as usize;
+                if hw > committed.len() {
+                    committed = logs[&leader][..hw].to_vec();
+                }
+                for m in s.isr() {
+                    proptest::prop_assert!(
+                        logs[m].len() >= committed.len() && logs[m][..committed.len()] == committed[..],
+                        "committed records missing on ISR member {}", m
+                    );
+                }
+            }
+            proptest::prop_assert!(lost_reported <= lost_real);
+            if !unclean_allowed {
+                proptest::prop_assert_eq!(lost_real, 0);
+            }
+            // Heal: everyone back; the leader (the last ISR member if the
+            // partition was offline) leads; everyone catches up.
+            for r in &replicas {
+                alive.insert(*r, true);
+            }
+            if !leader_alive {
+                leader_alive = true;
+                epoch += 1;
+                let isr = s.isr().to_vec();
+                let hw = s.high_watermark();
+                s = PartitionState::leader(leader, epoch, replicas.clone(), isr, end(&logs, leader), hw, 1)
+                    .started(s.partition_epoch() + 1, now);
+            }
+            proptest::prop_assert!(leader_alive);
+            logs.get_mut(&leader).unwrap().push((epoch, next_id));
+            s.on_leader_append(end(&logs, leader));
+            for _ in 0..4 {
+                if let Some(pending) = s.pending_isr().map(<[BrokerId]>::to_vec) {
+                    let next = s.partition_epoch() + 1;
+                    s.on_isr_committed(pending, next);
+                }
+                let lead = logs[&leader].clone();
+                for f in replicas.iter().copied().filter(|f| *f != leader) {
+                    let mine = logs.get_mut(&f).unwrap();
+                    let same = mine.iter().zip(&lead).take_while(|(a, b)| a == b).count();
+                    mine.truncate(same);
+                    s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
+                    *mine = lead.clone();
+                    s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
+                }
+                if let Some(isr) = s.isr_to_propose(now, LAG) {
+                    let next = s.partition_epoch() + 1;
+                    s.on_isr_committed(isr, next);
+                }
+                now += 1;
+            }
+            for r in &replicas {
+                proptest::prop_assert_eq!(&logs[r], &logs[&leader], "replica {} differs once healed", r);
+            }
+            proptest::prop_assert_eq!(s.high_watermark().0 as usize, logs[&leader].len(), "healed: all committed");
+            proptest::prop_assert!(appended > 0 && s.high_watermark().0 > 0, "an idle schedule");
+        }
+    }
 }
