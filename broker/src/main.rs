@@ -132,6 +132,8 @@ fn main() {
     tracing::info!(signal, "shutting down");
     // Leaderships move to other brokers first; then this broker stops
     // following, and its logs are flushed and closed.
+    // Group memberships first, while this broker still coordinates them.
+    server::store_group_memberships(&broker);
     server::controlled_shutdown(&broker);
     server::checkpoint_high_watermarks(&broker, None);
     tracing::info!("flushing and closing logs");

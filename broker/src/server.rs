@@ -819,6 +819,26 @@ pub fn controlled_shutdown(broker: &Broker) {
 
 /// Written into `log.dirs` once every log is flushed and closed, removed at
 /// the next start.
+/// Writes every group membership that changed since it was last written
+/// (the background writer runs every `GROUP_TICK`): called before a broker
+/// stops, so that the next coordinator of each group, this broker after a
+/// restart or another after the handover, does not restore members that
+/// had already left.
+pub fn store_group_memberships(broker: &Arc<Broker>) {
+    let Ok(runtime) = sluice_engine::shard::client_runtime() else {
+        return;
+    };
+    for (group, stored, key) in broker.groups.unsaved() {
+        if !broker.coordinates(&group) {
+            continue;
+        }
+        match runtime.block_on(broker.offsets.store_group(broker, &group, &stored)) {
+            Ok(()) => broker.groups.mark_stored(&group, key),
+            Err(e) => warn!(group, error = %e, "writing the group's membership failed"),
+        }
+    }
+}
+
 /// How long a heartbeat waits for a shard to say how its logs' storage is.
 const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_millis(200);
 

@@ -180,6 +180,27 @@ impl Coordinator {
             .collect()
     }
 
+    /// Every group whose membership changed since it was persisted, with
+    /// what to write: what a broker writes before it stops (the background
+    /// writer may not have got to it yet).
+    pub fn unsaved(&self) -> Vec<(String, Stored, StoredKey)> {
+        let mut out = Vec::new();
+        for groups in self.stripes() {
+            for (id, entry) in groups.iter() {
+                let Some(group) = entry.group.as_ref() else {
+                    continue;
+                };
+                let key = group.stored_key();
+                if key.is_some() && key != entry.stored_key {
+                    if let Some(stored) = group.stored() {
+                        out.push((id.clone(), stored, key));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Notes that `key`'s view of the group is persisted.
     pub fn mark_stored(&self, group_id: &str, key: StoredKey) {
         if let Some(entry) = self.stripe(group_id).get_mut(group_id) {

@@ -240,7 +240,10 @@ impl Group {
 
     /// See [`StoredKey`].
     pub fn stored_key(&self) -> StoredKey {
-        matches!(self.state, GroupState::Stable | GroupState::Empty)
+        // A group that never had members (offsets committed by a client
+        // outside any group membership) has no membership to keep.
+        let never_formed = self.state == GroupState::Empty && self.generation == 0;
+        (matches!(self.state, GroupState::Stable | GroupState::Empty) && !never_formed)
             .then_some((self.generation, self.members.len()))
     }
 
