@@ -58,6 +58,9 @@ pub trait Nodes {
     fn power_loss(&mut self, ids: &[i32]) -> Result<Vec<u64>, String>;
     /// Stalls the broker's disk (its plugfs) or lets it go on.
     fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String>;
+    /// Makes the broker's disk (its plugfs) fail writes and fsyncs with
+    /// EIO, or not.
+    fn fail_disk(&mut self, id: i32, failing: bool) -> Result<(), String>;
     /// The bytes of a broker's replica of `topic`-`partition`: its segment
     /// files in offset order, concatenated; `None` where the runner cannot
     /// see the broker's disk.
@@ -210,7 +213,9 @@ impl LocalCluster {
                     mount_small_disk(&data, bytes)?;
                 }
             }
-            args.extend(settings.iter().cloned());
+            // `{dir}` in a setting: this broker's data directory.
+            let own = data.display().to_string();
+            args.extend(settings.iter().map(|s| s.replace("{dir}", &own)));
             cluster.nodes.push(Node {
                 id,
                 port: front[i],
@@ -451,11 +456,19 @@ impl LocalCluster {
         Ok(ids.iter().map(|id| self.plugs[id].pull_plug()).collect())
     }
 
-    pub fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String> {
-        let plug = self.plugs.get(&id).ok_or_else(|| {
+    fn plug(&self, id: i32) -> Result<&crate::plugfs::PlugFs, String> {
+        self.plugs.get(&id).ok_or_else(|| {
             format!("broker {id} has no plugfs disk (the scenario's power_loss = true)")
-        })?;
-        plug.set_stalled(stalled);
+        })
+    }
+
+    pub fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String> {
+        self.plug(id)?.set_stalled(stalled);
+        Ok(())
+    }
+
+    pub fn fail_disk(&mut self, id: i32, failing: bool) -> Result<(), String> {
+        self.plug(id)?.set_failing(failing);
         Ok(())
     }
 
@@ -483,6 +496,7 @@ impl LocalCluster {
         }
         for plug in self.plugs.values() {
             plug.set_stalled(false);
+            plug.set_failing(false);
         }
         let ids: Vec<i32> = self.nodes.iter().map(|n| n.id).collect();
         for &id in &ids {
@@ -560,6 +574,9 @@ impl Nodes for LocalCluster {
     }
     fn stall_disk(&mut self, id: i32, stalled: bool) -> Result<(), String> {
         LocalCluster::stall_disk(self, id, stalled)
+    }
+    fn fail_disk(&mut self, id: i32, failing: bool) -> Result<(), String> {
+        LocalCluster::fail_disk(self, id, failing)
     }
     fn replica_bytes(&self, id: i32, topic: &str, partition: i32) -> Option<Vec<u8>> {
         let node = &self.nodes[self.index(id).ok()?];
@@ -698,6 +715,9 @@ impl Nodes for ExternalCluster {
         Err("power loss needs a local cluster".into())
     }
     fn stall_disk(&mut self, _: i32, _: bool) -> Result<(), String> {
+        Err("disk faults need a local cluster".into())
+    }
+    fn fail_disk(&mut self, _: i32, _: bool) -> Result<(), String> {
         Err("disk faults need a local cluster".into())
     }
 }

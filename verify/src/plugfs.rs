@@ -77,6 +77,8 @@ pub struct PlugFs {
     state: Arc<Mutex<State>>,
     /// While set, every request waits: a disk that stopped answering.
     stalled: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, writes and fsyncs fail with EIO: a failing disk.
+    failing: Arc<std::sync::atomic::AtomicBool>,
     mountpoint: PathBuf,
 }
 
@@ -105,9 +107,11 @@ impl PlugFs {
             MountOption::Subtype("plugfs".to_string()),
         ];
         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ops = Ops {
             state: Arc::clone(&state),
             stalled: Arc::clone(&stalled),
+            failing: Arc::clone(&failing),
         };
         let session = fuser::spawn_mount(ops, &mountpoint, &config)
             .map_err(|e| format!("mounting plugfs at {}: {e}", mountpoint.display()))?;
@@ -117,6 +121,7 @@ impl PlugFs {
             notifier,
             state,
             stalled,
+            failing,
             mountpoint,
         })
     }
@@ -132,6 +137,12 @@ impl PlugFs {
     pub fn set_stalled(&self, stalled: bool) {
         self.stalled
             .store(stalled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes writes and fsyncs fail with EIO (a failing disk), or not.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops every write not yet fsynced, as a power loss would; returns the
@@ -733,6 +744,7 @@ fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
 struct Ops {
     state: Arc<Mutex<State>>,
     stalled: Arc<std::sync::atomic::AtomicBool>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ops {
@@ -743,6 +755,14 @@ impl Ops {
             std::thread::sleep(STALL_CHECK);
         }
         lock(&self.state)
+    }
+}
+
+impl Ops {
+    /// Whether the disk fails writes now (checked once not stalled).
+    fn failing(&self) -> bool {
+        drop(self.state());
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -898,6 +918,9 @@ impl Filesystem for Ops {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if self.failing() {
+            return reply.error(Errno::EIO);
+        }
         match self.state().write(fh, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -940,6 +963,9 @@ impl Filesystem for Ops {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.failing() {
+            return reply.error(Errno::EIO);
+        }
         reply_empty(reply, self.state().sync(ino.0));
     }
 
@@ -1115,6 +1141,20 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
+    }
+
+    #[test]
+    fn a_failing_disk_fails_writes_and_fsyncs_with_eio() {
+        let Some(h) = mount(64 << 20) else { return };
+        let mut f = File::create(h.path("e")).unwrap();
+        f.write_all(b"ok").unwrap();
+        h.fs.set_failing(true);
+        let err = f.write_all(b"lost").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert_eq!(f.sync_all().unwrap_err().raw_os_error(), Some(libc::EIO));
+        h.fs.set_failing(false);
+        f.sync_all().unwrap();
+        assert_eq!(h.durable("e"), b"ok");
     }
 
     #[test]

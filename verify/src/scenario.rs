@@ -25,7 +25,8 @@
 //!                          # disconnect, heal-network, fill-disk, free-disk (with
 //!                          # [small_disks] brokers = [N], bytes = B),
 //!                          # consumer-bounce, consumer-kill (with [consumers]),
-//!                          # power-loss, stall-disk, unstall-disk (with power_loss = true:
+//!                          # power-loss, stall-disk, unstall-disk, fail-disk, unfail-disk
+//!                          # (with power_loss = true:
 //!                          # every broker's data on plugfs)
 //! target = "leader"        # leader, followers, follower (the first), controller, broker:N,
 //!                          # last, paused, all
@@ -186,6 +187,11 @@ pub enum Action {
     StallDisk,
     /// and goes on.
     UnstallDisk,
+    /// The target's disk fails every write and fsync with EIO
+    /// (`power_loss = true`),
+    FailDisk,
+    /// and works again.
+    UnfailDisk,
 }
 
 impl Action {
@@ -637,6 +643,8 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
                 Action::FillDisk => cluster.fill_disk(id)?,
                 Action::StallDisk => cluster.stall_disk(id, true)?,
                 Action::UnstallDisk => cluster.stall_disk(id, false)?,
+                Action::FailDisk => cluster.fail_disk(id, true)?,
+                Action::UnfailDisk => cluster.fail_disk(id, false)?,
                 Action::FreeDisk => cluster.free_disk(id)?,
                 _ => {}
             }
