@@ -262,7 +262,7 @@ pub struct Report {
 /// With `auto.offset.reset=latest`, how long after the group first held
 /// every partition its members may still be looking up where to start:
 /// messages acknowledged meanwhile may or may not be read.
-pub const LATEST_GRACE_MS: u64 = 2000;
+pub const LATEST_GRACE_MS: u64 = 5000;
 
 /// Judges the group's logs against the producer's: `lost` are the values
 /// the checker found lost (not counted again as skipped), `window` the
