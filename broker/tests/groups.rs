@@ -1,5 +1,6 @@
 //! The group coordinator's fencing, spoken raw where a real client cannot
-//! express the case: a zombie's commit after a broker restart, a static
+//! express the case: membership kept across a restart, a zombie's commit
+//! after a broker restart, a static
 //! member restarting without a rebalance and its old id fenced, and
 //! DescribeGroups naming the real peer address.
 
@@ -17,7 +18,8 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     CreateTopicsRequest, DescribeGroupsRequest, GroupId, HeartbeatRequest, JoinGroupRequest,
-    JoinGroupResponse, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -178,6 +180,53 @@ fn heartbeat(
     .error_code
 }
 
+fn leave(conn: &mut TcpStream, broker: &Broker, member: &str) -> i16 {
+    call(
+        conn,
+        broker,
+        1,
+        7,
+        &LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(GROUP)))
+            .with_member_id(s(member)),
+    )
+    .error_code
+}
+
+/// Group membership is kept in `__consumer_offsets`: after a restart the
+/// group's member heartbeats and syncs at its generation and gets its
+/// assignment back, with no rebalance (as after a coordinator move).
+#[test]
+fn a_groups_members_keep_their_generation_and_assignment_across_a_restart() {
+    let mut broker = start();
+    create_topic(&broker);
+    let mut member = connect(&broker.addr());
+    let joined = join_dynamic(&mut member, &broker);
+    let (id, generation) = (joined.member_id.to_string(), joined.generation_id);
+    assert_eq!(
+        sync(
+            &mut member,
+            &broker,
+            &id,
+            None,
+            generation,
+            &[(&id, b"mine")]
+        )
+        .0,
+        0
+    );
+    broker.stop();
+    broker.start_again();
+    let mut member = connect(&broker.addr());
+    assert_eq!(heartbeat(&mut member, &broker, &id, None, generation), 0);
+    assert_eq!(
+        sync(&mut member, &broker, &id, None, generation, &[]),
+        (0, b"mine".to_vec())
+    );
+    assert_eq!(commit(&mut member, &broker, &id, None, generation, 7), 0);
+    finish(broker);
+}
+
 #[test]
 fn a_zombie_members_commit_after_a_restart_is_refused() {
     let mut broker = start();
@@ -203,14 +252,16 @@ fn a_zombie_members_commit_after_a_restart_is_refused() {
         0
     );
 
+    // It leaves (the group is now empty, and kept so) and the broker
+    // restarts; a new member with the same client id joins the next
+    // generation.
+    assert_eq!(leave(&mut zombie, &broker, &zombie_id), 0);
     broker.stop();
     broker.start_again();
-
-    // The group is gone with the restart; a new member with the same
-    // client id builds it up again to the same generation number.
     let mut live = connect(&broker.addr());
     let joined = join_dynamic(&mut live, &broker);
     let live_id = joined.member_id.to_string();
+    let generation = generation + 1;
     assert_eq!(joined.generation_id, generation);
     assert_ne!(
         live_id, zombie_id,
@@ -235,7 +286,7 @@ fn a_zombie_members_commit_after_a_restart_is_refused() {
 
     // The zombie wakes up and commits with its old (member, generation).
     let mut zombie = connect(&broker.addr());
-    let verdict = commit(&mut zombie, &broker, &zombie_id, None, generation, 5);
+    let verdict = commit(&mut zombie, &broker, &zombie_id, None, generation - 1, 5);
     assert!(
         verdict == UNKNOWN_MEMBER_ID || verdict == ILLEGAL_GENERATION,
         "a zombie's commit must be refused, got error code {verdict}"
