@@ -112,10 +112,19 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
     let mut consumed: i64 = 0;
     let mut next_lag = Instant::now() + LAG_EVERY;
     let mut last_read = Instant::now();
+    let mut was_assigned = false;
     while (options.max_messages < 0 || consumed < options.max_messages) && !stop() {
-        if options.idle_exit.is_some_and(|idle| {
-            last_read.elapsed() >= idle && !consumer.assignment().map_or(true, |a| a.count() == 0)
-        }) {
+        // Idle counts from the later of the last record and the moment the
+        // consumer got partitions: a group slow to form is not idle.
+        let assigned = consumer.assignment().is_ok_and(|a| a.count() > 0);
+        if assigned && !was_assigned {
+            last_read = Instant::now();
+        }
+        was_assigned = assigned;
+        if options
+            .idle_exit
+            .is_some_and(|idle| assigned && last_read.elapsed() >= idle)
+        {
             break;
         }
         let mut batch: BTreeMap<(String, i32), PartitionRange> = BTreeMap::new();
