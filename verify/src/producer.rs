@@ -52,6 +52,12 @@ impl ClientContext for Context {
         let retries: u64 = statistics.brokers.values().map(|b| b.txretries).sum();
         self.counts.retries.store(retries, Ordering::Relaxed);
     }
+
+    /// librdkafka's own log lines (its `debug` setting chooses which) on
+    /// stderr, stamped, to see what the client did around a fault.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        eprintln!("{} librdkafka {level:?} {fac}: {log_message}", now_ms());
+    }
 }
 
 impl ProducerContext for Context {
@@ -144,6 +150,13 @@ fn create(options: &Options, counts: &Arc<Counts>) -> Result<BaseProducer<Contex
     for (k, v) in &options.config {
         config.set(k, v);
     }
+    // librdkafka's log lines come through only up to this level; with its
+    // `debug` setting, all of them.
+    config.set_log_level(if options.config.iter().any(|(k, _)| k == "debug") {
+        rdkafka::config::RDKafkaLogLevel::Debug
+    } else {
+        rdkafka::config::RDKafkaLogLevel::Warning
+    });
     let context = Context {
         out: options.out.clone(),
         counts: counts.clone(),
