@@ -229,6 +229,7 @@ fn main() {
                 },
                 &stop,
             )
+            .map(drop)
         }),
         Command::Consumer {
             bootstrap_server,

@@ -15,6 +15,7 @@ use rdkafka::ClientContext;
 use crate::events::{now_ms, Event, Sink};
 
 /// The producer's settings (`sluice-verify producer --help`).
+#[derive(Clone)]
 pub struct Options {
     pub bootstrap: String,
     pub topic: String,
@@ -194,7 +195,9 @@ fn replace(
     create(options, counts)
 }
 
-pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
+/// Produces until `max_messages` are sent or `stop` says so, then waits
+/// for every answer; returns how many messages it sent.
+pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<u64, String> {
     let counts = Arc::new(Counts::default());
     let mut producer = create(&options, &counts)?;
     let out = options.out.clone();
@@ -262,7 +265,7 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
     out.emit(&Event::ShutdownComplete {
         timestamp: now_ms(),
     });
-    Ok(())
+    Ok(sent)
 }
 
 /// How often `tool_data` is printed while running.

@@ -25,6 +25,7 @@
 //!                          # disconnect, heal-network, fill-disk, free-disk (with
 //!                          # [small_disks] brokers = [N], bytes = B),
 //!                          # consumer-bounce, consumer-kill (with [consumers]),
+//!                          # producer-bounce,
 //!                          # power-loss, stall-disk, unstall-disk, fail-disk, unfail-disk
 //!                          # (with power_loss = true:
 //!                          # every broker's data on plugfs)
@@ -192,6 +193,9 @@ pub enum Action {
     FailDisk,
     /// and works again.
     UnfailDisk,
+    /// The producer stops (its messages in flight answered) and a new one
+    /// (a new producer id, values `NAME-N.SEQ`) sends the rest.
+    ProducerBounce,
 }
 
 impl Action {
@@ -394,6 +398,69 @@ fn resolve(
     }
 }
 
+/// The scenario's producer on a thread of its own, restartable: each run
+/// sends what is left of the messages, under its own value prefix (the
+/// order check is per prefix), to the same event log.
+struct Producing {
+    options: producer::Options,
+    remaining: i64,
+    runs: u32,
+    current: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<Result<u64, String>>,
+    )>,
+}
+
+impl Producing {
+    fn new(options: producer::Options) -> Producing {
+        Producing {
+            remaining: options.max_messages,
+            options,
+            runs: 0,
+            current: None,
+        }
+    }
+
+    fn start(&mut self) {
+        self.runs += 1;
+        let mut options = self.options.clone();
+        options.max_messages = self.remaining;
+        if self.runs > 1 {
+            options.value_prefix = format!("{}-{}", options.value_prefix, self.runs);
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            producer::run(options, &|| {
+                stopped.load(std::sync::atomic::Ordering::Relaxed)
+            })
+        });
+        self.current = Some((stop, thread));
+    }
+
+    /// Stops the current run once its messages in flight are answered.
+    fn stop(&mut self) -> Result<(), String> {
+        if let Some((stop, _)) = &self.current {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.finish()
+    }
+
+    /// Waits for the current run to end.
+    fn finish(&mut self) -> Result<(), String> {
+        let Some((_, thread)) = self.current.take() else {
+            return Ok(());
+        };
+        let sent = thread
+            .join()
+            .map_err(|_| "the producer panicked".to_string())??;
+        if self.remaining >= 0 {
+            self.remaining = (self.remaining - sent as i64).max(0);
+        }
+        Ok(())
+    }
+}
+
 /// How long replicas may take, once healed and idle, to hold the same
 /// bytes.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -553,7 +620,8 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
     };
     let start = Instant::now();
     let epoch_ms = events::now_ms();
-    let producing = std::thread::spawn(move || producer::run(options, &|| false));
+    let mut producing = Producing::new(options);
+    producing.start();
     let mut faults = scenario.faults.clone();
     faults.sort_by_key(|f| f.at_ms);
     let mut applied: Vec<(String, u64)> = Vec::new();
@@ -570,6 +638,13 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
             group = start_group().transpose()?;
         }
         sleep_until(fault.at_ms);
+        if fault.action == Action::ProducerBounce {
+            let at = epoch_ms + start.elapsed().as_millis() as u64;
+            producing.stop()?;
+            producing.start();
+            applied.push(("ProducerBounce".to_string(), at));
+            continue;
+        }
         if matches!(fault.action, Action::ConsumerBounce | Action::ConsumerKill) {
             let (members, _) = group
                 .as_mut()
@@ -656,9 +731,7 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         sleep_until(at);
         group = start_group().transpose()?;
     }
-    producing
-        .join()
-        .map_err(|_| "the producer panicked".to_string())??;
+    producing.finish()?;
     // Heal, then read everything back.
     cluster.heal()?;
     wait_for(
