@@ -405,11 +405,15 @@ struct Producing {
     options: producer::Options,
     remaining: i64,
     runs: u32,
-    current: Option<(
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-        std::thread::JoinHandle<Result<u64, String>>,
-    )>,
+    current: Option<ProducerRun>,
 }
+
+/// A running producer: its stop flag and its thread (which returns how
+/// many messages it sent).
+type ProducerRun = (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Result<u64, String>>,
+);
 
 impl Producing {
     fn new(options: producer::Options) -> Producing {
