@@ -339,7 +339,17 @@ fn a_scenario_runs_against_a_cluster_it_did_not_start_through_command_hooks() {
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))
         .collect();
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/leader-hard-kill.toml");
+    // One hard kill of the leader, and its start again.
+    let scenario = Path::new(&d).join("external-hard-kill.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"external-hard-kill\"\n\
+         description = \"SIGKILL the leader of partition 0 through --kill-cmd, start it again through --start-cmd\"\n\
+         [producer]\nmessages = 8000\nthroughput = 2000\n\
+         [[fault]]\nat_ms = 1000\naction = \"kill\"\ntarget = \"leader\"\n\
+         [[fault]]\nat_ms = 2500\naction = \"start\"\ntarget = \"last\"\n",
+    )
+    .expect("scenario file");
     let logs = format!("{d}/run");
     let kill = format!("kill -9 $(cat {d}/{{node}}.pid)");
     let start = format!("sh {d}/start-{{node}}.sh");
@@ -361,7 +371,7 @@ fn a_scenario_runs_against_a_cluster_it_did_not_start_through_command_hooks() {
     let table = String::from_utf8_lossy(&ran.stdout).to_string();
     assert!(ran.status.success(), "{}\n{table}", said(&ran));
     assert!(
-        table.contains("| leader-hard-kill | 8000 | 0 | 0 | 0 |"),
+        table.contains("| external-hard-kill | 8000 | 0 | 0 | 0 |"),
         "{table}"
     );
     assert!(table.contains("Pass"), "{table}");
