@@ -149,14 +149,22 @@ impl LocalCluster {
     ) -> Result<Self, String> {
         let small_disks = disks.small;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // The proxies' listeners are bound first and held: the brokers'
+        // ports, chosen next, can then never be one of them.
+        let proxy_listeners: Vec<TcpListener> = if proxied {
+            (0..2 * n)
+                .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         let ports = free_ports(2 * n)?;
         // What everyone else connects to: the listeners, or their proxies.
         let mut front = ports.clone();
         let network = if proxied {
             let network = Arc::new(crate::proxy::Network::default());
-            for (i, port) in front.iter_mut().enumerate() {
-                let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-                *port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            for (i, listener) in proxy_listeners.into_iter().enumerate() {
+                front[i] = listener.local_addr().map_err(|e| e.to_string())?.port();
                 let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], ports[i]));
                 crate::proxy::spawn(network.clone(), listener, (i % n) as i32 + 1, upstream)?;
             }
