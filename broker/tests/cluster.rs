@@ -24,8 +24,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 
 use common::cluster::{
-    ask, leader_and_isr, metadata_of, produce_raw, set_topic_config, signal, try_create,
-    wait_stopped, Cluster, SETTLE,
+    ask, leader_alone_in_sync, leader_and_isr, metadata_of, produce_raw, set_topic_config, signal,
+    try_create, wait_stopped, Cluster, SETTLE,
 };
 use common::raw::{
     batch, connect, produce_req, read_reply, send, topic_name, typed_request, Reply,
@@ -842,33 +842,9 @@ fn sigterm_hands_leaderships_over_before_the_broker_exits_and_it_rejoins_after()
 
 #[test]
 fn an_offline_partition_waits_for_its_isr_until_unclean_election_is_allowed() {
-    let mut cluster = Cluster::start_with(
-        3,
-        &[
-            ("broker.heartbeat.interval.ms", "100"),
-            ("broker.session.timeout.ms", "1000"),
-            ("replica.lag.time.max.ms", "1000"),
-            ("auto.leader.rebalance.enable", "false"),
-        ],
-    );
-    assert_eq!(try_create(cluster.broker(1), "unclean", 1, 2), 0);
-    let (leader, isr) = poll_until(SETTLE, "both replicas in sync", || {
-        let (leader, isr) = leader_and_isr(cluster.broker(1), "unclean", 0);
-        (leader > 0 && isr.len() == 2).then_some((leader, isr))
-    });
-    let follower = *isr.iter().find(|r| **r != leader).unwrap();
-    let third = (1..=3).find(|n| !isr.contains(n)).unwrap();
-    poll_until(SETTLE, "a first committed message", || {
-        (produce_raw(cluster.broker(leader), "unclean", 0, -1) == 0).then_some(())
-    });
     // The follower falls out of the ISR; the leader alone commits more,
     // then dies: no in-sync replica is left.
-    signal(cluster.broker(follower), libc::SIGSTOP);
-    wait_stopped(cluster.broker(follower));
-    poll_until(SETTLE, "the paused follower to leave the ISR", || {
-        let (_, isr) = leader_and_isr(cluster.broker(leader), "unclean", 0);
-        (isr == [leader]).then_some(())
-    });
+    let (mut cluster, leader, follower, third) = leader_alone_in_sync("unclean");
     for _ in 0..3 {
         assert_eq!(produce_raw(cluster.broker(leader), "unclean", 0, -1), 0);
     }

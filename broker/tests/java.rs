@@ -17,8 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    leader_and_isr, produce_raw, set_topic_config, signal, try_create, wait_stopped, Cluster,
-    SETTLE,
+    leader_alone_in_sync, leader_and_isr, produce_raw, set_topic_config, signal, Cluster, SETTLE,
 };
 use common::{poll_until, Broker};
 
@@ -277,30 +276,7 @@ impl Drop for Interactive {
 #[test]
 fn the_java_consumer_detects_the_truncation_an_unclean_election_causes() {
     let (_classes, classpath) = compile_check();
-    let mut cluster = Cluster::start_with(
-        3,
-        &[
-            ("broker.heartbeat.interval.ms", "100"),
-            ("broker.session.timeout.ms", "1000"),
-            ("replica.lag.time.max.ms", "1000"),
-            ("auto.leader.rebalance.enable", "false"),
-        ],
-    );
-    assert_eq!(try_create(cluster.broker(1), "trunc", 1, 2), 0);
-    let (leader, isr) = poll_until(SETTLE, "both replicas in sync", || {
-        let (leader, isr) = leader_and_isr(cluster.broker(1), "trunc", 0);
-        (leader > 0 && isr.len() == 2).then_some((leader, isr))
-    });
-    let follower = *isr.iter().find(|r| **r != leader).unwrap();
-    let third = (1..=3).find(|n| !isr.contains(n)).unwrap();
-    poll_until(SETTLE, "a first committed record", || {
-        (produce_raw(cluster.broker(leader), "trunc", 0, -1) == 0).then_some(())
-    });
-    signal(cluster.broker(follower), libc::SIGSTOP);
-    wait_stopped(cluster.broker(follower));
-    poll_until(SETTLE, "the paused follower to leave the ISR", || {
-        (leader_and_isr(cluster.broker(leader), "trunc", 0).1 == [leader]).then_some(())
-    });
+    let (mut cluster, leader, follower, third) = leader_alone_in_sync("trunc");
     // Committed by the leader alone (min.insync.replicas=1).
     for _ in 0..5 {
         assert_eq!(produce_raw(cluster.broker(leader), "trunc", 0, -1), 0);

@@ -751,17 +751,21 @@ impl Ops {
     /// The state, once the disk is not stalled: every request passes here,
     /// and the session has one thread, so a stall holds them all.
     fn state(&self) -> MutexGuard<'_, State> {
+        self.wait_unstalled();
+        lock(&self.state)
+    }
+
+    fn wait_unstalled(&self) {
         while self.stalled.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(STALL_CHECK);
         }
-        lock(&self.state)
     }
 }
 
 impl Ops {
     /// Whether the disk fails writes now (checked once not stalled).
     fn failing(&self) -> bool {
-        drop(self.state());
+        self.wait_unstalled();
         self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

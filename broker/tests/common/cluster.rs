@@ -207,3 +207,36 @@ pub fn set_topic_config(broker: &Broker, topic: &str, key: &str, value: &str) {
     let resp = ask(&broker.addr(), 0, &req);
     assert_eq!(resp.responses[0].error_code, 0, "setting {key}={value}");
 }
+
+/// The start of the unclean-election cases: three brokers with short
+/// sessions, `topic` with one partition on two of them, a first record
+/// committed by both, then the follower paused until it leaves the ISR,
+/// so that the leader alone is in sync. Returns the cluster and the
+/// (leader, paused follower, broker holding no replica).
+pub fn leader_alone_in_sync(topic: &str) -> (Cluster, i32, i32, i32) {
+    let cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "100"),
+            ("broker.session.timeout.ms", "1000"),
+            ("replica.lag.time.max.ms", "1000"),
+            ("auto.leader.rebalance.enable", "false"),
+        ],
+    );
+    assert_eq!(try_create(cluster.broker(1), topic, 1, 2), 0);
+    let (leader, isr) = poll_until(SETTLE, "both replicas in sync", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), topic, 0);
+        (leader > 0 && isr.len() == 2).then_some((leader, isr))
+    });
+    let follower = *isr.iter().find(|r| **r != leader).unwrap();
+    let third = (1..=3).find(|n| !isr.contains(n)).unwrap();
+    poll_until(SETTLE, "a first committed record", || {
+        (produce_raw(cluster.broker(leader), topic, 0, -1) == 0).then_some(())
+    });
+    signal(cluster.broker(follower), libc::SIGSTOP);
+    wait_stopped(cluster.broker(follower));
+    poll_until(SETTLE, "the paused follower to leave the ISR", || {
+        (leader_and_isr(cluster.broker(leader), topic, 0).1 == [leader]).then_some(())
+    });
+    (cluster, leader, follower, third)
+}
