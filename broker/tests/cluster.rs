@@ -1103,7 +1103,10 @@ fn when_every_replica_dies_an_eligible_leader_replica_leads_before_the_last_in_s
 
 /// A tmpfs of its own at a directory (mounting needs root); lazily
 /// unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
+struct SmallDisk {
+    dir: std::path::PathBuf,
+    bytes: u64,
+}
 
 impl SmallDisk {
     fn mount(dir: &std::path::Path, bytes: u64) -> Option<SmallDisk> {
@@ -1113,29 +1116,69 @@ impl SmallDisk {
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
-        ok.then(|| SmallDisk(dir.to_path_buf()))
+        if !ok {
+            return None;
+        }
+        // Filling must never reach the machine's real disk: check that
+        // the directory is the small file system just mounted.
+        let size = fs_bytes(dir).0;
+        assert!(
+            size <= bytes,
+            "{} is not the {bytes}-byte tmpfs just mounted there (it holds {size} bytes)",
+            dir.display()
+        );
+        Some(SmallDisk {
+            dir: dir.to_path_buf(),
+            bytes,
+        })
     }
 
-    /// Writes a filler file until the file system has no byte left.
+    /// Writes a filler file until the file system has no byte left; never
+    /// more than the file system's size.
     fn fill(&self) {
         use std::io::Write;
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let mut f = std::fs::File::create(self.dir.join("filler")).unwrap();
+        let mut written = 0u64;
         for chunk in [1 << 20, 4096, 1] {
             let buf = vec![0u8; chunk];
-            while f.write_all(&buf).is_ok() {}
+            while written <= self.bytes {
+                match f.write_all(&buf) {
+                    Ok(()) => written += chunk as u64,
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "filling: {e}");
+                        break;
+                    }
+                }
+            }
         }
+        assert!(
+            written <= self.bytes,
+            "wrote {written} bytes and the disk is not full"
+        );
     }
 
     fn free(&self) {
-        std::fs::remove_file(self.0.join("filler")).unwrap();
+        std::fs::remove_file(self.dir.join("filler")).unwrap();
     }
+}
+
+/// A file system's (size, available) bytes.
+fn fs_bytes(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs(3) fills the zeroed struct it is given from a valid
+    // NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+    let frsize = st.f_frsize as u64;
+    (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
 }
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
             .arg("-l")
-            .arg(&self.0)
+            .arg(&self.dir)
             .status();
     }
 }
@@ -1197,14 +1240,26 @@ fn a_full_log_directory_moves_the_brokers_leaderships_and_it_returns_once_there_
         matches!(code, Some(56 | 6)),
         "produce to a full disk answered {code:?}"
     );
-    poll_until(
-        Duration::from_secs(15),
-        "the leadership and ISR membership of the broker with the full disk to move",
-        || {
-            let (leader, isr) = leader_and_isr(cluster.broker(1), "disk", 0);
-            (leader > 0 && leader != 3 && isr == [1, 2]).then_some(())
-        },
-    );
+    let moved = common::poll_for(Duration::from_secs(15), || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "disk", 0);
+        (leader > 0 && leader != 3 && isr == [1, 2]).then_some(())
+    });
+    if moved.is_none() {
+        // The full broker's own log first (on failure every broker's log is
+        // printed, and the output may be cut), and where each broker's
+        // directory stands.
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "disk", 0);
+        let room: Vec<String> = (1..=3)
+            .map(|id| {
+                let (size, free) = fs_bytes(&cluster.broker(id).data_dir());
+                format!("broker {id}: {free} of {size} bytes free")
+            })
+            .collect();
+        cluster.broker(3).fail(&format!(
+            "timed out after 15s waiting for the leadership and ISR membership of the \
+             broker with the full disk to move: leader {leader}, ISR {isr:?}; {room:?}"
+        ));
+    }
     assert!(cluster
         .broker(3)
         .stderr()

@@ -62,13 +62,17 @@ class Broker:
             self.proc.kill()
             self.proc.wait(timeout=30)
 
+    def close(self):
+        """Kills the broker and removes its directory."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
 
 @pytest.fixture
 def broker():
     b = Broker()
     yield b
-    b.kill()
-    shutil.rmtree(b.dir, ignore_errors=True)
+    b.close()
 
 
 class Cluster:
@@ -112,8 +116,7 @@ class Cluster:
 
     def kill(self):
         for b in self.brokers:
-            b.kill()
-            shutil.rmtree(b.dir, ignore_errors=True)
+            b.close()
 
 
 @pytest.fixture

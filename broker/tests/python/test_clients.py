@@ -285,7 +285,7 @@ def test_a_consumer_group_of_three_rebalances_and_consumes_every_message_exactly
         assert not errors, errors
         assert sorted(seen) == list(range(total)), f"{len(seen)} processed, {len(set(seen))} distinct"
     finally:
-        broker.kill()
+        broker.close()
 
 
 def test_committed_offsets_survive_a_restart():
@@ -325,7 +325,7 @@ def test_committed_offsets_survive_a_restart():
         assert got == list(range(10))
         assert rest == list(range(10, 20))
     finally:
-        broker.kill()
+        broker.close()
 
 
 def test_kafka_python_group_consumer_commits_and_a_successor_resumes():
@@ -359,7 +359,7 @@ def test_kafka_python_group_consumer_commits_and_a_successor_resumes():
         # A successor in the same group starts from the committed position.
         assert read(5) == [f"m{i}".encode() for i in range(30, 35)]
     finally:
-        broker.kill()
+        broker.close()
 
 
 def test_topic_metadata_survives_a_kill_with_ids_partitions_and_deletions(broker):
@@ -410,7 +410,7 @@ def test_described_sources_tell_topic_broker_and_default_settings_apart():
         assert configs["log.retention.ms"].source == ConfigSource.STATIC_BROKER_CONFIG.value
         assert configs["log.segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
     finally:
-        broker.kill()
+        broker.close()
 
 
 def _java_hash(s):
@@ -454,7 +454,7 @@ def test_committed_offsets_are_compacted_and_the_latest_survive_a_kill():
         assert [tp.offset for tp in committed] == [200, 5]
         c.close()
     finally:
-        broker.kill()
+        broker.close()
 
 
 def _refused_with_invalid_request(future, what):
@@ -607,7 +607,7 @@ def test_a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(
         b2.close()
         a.close()
     finally:
-        broker.kill()
+        broker.close()
 
 
 def test_a_produce_to_the_offsets_topic_is_refused_and_the_broker_restarts_cleanly():
@@ -661,4 +661,4 @@ def test_a_produce_to_the_offsets_topic_is_refused_and_the_broker_restarts_clean
         assert c.committed([Tp("guarded", 0)], timeout=30)[0].offset == 5
         c.close()
     finally:
-        broker.kill()
+        broker.close()
