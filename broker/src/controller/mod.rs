@@ -27,6 +27,7 @@ pub mod image;
 pub mod liveness;
 pub mod network;
 pub mod placement;
+pub mod prevote;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -359,11 +360,19 @@ fn raft_config(snapshot_every: u64, election_timeout_ms: u64) -> Result<Arc<Conf
     let election = election_timeout_ms.max(10);
     let config = Config {
         cluster_name: "sluice".into(),
-        heartbeat_interval: (election / 5).max(5),
+        // openraft gives each AppendEntries (heartbeats included) the
+        // heartbeat interval to be answered. A fifth of the election
+        // timeout (100 ms with the tests' 500) was too short on a loaded
+        // machine: a peer that answered late was never caught up and the
+        // quorum could stall for a minute. Half of it still sends two
+        // heartbeats per election timeout.
+        heartbeat_interval: (election / 2).max(5),
         election_timeout_min: election,
         election_timeout_max: election * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: (snapshot_every / 10).min(100),
+        // Elections start from `prevote::watch`, after a pre-vote.
+        enable_elect: false,
         ..Config::default()
     };
     Ok(Arc::new(config.validate().map_err(|e| e.to_string())?))
@@ -467,16 +476,21 @@ async fn begin(
         leader: _,
         published: _,
     } = start;
+    let pre_vote = Arc::new(prevote::PreVote::new(
+        Duration::from_millis(config.election_timeout_min),
+        log.clone(),
+    ));
     let raft = Raft::new(id, config, network::Peers, log, machine)
         .await
         .map_err(|e| format!("starting the controller: {e}"))?;
+    tokio::spawn(prevote::watch(raft.clone(), pre_vote.clone()));
     if let Some(listener) = listener {
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("the controller listener: {e}"))?;
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| format!("the controller listener: {e}"))?;
-        tokio::spawn(network::serve(listener, raft.clone(), liveness));
+        tokio::spawn(network::serve(listener, raft.clone(), liveness, pre_vote));
     }
     match &quorum.learner_addr {
         None => form(&raft, id, &quorum.voters).await?,

@@ -36,6 +36,7 @@ use tracing::{debug, warn};
 
 use super::image::{Applied, MetadataError, MetadataRecord};
 use super::liveness::Liveness;
+use super::prevote::PreVote;
 use super::TypeConfig;
 
 /// Largest frame read; a peer announcing more is cut off.
@@ -66,6 +67,11 @@ pub enum Call {
         id: u64,
         addr: String,
     },
+    /// A voter that has heard from no leader asks whether this one would
+    /// vote for it, its log ending at `last_log` (see `prevote`).
+    PreVote {
+        last_log: Option<openraft::LogId<u64>>,
+    },
 }
 
 /// A forwarded proposal's outcome.
@@ -92,6 +98,8 @@ pub enum Answer {
     Heartbeat(bool),
     /// Whether the learner is now in the membership, or why not.
     AddLearner(Result<(), String>),
+    /// Whether this voter grants the pre-vote.
+    PreVote(bool),
 }
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> io::Result<()> {
@@ -248,14 +256,19 @@ impl RaftNetwork<TypeConfig> for Peer {
 }
 
 /// Serves the CONTROLLER listener for the life of the controller thread.
-pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, liveness: Arc<Liveness>) {
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    liveness: Arc<Liveness>,
+    pre_vote: Arc<PreVote>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let (raft, liveness) = (raft.clone(), liveness.clone());
+                let (raft, liveness, pre_vote) = (raft.clone(), liveness.clone(), pre_vote.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve_peer(stream, raft, liveness).await {
+                    if let Err(e) = serve_peer(stream, raft, liveness, pre_vote).await {
                         if e.kind() == io::ErrorKind::InvalidData {
                             warn!(%peer, error = %e, "closing a controller connection: bad frame");
                         } else {
@@ -276,13 +289,33 @@ async fn serve_peer(
     mut stream: TcpStream,
     raft: Raft<TypeConfig>,
     liveness: Arc<Liveness>,
+    pre_vote: Arc<PreVote>,
 ) -> io::Result<()> {
     loop {
         let call: Call = read_frame(&mut stream).await?;
         let answer = match call {
-            Call::Vote(rpc) => Answer::Vote(raft.vote(rpc).await),
-            Call::Append(rpc) => Answer::Append(raft.append_entries(rpc).await),
-            Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
+            Call::Vote(rpc) => {
+                let answer = raft.vote(rpc).await;
+                if matches!(&answer, Ok(vote) if vote.vote_granted) {
+                    pre_vote.heard_from_leader();
+                }
+                Answer::Vote(answer)
+            }
+            Call::Append(rpc) => {
+                let answer = raft.append_entries(rpc).await;
+                if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                    pre_vote.heard_from_leader();
+                }
+                Answer::Append(answer)
+            }
+            Call::Snapshot(rpc) => {
+                let answer = raft.install_snapshot(rpc).await;
+                if answer.is_ok() {
+                    pre_vote.heard_from_leader();
+                }
+                Answer::Snapshot(answer)
+            }
+            Call::PreVote { last_log } => Answer::PreVote(pre_vote.answer(&raft, last_log)),
             Call::Propose(record) => Answer::Propose(propose_here(&raft, record).await),
             Call::ReadIndex => Answer::ReadIndex(read_index(&raft).await),
             Call::Heartbeat {

@@ -16,8 +16,12 @@
 //!   start it is the snapshot, and Raft re-applies the committed entries
 //!   after it.
 //!
-//! The controller is low-traffic and runs on its own thread, so plain
-//! blocking file I/O is used here.
+//! The controller runs on its own single-threaded runtime, which also
+//! serves its Raft connections and timers. The writes Raft waits for on
+//! every append and vote (a write and an fsync) run on the runtime's
+//! blocking pool, so that a slow fsync does not hold up the network: Raft
+//! gives a peer's answer only the heartbeat interval. Rarer work (a purge's
+//! rewrite, a snapshot) stays plain blocking I/O.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -40,6 +44,15 @@ use super::{Published, TypeConfig};
 
 type NodeId = u64;
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// Runs blocking file work on the runtime's blocking pool.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
+}
 
 /// Replaces `path` with `contents` durably: temp file, fsync, rename,
 /// fsync the directory.
@@ -101,6 +114,16 @@ fn decode_all(bytes: &[u8]) -> (Vec<Frame>, usize) {
     (frames, at)
 }
 
+/// Appends `frames` to the journal file and fsyncs it.
+fn write_frames(file: &mut File, frames: &[Frame]) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    for frame in frames {
+        encode(frame, &mut buf)?;
+    }
+    file.write_all(&buf)?;
+    file.sync_data()
+}
+
 struct Journal {
     dir: PathBuf,
     file: File,
@@ -115,12 +138,7 @@ impl Journal {
     }
 
     fn write_frames(&mut self, frames: &[Frame]) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        for frame in frames {
-            encode(frame, &mut buf)?;
-        }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()
+        write_frames(&mut self.file, frames)
     }
 
     fn rewrite(&mut self) -> std::io::Result<()> {
@@ -201,6 +219,17 @@ impl LogStore {
         })
     }
 
+    /// The id of the last entry in the log (or the last purged one).
+    pub fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        let journal = self.lock();
+        journal
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(journal.purged)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -224,11 +253,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let journal = self.lock();
-        let last = journal.entries.values().next_back().map(|e| e.log_id);
+        let last_log_id = self.last_log_id();
         Ok(LogState {
-            last_purged_log_id: journal.purged,
-            last_log_id: last.or(journal.purged),
+            last_purged_log_id: self.lock().purged,
+            last_log_id,
         })
     }
 
@@ -237,11 +265,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut journal = self.lock();
         let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        replace_durably(&journal.dir.join("vote"), &bytes)
+        let path = self.lock().dir.join("vote");
+        off_thread(move || replace_durably(&path, &bytes))
+            .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
-        journal.vote = Some(*vote);
+        self.lock().vote = Some(*vote);
         Ok(())
     }
 
@@ -258,14 +287,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut journal = self.lock();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let frames: Vec<Frame> = entries.iter().cloned().map(Frame::Entry).collect();
-        if let Err(e) = journal.write_frames(&frames) {
+        // openraft calls one storage method at a time (`&mut self`), so
+        // nothing else writes the journal while this write is in flight.
+        let file = self.lock().file.try_clone();
+        let written = off_thread(move || write_frames(&mut file?, &frames)).await;
+        if let Err(e) = written {
             let error = StorageIOError::write_logs(&e);
             callback.log_io_completed(Err(e));
             return Err(error.into());
         }
+        let mut journal = self.lock();
         for entry in entries {
             journal.entries.insert(entry.log_id.index, entry);
         }
