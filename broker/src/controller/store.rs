@@ -137,10 +137,6 @@ impl Journal {
         self.dir.join("journal")
     }
 
-    fn write_frames(&mut self, frames: &[Frame]) -> std::io::Result<()> {
-        write_frames(&mut self.file, frames)
-    }
-
     fn rewrite(&mut self) -> std::io::Result<()> {
         let mut buf = Vec::new();
         if let Some(purged) = self.purged {
@@ -308,8 +304,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut journal = self.lock();
-        journal
-            .write_frames(&[Frame::Truncate(log_id.index)])
+        write_frames(&mut journal.file, &[Frame::Truncate(log_id.index)])
             .map_err(|e| StorageIOError::write_logs(&e))?;
         journal.entries.split_off(&log_id.index);
         Ok(())
