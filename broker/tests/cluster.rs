@@ -136,6 +136,52 @@ fn killing_the_active_controller_elects_another_and_loses_no_metadata() {
     });
 }
 
+/// openraft 0.9 has no check-quorum: an active controller cut off from the
+/// other voters goes on believing it leads. What is proposed on it must be
+/// answered with an error once it has heard from no quorum for its lease,
+/// not wait for as long as the cut lasts; and once the others are back
+/// the quorum takes changes again.
+#[test]
+fn an_active_controller_cut_off_from_the_quorum_answers_proposals_with_an_error() {
+    let cluster = Cluster::start(3);
+    let controller = {
+        let all: Vec<&Broker> = cluster.brokers.iter().collect();
+        agreed_controller(&all, None)
+    };
+    let others: Vec<i32> = (1..=3).filter(|n| *n != controller).collect();
+    for n in &others {
+        signal(cluster.broker(*n), libc::SIGSTOP);
+        wait_stopped(cluster.broker(*n));
+    }
+    // Before the fix this request had no answer at all while the others
+    // were stopped (the test's reads give up after ten seconds).
+    let code = try_create(cluster.broker(controller), "while-cut-off", 1, 1);
+    assert_eq!(
+        code,
+        41,
+        "CreateTopics on a cut-off controller: NOT_CONTROLLER expected\n{}",
+        cluster.broker(controller).stderr()
+    );
+    for n in &others {
+        signal(cluster.broker(*n), libc::SIGCONT);
+    }
+    // The record given up on may still have been committed since (the
+    // controller kept it in its log): a retry then finds the topic.
+    poll_until(SETTLE, "the quorum to take changes again", || {
+        matches!(
+            try_create(cluster.broker(others[0]), "while-cut-off", 1, 1),
+            0 | 36
+        )
+        .then_some(())
+    });
+    create_topic(cluster.broker(controller), "after-the-cut");
+    for broker in &cluster.brokers {
+        poll_until(SETTLE, "every broker to serve both topics", || {
+            (topics_seen(broker, &["while-cut-off", "after-the-cut"]).len() == 2).then_some(())
+        });
+    }
+}
+
 #[test]
 fn a_broker_that_is_not_a_voter_follows_the_metadata_log_and_takes_replicas() {
     // Three voters and a broker alone (process.roles=broker): a learner.

@@ -214,8 +214,7 @@ pub async fn watch(
     let mut next_rebalance = tokio::time::Instant::now() + settings.imbalance_check;
     loop {
         tokio::time::sleep(OFFLINE_CHECK).await;
-        let metrics = raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(metrics.id) {
+        if !super::leads_in_touch(&raft.metrics().borrow(), super::lease(&raft)) {
             continue;
         }
         let image = published.get().1;

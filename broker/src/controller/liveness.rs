@@ -131,8 +131,11 @@ pub async fn watch(
     let in_flight: Arc<Mutex<BTreeSet<i32>>> = Arc::default();
     loop {
         tokio::time::sleep(every).await;
-        let metrics = raft.metrics().borrow().clone();
-        let leads = metrics.current_leader == Some(metrics.id);
+        // A leader cut off from the quorum hears no heartbeats (they go to
+        // whoever the others follow) and must not take the silence for
+        // dead brokers: it stops judging, and starts every clock afresh
+        // once back in touch, as a newly elected one does.
+        let leads = super::leads_in_touch(&raft.metrics().borrow(), super::lease(&raft));
         let image = published.get().1;
         if !leads {
             leading = false;

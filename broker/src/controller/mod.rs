@@ -673,8 +673,17 @@ async fn propose(
     fetch_timeout: Duration,
 ) -> Result<Committed, ProposeError> {
     let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+    // Why the last try failed, for the error if none succeeds.
+    let mut why = String::from("no controller leader known");
+    // Doubled after each failed try: a broker's ISR changes are one
+    // proposal per partition, and a tight retry of each (a connection
+    // every 50 ms) swamped the controllers while a leader was away.
+    let mut pause = Duration::from_millis(50);
     loop {
-        let leader = match raft.client_write(record.clone()).await {
+        let Some(written) = unless_cut_off(raft, raft.client_write(record.clone())).await else {
+            return Err(ProposeError::Unavailable(CUT_OFF.into()));
+        };
+        let leader = match written {
             Ok(response) => {
                 return response
                     .data
@@ -702,16 +711,90 @@ async fn propose(
                 Ok(network::Answer::Propose(network::Proposed::Rejected(e))) => {
                     return Err(ProposeError::Rejected(e))
                 }
-                Ok(other) => debug!(leader = target, answer = ?other, "forwarding a proposal"),
-                Err(e) => debug!(leader = target, error = %e, "forwarding a proposal"),
+                Ok(other) => why = format!("controller {target} answered {other:?}"),
+                Err(e) => why = format!("forwarding to controller {target}: {e}"),
             }
+            debug!(leader = target, why, "forwarding a proposal");
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ProposeError::Unavailable(format!(
-                "no controller leader took the record within {PROPOSE_TIMEOUT:?}"
+                "no controller leader took the record within {PROPOSE_TIMEOUT:?} (last: {why})"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Why a proposal made on a leader that lost its quorum was given up.
+const CUT_OFF: &str = "this controller lost touch with the rest of the quorum before the \
+                       record was committed (it may still be applied); try again";
+
+/// The time after which a leader that has heard from no quorum may have
+/// been replaced: openraft's leader lease (the longest election timeout),
+/// which is also how long a voter refuses a pre-vote after hearing from
+/// a leader.
+fn lease(raft: &Raft<TypeConfig>) -> Duration {
+    Duration::from_millis(raft.config().election_timeout_max)
+}
+
+/// Whether `metrics` say this node leads and a quorum acknowledged it
+/// within `lease`. openraft 0.9 has no check-quorum: a leader cut off
+/// from the other voters goes on believing it leads (and appending what
+/// it is asked to) until it hears of a newer term.
+fn leads_in_touch(metrics: &openraft::RaftMetrics<u64, BasicNode>, lease: Duration) -> bool {
+    metrics.current_leader == Some(metrics.id)
+        && metrics
+            .millis_since_quorum_ack
+            .is_some_and(|ms| u128::from(ms) <= lease.as_millis())
+}
+
+/// Waits for `write` (a record appended to this node's log) unless this
+/// node leads and loses touch with its quorum first (`None`). Without
+/// this, a proposal on a cut-off leader waited until a new leader's
+/// entries overwrote it, which an idle metadata log may not do for tens
+/// of seconds: the fencing and election loops, which make one proposal
+/// per broker or partition at a time, were stuck behind it, as were the
+/// broker's own ISR changes. A follower's write is answered at once.
+async fn unless_cut_off<T>(
+    raft: &Raft<TypeConfig>,
+    write: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let lease = lease(raft);
+    let mut metrics = raft.metrics();
+    let id = metrics.borrow().id;
+    if metrics.borrow().current_leader != Some(id) {
+        return Some(write.await);
+    }
+    let began = tokio::time::Instant::now();
+    let cut_off = |metrics: &openraft::RaftMetrics<u64, BasicNode>| {
+        let stale = match metrics.millis_since_quorum_ack {
+            Some(ms) => u128::from(ms) > lease.as_millis(),
+            // Elected, but no quorum has answered it yet.
+            None => began.elapsed() > lease,
+        };
+        metrics.current_leader != Some(id) || stale
+    };
+    // Already cut off: appending would only lengthen the log that the
+    // next leader has to overwrite (a broker's ISR changes are retried
+    // every few hundred milliseconds).
+    if cut_off(&metrics.borrow()) {
+        return None;
+    }
+    let lapsed = async {
+        loop {
+            if cut_off(&metrics.borrow()) {
+                return;
+            }
+            // The acknowledgement's age grows without a change of
+            // metrics (openraft refreshes them each tick): look again.
+            let _ = tokio::time::timeout(lease / 8, metrics.changed()).await;
+        }
+    };
+    tokio::select! {
+        biased;
+        out = write => Some(out),
+        () = lapsed => None,
     }
 }
 

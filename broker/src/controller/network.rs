@@ -367,7 +367,10 @@ async fn add_learner(raft: &Raft<TypeConfig>, id: u64, addr: String) -> Result<(
 
 /// Appends a forwarded record if this node leads.
 async fn propose_here(raft: &Raft<TypeConfig>, record: MetadataRecord) -> Proposed {
-    match raft.client_write(record).await {
+    let Some(written) = super::unless_cut_off(raft, raft.client_write(record)).await else {
+        return Proposed::NotHere(super::CUT_OFF.into());
+    };
+    match written {
         Ok(response) => match response.data {
             Ok(applied) => Proposed::Committed {
                 index: response.log_id.index,

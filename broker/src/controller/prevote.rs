@@ -10,9 +10,10 @@
 //! win. On a loaded machine, where the new leader's first AppendEntries
 //! can arrive after the voter's next election timeout, that repeated for
 //! over a minute with no leader for most of it. A voter refuses a pre-vote
-//! while it has heard from a leader within the election timeout, while it
-//! leads, or when the candidate's log is behind its own, so the cut-off
-//! voter never raises its term and the leader is left alone.
+//! while it has heard from a leader (or granted a vote, or started an
+//! election of its own) within the leader lease, while it leads, or when
+//! the candidate's log is behind its own, so the cut-off voter never
+//! raises its term and the leader is left alone.
 //!
 //! openraft 0.9 has no pre-vote, so its own election timer is off
 //! (`enable_elect = false`) and [`watch`] runs the timer instead, calling
@@ -50,7 +51,8 @@ impl PreVote {
     }
 
     /// A leader was heard from (an AppendEntries or snapshot accepted), or
-    /// this voter granted a vote: the election timer starts again.
+    /// this voter granted a vote or started an election: the election
+    /// timer starts again.
     pub fn heard_from_leader(&self) {
         *self.last_contact.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
@@ -153,6 +155,12 @@ pub async fn watch(raft: Raft<TypeConfig>, pre: Arc<PreVote>) {
                 granted,
                 "no controller leader heard from: a majority granted the pre-vote, electing"
             );
+            // A candidate refuses the others' pre-votes for a lease, as a
+            // voter that granted a vote does: two voters whose timers ran
+            // out together used to both win their pre-votes (the first
+            // candidate granted the second's), and the second's election
+            // deposed the first's new leadership a moment after it began.
+            pre.heard_from_leader();
             if let Err(e) = raft.trigger().elect().await {
                 debug!(error = %e, "starting an election");
             }
