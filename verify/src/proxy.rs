@@ -83,6 +83,7 @@ struct Conditions {
 }
 
 struct Connection {
+    id: u64,
     from: Peer,
     to: i32,
     sockets: [TcpStream; 2],
@@ -94,7 +95,10 @@ pub struct Network {
     rules: Mutex<Vec<Rule>>,
     /// Each broker's process id now (changes when it restarts).
     pids: Mutex<BTreeMap<i32, u32>>,
+    /// The connections open now (a closed one is removed once both its
+    /// directions have ended, so a long run does not hold their sockets).
     connections: Mutex<Vec<Connection>>,
+    next_connection: std::sync::atomic::AtomicU64,
     stopped: AtomicBool,
 }
 
@@ -236,11 +240,19 @@ pub fn spawn(
             while !network.stopped.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, peer)) => {
-                        let from = network.identify(peer, local);
                         let network = network.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("proxy-conn".into())
-                            .spawn(move || connect(network, client, from, broker, upstream));
+                        // Telling the far end apart reads /proc (every
+                        // broker's open files): done on the connection's
+                        // own thread, so that a burst of new connections
+                        // (every retried Raft call opens one) does not
+                        // queue behind it and delay the brokers'
+                        // heartbeats past their session.
+                        let _ = std::thread::Builder::new().name("proxy-conn".into()).spawn(
+                            move || {
+                                let from = network.identify(peer, local);
+                                connect(network, client, from, broker, upstream)
+                            },
+                        );
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(HOLD_CHECK);
@@ -278,18 +290,26 @@ fn connect(network: Arc<Network>, client: TcpStream, from: Peer, to: i32, upstre
     let Some([c_read, s_write, s_read, c_write]) = clones else {
         return;
     };
+    let id = network.next_connection.fetch_add(1, Ordering::Relaxed);
     network
         .connections
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(Connection {
+            id,
             from,
             to,
             sockets: [client, server],
         });
     let n = network.clone();
-    std::thread::spawn(move || pump(&n, from, to, c_read, s_write));
+    let upward = std::thread::spawn(move || pump(&n, from, to, c_read, s_write));
     pump(&network, from, to, s_read, c_write);
+    let _ = upward.join();
+    network
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|c| c.id != id);
 }
 
 /// Copies `from_socket` into `to_socket` under the link's conditions: a

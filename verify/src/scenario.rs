@@ -328,6 +328,10 @@ fn key_values(items: &[String]) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// How long a fault aimed at partition 0's leader waits for there to be
+/// one.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
 /// Polls `f` every 100 ms until it answers, for at most `limit`.
 fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
     let deadline = Instant::now() + limit;
@@ -354,10 +358,15 @@ fn resolve(
     let view = || admin::view(&bootstrap, topic);
     match target {
         "leader" => {
-            let leader = view()?.partitions.first().map_or(-1, |p| p.leader);
-            if leader < 0 {
-                return Err("partition 0 has no leader".into());
-            }
+            // Between faults (a soak repeats them every few seconds) the
+            // partition may be between leaders: the fault waits for the
+            // next one, and the outage it finds counts in the report.
+            let leader = wait_for("a leader of partition 0", LEADER_WAIT, || {
+                view()
+                    .ok()
+                    .and_then(|v| v.partitions.first().map(|p| p.leader))
+                    .filter(|l| *l >= 0)
+            })?;
             Ok(vec![leader])
         }
         "followers" | "follower" => {
