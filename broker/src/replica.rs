@@ -30,7 +30,7 @@
 //!
 //! Not yet: per-fetcher metrics.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,7 @@ use sluice_engine::shard::LocalShard;
 use sluice_engine::{AppendMode, Epoch, Offset, TopicPartition};
 use tracing::{debug, info, warn};
 
+use crate::controller::image::ineligible_joiners;
 use crate::controller::MetadataRecord;
 use crate::topics::TopicState;
 use crate::{partition, Broker};
@@ -106,7 +107,32 @@ async fn watch_isr(broker: Arc<Broker>) {
     let every = Duration::from_millis((lag_max / 4).clamp(10, 1000));
     loop {
         compio::time::sleep(every).await;
-        for change in partition::isr_changes(sluice_engine::shard::now_ms(), lag_max) {
+        let image = broker.topics.image();
+        let barred: BTreeSet<i32> = image.fenced.union(&image.shutting_down).copied().collect();
+        for mut change in partition::isr_changes(sluice_engine::shard::now_ms(), lag_max) {
+            // A caught-up follower that is fenced (its log directory full,
+            // say) may not join: the controller would refuse the change,
+            // and it would be proposed again every check.
+            let current = image
+                .topics
+                .get(&change.tp.topic)
+                .and_then(|t| t.partitions.get(usize::try_from(change.tp.partition).ok()?))
+                .map(|p| p.isr.clone())
+                .unwrap_or_default();
+            let barred = ineligible_joiners(&barred, &current, &change.isr);
+            if !barred.is_empty() {
+                change.isr.retain(|r| !barred.contains(r));
+                change.joining.retain(|r, _| !barred.contains(r));
+                let (mut left, mut now) = (change.isr.clone(), current);
+                left.sort_unstable();
+                now.sort_unstable();
+                if left == now {
+                    // Nothing else to change: proposed again from the
+                    // image at a later check.
+                    partition::isr_refused(&change);
+                    continue;
+                }
+            }
             let broker = broker.clone();
             compio::runtime::spawn(async move {
                 let record = MetadataRecord::AlterPartition {

@@ -104,6 +104,10 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     // take longer than a session.
     {
         let (controller, engine) = (controller.clone(), engine.clone());
+        let room = Room {
+            dir: config.log_dir.clone(),
+            margin: ROOM_MARGIN.max(config.message_max_bytes as u64),
+        };
         let (me, every) = (
             config.node_id,
             Duration::from_millis(config.broker_heartbeat_interval_ms),
@@ -118,7 +122,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
                     .ok();
                 loop {
                     if let Some(runtime) = &runtime {
-                        check_storage(runtime, &engine, &controller);
+                        check_storage(runtime, &engine, &controller, &room);
                     }
                     controller.heartbeat(me);
                     std::thread::sleep(every);
@@ -842,13 +846,52 @@ pub fn store_group_memberships(broker: &Arc<Broker>) {
 /// How long a heartbeat waits for a shard to say how its logs' storage is.
 const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// The free space a full log directory needs again before the broker
+/// says it has room: at least a batch, and enough that the next appends
+/// do not fill it at once (and fence the broker again a moment later).
+const ROOM_MARGIN: u64 = 8 << 20;
+
+/// Where the log directory is, and how much free space counts as room.
+struct Room {
+    dir: std::path::PathBuf,
+    margin: u64,
+}
+
+impl Room {
+    /// Whether the file system of the log directory has the margin free
+    /// (for writers without root's reserve, as the broker may be one).
+    fn is_there(&self) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(path) = std::ffi::CString::new(self.dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: statvfs(3) fills the struct it is given; all-zero bytes
+        // are a valid value of it.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `stat` a valid out-pointer.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return false;
+        }
+        (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64) >= self.margin
+    }
+}
+
 /// Sets what the next heartbeats say of the log directory: offline if any
 /// log went offline (a failed write or fsync; for good, until a restart
-/// reopens them), full while appends hit ENOSPC, else fine. Told only in a
-/// cluster of more than one broker: a sole broker has nowhere to move its
-/// leaderships, so it keeps serving the partitions whose logs work (and a
-/// full disk's appends resume once there is room).
-fn check_storage(runtime: &compio::runtime::Runtime, engine: &Engine, controller: &Controller) {
+/// reopens them), full while appends hit ENOSPC and the disk has no room,
+/// else fine. A log stays marked full until an append to it succeeds, and
+/// a partition that no longer gets any (its leadership moved away and
+/// nothing new was written) would keep the broker fenced for ever: so once
+/// the file system has room again the directory counts as fine. Told only
+/// in a cluster of more than one broker: a sole broker has nowhere to move
+/// its leaderships, so it keeps serving the partitions whose logs work
+/// (and a full disk's appends resume once there is room).
+fn check_storage(
+    runtime: &compio::runtime::Runtime,
+    engine: &Engine,
+    controller: &Controller,
+    room: &Room,
+) {
     use crate::controller::Storage;
     use sluice_engine::StorageHealth;
     let before = controller.storage();
@@ -868,7 +911,7 @@ fn check_storage(runtime: &compio::runtime::Runtime, engine: &Engine, controller
     let worst = failures.iter().map(|(_, h)| *h).max();
     let now = match worst {
         Some(StorageHealth::Offline) => Storage::Offline,
-        Some(StorageHealth::Full) => Storage::Full,
+        Some(StorageHealth::Full) if !room.is_there() => Storage::Full,
         _ => Storage::Ok,
     };
     if now == before || controller.published().get().1.brokers.len() < 2 {

@@ -1278,9 +1278,11 @@ fn a_full_log_directory_moves_the_brokers_leaderships_and_it_returns_once_there_
     disk.fill();
     // Appends fill what is left of the segment's last page, then fail
     // (KAFKA_STORAGE_ERROR, retriable) until the controller has heard and
-    // moved the leadership (NOT_LEADER_OR_FOLLOWER).
+    // moved the leadership (NOT_LEADER_OR_FOLLOWER). With acks=all, so
+    // that the followers hold every record broker 3 does: once it follows,
+    // it has nothing to fetch, append or truncate.
     let code = (0..10_000)
-        .map(|_| produce_raw(cluster.broker(3), "disk", 0, 1))
+        .map(|_| produce_raw(cluster.broker(3), "disk", 0, -1))
         .find(|code| *code != 0);
     assert!(
         matches!(code, Some(56 | 6)),
@@ -1310,16 +1312,17 @@ fn a_full_log_directory_moves_the_brokers_leaderships_and_it_returns_once_there_
         .broker(3)
         .stderr()
         .contains("the log directory failed; telling the controller"));
-    let (second, more) = common::numbered("e", 200);
-    produce(cluster.broker(1), "disk", &["-X", "acks=all"], &second);
-    expected.extend(more);
-
+    // Room again, and nothing new for broker 3 to append: it comes back
+    // because its disk has room (an append that succeeds is not needed).
     disk.free();
     poll_until(
         SETTLE,
         "the broker to rejoin the ISR once there is room",
         || (leader_and_isr(cluster.broker(1), "disk", 0).1 == [1, 2, 3]).then_some(()),
     );
+    let (second, more) = common::numbered("e", 200);
+    produce(cluster.broker(1), "disk", &["-X", "acks=all"], &second);
+    expected.extend(more);
     // Everything acknowledged, in order (with the probes that fitted).
     let got = consume(cluster.broker(1), "disk", &[]);
     let got: Vec<String> = values(&got).into_iter().filter(|v| v != "raw").collect();

@@ -8,7 +8,7 @@
 //! created twice by two racing requests, say) changes nothing and answers
 //! an error to whoever proposed it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -288,6 +288,18 @@ pub enum MetadataError {
     },
 }
 
+/// The members of `isr` that are not in `current` and may not join it:
+/// brokers in `barred` (fenced, or in controlled shutdown), as Kafka's
+/// controller answers INELIGIBLE_REPLICA (KIP-841). A fenced broker that
+/// has caught up (one whose log directory is full, say) stays out of the
+/// ISR until the controller unfences it.
+pub fn ineligible_joiners(barred: &BTreeSet<i32>, current: &[i32], isr: &[i32]) -> Vec<i32> {
+    isr.iter()
+        .copied()
+        .filter(|r| !current.contains(r) && barred.contains(r))
+        .collect()
+}
+
 /// A topic in the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicImage {
@@ -454,7 +466,14 @@ impl MetadataImage {
                         registered(*r)
                     )));
                 }
+                let barred: BTreeSet<i32> =
+                    self.fenced.union(&self.shutting_down).copied().collect();
                 let (record, min_isr) = self.partition_to_change(topic, topic_id, *partition)?;
+                if let Some(r) = ineligible_joiners(&barred, &record.isr, isr).first() {
+                    return Err(stale(format!(
+                        "replica {r} is fenced or shutting down and may not join the ISR"
+                    )));
+                }
                 if (record.leader, record.leader_epoch, record.partition_epoch)
                     != (*leader, *leader_epoch, *partition_epoch)
                 {
@@ -1049,9 +1068,43 @@ mod tests {
         let one_again = epoch_of(&mut image, 1, "1b");
         assert!(stale(image.apply(&alter(one, two_again, 7))));
         assert_eq!(image.topics["t"].partitions[1].isr, [1]);
-        // The current runs of both: applied.
-        image.apply(&alter(one_again, two_again, 7)).unwrap();
+        // Broker 2 fenced (silent, or its log directory failed), or
+        // stopping: it may not join however caught up it is.
+        image.apply(&MetadataRecord::FenceBroker { id: 2 }).unwrap();
+        assert!(stale(image.apply(&alter(one_again, two_again, 7))));
+        image
+            .apply(&MetadataRecord::UnfenceBroker { id: 2 })
+            .unwrap();
+        image
+            .apply(&MetadataRecord::ShutdownBroker {
+                id: 2,
+                epoch: two_again,
+            })
+            .unwrap();
+        assert!(stale(image.apply(&alter(one_again, two_again, 7))));
+        assert_eq!(image.topics["t"].partitions[1].isr, [1]);
+        // Registered again (the stop is over): the current runs of both
+        // are applied.
+        let two_now = epoch_of(&mut image, 2, "2c");
+        image.apply(&alter(one_again, two_now, 7)).unwrap();
         assert_eq!(image.topics["t"].partitions[1].isr, [1, 2]);
+    }
+
+    #[test]
+    fn only_fenced_or_stopping_brokers_that_are_not_members_yet_are_barred() {
+        let barred = BTreeSet::from([3, 4]);
+        assert_eq!(ineligible_joiners(&barred, &[1, 2], &[1, 2, 3]), [3]);
+        assert_eq!(
+            ineligible_joiners(&barred, &[1, 2], &[1, 2, 5]),
+            Vec::<i32>::new()
+        );
+        // A member already in the ISR is the controller's to remove, not a
+        // joiner.
+        assert_eq!(
+            ineligible_joiners(&barred, &[1, 3], &[1, 3]),
+            Vec::<i32>::new()
+        );
+        assert_eq!(ineligible_joiners(&barred, &[1], &[1, 4, 3]), [4, 3]);
     }
 
     #[test]
