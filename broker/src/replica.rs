@@ -30,7 +30,7 @@
 //!
 //! Not yet: per-fetcher metrics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +108,7 @@ async fn watch_isr(broker: Arc<Broker>) {
     loop {
         compio::time::sleep(every).await;
         let image = broker.topics.image();
-        let barred: BTreeSet<i32> = image.fenced.union(&image.shutting_down).copied().collect();
+        let barred = image.barred_from_isr();
         for mut change in partition::isr_changes(sluice_engine::shard::now_ms(), lag_max) {
             // A caught-up follower that is fenced (its log directory full,
             // say) may not join: the controller would refuse the change,
@@ -119,10 +119,10 @@ async fn watch_isr(broker: Arc<Broker>) {
                 .and_then(|t| t.partitions.get(usize::try_from(change.tp.partition).ok()?))
                 .map(|p| p.isr.clone())
                 .unwrap_or_default();
-            let barred = ineligible_joiners(&barred, &current, &change.isr);
-            if !barred.is_empty() {
-                change.isr.retain(|r| !barred.contains(r));
-                change.joining.retain(|r, _| !barred.contains(r));
+            let refused = ineligible_joiners(&barred, &current, &change.isr);
+            if !refused.is_empty() {
+                change.isr.retain(|r| !refused.contains(r));
+                change.joining.retain(|r, _| !refused.contains(r));
                 let (mut left, mut now) = (change.isr.clone(), current);
                 left.sort_unstable();
                 now.sort_unstable();

@@ -466,8 +466,7 @@ impl MetadataImage {
                         registered(*r)
                     )));
                 }
-                let barred: BTreeSet<i32> =
-                    self.fenced.union(&self.shutting_down).copied().collect();
+                let barred = self.barred_from_isr();
                 let (record, min_isr) = self.partition_to_change(topic, topic_id, *partition)?;
                 if let Some(r) = ineligible_joiners(&barred, &record.isr, isr).first() {
                     return Err(stale(format!(
@@ -674,6 +673,12 @@ impl MetadataImage {
             .ok_or_else(|| stale("no such partition"))?;
         let min_isr = image.min_isr(&image.partitions[index], default);
         Ok((&mut image.partitions[index], min_isr))
+    }
+
+    /// The brokers that may not join an ISR: fenced ones and ones in
+    /// controlled shutdown (see [`ineligible_joiners`]).
+    pub fn barred_from_isr(&self) -> BTreeSet<i32> {
+        self.fenced.union(&self.shutting_down).copied().collect()
     }
 
     /// `id` may have lost what it had not flushed: it is no longer an
