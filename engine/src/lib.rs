@@ -42,6 +42,9 @@ pub mod types;
 
 pub use config::LogConfig;
 pub use error::{Error, Result};
-pub use log::{AppendInfo, AppendMode, Durability, Log, ReadResult, RecoveryReport, StorageHealth};
+pub use log::{
+    AppendInfo, AppendMode, Durability, FlushOutcome, FlushTicket, Log, ReadResult, RecoveryReport,
+    StorageHealth,
+};
 pub use shard::{Backend, Engine, EngineConfig, IoDriver, ShardHandle};
 pub use types::{Epoch, FilePosition, Offset, TopicPartition};

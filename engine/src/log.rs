@@ -13,7 +13,10 @@
 //!
 //! Owned by one shard and touched only from its thread (not `Sync`); the
 //! async methods take `&mut self`, so one log never has two operations in
-//! flight and its in-memory state always describes completed writes.
+//! flight and its in-memory state always describes completed writes. The
+//! one exception is an fsync begun with [`Log::begin_flush`]: it runs apart
+//! so that the next appends are written meanwhile, and counts only once
+//! [`Log::end_flush`] takes its outcome.
 //!
 //! Durability: appends land in the page cache. The flush policy decides when
 //! the active segment is `fdatasync`ed; a roll and a clean close always
@@ -233,6 +236,46 @@ pub struct Log {
     producers: ProducerState,
     /// Rate limit of the warnings for failed appends and flushes.
     io_warnings: IoWarnLimiter,
+    /// A [`FlushTicket`] is out and its [`Log::end_flush`] not yet called.
+    flush_in_flight: bool,
+    /// Bumped by every truncation: a flush begun before one must not move
+    /// the flushed offset afterwards (its end may no longer exist).
+    truncations: u64,
+}
+
+/// An fsync of a log's active segment begun by [`Log::begin_flush`], run
+/// apart from the log so that appends go on while the disk flushes.
+#[derive(Debug)]
+pub struct FlushTicket {
+    file: std::rc::Rc<crate::io::File>,
+    end: Offset,
+    truncations: u64,
+}
+
+impl FlushTicket {
+    /// Everything below this offset is durable once the ticket's flush
+    /// succeeds.
+    pub fn end(&self) -> Offset {
+        self.end
+    }
+
+    /// Runs the fsync; hand the outcome to [`Log::end_flush`].
+    pub async fn run(self) -> FlushOutcome {
+        let result = self.file.sync_data().await;
+        FlushOutcome {
+            end: self.end,
+            truncations: self.truncations,
+            result,
+        }
+    }
+}
+
+/// What a [`FlushTicket`]'s fsync came to.
+#[derive(Debug)]
+pub struct FlushOutcome {
+    end: Offset,
+    truncations: u64,
+    result: std::io::Result<()>,
 }
 
 impl Log {
@@ -290,6 +333,8 @@ impl Log {
             background_flushes: VecDeque::new(),
             producers: ProducerState::default(),
             io_warnings: IoWarnLimiter::default(),
+            flush_in_flight: false,
+            truncations: 0,
         };
         let report = log.recover(&bases, recovery_point, now_ms).await?;
         log.rebuild_producer_state().await?;
@@ -754,9 +799,12 @@ impl Log {
     /// segment's background flush to reap. A `flush.messages` count below
     /// its limit is not: only an append can reach it, and the append
     /// flushes. A shard visits only such logs between turns.
+    /// While a [`FlushTicket`] is out, the policy waits for its end (which
+    /// begins the next one if appends asked for it).
     pub fn has_flush_work(&self) -> bool {
         self.offline.is_none()
-            && (self.policy.is_due(u64::MAX) || !self.background_flushes.is_empty())
+            && ((!self.flush_in_flight && self.policy.is_due(u64::MAX))
+                || !self.background_flushes.is_empty())
     }
 
     /// Replaces the log's configuration (a topic config change). New limits
@@ -796,6 +844,11 @@ impl Log {
             .values()
             .next()
             .expect("a log always has an active segment")
+    }
+
+    /// Why the log is offline, as the error its operations now return.
+    pub fn offline_error(&self) -> Option<Error> {
+        self.check_online().err()
     }
 
     fn check_online(&self) -> Result<()> {
@@ -869,12 +922,43 @@ impl Log {
         requests: Vec<(Bytes, AppendMode)>,
         now_ms: u64,
     ) -> Vec<Result<AppendInfo>> {
+        let (mut results, flush_due) = self.append_group_unflushed(requests, now_ms).await;
+        if flush_due {
+            if let Err(e) = self.flush(now_ms).await {
+                // The data is in the page cache but not durable; the caller
+                // must not be told it was appended as asked.
+                for r in results.iter_mut() {
+                    if r.is_ok() {
+                        *r = Err(e.clone());
+                    }
+                }
+            }
+        }
+        let flushed = self.flushed;
+        for info in results.iter_mut().flatten() {
+            if info.last_offset < flushed {
+                info.durability = Durability::Flushed;
+            }
+        }
+        results
+    }
+
+    /// [`Log::append_group`] without its flush: writes the group and says
+    /// whether the flush policy wants a flush now (`true`: every `Ok` result
+    /// must wait for a flush past its last offset before it is acknowledged
+    /// as the policy promises). The caller flushes, or begins a
+    /// [`FlushTicket`] and appends the next group while the disk works.
+    pub async fn append_group_unflushed(
+        &mut self,
+        requests: Vec<(Bytes, AppendMode)>,
+        now_ms: u64,
+    ) -> (Vec<Result<AppendInfo>>, bool) {
         let mut results: Vec<Result<AppendInfo>> = Vec::with_capacity(requests.len());
         if let Err(e) = self.check_online() {
-            return requests.iter().map(|_| Err(e.clone())).collect();
+            return (requests.iter().map(|_| Err(e.clone())).collect(), false);
         }
         if let Err(e) = self.reap_background_flushes(false).await {
-            return requests.iter().map(|_| Err(e.clone())).collect();
+            return (requests.iter().map(|_| Err(e.clone())).collect(), false);
         }
         // Batches staged for the active segment: bytes, their headers and
         // positions, and which results they belong to.
@@ -959,24 +1043,8 @@ impl Log {
             .filter_map(|r| r.as_ref().ok())
             .map(|i| i.records)
             .sum();
-        if failure.is_none() && appended > 0 && self.policy.on_append(appended, now_ms) {
-            if let Err(e) = self.flush(now_ms).await {
-                // The data is in the page cache but not durable; the caller
-                // must not be told it was appended as asked.
-                for r in results.iter_mut() {
-                    if r.is_ok() {
-                        *r = Err(e.clone());
-                    }
-                }
-            }
-        }
-        let flushed = self.flushed;
-        for info in results.iter_mut().flatten() {
-            if info.last_offset < flushed {
-                info.durability = Durability::Flushed;
-            }
-        }
-        results
+        let due = failure.is_none() && appended > 0 && self.policy.on_append(appended, now_ms);
+        (results, due)
     }
 
     /// Checks that one request's bytes are whole, valid v2 batches within
@@ -1274,13 +1342,63 @@ impl Log {
         Ok(())
     }
 
+    /// Begins an fsync of everything appended so far without waiting for
+    /// it: the returned ticket runs apart from the log (the shard spawns
+    /// it), appends go on meanwhile, and [`Log::end_flush`] moves the
+    /// flushed offset once it is done. `None` when there is nothing to
+    /// flush, the log is offline, or a ticket is already out (one at a
+    /// time: the next covers everything written while this one ran).
+    pub fn begin_flush(&mut self) -> Option<FlushTicket> {
+        let end = self.log_end_offset();
+        if self.offline.is_some() || self.flush_in_flight || self.flushed >= end {
+            return None;
+        }
+        self.flush_in_flight = true;
+        // Appends from here on count toward the next flush.
+        self.policy.on_flushed();
+        Some(FlushTicket {
+            file: self.active().file.clone(),
+            end,
+            truncations: self.truncations,
+        })
+    }
+
+    /// Takes in a [`FlushTicket`]'s outcome: on success everything below its
+    /// end is flushed (once the rolled segments before it are too); on
+    /// failure the log goes offline, as with [`Log::flush`].
+    pub async fn end_flush(&mut self, outcome: FlushOutcome, now_ms: u64) -> Result<()> {
+        self.flush_in_flight = false;
+        if let Err(e) = outcome.result {
+            let err = Error::io("fsync of the active segment", e);
+            self.warn_io("a flush", &err, now_ms);
+            return Err(self.fail(err));
+        }
+        self.check_online()?;
+        if outcome.truncations != self.truncations {
+            // A truncation flushed what it kept itself.
+            return Ok(());
+        }
+        // The ticket synced only its own segment; one rolled before it
+        // began may still be flushing in the background.
+        self.reap_background_flushes(true).await?;
+        self.flushed = self.flushed.max(outcome.end.min(self.log_end_offset()));
+        if self.flushed == self.log_end_offset()
+            && now_ms.saturating_sub(self.last_checkpoint_ms)
+                >= self.config.recovery_checkpoint_interval_ms
+        {
+            self.last_checkpoint_ms = now_ms;
+            self.checkpoint_recovery_point().await?;
+        }
+        Ok(())
+    }
+
     /// Runs a `flush.ms` flush if one is due.
     pub async fn maybe_flush(&mut self, now_ms: u64) -> Result<bool> {
         if self.offline.is_some() {
             return Ok(false);
         }
         self.reap_background_flushes(false).await?;
-        if !self.policy.is_due(now_ms) {
+        if self.flush_in_flight || !self.policy.is_due(now_ms) {
             return Ok(false);
         }
         self.flush(now_ms).await.map(|()| true)
@@ -1529,6 +1647,7 @@ impl Log {
             .map_err(|e| Error::io("syncing the log directory after truncation", e))?;
         let end = self.log_end_offset();
         self.flushed = end;
+        self.truncations += 1;
         self.policy.on_flushed();
         let mut changed = self.epochs.truncate_from_end(end);
         changed |= self.epochs.truncate_from_start(self.log_start);

@@ -635,6 +635,96 @@ fn a_partition_stalled_in_fsync_holds_up_no_other_partition_on_its_shard() {
 }
 
 #[test]
+fn appends_are_written_while_the_fsync_before_them_runs_and_acknowledged_after_their_own() {
+    // With an fsync per batch, the fsync of one group runs beside the write
+    // of the next: the appends that arrive while it is held are written
+    // (the log end moves) but neither acknowledged nor visible to readers
+    // until an fsync covers them; replies leave in order; one fsync is in
+    // flight at a time and the next covers everything written meanwhile.
+    let sim = SimFs::new();
+    let engine = Rc::new(sim_engine(&sim));
+    let tp = TopicPartition::new("pipelined", 0);
+    let rt = common::runtime(DriverType::Poll).unwrap();
+    rt.block_on(async {
+        let every_batch = LogConfig {
+            flush_messages: Some(1),
+            ..LogConfig::default()
+        };
+        engine.open(tp.clone(), every_batch).await.unwrap();
+        let stall = sim.stall_syncs_under(std::path::Path::new("/data/pipelined-0"));
+        let answered: Rc<std::cell::RefCell<Vec<i64>>> = Rc::default();
+        let append = |records: usize| {
+            let (engine, tp, answered) = (engine.clone(), tp.clone(), answered.clone());
+            compio::runtime::spawn(async move {
+                let info = engine
+                    .append(tp, common::batch(records, 10, 0), LEADER)
+                    .await;
+                if let Ok(info) = &info {
+                    answered.borrow_mut().push(info.base_offset.0);
+                }
+                info
+            })
+        };
+        let first = append(1);
+        eventually("the first group's fsync to be held", || {
+            stall.syncs_held() == 1
+        })
+        .await;
+        let later: Vec<_> = (0..3).map(|_| append(2)).collect();
+        let shard = engine.shard_for(&tp).clone();
+        let mut written = Offset(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while written < Offset(7) {
+            assert!(Instant::now() < deadline, "later appends were not written");
+            written = shard.info(tp.clone()).await.unwrap().log_end_offset;
+        }
+        assert!(
+            answered.borrow().is_empty(),
+            "acknowledged before its fsync"
+        );
+        assert_eq!(
+            stall.syncs_held(),
+            1,
+            "a second fsync began beside the first"
+        );
+        let visible = {
+            let tp = tp.clone();
+            shard
+                .run(move |local| Box::pin(async move { local.log_end_offset(&tp) }))
+                .await
+                .unwrap()
+        };
+        assert_eq!(visible, Some(Offset(0)), "unflushed appends were visible");
+        drop(stall);
+        assert_eq!(
+            first.await.unwrap().unwrap().durability,
+            Durability::Flushed
+        );
+        for append in later {
+            assert_eq!(
+                append.await.unwrap().unwrap().durability,
+                Durability::Flushed
+            );
+        }
+        assert_eq!(
+            *answered.borrow(),
+            vec![0, 1, 3, 5],
+            "replies out of log order"
+        );
+        let visible = {
+            let tp = tp.clone();
+            shard
+                .run(move |local| Box::pin(async move { local.log_end_offset(&tp) }))
+                .await
+                .unwrap()
+        };
+        assert_eq!(visible, Some(Offset(7)));
+    });
+    drop(rt);
+    Rc::try_unwrap(engine).unwrap().shutdown().unwrap();
+}
+
+#[test]
 fn a_fetch_waiting_for_an_append_does_not_split_group_commit() {
     // Waiters are registered beside the queue, not as a command that runs
     // the queued appends early: the appends on either side of a wait still
@@ -690,13 +780,24 @@ fn a_shards_queue_is_bounded_in_bytes_while_a_partition_stalls() {
     let tp = TopicPartition::new("slow", 0);
     let rt = common::runtime(DriverType::Poll).unwrap();
     rt.block_on(async {
-        let every_batch = LogConfig {
-            flush_messages: Some(1),
-            ..LogConfig::default()
-        };
-        engine.open(tp.clone(), every_batch).await.unwrap();
+        engine.open(tp.clone(), LogConfig::default()).await.unwrap();
+        engine
+            .append(tp.clone(), common::batch(1, 1024, 0), LEADER)
+            .await
+            .unwrap();
         let stall = sim.stall_syncs_under(std::path::Path::new("/data/slow-0"));
         let shard = engine.shard_for(&tp).clone();
+        // An explicit flush holds the partition's worker in the stalled
+        // fsync (a flush the policy asks for would run beside the appends).
+        let flush = {
+            let shard = shard.clone();
+            let tp = tp.clone();
+            compio::runtime::spawn(async move { shard.flush(tp).await })
+        };
+        eventually("the flush to reach the stalled disk", || {
+            stall.syncs_held() > 0
+        })
+        .await;
         // 16 appends of ~16 KiB: four fit in the queue's 64 KiB.
         let appends: Vec<_> = (0..16)
             .map(|_| {
@@ -716,6 +817,7 @@ fn a_shards_queue_is_bounded_in_bytes_while_a_partition_stalls() {
         assert!(queued <= queue_bytes_max, "{queued} bytes queued");
         assert!(waiting >= 16 - 5, "{waiting} senders waiting");
         drop(stall);
+        flush.await.unwrap().unwrap();
         for append in appends {
             append.await.unwrap().unwrap();
         }

@@ -16,8 +16,18 @@
 //! on the thread go on.
 //!
 //! Group commit comes from the queues: appends that arrive while a worker
-//! is busy (in an fsync, say) wait in the queue and go out together, in one
-//! vectored write and at most one fsync, when the worker next drains it.
+//! is busy wait in the queue and go out together, in one vectored write,
+//! when the worker next drains it. A group the flush policy wants flushed
+//! does not hold the worker during its fsync: the fsync runs as its own
+//! task ([`crate::log::FlushTicket`]), the group's replies wait in the partition's
+//! `owed` queue, and the worker goes on writing the groups that arrive
+//! meanwhile, so the disk's flush of one group overlaps the write of the
+//! next. One fsync is in flight per partition; when it ends (its outcome is
+//! queued to the worker like any work) the groups it covered are answered
+//! and the next fsync, covering everything written since, begins. Replies
+//! leave in log order, and the log end the partition publishes (to waiting
+//! fetches and the broker's high watermark) stops before the first group
+//! still waiting for its fsync, as it did when the fsync was inline.
 //!
 //! Everything here lives on one shard thread: `Rc`, `RefCell` and `Cell`,
 //! never a lock. Other threads reach it only through the command channel.
@@ -38,7 +48,10 @@ use crate::budget::Permit;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::io::Fs;
-use crate::log::{AppendInfo, AppendMode, Log, ReadResult, RecoveryReport, StorageHealth};
+use crate::log::{
+    AppendInfo, AppendMode, Durability, FlushOutcome, Log, ReadResult, RecoveryReport,
+    StorageHealth,
+};
 use crate::types::{Epoch, Offset, TopicPartition};
 
 /// A job on one log, run on the shard thread (not `Send`).
@@ -62,6 +75,20 @@ enum Work {
         delete: bool,
         reply: Reply<()>,
     },
+    /// The partition's fsync in flight has ended.
+    Flushed(FlushOutcome),
+}
+
+/// An append's result not yet sent: it waits for the flush it asked for,
+/// or behind one that does (replies leave in log order).
+struct Owed {
+    /// The flushed offset must pass this (the append's last offset) first.
+    needs: Option<Offset>,
+    /// Where the append's records start: the published log end stays
+    /// below it while it waits.
+    from: Offset,
+    result: Result<AppendInfo>,
+    reply: Reply<AppendInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +109,15 @@ struct Partition {
     queue: RefCell<VecDeque<Work>>,
     /// Whether a worker task is draining `queue`.
     running: Cell<bool>,
-    /// The log end offset as of the last finished work.
+    /// The log end offset as of the last finished work, short of the
+    /// appends still waiting for their fsync: what fetches and the high
+    /// watermark may see.
     end: Cell<Offset>,
+    /// The log end offset as of the last finished work, whether flushed or
+    /// not: where this replica's next append goes.
+    written_end: Cell<Offset>,
+    /// Appends' results waiting for an fsync, in log order.
+    owed: RefCell<VecDeque<Owed>>,
     /// The leader epoch of the log's last batch, as of the last finished
     /// work (-1: none).
     last_epoch: Cell<Epoch>,
@@ -107,6 +141,8 @@ impl Partition {
             queue: RefCell::new(VecDeque::new()),
             running: Cell::new(false),
             end: Cell::new(Offset::ZERO),
+            written_end: Cell::new(Offset::ZERO),
+            owed: RefCell::new(VecDeque::new()),
             last_epoch: Cell::new(Epoch(-1)),
             waiters: RefCell::new(Vec::new()),
             closed: RefCell::new(Vec::new()),
@@ -222,10 +258,10 @@ impl Core {
                 continue;
             };
             let now = now_ms();
-            let (log, close) = run_work(&part.tp, log, work, now).await;
+            let (mut log, close) = self.run_work(&part, log, work, now).await;
             match close {
                 None => {
-                    self.after_work(&part, &log);
+                    self.after_work(&part, &mut log);
                     *part.log.borrow_mut() = Some(log);
                 }
                 Some((delete, reply)) => {
@@ -234,6 +270,7 @@ impl Core {
                     } else {
                         log.close(now_ms()).await
                     };
+                    settle_owed_at_close(&part, &result, delete);
                     self.finish_close(&part);
                     drop(reply.send(result));
                     // Whatever queued behind the close finds no log.
@@ -244,8 +281,17 @@ impl Core {
 
     /// After a worker's batch: publish the log end, wake the fetches it
     /// satisfies, and arm a flush timer if the log has flush work.
-    fn after_work(self: &Rc<Self>, part: &Rc<Partition>, log: &Log) {
-        part.end.set(log.log_end_offset());
+    fn after_work(self: &Rc<Self>, part: &Rc<Partition>, log: &mut Log) {
+        release_owed(part, log);
+        if part.owed.borrow().iter().any(|o| o.needs.is_some()) {
+            // Appends wait for a flush and none covers them yet.
+            self.begin_flush(part, log);
+        }
+        let written = log.log_end_offset();
+        let waiting_from = part.owed.borrow().iter().map(|o| o.from).min();
+        part.end
+            .set(waiting_from.map_or(written, |f| f.min(written)));
+        part.written_end.set(written);
         part.health.set(log.storage_health());
         part.last_epoch
             .set(log.epoch_cache().latest_epoch().unwrap_or(Epoch(-1)));
@@ -281,6 +327,107 @@ impl Core {
             core.queue_flush_check(&part);
         })
         .detach();
+    }
+
+    /// Begins an fsync of the partition's log unless one is in flight, as
+    /// a task of its own whose outcome is queued back to the worker.
+    fn begin_flush(self: &Rc<Self>, part: &Rc<Partition>, log: &mut Log) {
+        let Some(ticket) = log.begin_flush() else {
+            return;
+        };
+        let (core, part) = (self.clone(), part.clone());
+        compio::runtime::spawn(async move {
+            let outcome = ticket.run().await;
+            // Queued even behind a close: the close's own flush settles
+            // the owed replies, and this outcome is then dropped.
+            part.queue.borrow_mut().push_back(Work::Flushed(outcome));
+            core.kick(&part);
+        })
+        .detach();
+    }
+
+    /// Runs one drained batch of a partition's work in order: consecutive
+    /// appends become one group commit; jobs run in between. Stops at a
+    /// close and hands it back with the log; work after a close fails.
+    async fn run_work(
+        self: &Rc<Self>,
+        part: &Rc<Partition>,
+        mut log: Log,
+        work: Vec<Work>,
+        now: u64,
+    ) -> (Log, Option<(bool, Reply<()>)>) {
+        let mut group = Group::default();
+        let mut items = work.into_iter();
+        let mut close = None;
+        for item in items.by_ref() {
+            match item {
+                Work::Append(records, mode, held, reply) => {
+                    group.appends.push((records, mode));
+                    group.replies.push(reply);
+                    // Given back once the group is written (below).
+                    group.held_bytes.extend(held);
+                }
+                Work::Job(job) => {
+                    self.commit(part, &mut log, &mut group, now).await;
+                    job(&mut log, now).await;
+                }
+                Work::Flushed(outcome) => {
+                    self.commit(part, &mut log, &mut group, now).await;
+                    // A failure takes the log offline and says so; the
+                    // replies that waited for this flush get its error.
+                    let _offline = log.end_flush(outcome, now).await;
+                    release_owed(part, &log);
+                }
+                Work::Close { delete, reply } => {
+                    close = Some((delete, reply));
+                    break;
+                }
+            }
+        }
+        self.commit(part, &mut log, &mut group, now).await;
+        for rest in items {
+            fail(rest, Error::UnknownPartition(part.tp.clone()));
+        }
+        (log, close)
+    }
+
+    /// Writes the group's appends and queues their replies behind any still
+    /// owed; those the flush policy wants flushed wait for an fsync, which
+    /// begins now unless one is in flight.
+    async fn commit(
+        self: &Rc<Self>,
+        part: &Rc<Partition>,
+        log: &mut Log,
+        group: &mut Group,
+        now: u64,
+    ) {
+        if group.appends.is_empty() {
+            return;
+        }
+        let (results, flush_due) = log
+            .append_group_unflushed(std::mem::take(&mut group.appends), now)
+            .await;
+        // Out of the queue and written: room for the next senders.
+        group.held_bytes.clear();
+        {
+            let mut owed = part.owed.borrow_mut();
+            for (reply, result) in group.replies.drain(..).zip(results) {
+                let (needs, from) = match &result {
+                    Ok(info) if flush_due => (Some(info.last_offset), info.base_offset),
+                    _ => (None, Offset(i64::MAX)),
+                };
+                owed.push_back(Owed {
+                    needs,
+                    from,
+                    result,
+                    reply,
+                });
+            }
+        }
+        if flush_due {
+            self.begin_flush(part, log);
+        }
+        release_owed(part, log);
     }
 
     /// Queues a `flush.ms` check (and the reaping of background flushes) on
@@ -353,12 +500,12 @@ impl Core {
             }
             let dir = core.data_dir.join(tp.dir_name());
             match Log::open(core.fs.clone(), dir, config, now_ms()).await {
-                Ok((log, report)) => {
+                Ok((mut log, report)) => {
                     // A close may have come during recovery; it stays queued.
                     if part.phase.get() == Phase::Opening {
                         part.phase.set(Phase::Open);
                     }
-                    core.after_work(&part, &log);
+                    core.after_work(&part, &mut log);
                     *part.log.borrow_mut() = Some(log);
                     drop(reply.send(Ok(report)));
                     core.kick(&part);
@@ -489,64 +636,70 @@ fn fail(work: Work, err: Error) {
         // partitions, so this is a close racing them.
         Work::Job(job) => drop(job),
         Work::Close { reply, .. } => drop(reply.send(Err(err))),
+        // The flush's replies were settled by the close before it.
+        Work::Flushed(_) => {}
     }
 }
 
-/// Runs one drained batch of a partition's work in order: consecutive
-/// appends become one group commit; jobs run in between. Stops at a close
-/// and hands it back with the log; work after a close fails.
-async fn run_work(
-    tp: &TopicPartition,
-    mut log: Log,
-    work: Vec<Work>,
-    now: u64,
-) -> (Log, Option<(bool, Reply<()>)>) {
-    let mut appends: Vec<(Bytes, AppendMode)> = Vec::new();
-    let mut replies: Vec<Reply<AppendInfo>> = Vec::new();
-    let mut items = work.into_iter();
-    let mut close = None;
-    let mut held_bytes: Vec<Permit> = Vec::new();
-    for item in items.by_ref() {
-        match item {
-            Work::Append(records, mode, held, reply) => {
-                appends.push((records, mode));
-                replies.push(reply);
-                // Given back once the group is written (below).
-                held_bytes.extend(held);
-            }
-            Work::Job(job) => {
-                commit(&mut log, &mut appends, &mut replies, &mut held_bytes, now).await;
-                job(&mut log, now).await;
-            }
-            Work::Close { delete, reply } => {
-                close = Some((delete, reply));
-                break;
-            }
+/// The appends of one group commit, gathered from a partition's queue.
+#[derive(Default)]
+struct Group {
+    appends: Vec<(Bytes, AppendMode)>,
+    replies: Vec<Reply<AppendInfo>>,
+    held_bytes: Vec<Permit>,
+}
+
+/// Sends the owed replies, in order, up to the first whose flush has not
+/// happened. A log gone offline will flush nothing more: what waits for a
+/// flush gets its error. An append that a truncation removed while it
+/// waited (a leader become follower) is answered as if its flush had come
+/// first, as it was before flushes ran apart: the broker's own checks
+/// (leadership, the high watermark) then decide its fate.
+fn release_owed(part: &Partition, log: &Log) {
+    let flushed = log.flushed_offset();
+    let end = log.log_end_offset();
+    let offline = log.is_offline();
+    let mut owed = part.owed.borrow_mut();
+    while let Some(front) = owed.front() {
+        let waiting = front
+            .needs
+            .is_some_and(|last| last >= flushed && last < end);
+        if waiting && !offline {
+            break;
         }
+        let Some(o) = owed.pop_front() else { break };
+        let result = match o.result {
+            Ok(_) if waiting => Err(log
+                .offline_error()
+                .unwrap_or_else(|| Error::UnknownPartition(part.tp.clone()))),
+            Ok(mut info) => {
+                if info.last_offset < flushed {
+                    info.durability = Durability::Flushed;
+                }
+                Ok(info)
+            }
+            Err(e) => Err(e),
+        };
+        drop(o.reply.send(result));
     }
-    commit(&mut log, &mut appends, &mut replies, &mut held_bytes, now).await;
-    for rest in items {
-        fail(rest, Error::UnknownPartition(tp.clone()));
-    }
-    (log, close)
 }
 
-async fn commit(
-    log: &mut Log,
-    appends: &mut Vec<(Bytes, AppendMode)>,
-    replies: &mut Vec<Reply<AppendInfo>>,
-    held_bytes: &mut Vec<Permit>,
-    now: u64,
-) {
-    if appends.is_empty() {
-        return;
-    }
-    let results = log.append_group(std::mem::take(appends), now).await;
-    // Out of the queue and written: room for the next senders, before the
-    // replies let these senders send more.
-    held_bytes.clear();
-    for (reply, result) in replies.drain(..).zip(results) {
-        drop(reply.send(result));
+/// At a close, the owed replies: a clean close flushed everything; a
+/// deletion or a failed close leaves what waited for a flush unflushed.
+fn settle_owed_at_close(part: &Partition, closed: &Result<()>, delete: bool) {
+    for o in part.owed.borrow_mut().drain(..) {
+        let result = match (o.result, o.needs) {
+            (Ok(mut info), Some(_)) => match closed {
+                Ok(()) if !delete => {
+                    info.durability = Durability::Flushed;
+                    Ok(info)
+                }
+                Err(e) => Err(e.clone()),
+                Ok(()) => Err(Error::UnknownPartition(part.tp.clone())),
+            },
+            (result, _) => result,
+        };
+        drop(o.reply.send(result));
     }
 }
 
@@ -653,7 +806,9 @@ impl LocalShard {
     }
 
     /// The log end offset as of the partition's last finished work, without
-    /// queueing behind its current work.
+    /// queueing behind its current work, and short of the appends still
+    /// waiting for the fsync their flush policy asked for: what a reader
+    /// (a consumer's fetch, the high watermark) may count on.
     pub fn log_end_offset(&self, tp: &TopicPartition) -> Option<Offset> {
         self.0
             .accepting(tp)
@@ -661,14 +816,14 @@ impl LocalShard {
             .map(|p| p.end.get())
     }
 
-    /// The log end offset and the leader epoch of the last batch (-1 for
-    /// none), as of the partition's last finished work: where a follower
-    /// fetches from, and its `last_fetched_epoch`.
+    /// The log end offset (written, flushed or not) and the leader epoch of
+    /// the last batch (-1 for none), as of the partition's last finished
+    /// work: where a follower fetches from, and its `last_fetched_epoch`.
     pub fn log_end_and_epoch(&self, tp: &TopicPartition) -> Option<(Offset, Epoch)> {
         self.0
             .accepting(tp)
             .filter(|p| p.phase.get() == Phase::Open)
-            .map(|p| (p.end.get(), p.last_epoch.get()))
+            .map(|p| (p.written_end.get(), p.last_epoch.get()))
     }
 
     /// The partitions of this shard whose storage is not [`StorageHealth::Ok`]
