@@ -107,7 +107,7 @@ fn crash_point(seed: u64) -> Run {
             if rng.below(6) == 0 {
                 epoch += 1;
             }
-            match rng.below(14) {
+            match rng.below(16) {
                 11..=12 => {
                     // An idempotent producer, at the sequence the log
                     // expects (a truncation may have moved it back).
@@ -162,6 +162,40 @@ fn crash_point(seed: u64) -> Run {
                     // shard's loop does between turns, and collect them.
                     sluice_engine::shard::yield_now().await;
                     log.maybe_flush(NOW).await.expect("background flushes");
+                }
+                14..=15 => {
+                    // A shard's flush: the fsync runs apart while the log
+                    // goes on (an append, sometimes a truncation) and counts
+                    // only once its outcome is taken in.
+                    let ticket = log.begin_flush();
+                    let b = common::batch(1 + rng.below(3) as usize, 50, NOW as i64);
+                    let info = log.append(b.clone(), leader, NOW).await.expect("append");
+                    appended.insert(info.base_offset.0, without_offsets(&b));
+                    if info.durability == Durability::Flushed {
+                        flushed.insert(info.base_offset.0, without_offsets(&b));
+                    }
+                    if rng.below(3) == 0 {
+                        let end = log.log_end_offset().0;
+                        let to = Offset(rng.below(end as u64 + 1) as i64);
+                        log.truncate_to(to, NOW).await.expect("truncate");
+                        let end = log.log_end_offset().0;
+                        appended.retain(|&o, _| o < end);
+                        flushed.retain(|&o, _| o < end);
+                        // New batches where the ticket's end once was: its
+                        // fsync did not cover them.
+                        let b = common::batch(2, 50, NOW as i64);
+                        let info = log.append(b.clone(), leader, NOW).await.expect("append");
+                        appended.insert(info.base_offset.0, without_offsets(&b));
+                    }
+                    if let Some(ticket) = ticket {
+                        let outcome = ticket.run().await;
+                        log.end_flush(outcome, NOW).await.expect("end flush");
+                    }
+                    // What the log now calls flushed is checked at the end.
+                    let reported = log.flushed_offset().0;
+                    for (o, b) in appended.range(..reported) {
+                        flushed.insert(*o, b.clone());
+                    }
                 }
                 _ => {
                     let end = log.log_end_offset().0;
