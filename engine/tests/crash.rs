@@ -70,6 +70,23 @@ async fn check_log(log: &Log) -> Vec<(i64, Vec<u8>)> {
     out
 }
 
+/// Truncates the log at a random offset at or below its end (a follower
+/// cutting a diverged tail) and forgets what it cut from each record of
+/// batches.
+async fn truncate_somewhere(
+    log: &mut Log,
+    rng: &mut SimRng,
+    records: &mut [&mut BTreeMap<i64, Vec<u8>>],
+) {
+    let end = log.log_end_offset().0;
+    let to = Offset(rng.below(end as u64 + 1) as i64);
+    log.truncate_to(to, NOW).await.expect("truncate");
+    let end = log.log_end_offset().0;
+    for batches in records.iter_mut() {
+        batches.retain(|&o, _| o < end);
+    }
+}
+
 /// Returns to the executor once, so other tasks on it can run.
 struct Run {
     truncated: bool,
@@ -175,12 +192,8 @@ fn crash_point(seed: u64) -> Run {
                         flushed.insert(info.base_offset.0, without_offsets(&b));
                     }
                     if rng.below(3) == 0 {
-                        let end = log.log_end_offset().0;
-                        let to = Offset(rng.below(end as u64 + 1) as i64);
-                        log.truncate_to(to, NOW).await.expect("truncate");
-                        let end = log.log_end_offset().0;
-                        appended.retain(|&o, _| o < end);
-                        flushed.retain(|&o, _| o < end);
+                        truncate_somewhere(&mut log, &mut rng, &mut [&mut appended, &mut flushed])
+                            .await;
                         // New batches where the ticket's end once was: its
                         // fsync did not cover them.
                         let b = common::batch(2, 50, NOW as i64);
@@ -198,12 +211,8 @@ fn crash_point(seed: u64) -> Run {
                     }
                 }
                 _ => {
-                    let end = log.log_end_offset().0;
-                    let to = Offset(rng.below(end as u64 + 1) as i64);
-                    log.truncate_to(to, NOW).await.expect("truncate");
-                    let end = log.log_end_offset().0;
-                    appended.retain(|&o, _| o < end);
-                    flushed.retain(|&o, _| o < end);
+                    truncate_somewhere(&mut log, &mut rng, &mut [&mut appended, &mut flushed])
+                        .await;
                 }
             }
         }
