@@ -638,9 +638,10 @@ fn a_partition_stalled_in_fsync_holds_up_no_other_partition_on_its_shard() {
 fn appends_are_written_while_the_fsync_before_them_runs_and_acknowledged_after_their_own() {
     // With an fsync per batch, the fsync of one group runs beside the write
     // of the next: the appends that arrive while it is held are written
-    // (the log end moves) but neither acknowledged nor visible to readers
-    // until an fsync covers them; replies leave in order; one fsync is in
-    // flight at a time and the next covers everything written meanwhile.
+    // (the log end moves, and wakes waiting fetches) but neither
+    // acknowledged nor counted by the published log end until an fsync
+    // covers them; replies leave in order; one fsync is in flight at a time
+    // and the next covers everything written meanwhile.
     let sim = SimFs::new();
     let engine = Rc::new(sim_engine(&sim));
     let tp = TopicPartition::new("pipelined", 0);
@@ -695,6 +696,19 @@ fn appends_are_written_while_the_fsync_before_them_runs_and_acknowledged_after_t
                 .unwrap()
         };
         assert_eq!(visible, Some(Offset(0)), "unflushed appends were visible");
+        // A follower's fetch waiting for appends is woken by the write: it
+        // copies what the leader is still flushing.
+        let woken = {
+            let tp = tp.clone();
+            shard
+                .run(move |local| {
+                    Box::pin(async move { local.wait_for_append(&tp, Offset(0)).await })
+                })
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(woken, Offset(7));
         drop(stall);
         assert_eq!(
             first.await.unwrap().unwrap().durability,

@@ -233,8 +233,10 @@ impl PartitionState {
             }
         }
         self.last_fetch.insert(replica, (now_ms, leader_end));
-        let capped = fetch_offset.min(leader_end);
-        self.log_end.insert(replica, capped);
+        // Not capped by the leader's end as known here: that stops short
+        // of its appends still waiting for their fsync, which a follower
+        // may already have copied. The high watermark is capped instead.
+        self.log_end.insert(replica, fetch_offset);
         self.advance()
     }
 
@@ -328,7 +330,8 @@ impl PartitionState {
             .chain(pending.iter())
             .map(|r| self.log_end.get(r).copied().unwrap_or_default())
             .min()
-            .unwrap_or(leader_end);
+            .unwrap_or(leader_end)
+            .min(leader_end);
         let moved = (candidate > self.high_watermark).then(|| {
             self.high_watermark = candidate;
             candidate
@@ -382,6 +385,19 @@ mod tests {
             }
             assert_eq!(s.high_watermark(), o(hw), "{what}");
         }
+    }
+
+    #[test]
+    fn followers_ahead_of_the_leaders_flushed_end_count_once_the_leader_reaches_it() {
+        // With an fsync per batch the leader counts its own end only once
+        // its fsync is done, while followers may already have copied the
+        // batch: their fetch offsets are kept whole, and the high watermark
+        // moves as soon as the leader's end catches up, with no new fetch.
+        let mut s = PartitionState::leader(ME, 0, vec![1, 2, 3], vec![1, 2, 3], o(5), o(5), 2);
+        assert_eq!(s.on_follower_fetch(2, 0, o(8), 0), None);
+        assert_eq!(s.on_follower_fetch(3, 0, o(8), 0), None);
+        assert_eq!(s.high_watermark(), o(5));
+        assert_eq!(s.on_leader_append(o(8)), Some(o(8)));
     }
 
     #[test]

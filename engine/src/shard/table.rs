@@ -25,9 +25,12 @@
 //! next. One fsync is in flight per partition; when it ends (its outcome is
 //! queued to the worker like any work) the groups it covered are answered
 //! and the next fsync, covering everything written since, begins. Replies
-//! leave in log order, and the log end the partition publishes (to waiting
-//! fetches and the broker's high watermark) stops before the first group
-//! still waiting for its fsync, as it did when the fsync was inline.
+//! leave in log order, and the log end the partition publishes to the
+//! broker's high watermark stops before the first group still waiting for
+//! its fsync, as it did when the fsync was inline. Waiting fetches (a
+//! follower's) are woken by the write itself: a follower copies the batch
+//! and fsyncs it while the leader's own fsync runs, and the high watermark
+//! passes it once both are done.
 //!
 //! Everything here lives on one shard thread: `Rc`, `RefCell` and `Cell`,
 //! never a lock. Other threads reach it only through the command channel.
@@ -110,11 +113,12 @@ struct Partition {
     /// Whether a worker task is draining `queue`.
     running: Cell<bool>,
     /// The log end offset as of the last finished work, short of the
-    /// appends still waiting for their fsync: what fetches and the high
-    /// watermark may see.
+    /// appends still waiting for their fsync: what the high watermark may
+    /// count.
     end: Cell<Offset>,
     /// The log end offset as of the last finished work, whether flushed or
-    /// not: where this replica's next append goes.
+    /// not: where this replica's next append goes, and what wakes waiting
+    /// fetches.
     written_end: Cell<Offset>,
     /// Appends' results waiting for an fsync, in log order.
     owed: RefCell<VecDeque<Owed>>,
@@ -558,7 +562,7 @@ impl Core {
             drop(reply.send(Err(Error::UnknownPartition(tp))));
             return;
         };
-        let end = part.end.get();
+        let end = part.written_end.get();
         if end > after && part.phase.get() == Phase::Open {
             drop(reply.send(Ok(end)));
             return;
@@ -613,9 +617,9 @@ impl Core {
     }
 }
 
-/// Answers every waiter whose offset the log end has passed.
+/// Answers every waiter whose offset the written log end has passed.
 fn answer_waiters(part: &Partition) {
-    let end = part.end.get();
+    let end = part.written_end.get();
     let mut waiters = part.waiters.borrow_mut();
     let mut i = 0;
     while i < waiters.len() {
@@ -838,9 +842,9 @@ impl LocalShard {
             .collect()
     }
 
-    /// Waits until the partition's log end offset is greater than `after`.
-    /// Registering does not wait for the partition's queued work, nor make
-    /// it run early.
+    /// Waits until the partition's log end offset (written, flushed or
+    /// not) is greater than `after`. Registering does not wait for the
+    /// partition's queued work, nor make it run early.
     pub async fn wait_for_append(&self, tp: &TopicPartition, after: Offset) -> Result<Offset> {
         let (tx, rx) = oneshot::channel();
         self.0.add_waiter(tp.clone(), after, tx);
