@@ -250,6 +250,8 @@ pub struct FlushTicket {
     file: std::rc::Rc<crate::io::File>,
     end: Offset,
     truncations: u64,
+    /// The recovery point the ticket's end is, in the segment it syncs.
+    point: RecoveryPoint,
 }
 
 impl FlushTicket {
@@ -265,6 +267,7 @@ impl FlushTicket {
         FlushOutcome {
             end: self.end,
             truncations: self.truncations,
+            point: self.point,
             result,
         }
     }
@@ -275,6 +278,7 @@ impl FlushTicket {
 pub struct FlushOutcome {
     end: Offset,
     truncations: u64,
+    point: RecoveryPoint,
     result: std::io::Result<()>,
 }
 
@@ -1356,10 +1360,18 @@ impl Log {
         self.flush_in_flight = true;
         // Appends from here on count toward the next flush.
         self.policy.on_flushed();
+        let active = self.active();
         Some(FlushTicket {
-            file: self.active().file.clone(),
+            file: active.file.clone(),
             end,
             truncations: self.truncations,
+            point: RecoveryPoint {
+                offset: end,
+                segment_base: active.base,
+                position: FilePosition(active.size),
+                max_timestamp: active.max_timestamp,
+                max_timestamp_offset: active.max_timestamp_offset,
+            },
         })
     }
 
@@ -1382,12 +1394,22 @@ impl Log {
         // began may still be flushing in the background.
         self.reap_background_flushes(true).await?;
         self.flushed = self.flushed.max(outcome.end.min(self.log_end_offset()));
-        if self.flushed == self.log_end_offset()
-            && now_ms.saturating_sub(self.last_checkpoint_ms)
-                >= self.config.recovery_checkpoint_interval_ms
+        if now_ms.saturating_sub(self.last_checkpoint_ms)
+            < self.config.recovery_checkpoint_interval_ms
         {
+            return Ok(());
+        }
+        if self.flushed == self.log_end_offset() {
             self.last_checkpoint_ms = now_ms;
             self.checkpoint_recovery_point().await?;
+        } else if self.flushed == outcome.point.offset
+            && self.active().base == outcome.point.segment_base
+        {
+            // Appends went on while the disk flushed, so the log end is
+            // never flushed under a steady stream of them: the recovery
+            // point is the ticket's end instead, inside the active segment.
+            self.last_checkpoint_ms = now_ms;
+            self.checkpoint_recovery_point_at(outcome.point).await?;
         }
         Ok(())
     }
@@ -1430,10 +1452,6 @@ impl Log {
     /// valid when everything is flushed.
     async fn checkpoint_recovery_point(&mut self) -> Result<()> {
         debug_assert_eq!(self.flushed, self.log_end_offset());
-        debug_assert!(self.background_flushes.is_empty());
-        if let Err(e) = self.persist_epochs_if_changed().await {
-            return Err(self.fail(e));
-        }
         let active = self.active();
         let rp = RecoveryPoint {
             offset: active.next_offset,
@@ -1442,6 +1460,21 @@ impl Log {
             max_timestamp: active.max_timestamp,
             max_timestamp_offset: active.max_timestamp_offset,
         };
+        self.checkpoint_recovery_point_at(rp).await
+    }
+
+    /// Persists the active segment's indexes and `rp`, a point in the
+    /// active segment below which everything is flushed. Index entries past
+    /// it are dropped again at recovery; the leader epochs past it are cut
+    /// back to what recovery finds.
+    async fn checkpoint_recovery_point_at(&mut self, rp: RecoveryPoint) -> Result<()> {
+        debug_assert!(rp.offset <= self.flushed);
+        debug_assert_eq!(rp.segment_base, self.active().base);
+        debug_assert!(self.background_flushes.is_empty());
+        if let Err(e) = self.persist_epochs_if_changed().await {
+            return Err(self.fail(e));
+        }
+        let active = self.active();
         let result = async {
             active.persist_indexes(&self.fs, &self.dir).await?;
             self.fs

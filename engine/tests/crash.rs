@@ -542,3 +542,34 @@ fn enospc_fails_the_append_keeps_the_log_consistent_and_appends_resume() {
         assert_eq!(check_log(&log).await.len(), 2);
     });
 }
+
+#[test]
+fn a_flush_run_beside_appends_checkpoints_its_own_end_as_the_recovery_point() {
+    // Under a steady stream of appends with an fsync each, the log end is
+    // never flushed when a flush ends (the next group is already written):
+    // the recovery point is then the flush's own end, so a crash rescans
+    // only what came after it.
+    with_sim(async |sim| {
+        let config = LogConfig {
+            recovery_checkpoint_interval_ms: 0,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = open(&sim, &config).await;
+        log.append(common::batch(3, 50, 0), LEADER, NOW)
+            .await
+            .expect("append");
+        let ticket = log.begin_flush().expect("something to flush");
+        assert_eq!(ticket.end(), Offset(3));
+        log.append(common::batch(2, 50, 0), LEADER, NOW)
+            .await
+            .expect("append");
+        let outcome = ticket.run().await;
+        log.end_flush(outcome, NOW).await.expect("flush");
+        assert_eq!(log.flushed_offset(), Offset(3));
+        let crashed = sim.crash(11);
+        drop(log);
+        let (log, report) = open(&crashed, &config).await;
+        assert_eq!(report.recovery_point, Some(Offset(3)), "{report:?}");
+        assert!(log.log_end_offset() >= Offset(3));
+    });
+}
