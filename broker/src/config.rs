@@ -150,6 +150,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log.roll.hours",
     "log.flush.interval.messages",
     "log.flush.interval.ms",
+    "log.flush.offset.checkpoint.interval.ms",
     "log.retention.ms",
     "log.retention.minutes",
     "log.retention.hours",
@@ -563,6 +564,13 @@ impl BrokerConfig {
             )?
             .filter(|&n| n < i64::MAX as u64),
             flush_ms: limit("log.flush.interval.ms", get("log.flush.interval.ms"), None)?,
+            recovery_checkpoint_interval_ms: num(
+                "log.flush.offset.checkpoint.interval.ms",
+                get("log.flush.offset.checkpoint.interval.ms"),
+                defaults.recovery_checkpoint_interval_ms,
+                |v| *v <= i32::MAX as u64,
+                "must be between 0 and 2147483647",
+            )?,
             retention_ms,
             retention_bytes: limit("log.retention.bytes", get("log.retention.bytes"), None)?,
             max_batch_bytes: message_max_bytes,
@@ -574,7 +582,6 @@ impl BrokerConfig {
                 |v| (1..=i32::MAX as u64).contains(v),
                 "must be between 1 and 2147483647",
             )?,
-            ..defaults
         };
         if log.flush_messages == Some(0) {
             return Err(bad(
@@ -807,6 +814,13 @@ mod tests {
         assert_eq!(config.log.retention_ms, Some(604_800_000));
         assert_eq!(config.socket_request_max_bytes, 104_857_600);
         assert_eq!(config.log.producer_id_expiration_ms, 86_400_000);
+        assert_eq!(config.log.recovery_checkpoint_interval_ms, 60_000);
+        let set = BrokerConfig::from_pairs(&pairs(&[(
+            "log.flush.offset.checkpoint.interval.ms",
+            "100",
+        )]))
+        .unwrap();
+        assert_eq!(set.log.recovery_checkpoint_interval_ms, 100);
     }
 
     #[test]
@@ -819,6 +833,7 @@ mod tests {
             ("log.flush.interval.messages", "0"),
             ("sluice.io.driver", "magic"),
             ("producer.id.expiration.ms", "0"),
+            ("log.flush.offset.checkpoint.interval.ms", "-1"),
         ] {
             let err = BrokerConfig::from_pairs(&pairs(&[(key, value)])).unwrap_err();
             assert_eq!(err.key, key, "{err}");
