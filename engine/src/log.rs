@@ -248,9 +248,9 @@ pub struct Log {
 #[derive(Debug)]
 pub struct FlushTicket {
     file: std::rc::Rc<crate::io::File>,
-    end: Offset,
     truncations: u64,
-    /// The recovery point the ticket's end is, in the segment it syncs.
+    /// Where the flush ends (`point.offset`), as a recovery point in the
+    /// segment it syncs.
     point: RecoveryPoint,
 }
 
@@ -258,14 +258,13 @@ impl FlushTicket {
     /// Everything below this offset is durable once the ticket's flush
     /// succeeds.
     pub fn end(&self) -> Offset {
-        self.end
+        self.point.offset
     }
 
     /// Runs the fsync; hand the outcome to [`Log::end_flush`].
     pub async fn run(self) -> FlushOutcome {
         let result = self.file.sync_data().await;
         FlushOutcome {
-            end: self.end,
             truncations: self.truncations,
             point: self.point,
             result,
@@ -276,7 +275,6 @@ impl FlushTicket {
 /// What a [`FlushTicket`]'s fsync came to.
 #[derive(Debug)]
 pub struct FlushOutcome {
-    end: Offset,
     truncations: u64,
     point: RecoveryPoint,
     result: std::io::Result<()>,
@@ -1331,9 +1329,7 @@ impl Log {
         }
         // Segments before the active one were flushed when they rolled.
         if let Err(e) = self.active().file.sync_data().await {
-            let err = Error::io("fsync of the active segment", e);
-            self.warn_io("a flush", &err, now_ms);
-            return Err(self.fail(err));
+            return Err(self.fsync_failed(e, now_ms));
         }
         self.flushed = end;
         self.policy.on_flushed();
@@ -1360,18 +1356,10 @@ impl Log {
         self.flush_in_flight = true;
         // Appends from here on count toward the next flush.
         self.policy.on_flushed();
-        let active = self.active();
         Some(FlushTicket {
-            file: active.file.clone(),
-            end,
+            file: self.active().file.clone(),
             truncations: self.truncations,
-            point: RecoveryPoint {
-                offset: end,
-                segment_base: active.base,
-                position: FilePosition(active.size),
-                max_timestamp: active.max_timestamp,
-                max_timestamp_offset: active.max_timestamp_offset,
-            },
+            point: self.log_end_point(),
         })
     }
 
@@ -1381,9 +1369,7 @@ impl Log {
     pub async fn end_flush(&mut self, outcome: FlushOutcome, now_ms: u64) -> Result<()> {
         self.flush_in_flight = false;
         if let Err(e) = outcome.result {
-            let err = Error::io("fsync of the active segment", e);
-            self.warn_io("a flush", &err, now_ms);
-            return Err(self.fail(err));
+            return Err(self.fsync_failed(e, now_ms));
         }
         self.check_online()?;
         if outcome.truncations != self.truncations {
@@ -1393,7 +1379,9 @@ impl Log {
         // The ticket synced only its own segment; one rolled before it
         // began may still be flushing in the background.
         self.reap_background_flushes(true).await?;
-        self.flushed = self.flushed.max(outcome.end.min(self.log_end_offset()));
+        self.flushed = self
+            .flushed
+            .max(outcome.point.offset.min(self.log_end_offset()));
         if now_ms.saturating_sub(self.last_checkpoint_ms)
             < self.config.recovery_checkpoint_interval_ms
         {
@@ -1412,6 +1400,26 @@ impl Log {
             self.checkpoint_recovery_point_at(outcome.point).await?;
         }
         Ok(())
+    }
+
+    /// A failed fsync of the active segment: warned about, and the log
+    /// goes offline (it is never retried).
+    fn fsync_failed(&mut self, e: std::io::Error, now_ms: u64) -> Error {
+        let err = Error::io("fsync of the active segment", e);
+        self.warn_io("a flush", &err, now_ms);
+        self.fail(err)
+    }
+
+    /// The log end as a recovery point in the active segment.
+    fn log_end_point(&self) -> RecoveryPoint {
+        let active = self.active();
+        RecoveryPoint {
+            offset: active.next_offset,
+            segment_base: active.base,
+            position: FilePosition(active.size),
+            max_timestamp: active.max_timestamp,
+            max_timestamp_offset: active.max_timestamp_offset,
+        }
     }
 
     /// Runs a `flush.ms` flush if one is due.
@@ -1452,15 +1460,8 @@ impl Log {
     /// valid when everything is flushed.
     async fn checkpoint_recovery_point(&mut self) -> Result<()> {
         debug_assert_eq!(self.flushed, self.log_end_offset());
-        let active = self.active();
-        let rp = RecoveryPoint {
-            offset: active.next_offset,
-            segment_base: active.base,
-            position: FilePosition(active.size),
-            max_timestamp: active.max_timestamp,
-            max_timestamp_offset: active.max_timestamp_offset,
-        };
-        self.checkpoint_recovery_point_at(rp).await
+        self.checkpoint_recovery_point_at(self.log_end_point())
+            .await
     }
 
     /// Persists the active segment's indexes and `rp`, a point in the

@@ -43,6 +43,14 @@ fn sim_engine(sim: &SimFs) -> Engine {
     .unwrap()
 }
 
+/// `flush.messages=1`: an fsync for every append.
+fn every_batch() -> LogConfig {
+    LogConfig {
+        flush_messages: Some(1),
+        ..LogConfig::default()
+    }
+}
+
 fn drivers() -> Vec<IoDriver> {
     let mut out = vec![IoDriver::Poll];
     if common::runtime(DriverType::IoUring).is_some() {
@@ -156,10 +164,7 @@ fn concurrent_appends_to_one_partition_share_fsyncs() {
     let rt = common::runtime(DriverType::Poll).unwrap();
     let appends = 300;
     rt.block_on(async {
-        let log_config = LogConfig {
-            flush_messages: Some(1),
-            ..LogConfig::default()
-        };
+        let log_config = every_batch();
         engine.open(tp.clone(), log_config).await.unwrap();
         let syncs_before = sim.stats().syncs;
         let tasks: Vec<_> = (0..appends)
@@ -574,10 +579,7 @@ fn a_partition_stalled_in_fsync_holds_up_no_other_partition_on_its_shard() {
     );
     let rt = common::runtime(DriverType::Poll).unwrap();
     rt.block_on(async {
-        let every_batch = LogConfig {
-            flush_messages: Some(1),
-            ..LogConfig::default()
-        };
+        let every_batch = every_batch();
         engine
             .open(slow.clone(), every_batch.clone())
             .await
@@ -647,10 +649,7 @@ fn appends_are_written_while_the_fsync_before_them_runs_and_acknowledged_after_t
     let tp = TopicPartition::new("pipelined", 0);
     let rt = common::runtime(DriverType::Poll).unwrap();
     rt.block_on(async {
-        let every_batch = LogConfig {
-            flush_messages: Some(1),
-            ..LogConfig::default()
-        };
+        let every_batch = every_batch();
         engine.open(tp.clone(), every_batch).await.unwrap();
         let stall = sim.stall_syncs_under(std::path::Path::new("/data/pipelined-0"));
         let answered: Rc<std::cell::RefCell<Vec<i64>>> = Rc::default();
@@ -748,10 +747,7 @@ fn a_fetch_waiting_for_an_append_does_not_split_group_commit() {
     let tp = TopicPartition::new("t", 0);
     let rt = common::runtime(DriverType::Poll).unwrap();
     rt.block_on(async {
-        let log_config = LogConfig {
-            flush_messages: Some(1),
-            ..LogConfig::default()
-        };
+        let log_config = every_batch();
         engine.open(tp.clone(), log_config).await.unwrap();
         let shard = engine.shard_for(&tp).clone();
         let tp2 = tp.clone();

@@ -87,11 +87,17 @@ enum Work {
 struct Owed {
     /// The flushed offset must pass this (the append's last offset) first.
     needs: Option<Offset>,
-    /// Where the append's records start: the published log end stays
-    /// below it while it waits.
-    from: Offset,
     result: Result<AppendInfo>,
     reply: Reply<AppendInfo>,
+}
+
+impl Owed {
+    /// Where the records of an append waiting for its flush start: the
+    /// published log end stays below it meanwhile.
+    fn waiting_from(&self) -> Option<Offset> {
+        self.needs?;
+        self.result.as_ref().ok().map(|info| info.base_offset)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +298,12 @@ impl Core {
             self.begin_flush(part, log);
         }
         let written = log.log_end_offset();
-        let waiting_from = part.owed.borrow().iter().map(|o| o.from).min();
+        let waiting_from = part
+            .owed
+            .borrow()
+            .iter()
+            .filter_map(Owed::waiting_from)
+            .min();
         part.end
             .set(waiting_from.map_or(written, |f| f.min(written)));
         part.written_end.set(written);
@@ -416,13 +427,12 @@ impl Core {
         {
             let mut owed = part.owed.borrow_mut();
             for (reply, result) in group.replies.drain(..).zip(results) {
-                let (needs, from) = match &result {
-                    Ok(info) if flush_due => (Some(info.last_offset), info.base_offset),
-                    _ => (None, Offset(i64::MAX)),
+                let needs = match &result {
+                    Ok(info) if flush_due => Some(info.last_offset),
+                    _ => None,
                 };
                 owed.push_back(Owed {
                     needs,
-                    from,
                     result,
                     reply,
                 });
