@@ -63,9 +63,12 @@ pub struct Broker {
     /// Request bytes read from clients and not yet handled, broker-wide
     /// (`queued.max.request.bytes`, as Kafka bounds them).
     pub requests: Arc<partition::budget::Budget>,
-    /// `__consumer_offsets` partitions whose groups are being loaded.
-    pub offsets_loading: groups::handover::Loading,
+    /// The `__consumer_offsets` partitions whose groups this broker has
+    /// replayed, and in which leader epoch.
+    pub coordinating: groups::handover::Coordinating,
 }
+
+pub use groups::handover::Coordination;
 
 impl Broker {
     /// Whether this broker must refuse a leader's request (produce, a
@@ -105,11 +108,26 @@ impl Broker {
         (leader >= 0).then_some(leader)
     }
 
-    /// Whether this broker coordinates `group`; group requests for other
-    /// groups get NOT_COORDINATOR, and the client asks FindCoordinator
-    /// again.
+    /// Whether this broker coordinates `group` now: it leads the group's
+    /// offsets partition and has replayed its groups in that leadership.
+    /// Group requests for other groups get NOT_COORDINATOR (the client asks
+    /// FindCoordinator again) or, while the replay runs,
+    /// COORDINATOR_LOAD_IN_PROGRESS (see `handlers::not_coordinator`).
     pub fn coordinates(&self, group: &str) -> bool {
-        self.coordinator_of(group) == Some(self.config.node_id)
+        self.coordination(group) == Coordination::Ready
+    }
+
+    /// Where this broker stands with `group`'s coordination.
+    pub fn coordination(&self, group: &str) -> Coordination {
+        let partition = groups::offsets_topic::partition_for(group);
+        let (leader, epoch) = self
+            .topics
+            .get(groups::offsets_topic::TOPIC)
+            .map_or((-1, 0), |t| {
+                (t.leader(partition), t.leader_epoch(partition))
+            });
+        self.coordinating
+            .stand(partition, leader == self.config.node_id, epoch)
     }
 
     /// The high watermark of `partition` of the topic (`state`, if it

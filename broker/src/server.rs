@@ -233,6 +233,11 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     }
     let groups = Coordinator::new(config.group_limits);
     let offsets = offsets_topic::OffsetStore::new(config.offsets_compact_records);
+    // The groups replayed here are those of the offsets partitions led as
+    // of now; any other that this broker comes to lead is replayed again.
+    let coordinating = crate::groups::handover::Coordinating::replayed(
+        crate::groups::handover::led(&topics, config.node_id),
+    );
     let restored = runtime
         .block_on(offsets.load(&engine, &groups))
         .map_err(|e| format!("loading committed offsets: {e}"))?;
@@ -240,7 +245,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     let memory = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
     let requests = crate::partition::budget::Budget::new(config.queued_max_request_bytes);
     let broker = Arc::new(Broker {
-        offsets_loading: Default::default(),
+        coordinating,
         cluster_id,
         memory,
         requests,

@@ -114,17 +114,12 @@ pub async fn dispatch(broker: &Broker, request: Request, connection: &Connection
 /// while this broker loads the group's offsets.
 pub(crate) fn not_coordinator(broker: &Broker, group: &str) -> Option<i16> {
     use kafka_protocol::ResponseError;
-    if !broker.coordinates(group) {
-        Some(ResponseError::NotCoordinator.code())
-    } else if broker
-        .offsets_loading
-        .contains(crate::groups::offsets_topic::partition_for(group))
-    {
+    match broker.coordination(group) {
+        crate::Coordination::Elsewhere => Some(ResponseError::NotCoordinator.code()),
         // This broker just became its coordinator and is replaying its
         // offsets: the client retries shortly.
-        Some(ResponseError::CoordinatorLoadInProgress.code())
-    } else {
-        None
+        crate::Coordination::Loading => Some(ResponseError::CoordinatorLoadInProgress.code()),
+        crate::Coordination::Ready => None,
     }
 }
 
