@@ -24,8 +24,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 
 use common::cluster::{
-    ask, leader_alone_in_sync, leader_and_isr, metadata_of, produce_raw, set_topic_config, signal,
-    try_create, wait_stopped, Cluster, SETTLE,
+    ask, leader_alone_in_sync, leader_and_isr, metadata_of, produce_committed, produce_raw,
+    set_topic_config, signal, try_create, wait_stopped, Cluster, SETTLE,
 };
 use common::raw::{
     batch, connect, produce_req, read_reply, send, topic_name, typed_request, Reply,
@@ -892,7 +892,7 @@ fn an_offline_partition_waits_for_its_isr_until_unclean_election_is_allowed() {
     // then dies: no in-sync replica is left.
     let (mut cluster, leader, follower, third) = leader_alone_in_sync("unclean");
     for _ in 0..3 {
-        assert_eq!(produce_raw(cluster.broker(leader), "unclean", 0, -1), 0);
+        produce_committed(cluster.broker(leader), "unclean", 0);
     }
     cluster.brokers[leader as usize - 1].kill9();
     signal(cluster.broker(follower), libc::SIGCONT);

@@ -17,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    leader_alone_in_sync, leader_and_isr, produce_raw, set_topic_config, signal, Cluster, SETTLE,
+    leader_alone_in_sync, leader_and_isr, produce_committed, set_topic_config, signal, Cluster,
+    SETTLE,
 };
 use common::{poll_until, Broker};
 
@@ -279,7 +280,7 @@ fn the_java_consumer_detects_the_truncation_an_unclean_election_causes() {
     let (mut cluster, leader, follower, third) = leader_alone_in_sync("trunc");
     // Committed by the leader alone (min.insync.replicas=1).
     for _ in 0..5 {
-        assert_eq!(produce_raw(cluster.broker(leader), "trunc", 0, -1), 0);
+        produce_committed(cluster.broker(leader), "trunc", 0);
     }
     let mut java = Command::new("java");
     java.arg("-cp")

@@ -172,6 +172,24 @@ pub fn produce_raw(broker: &Broker, topic: &str, p: i32, acks: i16) -> i16 {
         .error_code
 }
 
+/// Produces one record with acks=all straight to `broker`, which leads
+/// `p`, until it is committed. NOT_LEADER_OR_FOLLOWER (nothing appended)
+/// is tried again: with the tests' short sessions a leader on a loaded
+/// machine can miss a heartbeat, be fenced and be unfenced a moment later.
+/// Any other error fails the test.
+pub fn produce_committed(broker: &Broker, topic: &str, p: i32) {
+    poll_until(SETTLE, "a record committed", || {
+        match produce_raw(broker, topic, p, -1) {
+            0 => Some(()),
+            6 => None,
+            code => panic!(
+                "producing to {topic}-{p} on {}: error {code}",
+                broker.addr()
+            ),
+        }
+    });
+}
+
 pub fn signal(broker: &Broker, sig: i32) {
     let pid = broker.pid().expect("running") as libc::pid_t;
     // SAFETY: kill(2) on our own child, which has not been reaped.
