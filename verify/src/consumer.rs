@@ -36,7 +36,17 @@ pub struct Options {
     /// Stop once nothing has been read for this long after the first
     /// assignment (the scenario runner's "read everything back").
     pub idle_exit: Option<Duration>,
+    /// With `idle_exit`: stop sooner, once nothing has been read for
+    /// [`CAUGHT_UP_IDLE`] and every partition of the topic named here has
+    /// been read up to the offset given (the next one to read) and up to
+    /// its high watermark. The scenario runner names what was acknowledged,
+    /// so that a run that lost nothing does not wait out the idle time.
+    pub read_through: Option<BTreeMap<i32, i64>>,
 }
+
+/// How long a consumer that has read everything named in
+/// [`Options::read_through`] waits for more before it stops.
+const CAUGHT_UP_IDLE: Duration = Duration::from_millis(500);
 
 struct Context {
     out: Sink,
@@ -113,6 +123,8 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
     let mut next_lag = Instant::now() + LAG_EVERY;
     let mut last_read = Instant::now();
     let mut was_assigned = false;
+    // Each partition's next offset to read, after what this consumer read.
+    let mut read_up_to: BTreeMap<i32, i64> = BTreeMap::new();
     while (options.max_messages < 0 || consumed < options.max_messages) && !stop() {
         // Idle counts from the later of the last record and the moment the
         // consumer got partitions: a group slow to form is not idle.
@@ -126,6 +138,14 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
             .is_some_and(|idle| assigned && last_read.elapsed() >= idle)
         {
             break;
+        }
+        if let Some(through) = options.read_through.as_ref() {
+            if assigned
+                && last_read.elapsed() >= CAUGHT_UP_IDLE
+                && caught_up(&consumer, &options.topic, through, &read_up_to)
+            {
+                break;
+            }
         }
         let mut batch: BTreeMap<(String, i32), PartitionRange> = BTreeMap::new();
         let mut count = 0usize;
@@ -173,6 +193,8 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
             range.count += 1;
             range.min_offset = range.min_offset.min(offset);
             range.max_offset = range.max_offset.max(offset);
+            let next = read_up_to.entry(partition).or_insert(0);
+            *next = (*next).max(offset + 1);
         }
         if count > 0 {
             last_read = Instant::now();
@@ -197,6 +219,25 @@ pub fn run(options: Options, stop: &dyn Fn() -> bool) -> Result<(), String> {
         timestamp: now_ms(),
     });
     Ok(())
+}
+
+/// Whether every partition in `through` was read up to its offset there
+/// and up to its high watermark now (a partition never read counts as read
+/// up to its low watermark).
+fn caught_up(
+    consumer: &BaseConsumer<Context>,
+    topic: &str,
+    through: &BTreeMap<i32, i64>,
+    read_up_to: &BTreeMap<i32, i64>,
+) -> bool {
+    through.iter().all(|(&partition, &wanted)| {
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(2))
+        else {
+            return false;
+        };
+        let read = read_up_to.get(&partition).copied().unwrap_or(low);
+        read >= wanted && read >= high
+    })
 }
 
 /// Commits the offsets after each partition's last record read.

@@ -260,6 +260,7 @@ fn main() {
                     config,
                     out,
                     idle_exit: None,
+                    read_through: None,
                 },
                 &stop,
             )

@@ -755,6 +755,25 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
             view.partitions.iter().all(|p| p.leader >= 0).then_some(())
         },
     )?;
+    let read = |path: &PathBuf| -> Result<Vec<Event>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(events::parse(&text).0)
+    };
+    let produced = read(&producer_log)?;
+    // The reader stops once it has everything acknowledged and all that
+    // the partitions commit (or after 5 s without a record, when something
+    // acknowledged never comes: a loss).
+    let mut through: std::collections::BTreeMap<i32, i64> =
+        (0..partitions as i32).map(|p| (p, 0)).collect();
+    for e in &produced {
+        if let Event::ProducerSendSuccess {
+            partition, offset, ..
+        } = e
+        {
+            let next = through.entry(*partition).or_insert(0);
+            *next = (*next).max(offset + 1);
+        }
+    }
     let consumed = consumer::Options {
         bootstrap: bootstrap.clone(),
         topic: topic.clone(),
@@ -769,14 +788,10 @@ pub fn run(scenario: &Scenario, target: Target<'_>, dir: &Path) -> Result<Outcom
         config: Vec::new(),
         out: file(&consumer_log)?,
         idle_exit: Some(Duration::from_secs(5)),
+        read_through: Some(through),
     };
     consumer::run(consumed, &|| false)?;
 
-    let read = |path: &PathBuf| -> Result<Vec<Event>, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(events::parse(&text).0)
-    };
-    let produced = read(&producer_log)?;
     // The group, if any, reads on until it has everything acknowledged
     // (bounded: what was lost it never will), then its members leave.
     let mut group_logs = Vec::new();
