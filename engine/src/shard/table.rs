@@ -298,12 +298,9 @@ impl Core {
             self.begin_flush(part, log);
         }
         let written = log.log_end_offset();
-        let waiting_from = part
-            .owed
-            .borrow()
-            .iter()
-            .filter_map(Owed::waiting_from)
-            .min();
+        // `owed` is in log order: the first append waiting for its flush
+        // starts lowest.
+        let waiting_from = part.owed.borrow().iter().find_map(Owed::waiting_from);
         part.end
             .set(waiting_from.map_or(written, |f| f.min(written)));
         part.written_end.set(written);
