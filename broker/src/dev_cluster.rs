@@ -22,8 +22,13 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many brokers are controller voters.
 const VOTERS: usize = 3;
-/// How long brokers get to shut down cleanly before they are killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long brokers get to shut down cleanly before they are killed: more
+/// than a broker's controlled shutdown may take with the default settings
+/// (3 attempts of up to 10 s, 5 s apart). All brokers stop at once, so the
+/// active controller can be gone before another broker's request reaches
+/// it; that broker then tries every attempt, gives up and still closes its
+/// logs cleanly, which it could not do when killed at 30 s.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One started broker.
 struct Member {

@@ -69,7 +69,7 @@ fn dev_cluster_starts_three_brokers_and_stops_them_on_sigterm() {
 
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe { libc::kill(running.0.id() as libc::pid_t, libc::SIGTERM) };
-    let status = poll_until(Duration::from_secs(60), "the dev-cluster to exit", || {
+    let status = poll_until(Duration::from_secs(90), "the dev-cluster to exit", || {
         running.0.try_wait().ok().flatten()
     });
     assert!(status.success(), "{status}");
