@@ -420,3 +420,79 @@ fn create_topics(broker: &Broker, name: &str, partitions: i32) {
     let resp = call(&mut s, broker, 5, 1, &req);
     assert_eq!(resp.topics[0].error_code, 0, "creating {name}");
 }
+
+/// A fetch at the end of the log is answered from what the partition's last
+/// work left, without a read: it must say what a read would have said. The
+/// log start a DeleteRecords moved, a fetcher's last epoch this log never
+/// had (a divergence), and an offset past the end each come back as such.
+#[test]
+fn a_fetch_at_the_log_end_answers_as_a_read_would() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{DeleteRecordsRequest, FetchRequest};
+    let broker = Broker::start();
+    produce(&broker, "ends", &[], b"a\nb\nc\nd\n");
+    let mut s = connect(&broker.addr());
+    let deleted = call(
+        &mut s,
+        &broker,
+        2,
+        1,
+        &DeleteRecordsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(topic_name("ends"))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(2)])]),
+    );
+    assert_eq!(deleted.topics[0].partitions[0].error_code, 0);
+    let fetch = |offset: i64, last_fetched_epoch: i32| {
+        FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name("ends"))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(offset)
+                    .with_last_fetched_epoch(last_fetched_epoch)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(1 << 20)])])
+    };
+    let at = |resp: &kafka_protocol::messages::FetchResponse| {
+        let p = &resp.responses[0].partitions[0];
+        (
+            p.error_code,
+            p.high_watermark,
+            p.log_start_offset,
+            p.records.as_ref().map_or(0, |r| r.len()),
+            (p.diverging_epoch.epoch, p.diverging_epoch.end_offset),
+        )
+    };
+    // At the end, with the log's own epoch or none: nothing, and the log
+    // start DeleteRecords set.
+    for (n, epoch) in [(2, 0), (3, -1)] {
+        let resp = call(&mut s, &broker, 12, n, &fetch(4, epoch));
+        assert_eq!(at(&resp), (0, 4, 2, 0, (-1, -1)), "last epoch {epoch}");
+    }
+    // At the end with an epoch this log never had: where its epochs up to
+    // that one end here (KIP-595), not an empty answer.
+    let resp = call(&mut s, &broker, 12, 4, &fetch(4, 7));
+    assert_eq!(at(&resp), (0, 4, 2, 0, (0, 4)));
+    // Past the end, or below the start: out of range.
+    for (n, offset) in [(5, 5), (6, 1)] {
+        let resp = call(&mut s, &broker, 12, n, &fetch(offset, -1));
+        assert_eq!(at(&resp).0, 1, "OFFSET_OUT_OF_RANGE at {offset}");
+    }
+    // Below the end: the records.
+    let resp = call(&mut s, &broker, 12, 7, &fetch(2, 0));
+    let (error, hw, start, bytes, _) = at(&resp);
+    assert_eq!((error, hw, start), (0, 4, 2));
+    assert!(bytes > 0, "records from offset 2");
+}

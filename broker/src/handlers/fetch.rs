@@ -61,8 +61,9 @@ struct Want {
 enum Found {
     Records(sluice_engine::ReadResult),
     /// The fetcher's log is not a prefix of this one: where the epoch it
-    /// last fetched ends here (KIP-595's `diverging_epoch`).
-    Diverged(Epoch, Offset),
+    /// last fetched ends here (KIP-595's `diverging_epoch`), and where this
+    /// log starts.
+    Diverged(Epoch, Offset, Offset),
 }
 
 /// Reads one partition as `want` asks, unless the fetcher's log diverges
@@ -79,7 +80,7 @@ async fn read_want(
         .with_log(&want.tp, move |log, _| {
             Box::pin(async move {
                 if let Some((epoch, end)) = log.diverging(last_epoch, from) {
-                    return Ok(Found::Diverged(epoch, end));
+                    return Ok(Found::Diverged(epoch, end, log.log_start_offset()));
                 }
                 log.read(from, max_bytes, upper, min_one_batch)
                     .await
@@ -178,6 +179,14 @@ async fn read_shard(
             (Some(hw), hw)
         };
         out.seen.push((index, wait_past));
+        if let Some(empty) = nothing_to_read(&local, want, upper) {
+            // Nothing past the offset: answered here, not by a read queued
+            // on the partition (a follower's fetch names every partition
+            // it follows from this broker, most of them idle).
+            take_read(&mut out, want, version, hw, &mut data, Ok(empty));
+            out.partitions.push((want.slot, data));
+            continue;
+        }
         match pass {
             Pass::Together { first_slot } => {
                 let read = read_want(
@@ -214,6 +223,27 @@ async fn read_shard(
     out
 }
 
+/// What a read of `want` up to `upper` (none: the log end) would return,
+/// when the partition's last finished work shows it can only be nothing:
+/// the fetch offset is at the end, within the log, and the fetcher's last
+/// epoch cannot diverge from this log's (it is this log's last one, or
+/// none). `None`: the read must run. Appends still in flight are not seen
+/// here; the fetch then waits and their end wakes it.
+fn nothing_to_read(local: &LocalShard, want: &Want, upper: Option<Offset>) -> Option<Found> {
+    let log = local.published(&want.tp)?;
+    let from = want.fetch_offset;
+    let end = upper.map_or(log.written_end, |u| u.min(log.written_end));
+    let epoch_agrees = want.last_fetched_epoch.0 < 0 || want.last_fetched_epoch == log.last_epoch;
+    (from >= end && from >= log.log_start && from <= log.written_end && epoch_agrees).then(|| {
+        Found::Records(sluice_engine::ReadResult {
+            records: bytes::Bytes::new(),
+            next_offset: from,
+            log_start_offset: log.log_start,
+            log_end_offset: log.written_end,
+        })
+    })
+}
+
 /// Puts one partition's read into its response data; returns the bytes.
 fn take_read(
     out: &mut ShardRead,
@@ -224,9 +254,12 @@ fn take_read(
     read: sluice_engine::Result<Found>,
 ) -> usize {
     match read {
-        Ok(Found::Diverged(epoch, end)) => {
+        Ok(Found::Diverged(epoch, end, log_start)) => {
             data.diverging_epoch.epoch = epoch.0;
             data.diverging_epoch.end_offset = end.0;
+            if version >= 5 {
+                data.log_start_offset = log_start.0;
+            }
             data.records = Some(bytes::Bytes::new());
             0
         }

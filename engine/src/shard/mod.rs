@@ -50,7 +50,7 @@ use crate::types::TopicPartition;
 mod table;
 
 use table::Core;
-pub use table::{local, LocalShard};
+pub use table::{local, LocalShard, Published};
 
 /// Which compio driver the shards run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

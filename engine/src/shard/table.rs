@@ -136,6 +136,8 @@ struct Partition {
     closed: RefCell<Vec<oneshot::Sender<()>>>,
     /// The log's storage health as of the last finished work.
     health: Cell<StorageHealth>,
+    /// The log start offset as of the last finished work.
+    log_start: Cell<Offset>,
     /// The earliest deadline a flush timer is armed for.
     flush_timer_ms: Cell<Option<u64>>,
     /// Whether a flush check is queued and not yet run.
@@ -157,6 +159,7 @@ impl Partition {
             waiters: RefCell::new(Vec::new()),
             closed: RefCell::new(Vec::new()),
             health: Cell::new(StorageHealth::Ok),
+            log_start: Cell::new(Offset::ZERO),
             flush_timer_ms: Cell::new(None),
             flush_queued: Cell::new(false),
         }
@@ -305,6 +308,7 @@ impl Core {
             .set(waiting_from.map_or(written, |f| f.min(written)));
         part.written_end.set(written);
         part.health.set(log.storage_health());
+        part.log_start.set(log.log_start_offset());
         part.last_epoch
             .set(log.epoch_cache().latest_epoch().unwrap_or(Epoch(-1)));
         answer_waiters(part);
@@ -726,6 +730,17 @@ pub fn local() -> Option<LocalShard> {
 #[derive(Clone)]
 pub struct LocalShard(Rc<Core>);
 
+/// A partition's log as of its last finished work (see
+/// [`LocalShard::published`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub log_start: Offset,
+    /// The end written, flushed or not.
+    pub written_end: Offset,
+    /// The leader epoch of the last batch (-1: none).
+    pub last_epoch: Epoch,
+}
+
 impl std::fmt::Debug for LocalShard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalShard")
@@ -835,6 +850,21 @@ impl LocalShard {
             .accepting(tp)
             .filter(|p| p.phase.get() == Phase::Open)
             .map(|p| (p.written_end.get(), p.last_epoch.get()))
+    }
+
+    /// What the partition's last finished work left, read without queueing
+    /// behind its current work; `None` unless the partition is open and its
+    /// storage healthy. A reader that finds its offset at the end here
+    /// knows a read would return nothing, without sending the read.
+    pub fn published(&self, tp: &TopicPartition) -> Option<Published> {
+        self.0
+            .accepting(tp)
+            .filter(|p| p.phase.get() == Phase::Open && p.health.get() == StorageHealth::Ok)
+            .map(|p| Published {
+                log_start: p.log_start.get(),
+                written_end: p.written_end.get(),
+                last_epoch: p.last_epoch.get(),
+            })
     }
 
     /// The partitions of this shard whose storage is not [`StorageHealth::Ok`]
