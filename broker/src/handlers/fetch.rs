@@ -367,24 +367,146 @@ async fn read_round(
         }
     };
     for (shard, read) in results {
-        match read {
-            Ok(read) => {
-                round.total += read.bytes;
-                round.missed |= read.missed;
-                for (slot, data) in read.partitions {
-                    // A divergence is answered at once, as an error is.
-                    round.errors |= data.error_code != 0 || data.diverging_epoch.end_offset >= 0;
-                    slots[slot] = data;
-                }
-                round.seen.insert(shard, read.seen);
+        absorb(&mut round, shard, read, by_shard, slots);
+    }
+    round
+}
+
+/// Adds what `shard` read to `round` and puts it in `slots`.
+fn absorb(
+    round: &mut Round,
+    shard: usize,
+    read: sluice_engine::Result<ShardRead>,
+    by_shard: &BTreeMap<usize, Arc<[Want]>>,
+    slots: &mut [PartitionData],
+) {
+    match read {
+        Ok(read) => {
+            round.total += read.bytes;
+            round.missed |= read.missed;
+            for (slot, data) in read.partitions {
+                round.errors |= answers_at_once(&data);
+                slots[slot] = data;
             }
-            Err(e) => {
-                round.errors = true;
-                for want in by_shard[&shard].iter() {
-                    slots[want.slot].error_code = errors::code(&e);
-                }
+            round.seen.insert(shard, read.seen);
+        }
+        Err(e) => {
+            round.errors = true;
+            for want in by_shard[&shard].iter() {
+                slots[want.slot].error_code = errors::code(&e);
             }
         }
+    }
+}
+
+/// An error or a divergence: the fetch is answered at once.
+fn answers_at_once(data: &PartitionData) -> bool {
+    data.error_code != 0 || data.diverging_epoch.end_offset >= 0
+}
+
+/// How a fetch reads again after a wait: its pass, and the bytes it takes
+/// from its budgets first.
+struct Reread {
+    /// `Some(first slot)` when the partitions may be read together.
+    together: Option<usize>,
+    budget: usize,
+    hold: usize,
+    budgets: [Arc<partition::budget::Budget>; 2],
+}
+
+/// On the owning shard, for a fetch whose partitions all live there (a
+/// follower's, whose fetcher matches this shard): waits as [`wait_shard`]
+/// does, then reads again at once, as a round over this one shard would,
+/// sparing the two messages between the connection's shard and this one
+/// that a wake and a new round cost on every replication round trip.
+/// `None`: the budgets' bytes were not free at once (see the caller).
+async fn wait_then_read(
+    local: LocalShard,
+    me: i32,
+    version: i16,
+    wants: Arc<[Want]>,
+    seen: Vec<(usize, Offset)>,
+    again: Reread,
+) -> Option<(ShardRead, Vec<partition::budget::Permit>)> {
+    wait_shard(local.clone(), me, wants.clone(), seen).await;
+    let [connection, broker] = &again.budgets;
+    let held = match (
+        connection.try_acquire(again.hold),
+        broker.try_acquire(again.hold),
+    ) {
+        (Some(connection), Some(broker)) => vec![connection, broker],
+        _ => return None,
+    };
+    let mut read = None;
+    if let Some(first_slot) = again.together {
+        let pass = Pass::Together { first_slot };
+        read = Some(read_shard(local.clone(), me, version, wants.clone(), pass).await);
+    }
+    let in_order = read.as_ref().is_none_or(|r| {
+        r.bytes == 0 && r.missed && !r.partitions.iter().any(|(_, d)| answers_at_once(d))
+    });
+    if in_order {
+        let pass = Pass::InOrder {
+            budget: again.budget,
+            first: true,
+        };
+        read = Some(read_shard(local, me, version, wants, pass).await);
+    }
+    read.map(|read| (read, held))
+}
+
+/// Takes `hold` bytes from the connection's and the broker's budgets for a
+/// round's read. Back from a wait (`woken`), the bytes may be held by
+/// responses queued behind this one on its connection, which are written
+/// only after it: waiting for them would hang the connection. Unless they
+/// are free at once, the fetch is answered with nothing read (`None`).
+async fn read_budget(
+    broker: &Broker,
+    connection: &Connection,
+    hold: usize,
+    woken: bool,
+) -> Option<Vec<partition::budget::Permit>> {
+    if !woken {
+        return Some(vec![
+            connection.budget.acquire(hold).await,
+            broker.memory.acquire(hold).await,
+        ]);
+    }
+    match (
+        connection.budget.try_acquire(hold),
+        broker.memory.try_acquire(hold),
+    ) {
+        (Some(connection), Some(broker)) => Some(vec![connection, broker]),
+        _ => None,
+    }
+}
+
+/// One round over every shard: together when the limits allow, else (or
+/// when nothing fitted) in request order, the first batch whole, as Kafka
+/// does.
+#[allow(clippy::too_many_arguments)]
+async fn full_round(
+    broker: &Broker,
+    order: &[usize],
+    by_shard: &BTreeMap<usize, Arc<[Want]>>,
+    slots: &mut [PartitionData],
+    me: i32,
+    version: i16,
+    together: bool,
+    first_slot: usize,
+    budget: usize,
+) -> Round {
+    let mut round = Round::default();
+    if together {
+        let pass = Pass::Together { first_slot };
+        round = read_round(broker, order, by_shard, slots, me, version, pass).await;
+    }
+    if !together || (round.total == 0 && round.missed && !round.errors) {
+        let pass = Pass::InOrder {
+            budget,
+            first: true,
+        };
+        round = read_round(broker, order, by_shard, slots, me, version, pass).await;
     }
     round
 }
@@ -504,41 +626,23 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         .min()
         .unwrap_or(0);
     let mut woken = false;
+    // A round read on the partitions' shard right after its wait.
+    let mut ready: Option<(Round, Vec<partition::budget::Permit>)> = None;
     let held = loop {
         // Reserved for the read, cut to what was read once it is done, and
         // given back entirely while the fetch waits.
-        let mut held = if !woken {
-            vec![
-                connection.budget.acquire(hold).await,
-                broker.memory.acquire(hold).await,
-            ]
+        let (mut held, round) = if let Some(ready) = ready.take() {
+            (ready.1, ready.0)
         } else {
-            // Back from a wait, the bytes may be held by responses queued
-            // behind this one on its connection, which are written only
-            // after it: waiting for them would hang the connection. Unless
-            // they are free at once, answer with nothing read.
-            match (
-                connection.budget.try_acquire(hold),
-                broker.memory.try_acquire(hold),
-            ) {
-                (Some(connection), Some(broker)) => vec![connection, broker],
-                _ => break Vec::new(),
-            }
-        };
-        let mut round = Round::default();
-        if together {
-            let pass = Pass::Together { first_slot };
-            round = read_round(broker, &order, &by_shard, &mut slots, me, version, pass).await;
-        }
-        // Nothing fitted (or the limits do not fit the budget together):
-        // read in request order, the first batch whole, as Kafka does.
-        if !together || (round.total == 0 && round.missed && !round.errors) {
-            let pass = Pass::InOrder {
-                budget,
-                first: true,
+            let Some(held) = read_budget(broker, connection, hold, woken).await else {
+                break Vec::new();
             };
-            round = read_round(broker, &order, &by_shard, &mut slots, me, version, pass).await;
-        }
+            let round = full_round(
+                broker, &order, &by_shard, &mut slots, me, version, together, first_slot, budget,
+            )
+            .await;
+            (held, round)
+        };
         let Round {
             total,
             seen,
@@ -557,6 +661,37 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         for data in &mut slots {
             data.records = None;
         }
+        woken = true;
+        let timeout = compio::time::sleep(deadline - now);
+        futures_util::pin_mut!(timeout);
+        if let (1, Some((&shard, _))) = (by_shard.len(), by_shard.first_key_value()) {
+            // One shard: it waits and reads again itself.
+            let handle = broker.engine.shards()[shard].clone();
+            let wants = by_shard[&shard].clone();
+            let seen = seen.into_values().next().unwrap_or_default();
+            let again = Reread {
+                together: together.then_some(first_slot),
+                budget,
+                hold,
+                budgets: [connection.budget.clone(), broker.memory.clone()],
+            };
+            let work = handle
+                .run(move |local| Box::pin(wait_then_read(local, me, version, wants, seen, again)));
+            futures_util::pin_mut!(work);
+            match select(work, timeout).await {
+                Either::Left((Ok(Some((read, held))), _)) => {
+                    let mut round = Round::default();
+                    absorb(&mut round, shard, Ok(read), &by_shard, &mut slots);
+                    ready = Some((round, held));
+                }
+                // The budgets' bytes were not free (see `read_budget`).
+                Either::Left((Ok(None), _)) => break Vec::new(),
+                // The shard stopped (a new round says so), or the deadline:
+                // one last read answers with whatever has come.
+                Either::Left((Err(_), _)) | Either::Right(_) => {}
+            }
+            continue;
+        }
         // Wait for a high watermark past what this read saw, on any shard.
         let waits = seen.into_iter().map(|(shard, seen)| {
             let handle = broker.engine.shards()[shard].clone();
@@ -567,9 +702,6 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                     .await;
             })
         });
-        woken = true;
-        let timeout = compio::time::sleep(deadline - now);
-        futures_util::pin_mut!(timeout);
         if let Either::Right(_) = select(select_all(waits), timeout).await {
             // Deadline: one last read answers with whatever has come.
             continue;
