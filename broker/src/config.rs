@@ -92,6 +92,8 @@ pub struct BrokerConfig {
     pub shards: Option<usize>,
     /// `sluice.io.driver`: auto, io_uring or poll.
     pub io_driver: sluice_engine::IoDriver,
+    /// `sluice.pin.cores`: pin shard `i` to the `i`-th allowed core.
+    pub pin_cores: bool,
     /// `group.*` limits of the group coordinator.
     pub group_limits: crate::groups::state::Limits,
     /// `sluice.offsets.compact.records`: records appended to a
@@ -164,6 +166,7 @@ const KNOWN_KEYS: &[&str] = &[
     "group.max.session.timeout.ms",
     "sluice.shards",
     "sluice.io.driver",
+    "sluice.pin.cores",
     "fetch.max.bytes",
     "queued.max.request.bytes",
 ];
@@ -444,6 +447,7 @@ impl BrokerConfig {
             Some(other) => Err(bad(key, other, "must be true or false")),
         };
         let auto_create_topics = flag("auto.create.topics.enable", true)?;
+        let pin_cores = flag("sluice.pin.cores", true)?;
         let elections = crate::controller::election::Settings {
             unclean_default: flag("unclean.leader.election.enable", false)?,
             auto_rebalance: flag("auto.leader.rebalance.enable", true)?,
@@ -701,6 +705,7 @@ impl BrokerConfig {
             log,
             shards,
             io_driver,
+            pin_cores,
         })
     }
 }
@@ -832,6 +837,7 @@ mod tests {
             ("auto.create.topics.enable", "maybe"),
             ("log.flush.interval.messages", "0"),
             ("sluice.io.driver", "magic"),
+            ("sluice.pin.cores", "yes"),
             ("producer.id.expiration.ms", "0"),
             ("log.flush.offset.checkpoint.interval.ms", "-1"),
         ] {

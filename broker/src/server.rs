@@ -47,6 +47,7 @@ pub fn start(config: BrokerConfig) -> Result<Arc<Broker>, String> {
     let mut engine_config = EngineConfig {
         data_dir: config.log_dir.clone(),
         io_driver: config.io_driver,
+        pin_cores: config.pin_cores,
         ..EngineConfig::default()
     };
     if let Some(shards) = config.shards {

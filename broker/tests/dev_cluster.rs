@@ -67,6 +67,27 @@ fn dev_cluster_starts_three_brokers_and_stops_them_on_sigterm() {
         (out.status.success() && text.contains(" 3 brokers:")).then_some(())
     });
 
+    // The brokers share the machine's cores: none pins its shards.
+    let brokers = children(running.0.id());
+    assert_eq!(brokers.len(), 3, "broker processes {brokers:?}");
+    for pid in brokers {
+        let all = allowed_cpus(&format!("/proc/{pid}/status"));
+        let shards = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|task| task.path())
+            .filter(|task| {
+                std::fs::read_to_string(task.join("comm"))
+                    .is_ok_and(|name| name.starts_with("sluice-shard"))
+            })
+            .collect::<Vec<_>>();
+        assert!(!shards.is_empty(), "broker {pid} has no shard threads");
+        for task in shards {
+            let cpus = allowed_cpus(&task.join("status").display().to_string());
+            assert_eq!(cpus, all, "{} is pinned", task.display());
+        }
+    }
+
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe { libc::kill(running.0.id() as libc::pid_t, libc::SIGTERM) };
     let status = poll_until(Duration::from_secs(90), "the dev-cluster to exit", || {
@@ -80,4 +101,32 @@ fn dev_cluster_starts_three_brokers_and_stops_them_on_sigterm() {
             "broker {id} did not shut down cleanly:\n{log}"
         );
     }
+}
+
+/// The processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // The parent pid is the second field after the parenthesised
+            // command name.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// The `Cpus_allowed_list` line of a `/proc/.../status` file.
+fn allowed_cpus(status: &str) -> String {
+    std::fs::read_to_string(status)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .map(|cpus| cpus.trim().to_string())
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in {status}"))
 }
