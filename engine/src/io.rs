@@ -329,6 +329,42 @@ impl File {
         }
     }
 
+    /// Reserves the file's blocks for `len` bytes from `from` without
+    /// changing its size (`fallocate` with `FALLOC_FL_KEEP_SIZE`). The
+    /// simulator has no blocks to reserve.
+    pub fn reserve(&self, from: u64, len: u64) -> io::Result<()> {
+        match self {
+            File::Os { file, .. } => {
+                let (Ok(from), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(len))
+                else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "range too large",
+                    ));
+                };
+                // SAFETY: fallocate(2) on a descriptor this file owns.
+                let done = unsafe {
+                    libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, from, len)
+                };
+                if done == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            }
+            File::Sim(_) => Ok(()),
+        }
+    }
+
+    /// Gives back the blocks reserved past `size`, the file's size
+    /// (truncating to the same size frees them).
+    pub async fn release_reserved(&self, size: u64) -> io::Result<()> {
+        match self {
+            File::Os { file, .. } => file.set_len(size).await,
+            File::Sim(_) => Ok(()),
+        }
+    }
+
     pub async fn set_len(&self, len: u64) -> io::Result<()> {
         match self {
             File::Os { file, .. } => file.set_len(len).await,

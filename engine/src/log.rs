@@ -1190,9 +1190,13 @@ impl Log {
             bufs,
             headers,
             owners,
+            len,
             ..
         } = std::mem::take(staged);
         let start = self.active().size;
+        let limit = self.config.segment_bytes;
+        self.active_mut()
+            .reserve_ahead(start.saturating_add(len), limit);
         let written = self.active().file.write_vectored_all_at(bufs, start).await;
         self.full = matches!(
             &written,
@@ -1254,8 +1258,9 @@ impl Log {
         let base = self.log_end_offset();
         self.active_mut().seal();
         let old = self.active();
-        let (file, indexes, fs) = (
+        let (file, size, indexes, fs) = (
             old.file.clone(),
+            old.size,
             old.index_files(&self.dir),
             self.fs.clone(),
         );
@@ -1263,6 +1268,11 @@ impl Log {
         // the data below it is durable, off the append path.
         let snapshot = (self.dir.join(snapshot_name(base)), self.producers.encode());
         let task = compio::runtime::spawn(async move {
+            // Blocks reserved and not used go back; failing that only
+            // leaves them taken until the segment is deleted.
+            if let Err(e) = file.release_reserved(size).await {
+                debug!(error = %e, "releasing a rolled segment's reserved blocks");
+            }
             file.sync_data()
                 .await
                 .map_err(|e| Error::io("flushing a rolled segment", e))?;

@@ -986,3 +986,51 @@ fn a_clean_close_of_a_large_active_segment_snapshots_the_producers_at_the_log_en
         );
     });
 }
+
+/// Bytes a file holds and bytes of blocks it has allocated.
+fn size_and_allocated(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).expect("segment metadata");
+    (meta.len(), meta.blocks() * 512)
+}
+
+/// Appends reserve the active segment's blocks ahead of them, so that a
+/// buffered write into them does not wait on the kernel's writeback of the
+/// pages before; the file's size stays what was written, and a rolled
+/// segment gives back what it did not use. (Simulated files have no
+/// blocks.)
+#[test]
+fn appends_reserve_blocks_ahead_and_a_rolled_segment_gives_back_the_rest() {
+    on_each_backend(|backend, fs, dir| async move {
+        if backend == common::Backend::Sim {
+            return;
+        }
+        let config = LogConfig {
+            segment_bytes: 64 << 20,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let mut log = open(&fs, &dir, config).await;
+        let sent = fill(&mut log, 4, 10, 1000).await;
+        let segment = dir.join(sluice_engine::segment::file_name(Offset(0), "log"));
+        let (size, allocated) = size_and_allocated(&segment);
+        let written: u64 = sent.iter().map(|b| b.len() as u64).sum();
+        assert_eq!(size, written, "{backend:?}: the size is what was written");
+        assert!(
+            allocated >= size + 128 * 1024,
+            "{backend:?}: {allocated} bytes allocated for {size} written"
+        );
+        log.roll(NOW).await.expect("roll");
+        log.reap_background_flushes(true)
+            .await
+            .expect("rolled flush");
+        let (rolled_size, rolled_allocated) = size_and_allocated(&segment);
+        assert_eq!(rolled_size, size, "{backend:?}");
+        assert!(
+            rolled_allocated < size + 64 * 1024,
+            "{backend:?}: {rolled_allocated} bytes still allocated for {size} after the roll"
+        );
+        assert_eq!(read_all(&log).await.len(), sent.len());
+        log.close(NOW).await.expect("close");
+    });
+}
