@@ -404,12 +404,44 @@ fn answers_at_once(data: &PartitionData) -> bool {
     data.error_code != 0 || data.diverging_epoch.end_offset >= 0
 }
 
-/// How a fetch reads again after a wait: its pass, and the bytes it takes
-/// from its budgets first.
-struct Reread {
-    /// `Some(first slot)` when the partitions may be read together.
+/// How a fetch reads its partitions: all at once when their limits fit
+/// its budget together (`Some` slot of the request's first partition, the
+/// only one that may return a batch larger than its limit), else in
+/// request order; and that budget.
+#[derive(Clone, Copy)]
+struct Plan {
     together: Option<usize>,
     budget: usize,
+}
+
+impl Plan {
+    fn first_pass(self) -> Pass {
+        match self.together {
+            Some(first_slot) => Pass::Together { first_slot },
+            None => self.in_order(),
+        }
+    }
+
+    /// In request order, the first batch whole, as Kafka reads.
+    fn in_order(self) -> Pass {
+        Pass::InOrder {
+            budget: self.budget,
+            first: true,
+        }
+    }
+
+    /// Whether a pass that read `bytes` must be read again in order: a
+    /// together pass that found records but none within their limits,
+    /// and nothing to answer at once.
+    fn again_in_order(self, pass: Pass, bytes: usize, missed: bool, errors: bool) -> bool {
+        matches!(pass, Pass::Together { .. }) && bytes == 0 && missed && !errors
+    }
+}
+
+/// How a fetch reads again after a wait: its plan, and the bytes it takes
+/// from its budgets first.
+struct Reread {
+    plan: Plan,
     hold: usize,
     budgets: [Arc<partition::budget::Budget>; 2],
 }
@@ -437,22 +469,15 @@ async fn wait_then_read(
         (Some(connection), Some(broker)) => vec![connection, broker],
         _ => return None,
     };
-    let mut read = None;
-    if let Some(first_slot) = again.together {
-        let pass = Pass::Together { first_slot };
-        read = Some(read_shard(local.clone(), me, version, wants.clone(), pass).await);
+    let plan = again.plan;
+    let pass = plan.first_pass();
+    let read = read_shard(local.clone(), me, version, wants.clone(), pass).await;
+    let errors = read.partitions.iter().any(|(_, d)| answers_at_once(d));
+    if plan.again_in_order(pass, read.bytes, read.missed, errors) {
+        let read = read_shard(local, me, version, wants, plan.in_order()).await;
+        return Some((read, held));
     }
-    let in_order = read.as_ref().is_none_or(|r| {
-        r.bytes == 0 && r.missed && !r.partitions.iter().any(|(_, d)| answers_at_once(d))
-    });
-    if in_order {
-        let pass = Pass::InOrder {
-            budget: again.budget,
-            first: true,
-        };
-        read = Some(read_shard(local, me, version, wants, pass).await);
-    }
-    read.map(|read| (read, held))
+    Some((read, held))
 }
 
 /// Takes `hold` bytes from the connection's and the broker's budgets for a
@@ -481,10 +506,7 @@ async fn read_budget(
     }
 }
 
-/// One round over every shard: together when the limits allow, else (or
-/// when nothing fitted) in request order, the first batch whole, as Kafka
-/// does.
-#[allow(clippy::too_many_arguments)]
+/// One round over every shard, as `plan` says.
 async fn full_round(
     broker: &Broker,
     order: &[usize],
@@ -492,21 +514,12 @@ async fn full_round(
     slots: &mut [PartitionData],
     me: i32,
     version: i16,
-    together: bool,
-    first_slot: usize,
-    budget: usize,
+    plan: Plan,
 ) -> Round {
-    let mut round = Round::default();
-    if together {
-        let pass = Pass::Together { first_slot };
-        round = read_round(broker, order, by_shard, slots, me, version, pass).await;
-    }
-    if !together || (round.total == 0 && round.missed && !round.errors) {
-        let pass = Pass::InOrder {
-            budget,
-            first: true,
-        };
-        round = read_round(broker, order, by_shard, slots, me, version, pass).await;
+    let pass = plan.first_pass();
+    let round = read_round(broker, order, by_shard, slots, me, version, pass).await;
+    if plan.again_in_order(pass, round.total, round.missed, round.errors) {
+        return read_round(broker, order, by_shard, slots, me, version, plan.in_order()).await;
     }
     round
 }
@@ -625,6 +638,10 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         .map(|w| w.slot)
         .min()
         .unwrap_or(0);
+    let plan = Plan {
+        together: together.then_some(first_slot),
+        budget,
+    };
     let mut woken = false;
     // A round read on the partitions' shard right after its wait.
     let mut ready: Option<(Round, Vec<partition::budget::Permit>)> = None;
@@ -637,10 +654,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             let Some(held) = read_budget(broker, connection, hold, woken).await else {
                 break Vec::new();
             };
-            let round = full_round(
-                broker, &order, &by_shard, &mut slots, me, version, together, first_slot, budget,
-            )
-            .await;
+            let round = full_round(broker, &order, &by_shard, &mut slots, me, version, plan).await;
             (held, round)
         };
         let Round {
@@ -670,8 +684,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             let wants = by_shard[&shard].clone();
             let seen = seen.into_values().next().unwrap_or_default();
             let again = Reread {
-                together: together.then_some(first_slot),
-                budget,
+                plan,
                 hold,
                 budgets: [connection.budget.clone(), broker.memory.clone()],
             };
