@@ -342,6 +342,17 @@ impl File {
                         "range too large",
                     ));
                 };
+                // On tmpfs a reservation is memory allocated and zeroed
+                // now, on the shard thread, and there is no writeback to
+                // spare: none there (acks=all p99 at 64 MB/s on tmpfs was
+                // 1.6-2.2 times higher with it).
+                // SAFETY: fstatfs(2) into a zeroed struct this call owns.
+                let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+                if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } == 0
+                    && fs.f_type == libc::TMPFS_MAGIC
+                {
+                    return Err(io::Error::new(io::ErrorKind::Unsupported, "tmpfs"));
+                }
                 // SAFETY: fallocate(2) on a descriptor this file owns.
                 let done = unsafe {
                     libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, from, len)

@@ -1034,3 +1034,31 @@ fn appends_reserve_blocks_ahead_and_a_rolled_segment_gives_back_the_rest() {
         log.close(NOW).await.expect("close");
     });
 }
+
+/// On tmpfs nothing is reserved: there a reservation is memory allocated
+/// now, and there is no writeback for it to spare.
+#[test]
+fn on_tmpfs_appends_reserve_nothing() {
+    let Ok(tmp) = tempfile::tempdir_in("/dev/shm") else {
+        // No /dev/shm on this machine: nothing to check.
+        return;
+    };
+    let rt = common::runtime(compio::driver::DriverType::Poll).expect("a runtime");
+    rt.block_on(async {
+        let dir = tmp.path().join("topic-0");
+        let config = LogConfig {
+            segment_bytes: 64 << 20,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let mut log = open(&Fs::Os, &dir, config).await;
+        fill(&mut log, 4, 10, 1000).await;
+        let segment = dir.join(sluice_engine::segment::file_name(Offset(0), "log"));
+        let (size, allocated) = size_and_allocated(&segment);
+        assert!(
+            allocated < size + 64 * 1024,
+            "{allocated} bytes allocated for {size} written on tmpfs"
+        );
+        log.close(NOW).await.expect("close");
+    });
+}
