@@ -496,3 +496,49 @@ fn a_fetch_at_the_log_end_answers_as_a_read_would() {
     assert_eq!((error, hw, start), (0, 4, 2));
     assert!(bytes > 0, "records from offset 2");
 }
+
+/// A fetch naming a partition the broker refuses (here an unknown topic)
+/// beside one it can read is answered at once with that error, not parked
+/// for its `max_wait_ms` on the readable one: a follower's first fetch of
+/// a new partition can reach the leader before the leader knows the topic,
+/// and parking it held acks=all produces back for the whole wait. The
+/// wait asked for (30 s) is longer than the test connection's read timeout,
+/// so a parked fetch fails the call.
+#[test]
+fn a_fetch_with_a_refused_partition_is_answered_at_once() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchRequest;
+    let broker = Broker::start();
+    produce(&broker, "known", &[], b"a\nb\n");
+    let mut s = connect(&broker.addr());
+    let partition = |offset: i64| {
+        FetchPartition::default()
+            .with_partition(0)
+            .with_current_leader_epoch(-1)
+            .with_fetch_offset(offset)
+            .with_last_fetched_epoch(-1)
+            .with_log_start_offset(-1)
+            .with_partition_max_bytes(1 << 20)
+    };
+    let request = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(30_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(topic_name("known"))
+                .with_partitions(vec![partition(2)]),
+            FetchTopic::default()
+                .with_topic(topic_name("not-created"))
+                .with_partitions(vec![partition(0)]),
+        ]);
+    let resp = call(&mut s, &broker, 12, 1, &request);
+    let codes: Vec<(i16, i64)> = resp
+        .responses
+        .iter()
+        .map(|t| (t.partitions[0].error_code, t.partitions[0].high_watermark))
+        .collect();
+    // The readable partition at its end (nothing new), the other unknown.
+    assert_eq!(codes, vec![(0, 2), (3, -1)]);
+}

@@ -561,6 +561,15 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             .map_or(-1, |b| b.epoch)
     };
     let mut slots: Vec<PartitionData> = Vec::new();
+    // A partition refused before any read (unknown here, led elsewhere, a
+    // stale or future leader epoch): the fetch answers at once, as Kafka's
+    // does, so that the fetcher learns it now instead of after a long-poll
+    // on the partitions it may read. A follower whose first fetch of a new
+    // partition reached the leader before the leader knew the topic would
+    // otherwise park for its full wait on its other partitions, and hold
+    // the new partition's high watermark (and every acks=all produce to
+    // it) back that long.
+    let mut refused = false;
     let mut shape: Vec<(kafka_protocol::messages::TopicName, usize)> = Vec::new();
     // Shards in the order their partitions first appear, each with its
     // partitions in request order.
@@ -576,6 +585,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             let Some(state) = state.filter(|s| s.has(partition.partition)) else {
                 data.error_code = ResponseError::UnknownTopicOrPartition.code();
                 slots.push(data);
+                refused = true;
                 continue;
             };
             if broker.not_leader(Some(state), partition.partition)
@@ -583,6 +593,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             {
                 data.error_code = ResponseError::NotLeaderOrFollower.code();
                 slots.push(data);
+                refused = true;
                 continue;
             }
             if let Some(error) = broker.leader_epoch_error(
@@ -592,6 +603,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             ) {
                 data.error_code = error.code();
                 slots.push(data);
+                refused = true;
                 continue;
             }
             slots.push(data);
@@ -667,7 +679,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             permit.shrink(total);
         }
         let now = Instant::now();
-        if total >= min_bytes.max(1) || errors || now >= deadline || seen.is_empty() {
+        if total >= min_bytes.max(1) || errors || refused || now >= deadline || seen.is_empty() {
             break held;
         }
         // The bytes read go with their budget; the next round reads again.
