@@ -291,14 +291,22 @@ async fn fetch_loop(
                 response.error_code
             )));
         }
+        let mut refused = false;
         for topic in response.responses {
             for data in topic.partitions {
                 let key = (topic.topic.0.as_str(), data.partition_index);
                 let Some(followed) = by_name.get(&key) else {
                     continue;
                 };
+                refused |= data.error_code != 0;
                 take(broker, local, followed, data).await;
             }
+        }
+        // A refused partition makes the leader answer at once (metadata
+        // not settled on one side yet, typically): ask again after a short
+        // pause rather than at once, which would spin until it settles.
+        if refused {
+            compio::time::sleep(RECHECK).await;
         }
     }
 }
