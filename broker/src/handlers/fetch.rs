@@ -561,15 +561,6 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             .map_or(-1, |b| b.epoch)
     };
     let mut slots: Vec<PartitionData> = Vec::new();
-    // A partition refused before any read (unknown here, led elsewhere, a
-    // stale or future leader epoch): the fetch answers at once, as Kafka's
-    // does, so that the fetcher learns it now instead of after a long-poll
-    // on the partitions it may read. A follower whose first fetch of a new
-    // partition reached the leader before the leader knew the topic would
-    // otherwise park for its full wait on its other partitions, and hold
-    // the new partition's high watermark (and every acks=all produce to
-    // it) back that long.
-    let mut refused = false;
     let mut shape: Vec<(kafka_protocol::messages::TopicName, usize)> = Vec::new();
     // Shards in the order their partitions first appear, each with its
     // partitions in request order.
@@ -585,7 +576,6 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             let Some(state) = state.filter(|s| s.has(partition.partition)) else {
                 data.error_code = ResponseError::UnknownTopicOrPartition.code();
                 slots.push(data);
-                refused = true;
                 continue;
             };
             if broker.not_leader(Some(state), partition.partition)
@@ -593,7 +583,6 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             {
                 data.error_code = ResponseError::NotLeaderOrFollower.code();
                 slots.push(data);
-                refused = true;
                 continue;
             }
             if let Some(error) = broker.leader_epoch_error(
@@ -603,7 +592,6 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             ) {
                 data.error_code = error.code();
                 slots.push(data);
-                refused = true;
                 continue;
             }
             slots.push(data);
@@ -628,6 +616,15 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             });
         }
     }
+    // A partition refused before any read (unknown here, led elsewhere, a
+    // stale or future leader epoch): the fetch answers at once, as Kafka's
+    // does, so that the fetcher learns it now instead of after a long-poll
+    // on the partitions it may read. A follower whose first fetch of a new
+    // partition reached the leader before the leader knew the topic would
+    // otherwise park for its full wait on its other partitions, and hold
+    // the new partition's high watermark (and every acks=all produce to
+    // it) back that long.
+    let refused = slots.iter().any(|d| d.error_code != 0);
     // Shared, not copied, by every round's messages to the shard.
     let by_shard: BTreeMap<usize, Arc<[Want]>> = wanted
         .into_iter()
