@@ -385,17 +385,33 @@ async fn cluster_id(
                     .map(|b| format!("{b:02x}"))
                     .collect()
             });
-            match controller
-                .propose(crate::controller::MetadataRecord::SetClusterId {
-                    id: proposed.clone(),
-                })
-                .await
-            {
-                Ok(_) => proposed,
-                Err(crate::controller::ProposeError::Rejected(
-                    crate::controller::MetadataError::ClusterIdSet(current),
-                )) => current,
-                Err(e) => return Err(format!("naming the cluster: {e}")),
+            // While the voters form the quorum, a proposal can fail for
+            // the moment (its leader lost touch before committing, and the
+            // record may still be applied): look again and retry until a
+            // deadline, rather than refuse to start.
+            let deadline = std::time::Instant::now() + NAMING_TIMEOUT;
+            loop {
+                let proposal = controller
+                    .propose(crate::controller::MetadataRecord::SetClusterId {
+                        id: proposed.clone(),
+                    })
+                    .await;
+                match proposal {
+                    Ok(_) => break proposed,
+                    Err(crate::controller::ProposeError::Rejected(
+                        crate::controller::MetadataError::ClusterIdSet(current),
+                    )) => break current,
+                    Err(e) => {
+                        if let Some(id) = controller.published().get().1.cluster_id.clone() {
+                            break id;
+                        }
+                        if std::time::Instant::now() >= deadline {
+                            return Err(format!("naming the cluster: {e}"));
+                        }
+                        warn!(error = %e, "naming the cluster failed for now; trying again");
+                        compio::time::sleep(NAMING_RETRY).await;
+                    }
+                }
             }
         }
     };
@@ -848,6 +864,11 @@ pub fn store_group_memberships(broker: &Arc<Broker>) {
         }
     }
 }
+
+/// How long a starting broker keeps trying to name a new cluster, and how
+/// long it waits between tries.
+const NAMING_TIMEOUT: Duration = Duration::from_secs(30);
+const NAMING_RETRY: Duration = Duration::from_millis(100);
 
 /// How long a heartbeat waits for a shard to say how its logs' storage is.
 const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_millis(200);
