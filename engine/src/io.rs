@@ -52,6 +52,18 @@ pub enum File {
     Sim(SimFile),
 }
 
+/// Bytes of a segment file, named rather than read: the descriptor is a
+/// duplicate that keeps the file readable after the log deletes it. The
+/// bytes are whole batches that the log will not change (below its end);
+/// a follower truncating the log may still cut them, so a sender must
+/// treat a short read as an error.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    pub fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    pub pos: u64,
+    pub len: usize,
+}
+
 impl Fs {
     /// Opens `path` for reading and writing, creating it when `create` is set.
     pub async fn open(&self, path: &Path, create: bool) -> io::Result<File> {
@@ -316,6 +328,24 @@ impl File {
                 Ok(out)
             }
             File::Sim(file) => file.read_up_to(len, pos),
+        }
+    }
+
+    /// `len` bytes at `pos`, as a range of a descriptor of their own that a
+    /// caller may send without reading them (`splice`); `None` for the
+    /// simulator, which has no descriptor, or when `dup` fails.
+    pub fn range(&self, pos: u64, len: usize) -> Option<FileRange> {
+        match self {
+            File::Os { file, .. } => {
+                use std::os::fd::AsFd;
+                let fd = file.as_fd().try_clone_to_owned().ok()?;
+                Some(FileRange {
+                    fd: std::sync::Arc::new(fd),
+                    pos,
+                    len,
+                })
+            }
+            File::Sim(_) => None,
         }
     }
 

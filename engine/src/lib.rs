@@ -42,6 +42,7 @@ pub mod types;
 
 pub use config::LogConfig;
 pub use error::{Error, Result};
+pub use io::FileRange;
 pub use log::{
     AppendInfo, AppendMode, Durability, FlushOutcome, FlushTicket, Log, ReadResult, RecoveryReport,
     StorageHealth,

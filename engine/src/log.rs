@@ -45,7 +45,7 @@ use crate::config::LogConfig;
 use crate::epoch_cache::{self, EpochCache};
 use crate::error::{Error, Result};
 use crate::flush::FlushPolicy;
-use crate::io::Fs;
+use crate::io::{FileRange, Fs};
 use crate::io_warnings::{IoFailure, IoWarnLimiter, WARN_INTERVAL_MS};
 use crate::offset_index::OffsetIndex;
 use crate::producer_state::{BatchMeta, Check, ProducerState};
@@ -143,6 +143,42 @@ pub struct ReadResult {
     pub next_offset: Offset,
     pub log_start_offset: Offset,
     pub log_end_offset: Offset,
+}
+
+/// Header reads of [`Log::read_range`] go through a window this large: a
+/// few batch headers at a time, not the batches.
+const RANGE_WINDOW: usize = 4096;
+
+/// Where the batches a read returns lie.
+struct Located<'a> {
+    seg: &'a Segment,
+    window: Window<'a>,
+    start: u64,
+    taken: usize,
+}
+
+impl Located<'_> {
+    /// The batches' bytes: from the window when it holds them, else read.
+    async fn bytes(mut self) -> Result<Bytes> {
+        let ctx = |e| Error::io("reading batches", e);
+        Ok(
+            if self
+                .window
+                .ensure(self.start, self.taken)
+                .await
+                .map_err(ctx)?
+            {
+                self.window.take(self.start, self.taken)
+            } else {
+                self.seg
+                    .file
+                    .read_exact_at(self.taken, self.start)
+                    .await
+                    .map_err(ctx)?
+                    .into()
+            },
+        )
+    }
 }
 
 /// What recovery did when the log was opened.
@@ -1531,6 +1567,75 @@ impl Log {
         upper_bound: Option<Offset>,
         min_one_batch: bool,
     ) -> Result<ReadResult> {
+        // The window reads ahead: the batches are read while their headers
+        // are walked, and returned from the same buffer.
+        let window_bytes = max_bytes.clamp(64 * 1024, 8 << 20) + 16 * 1024;
+        let (mut result, found) = self
+            .locate(
+                from,
+                max_bytes,
+                upper_bound,
+                min_one_batch,
+                window_bytes,
+                false,
+            )
+            .await?;
+        if let Some(found) = found {
+            result.records = found.bytes().await?;
+        }
+        Ok(result)
+    }
+
+    /// As [`Log::read`], for a caller that can send file bytes without
+    /// reading them (a Fetch response): when the batches found come to at
+    /// least `range_min` bytes of a real file, they are returned as a
+    /// [`FileRange`] and never read. Only their headers are: the walk jumps
+    /// over whole batches by the offset index, so a megabyte of 64 KiB
+    /// batches costs two or three small reads, not a megabyte copied.
+    pub async fn read_range(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper_bound: Option<Offset>,
+        min_one_batch: bool,
+        range_min: usize,
+    ) -> Result<(ReadResult, Option<FileRange>)> {
+        let (mut result, found) = self
+            .locate(
+                from,
+                max_bytes,
+                upper_bound,
+                min_one_batch,
+                RANGE_WINDOW,
+                true,
+            )
+            .await?;
+        let Some(found) = found else {
+            return Ok((result, None));
+        };
+        if found.taken >= range_min {
+            if let Some(range) = found.seg.file.range(found.start, found.taken) {
+                return Ok((result, Some(range)));
+            }
+        }
+        result.records = found.bytes().await?;
+        Ok((result, None))
+    }
+
+    /// Finds the batches a read returns: the result with everything but its
+    /// records, and where they lie (`None`: no batch). Headers are read
+    /// through a window of `window_bytes`; with `jump`, whole batches are
+    /// skipped by the offset index (each jump checked against the header at
+    /// its target).
+    async fn locate(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper_bound: Option<Offset>,
+        min_one_batch: bool,
+        window_bytes: usize,
+        jump: bool,
+    ) -> Result<(ReadResult, Option<Located<'_>>)> {
         self.check_online()?;
         let log_end = self.log_end_offset();
         let mut result = ReadResult {
@@ -1548,7 +1653,7 @@ impl Log {
         }
         let end = upper_bound.map_or(log_end, |u| u.min(log_end));
         if from >= end {
-            return Ok(result);
+            return Ok((result, None));
         }
         let first = self
             .segments
@@ -1560,7 +1665,6 @@ impl Log {
             if seg.next_offset <= from {
                 continue;
             }
-            let window_bytes = max_bytes.clamp(64 * 1024, 8 << 20) + 16 * 1024;
             let mut window = Window::new(&seg.file, seg.size, window_bytes);
             let mut pos = seg.index.lookup(from).0;
             let start = loop {
@@ -1589,24 +1693,37 @@ impl Log {
                 if taken >= max_bytes {
                     break;
                 }
+                let walked = (taken, next);
+                if jump {
+                    let limit = start.saturating_add(max_bytes as u64);
+                    let target = FilePosition(start + taken as u64);
+                    if let Some((offset, to)) =
+                        seg.index.last_within(target, FilePosition(limit), end)
+                    {
+                        taken = (to.0 - start) as usize;
+                        next = offset;
+                    }
+                }
                 header = window.header_at(start + taken as u64, max_batch).await?;
+                if (taken, next) != walked && header.is_none_or(|h| h.base_offset != next.0) {
+                    // The index named no batch boundary there: walk instead.
+                    (taken, next) = walked;
+                    header = window.header_at(start + taken as u64, max_batch).await?;
+                }
             }
-            if taken > 0 {
-                let ctx = |e| Error::io("reading batches", e);
-                result.records = if window.ensure(start, taken).await.map_err(ctx)? {
-                    window.take(start, taken)
-                } else {
-                    seg.file
-                        .read_exact_at(taken, start)
-                        .await
-                        .map_err(ctx)?
-                        .into()
-                };
-                result.next_offset = next;
+            if taken == 0 {
+                return Ok((result, None));
             }
-            return Ok(result);
+            result.next_offset = next;
+            let found = Located {
+                seg,
+                window,
+                start,
+                taken,
+            };
+            return Ok((result, Some(found)));
         }
-        Ok(result)
+        Ok((result, None))
     }
 
     /// Removes every batch from `offset` on (a follower truncating to the

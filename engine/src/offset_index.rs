@@ -87,6 +87,31 @@ impl OffsetIndex {
         }
     }
 
+    /// The last entry whose position lies in `(after, up_to]` and whose
+    /// offset is at most `max_offset`: a batch boundary a read may jump to
+    /// without reading the headers before it (every batch before it ends
+    /// below its offset).
+    pub fn last_within(
+        &self,
+        after: FilePosition,
+        up_to: FilePosition,
+        max_offset: Offset,
+    ) -> Option<(Offset, FilePosition)> {
+        let by_pos = self
+            .entries
+            .partition_point(|&(_, pos)| u64::from(pos) <= up_to.0);
+        let by_offset = match max_offset.0.checked_sub(self.base.0) {
+            Some(r) if r >= 0 => {
+                let r = u32::try_from(r).unwrap_or(u32::MAX);
+                self.entries.partition_point(|&(rel, _)| rel <= r)
+            }
+            _ => 0,
+        };
+        let &(rel, pos) = self.entries.get(by_pos.min(by_offset).checked_sub(1)?)?;
+        (u64::from(pos) > after.0)
+            .then(|| (self.base.plus(i64::from(rel)), FilePosition(u64::from(pos))))
+    }
+
     /// Drops every entry at or after `position` (the log was cut there).
     pub fn truncate_to_position(&mut self, position: FilePosition) {
         let keep = self
@@ -163,6 +188,31 @@ mod tests {
         for (target, want) in cases {
             assert_eq!(index.lookup(Offset(target)), FilePosition(want), "{target}");
         }
+    }
+
+    #[test]
+    fn last_within_finds_the_farthest_boundary_in_range_and_below_the_offset() {
+        let mut index = OffsetIndex::new(Offset(100), 10);
+        index.append(Offset(100), FilePosition(0));
+        index.append(Offset(150), FilePosition(4096));
+        index.append(Offset(200), FilePosition(8192));
+        let (p, o) = (FilePosition, Offset);
+        assert_eq!(
+            index.last_within(p(0), p(9000), o(1000)),
+            Some((o(200), p(8192)))
+        );
+        assert_eq!(
+            index.last_within(p(0), p(8191), o(1000)),
+            Some((o(150), p(4096)))
+        );
+        assert_eq!(
+            index.last_within(p(0), p(9000), o(199)),
+            Some((o(150), p(4096)))
+        );
+        // Nothing strictly after `after`.
+        assert_eq!(index.last_within(p(8192), p(9000), o(1000)), None);
+        assert_eq!(index.last_within(p(0), p(4095), o(1000)), None);
+        assert_eq!(index.last_within(p(0), p(9000), o(99)), None);
     }
 
     #[test]

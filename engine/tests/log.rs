@@ -122,6 +122,90 @@ fn reads_honour_max_bytes_min_one_batch_and_the_upper_bound() {
     });
 }
 
+/// The bytes a read returned, whether in memory or named as a file range.
+fn range_bytes(
+    result: &sluice_engine::ReadResult,
+    range: &Option<sluice_engine::FileRange>,
+) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    match range {
+        None => result.records.to_vec(),
+        Some(range) => {
+            assert!(result.records.is_empty(), "a range carries no bytes");
+            let file = std::fs::File::from(range.fd.try_clone().unwrap());
+            let mut out = vec![0; range.len];
+            file.read_exact_at(&mut out, range.pos).unwrap();
+            out
+        }
+    }
+}
+
+#[test]
+fn a_range_read_names_the_same_batches_a_read_returns() {
+    on_each_backend(|backend, fs, dir| async move {
+        // Batches of many sizes over segments of 16 KiB, indexed every
+        // 512 bytes, so that reads jump by the index and cross rolls.
+        let config = LogConfig {
+            segment_bytes: 16 * 1024,
+            index_interval_bytes: 512,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let mut log = open(&fs, &dir, config).await;
+        for i in 0..120usize {
+            let b = batch(1 + i % 4, 40 + (i * 37) % 900, NOW as i64);
+            log.append(b, LEADER, NOW).await.unwrap();
+        }
+        let end = log.log_end_offset().0;
+        let mut ranges = 0;
+        for from in (0..end).step_by(7) {
+            for max in [100usize, 700, 3000, 9000, 40_000] {
+                for upper in [None, Some(Offset(from + 5)), Some(Offset(end - 3))] {
+                    for min_one in [false, true] {
+                        let want = log.read(Offset(from), max, upper, min_one).await.unwrap();
+                        let (got, range) = log
+                            .read_range(Offset(from), max, upper, min_one, 0)
+                            .await
+                            .unwrap();
+                        let what = format!("{backend:?} from {from} max {max} upper {upper:?}");
+                        assert_eq!(got.next_offset, want.next_offset, "{what}");
+                        assert_eq!(got.log_end_offset, want.log_end_offset, "{what}");
+                        assert_eq!(range_bytes(&got, &range), want.records.to_vec(), "{what}");
+                        ranges += usize::from(range.is_some());
+                    }
+                }
+            }
+        }
+        // Real files give ranges; the simulator has no descriptor to give.
+        assert_eq!(ranges > 0, !matches!(fs, Fs::Sim(_)), "{backend:?}");
+        // Below `range_min`, the bytes come in memory.
+        let (small, range) = log
+            .read_range(Offset(0), 1 << 20, None, true, usize::MAX)
+            .await
+            .unwrap();
+        assert!(range.is_none() && !small.records.is_empty());
+    });
+}
+
+#[test]
+fn a_range_stays_readable_after_retention_deletes_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Fs::Os;
+    compio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut log = open(&fs, dir.path(), small_segments()).await;
+        fill(&mut log, 40, 2, 300).await;
+        let want = log.read(Offset(0), 4096, None, true).await.unwrap();
+        let (got, range) = log
+            .read_range(Offset(0), 4096, None, true, 0)
+            .await
+            .unwrap();
+        assert!(range.is_some());
+        log.delete_records_before(Offset(60)).await.unwrap();
+        assert!(log.log_start_offset() > Offset(0));
+        assert_eq!(range_bytes(&got, &range), want.records.to_vec());
+    });
+}
+
 #[test]
 fn segments_roll_at_segment_bytes_and_reads_cross_them() {
     on_each_backend(|backend, fs, dir| async move {
