@@ -157,18 +157,87 @@ pub fn encode_response<T: Encodable>(
     Ok(Vec::from(buf))
 }
 
-/// Encodes a response as segments for one vectored write, in which the
-/// bytes of `records` (the log reads a Fetch response carries) are not
-/// copied: each is a segment of its own, shared with the read that produced
-/// it, between the small encoded pieces around it. Meant for responses
-/// whose encoding writes only forward (Fetch's does; no length gaps).
+/// One piece of an encoded response, written in order: bytes in memory,
+/// or bytes of a log segment sent from the file without being read into
+/// the broker (`splice`).
+#[derive(Debug, Clone)]
+pub enum Part {
+    Memory(Bytes),
+    File(sluice_engine::FileRange),
+}
+
+impl Part {
+    pub fn len(&self) -> usize {
+        match self {
+            Part::Memory(b) => b.len(),
+            Part::File(r) => r.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Stand-in record bytes for a [`sluice_engine::FileRange`] in a response
+/// that `kafka-protocol` encodes: a slice, `len` long, of a large mapping
+/// of zero pages that is never written (reading it maps no memory), at a
+/// start of its own for each `key` (the partition's slot in the response),
+/// so that [`encode_response_spliced`] can tell stand-ins apart by where
+/// they start. `None` if `key + len` is beyond the mapping (or the mapping
+/// could not be made): the caller reads the bytes instead.
+pub fn placeholder(key: usize, len: usize) -> Option<Bytes> {
+    let zeros = zeros()?;
+    let end = key.checked_add(len)?;
+    (end <= zeros.len()).then(|| Bytes::from_static(&zeros[key..end]))
+}
+
+/// Whether `src` lies in the mapping [`placeholder`]s are cut from.
+fn is_stand_in(src: &[u8]) -> bool {
+    zeros().is_some_and(|z| {
+        let (base, at) = (z.as_ptr() as usize, src.as_ptr() as usize);
+        base <= at && at < base + z.len()
+    })
+}
+
+fn zeros() -> Option<&'static [u8]> {
+    static ZEROS: std::sync::OnceLock<Option<&'static [u8]>> = std::sync::OnceLock::new();
+    *ZEROS.get_or_init(|| {
+        // SAFETY: a new private anonymous read-only mapping, never unmapped,
+        // so the slice over it lives as long as the process.
+        unsafe {
+            let at = libc::mmap(
+                std::ptr::null_mut(),
+                PLACEHOLDER_SPAN,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+            (at != libc::MAP_FAILED)
+                .then(|| std::slice::from_raw_parts(at as *const u8, PLACEHOLDER_SPAN))
+        }
+    })
+}
+
+/// Address space (not memory) behind [`placeholder`]: more than any one
+/// partition's record set (a 32-bit size) plus any slot.
+const PLACEHOLDER_SPAN: usize = 1 << 33;
+
+/// Encodes a response as segments written in order, in which the bytes of
+/// `records` (the log reads a Fetch response carries) are not copied: each
+/// is a segment of its own, shared with the read that produced it, between
+/// the small encoded pieces around it; and each [`placeholder`] in `files`
+/// becomes its file range. Meant for responses whose encoding writes only
+/// forward (Fetch's does; no length gaps).
 pub fn encode_response_spliced<T: Encodable>(
     api_key: ApiKey,
     version: i16,
     correlation_id: i32,
     body: &T,
     records: &[Bytes],
-) -> anyhow_free::Result<Vec<Bytes>> {
+    files: &[(Bytes, sluice_engine::FileRange)],
+) -> anyhow_free::Result<Vec<Part>> {
     let size = body
         .compute_size(version)
         .map_err(anyhow_free::Error::from_display)?;
@@ -180,12 +249,17 @@ pub fn encode_response_spliced<T: Encodable>(
         .map_err(anyhow_free::Error::from_display)?;
     let len = i32::try_from(header_size + size)
         .map_err(|_| anyhow_free::Error("response too large".into()))?;
-    let spliced: usize = records.iter().map(Bytes::len).sum();
+    let spliced: usize = records.iter().map(Bytes::len).sum::<usize>()
+        + files.iter().map(|(_, r)| r.len).sum::<usize>();
     let mut buf = SpliceBuf {
         head: BytesMut::with_capacity((header_size + size).saturating_sub(spliced) + 64),
         done: Vec::new(),
         done_len: 0,
         records,
+        files,
+        files_sent: 0,
+        memory_parts: 0,
+        stray_stand_in: false,
     };
     buf.head.put_i32(len);
     header
@@ -193,23 +267,36 @@ pub fn encode_response_spliced<T: Encodable>(
         .map_err(anyhow_free::Error::from_display)?;
     body.encode(&mut buf, version)
         .map_err(anyhow_free::Error::from_display)?;
+    if buf.files_sent != files.len() || buf.stray_stand_in {
+        // A stand-in not matched whole to its range: its zeros would have
+        // been sent as records.
+        return Err(anyhow_free::Error(format!(
+            "{} of {} file ranges placed in the response",
+            buf.files_sent,
+            files.len()
+        )));
+    }
     Ok(buf.finish())
 }
 
 /// Slices shorter than this are copied into the encoded pieces: a segment
 /// of their own would cost more than the copy.
 const SPLICE_MIN: usize = 4096;
-/// Most segments one response is split into (the kernel takes at most
-/// `IOV_MAX` = 1024 per write); past it record bytes are copied.
+/// Most memory segments one response is split into (the kernel takes at
+/// most `IOV_MAX` = 1024 per write); past it record bytes are copied.
 const SEGMENTS_MAX: usize = 512;
 
 /// The buffer [`encode_response_spliced`] encodes into: a growing head of
 /// encoded bytes, and the segments finished before it.
 struct SpliceBuf<'a> {
     head: BytesMut,
-    done: Vec<Bytes>,
+    done: Vec<Part>,
     done_len: usize,
     records: &'a [Bytes],
+    files: &'a [(Bytes, sluice_engine::FileRange)],
+    files_sent: usize,
+    memory_parts: usize,
+    stray_stand_in: bool,
 }
 
 impl SpliceBuf<'_> {
@@ -225,10 +312,26 @@ impl SpliceBuf<'_> {
             .map(|r| r.slice_ref(src))
     }
 
-    fn finish(mut self) -> Vec<Bytes> {
+    /// The file range whose stand-in is exactly `src`.
+    fn file(&self, src: &[u8]) -> Option<&sluice_engine::FileRange> {
+        self.files
+            .iter()
+            .find(|(stand_in, _)| stand_in.as_ptr() == src.as_ptr() && stand_in.len() == src.len())
+            .map(|(_, range)| range)
+    }
+
+    /// Ends the head as a finished segment, if it holds anything.
+    fn cut(&mut self) {
         if !self.head.is_empty() {
-            self.done.push(self.head.freeze());
+            let piece = self.head.split().freeze();
+            self.done_len += piece.len();
+            self.done.push(Part::Memory(piece));
+            self.memory_parts += 1;
         }
+    }
+
+    fn finish(mut self) -> Vec<Part> {
+        self.cut();
         self.done
     }
 }
@@ -252,15 +355,20 @@ unsafe impl BufMut for SpliceBuf<'_> {
     }
 
     fn put_slice(&mut self, src: &[u8]) {
-        if src.len() >= SPLICE_MIN && self.done.len() + 2 <= SEGMENTS_MAX {
+        if let Some(range) = self.file(src).cloned() {
+            self.cut();
+            self.done_len += range.len;
+            self.done.push(Part::File(range));
+            self.files_sent += 1;
+            return;
+        }
+        self.stray_stand_in |= !src.is_empty() && is_stand_in(src);
+        if src.len() >= SPLICE_MIN && self.memory_parts + 2 <= SEGMENTS_MAX {
             if let Some(shared) = self.shared(src) {
-                if !self.head.is_empty() {
-                    let piece = self.head.split().freeze();
-                    self.done_len += piece.len();
-                    self.done.push(piece);
-                }
+                self.cut();
                 self.done_len += shared.len();
-                self.done.push(shared);
+                self.done.push(Part::Memory(shared));
+                self.memory_parts += 1;
                 return;
             }
         }
@@ -386,34 +494,80 @@ mod tests {
         response
     }
 
+    /// The bytes `parts` stand for, file ranges read back.
+    fn concat(parts: &[Part]) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut out = Vec::new();
+        for part in parts {
+            match part {
+                Part::Memory(b) => out.extend_from_slice(b),
+                Part::File(r) => {
+                    let file = std::fs::File::from(r.fd.try_clone().unwrap());
+                    let mut bytes = vec![0; r.len];
+                    file.read_exact_at(&mut bytes, r.pos).unwrap();
+                    out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn a_spliced_response_is_the_same_bytes_as_the_copied_one_without_copying_the_records() {
         let big = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
         let small = Bytes::from_static(b"tiny records");
+        // A segment file whose middle a fifth partition's records name.
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &big).unwrap();
+        let range = sluice_engine::FileRange {
+            fd: std::sync::Arc::new(std::os::fd::OwnedFd::from(file)),
+            pos: 500,
+            len: 60_000,
+        };
+        let stand_in = placeholder(4, range.len).unwrap();
         let records = vec![
             Some(big.slice(10..90_000)),
             Some(small),
             None,
             Some(big.clone()),
+            Some(stand_in.clone()),
         ];
         let response = fetch_response(&records);
-        let shared: Vec<Bytes> = records.iter().flatten().cloned().collect();
+        let mut copied = records.clone();
+        copied[4] = Some(big.slice(500..60_500));
+        let copied = fetch_response(&copied);
+        let shared: Vec<Bytes> = records[..4].iter().flatten().cloned().collect();
+        let files = [(stand_in, range)];
         for version in [4, 11, 12, 16] {
-            let whole = encode_response(ApiKey::Fetch, version, 9, &response).unwrap();
+            let whole = encode_response(ApiKey::Fetch, version, 9, &copied).unwrap();
             let pieces =
-                encode_response_spliced(ApiKey::Fetch, version, 9, &response, &shared).unwrap();
-            assert_eq!(pieces.concat(), whole, "version {version}");
+                encode_response_spliced(ApiKey::Fetch, version, 9, &response, &shared, &files)
+                    .unwrap();
+            assert_eq!(concat(&pieces), whole, "version {version}");
             // The two large record sets are segments of their own, pointing
-            // into the read buffer; the small one was copied.
+            // into the read buffer; the small one was copied; the file's
+            // is its range.
             let in_big = pieces
                 .iter()
-                .filter(|p| {
-                    let (b, p) = (big.as_ptr() as usize, p.as_ptr() as usize);
-                    b <= p && p < b + big.len()
+                .filter(|p| match p {
+                    Part::Memory(p) => {
+                        let (b, p) = (big.as_ptr() as usize, p.as_ptr() as usize);
+                        b <= p && p < b + big.len()
+                    }
+                    Part::File(_) => false,
                 })
                 .count();
             assert_eq!(in_big, 2, "version {version}");
+            let ranges = pieces.iter().filter(|p| matches!(p, Part::File(_))).count();
+            assert_eq!(ranges, 1, "version {version}");
         }
+        // A stand-in the encoder did not meet whole is an error, never zeros
+        // on the wire.
+        let other = placeholder(3, 60_000).unwrap();
+        let misplaced = [(other, files[0].1.clone())];
+        assert!(
+            encode_response_spliced(ApiKey::Fetch, 12, 9, &response, &shared, &misplaced).is_err()
+        );
     }
 
     fn frame(api_key: i16, version: i16, header_version: i16) -> Bytes {

@@ -34,6 +34,7 @@ pub mod handlers;
 pub mod partition;
 pub mod producer_ids;
 pub mod replica;
+pub mod send;
 pub mod server;
 pub mod topic_configs;
 pub mod topics;

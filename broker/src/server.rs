@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::io::AsyncReadExt;
 use compio::net::{TcpListener, TcpStream};
 use futures_channel::oneshot;
 use kafka_protocol::messages::ApiKey;
@@ -747,11 +747,12 @@ async fn read_requests(
 }
 
 async fn write_responses(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     pending: async_channel::Receiver<Pending>,
     client_gone: async_channel::Receiver<()>,
 ) {
+    let mut sender = crate::send::Sender::new(stream);
     while let Ok(next) = pending.recv().await {
         let outcome = match next {
             Pending::Running(task) => {
@@ -777,8 +778,8 @@ async fn write_responses(
             Ok(Some(response)) => {
                 // The budget bytes the response holds go back once it is
                 // written (when `held` drops at the end of this arm).
-                let handlers::Response { bytes, held } = response;
-                let compio::BufResult(result, _) = stream.write_vectored_all(bytes).await;
+                let handlers::Response { parts, held } = response;
+                let result = sender.write(parts).await;
                 drop(held);
                 if let Err(e) = result {
                     debug!(%peer, error = %e, "connection write failed");
@@ -790,7 +791,7 @@ async fn write_responses(
         }
     }
     // Closing both directions also ends the reader's pending read.
-    let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
+    let _ = socket2::SockRef::from(sender.stream()).shutdown(std::net::Shutdown::Both);
 }
 
 /// Controlled shutdown (SIGTERM): asks the controller to move every

@@ -31,7 +31,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 use sluice_engine::shard::LocalShard;
-use sluice_engine::{Epoch, Offset, TopicPartition};
+use sluice_engine::{Epoch, FileRange, Offset, TopicPartition};
 
 use super::{Connection, Reply};
 use crate::codec::{decode_body, Request};
@@ -40,6 +40,20 @@ use crate::{errors, partition, Broker};
 
 /// Longest wait honoured, whatever the client asks.
 const MAX_WAIT_MS_MAX: i32 = 30_000;
+
+/// In a response that may hold at least this many bytes, each partition's
+/// records of at least [`RANGE_MIN`] bytes go out from their segment file
+/// (`sendfile`), never read into the broker. Smaller responses are read
+/// into memory and written from there: on loopback, reading a megabyte and
+/// writing it while it is still in the core's cache costs less than
+/// handing the socket a megabyte of 4 KiB page-cache pages, while staging
+/// many megabytes costs more than handing them over (one consumer of 8
+/// partitions, 8 MiB responses; docs/BENCHMARKS.md). A range also holds no
+/// broker memory while a slow client reads it.
+const RANGES_RESPONSE_MIN: usize = 4 << 20;
+
+/// See [`RANGES_RESPONSE_MIN`].
+const RANGE_MIN: usize = 256 * 1024;
 
 /// One partition of the request, sent to the shard that owns it.
 struct Want {
@@ -55,11 +69,16 @@ struct Want {
     /// The epoch of the batch before `fetch_offset` in the fetcher's log
     /// (v12+; -1 when not given).
     last_fetched_epoch: Epoch,
+    /// Whether large record sets may be sent as file ranges (see
+    /// [`RANGES_RESPONSE_MIN`]).
+    ranges: bool,
 }
 
 /// What reading one partition found.
 enum Found {
-    Records(sluice_engine::ReadResult),
+    /// The records, in the result or (large enough, from a real file) as
+    /// the range of a segment file they lie in, to be sent unread.
+    Records(sluice_engine::ReadResult, Option<FileRange>),
     /// The fetcher's log is not a prefix of this one: where the epoch it
     /// last fetched ends here (KIP-595's `diverging_epoch`), and where this
     /// log starts.
@@ -75,16 +94,29 @@ async fn read_want(
     upper: Option<Offset>,
     min_one_batch: bool,
 ) -> sluice_engine::Result<Found> {
-    let (from, last_epoch) = (want.fetch_offset, want.last_fetched_epoch);
+    let (from, last_epoch, slot, ranges) = (
+        want.fetch_offset,
+        want.last_fetched_epoch,
+        want.slot,
+        want.ranges,
+    );
     local
         .with_log(&want.tp, move |log, _| {
             Box::pin(async move {
                 if let Some((epoch, end)) = log.diverging(last_epoch, from) {
                     return Ok(Found::Diverged(epoch, end, log.log_start_offset()));
                 }
-                log.read(from, max_bytes, upper, min_one_batch)
-                    .await
-                    .map(Found::Records)
+                // A stand-in must exist for whatever the read may return.
+                let largest = max_bytes.max(log.config().max_batch_bytes);
+                if ranges && crate::codec::placeholder(slot, largest).is_some() {
+                    log.read_range(from, max_bytes, upper, min_one_batch, RANGE_MIN)
+                        .await
+                        .map(|(result, range)| Found::Records(result, range))
+                } else {
+                    log.read(from, max_bytes, upper, min_one_batch)
+                        .await
+                        .map(|result| Found::Records(result, None))
+                }
             })
         })
         .await
@@ -100,6 +132,9 @@ struct ShardRead {
     /// A partition had records past its fetch offset and returned none
     /// (its next batch was larger than it was allowed).
     missed: bool,
+    /// The partitions (by slot) whose records are a segment file range;
+    /// their records in `partitions` are its [`crate::codec::placeholder`].
+    files: Vec<(usize, FileRange)>,
 }
 
 fn empty(index: i32) -> PartitionData {
@@ -139,6 +174,7 @@ async fn read_shard(
         bytes: 0,
         seen: Vec::with_capacity(wants.len()),
         missed: false,
+        files: Vec::new(),
     };
     let mut reads: Vec<(usize, PartitionData, Offset, LocalBoxFuture<'_, _>)> = Vec::new();
     let (mut budget, mut first) = match pass {
@@ -235,12 +271,15 @@ fn nothing_to_read(local: &LocalShard, want: &Want, upper: Option<Offset>) -> Op
     let end = upper.map_or(log.written_end, |u| u.min(log.written_end));
     let epoch_agrees = want.last_fetched_epoch.0 < 0 || want.last_fetched_epoch == log.last_epoch;
     (from >= end && from >= log.log_start && from <= log.written_end && epoch_agrees).then(|| {
-        Found::Records(sluice_engine::ReadResult {
-            records: bytes::Bytes::new(),
-            next_offset: from,
-            log_start_offset: log.log_start,
-            log_end_offset: log.written_end,
-        })
+        Found::Records(
+            sluice_engine::ReadResult {
+                records: bytes::Bytes::new(),
+                next_offset: from,
+                log_start_offset: log.log_start,
+                log_end_offset: log.written_end,
+            },
+            None,
+        )
     })
 }
 
@@ -263,15 +302,20 @@ fn take_read(
             data.records = Some(bytes::Bytes::new());
             0
         }
-        Ok(Found::Records(result)) => {
+        Ok(Found::Records(result, range)) => {
             if version >= 5 {
                 data.log_start_offset = result.log_start_offset.0;
             }
-            let got = result.records.len();
+            let got = range.as_ref().map_or(result.records.len(), |r| r.len);
             // Records there, none returned: the next batch did not fit.
             out.missed |= got == 0 && want.fetch_offset < hw;
             out.bytes += got;
             data.records = Some(result.records);
+            if let Some(range) = range {
+                // `read_want` asked for a range only where a stand-in fits.
+                data.records = crate::codec::placeholder(want.slot, range.len);
+                out.files.push((want.slot, range));
+            }
             got
         }
         Err(e) => {
@@ -319,6 +363,8 @@ struct Round {
     seen: BTreeMap<usize, Vec<(usize, Offset)>>,
     errors: bool,
     missed: bool,
+    /// The slots whose records are a segment file range (see [`ShardRead`]).
+    files: Vec<(usize, FileRange)>,
 }
 
 /// Reads every shard's partitions into `slots`. A together pass reads all
@@ -389,6 +435,7 @@ fn absorb(
                 slots[slot] = data;
             }
             round.seen.insert(shard, read.seen);
+            round.files.extend(read.files);
         }
         Err(e) => {
             round.errors = true;
@@ -613,6 +660,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
                 } else {
                     -1
                 }),
+                ranges: false,
             });
         }
     }
@@ -625,6 +673,18 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
     // the new partition's high watermark (and every acks=all produce to
     // it) back that long.
     let refused = slots.iter().any(|d| d.error_code != 0);
+    // Every partition may read its own limit at once when the limits,
+    // plus one batch larger than a limit, fit the budget together.
+    let limits: usize = wanted
+        .values()
+        .flatten()
+        .map(|w| w.partition_max_bytes)
+        .fold(0, usize::saturating_add);
+    let together = limits.saturating_add(broker.config.message_max_bytes) <= budget;
+    let ranges = if together { limits } else { budget } >= RANGES_RESPONSE_MIN;
+    for want in wanted.values_mut().flatten() {
+        want.ranges = ranges;
+    }
     // Shared, not copied, by every round's messages to the shard.
     let by_shard: BTreeMap<usize, Arc<[Want]>> = wanted
         .into_iter()
@@ -633,14 +693,6 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
     // The connection's own shard first: no message needed.
     let here = sluice_engine::shard::local().map(|l| l.id());
     order.sort_by_key(|shard| Some(*shard) != here);
-    // Every partition may read its own limit at once when the limits,
-    // plus one batch larger than a limit, fit the budget together.
-    let limits: usize = by_shard
-        .values()
-        .flat_map(|wants| wants.iter())
-        .map(|w| w.partition_max_bytes)
-        .fold(0, usize::saturating_add);
-    let together = limits.saturating_add(broker.config.message_max_bytes) <= budget;
     let first_slot = by_shard
         .values()
         .flat_map(|wants| wants.iter())
@@ -652,6 +704,8 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         budget,
     };
     let mut woken = false;
+    // The last round's file ranges, by slot.
+    let mut files: Vec<(usize, FileRange)> = Vec::new();
     // A round read on the partitions' shard right after its wait.
     let mut ready: Option<(Round, Vec<partition::budget::Permit>)> = None;
     let held = loop {
@@ -670,8 +724,10 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             total,
             seen,
             errors,
+            files: round_files,
             ..
         } = round;
+        files = round_files;
         for permit in &mut held {
             permit.shrink(total);
         }
@@ -729,6 +785,11 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             continue;
         }
     };
+    // Each range with the stand-in its slot's records hold.
+    let files: Vec<(bytes::Bytes, FileRange)> = files
+        .into_iter()
+        .filter_map(|(slot, range)| Some((slots[slot].records.clone()?, range)))
+        .collect();
     let mut response = FetchResponse::default();
     let mut slots = slots.into_iter();
     for (name, count) in shape {
@@ -745,16 +806,17 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         .flat_map(|t| t.partitions.iter())
         .filter_map(|p| p.records.clone())
         .collect();
-    let bytes = crate::codec::encode_response_spliced(
+    let parts = crate::codec::encode_response_spliced(
         request.api_key,
         request.version,
         request.header.correlation_id,
         &response,
         &records,
+        &files,
     )
     .map_err(|e| crate::codec::DecodeError::Malformed {
         what: "response",
         reason: e.to_string(),
     })?;
-    Ok(Some(super::Response { bytes, held }))
+    Ok(Some(super::Response { parts, held }))
 }

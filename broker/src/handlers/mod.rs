@@ -45,17 +45,17 @@ pub type Reply = Result<Option<Response>, DecodeError>;
 /// written to the socket (or the connection closes).
 #[derive(Debug)]
 pub struct Response {
-    /// Written in order with one vectored write: the encoded response, in
-    /// one piece or (Fetch) split around the record bytes it shares with
-    /// the log reads.
-    pub bytes: Vec<bytes::Bytes>,
+    /// Written in order: the encoded response, in one piece or (Fetch)
+    /// split around the record bytes it shares with the log reads and the
+    /// segment file ranges it sends without reading.
+    pub parts: Vec<crate::codec::Part>,
     pub held: Vec<Permit>,
 }
 
 impl From<Vec<u8>> for Response {
     fn from(bytes: Vec<u8>) -> Response {
         Response {
-            bytes: vec![bytes.into()],
+            parts: vec![crate::codec::Part::Memory(bytes.into())],
             held: Vec::new(),
         }
     }
