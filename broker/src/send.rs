@@ -17,6 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
 use bytes::Bytes;
+use compio::buf::{IntoInner, IoBuf};
 use compio::driver::op::{Interest, PollOnce};
 use compio::driver::ToSharedFd;
 use compio::io::AsyncWriteExt;
@@ -28,11 +29,16 @@ use crate::codec::Part;
 /// sooner, and other connections on the shard are not kept waiting longer.
 const SENDFILE_MAX: usize = 1 << 20;
 
+/// Ranges not in the page cache are read and written this much at a time.
+const CHUNK: usize = 256 * 1024;
+
 /// A connection's writer.
 pub struct Sender {
     stream: TcpStream,
     /// Whether the socket is non-blocking yet (made so on the first range).
     nonblocking: bool,
+    /// The buffer ranges not in the page cache are read into, reused.
+    chunk: Option<Vec<u8>>,
 }
 
 impl Sender {
@@ -40,6 +46,7 @@ impl Sender {
         Sender {
             stream,
             nonblocking: false,
+            chunk: None,
         }
     }
 
@@ -72,8 +79,14 @@ impl Sender {
         result
     }
 
-    /// Hands `range` from its file to the socket.
+    /// Hands `range` from its file to the socket: with `sendfile` when every
+    /// page of it is in the page cache, else by reading it through the ring
+    /// (a `sendfile` of pages on the disk would block the shard's thread,
+    /// and every partition and connection it serves, for the disk).
     async fn send_range(&mut self, range: &sluice_engine::FileRange) -> io::Result<()> {
+        if !cached(range) {
+            return self.read_and_write(range).await;
+        }
         if !self.nonblocking {
             socket2::SockRef::from(&self.stream).set_nonblocking(true)?;
             self.nonblocking = true;
@@ -88,15 +101,15 @@ impl Sender {
             // open, with an offset it owns.
             let sent = unsafe { libc::sendfile(socket, file, &mut offset, left.min(SENDFILE_MAX)) };
             match sent {
-                0 => {
-                    // The log was cut under the range (a follower truncating):
-                    // the response's sizes are already on the wire.
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "segment file shorter than the range being sent",
-                    ));
+                0 => return Err(cut_short()),
+                n if n > 0 => {
+                    left -= n as usize;
+                    if left > 0 {
+                        // Through the ring, so that the shard's other work
+                        // runs between megabytes.
+                        self.writable().await?;
+                    }
                 }
-                n if n > 0 => left -= n as usize,
                 _ => {
                     let e = io::Error::last_os_error();
                     match e.kind() {
@@ -110,10 +123,139 @@ impl Sender {
         Ok(())
     }
 
+    /// Reads `range` through the ring a chunk at a time into the
+    /// connection's reused buffer, and writes each chunk.
+    async fn read_and_write(&mut self, range: &sluice_engine::FileRange) -> io::Result<()> {
+        use compio::io::AsyncReadAt;
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: a new descriptor (a duplicate) that the compio file owns.
+        let file = unsafe { compio::fs::File::from_raw_fd(range.fd.try_clone()?.into_raw_fd()) };
+        // An error drops the buffer with the connection.
+        let mut buf = self
+            .chunk
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+        let (mut pos, mut left) = (range.pos, range.len);
+        while left > 0 {
+            buf.clear();
+            let want = left.min(CHUNK);
+            let compio::BufResult(read, back) = file.read_at(buf.slice(0..want), pos).await;
+            buf = back.into_inner();
+            match read {
+                Ok(0) => return Err(cut_short()),
+                Ok(n) => {
+                    let compio::BufResult(wrote, back) =
+                        self.stream.write_all(buf.slice(0..n)).await;
+                    buf = back.into_inner();
+                    wrote?;
+                    pos += n as u64;
+                    left -= n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.chunk = Some(buf);
+        Ok(())
+    }
+
     /// Waits until the socket has room.
     async fn writable(&self) -> io::Result<()> {
         let op = PollOnce::new(self.stream.to_shared_fd(), Interest::Writable);
         let compio::BufResult(result, _) = compio::runtime::submit(op).await;
         result.map(drop)
+    }
+}
+
+/// The log was cut under a range being sent (a follower truncating): the
+/// response's sizes are already on the wire, so the connection must close.
+fn cut_short() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "segment file shorter than the range being sent",
+    )
+}
+
+/// Whether every page of `range` is in the page cache (`cachestat(2)`,
+/// Linux 6.5). Unknown (an older kernel, an error) counts as no.
+fn cached(range: &sluice_engine::FileRange) -> bool {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        /// The same number on both (the generic syscall table).
+        const SYS_CACHESTAT: libc::c_long = 451;
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            nr_cache: u64,
+            nr_dirty: u64,
+            nr_writeback: u64,
+            nr_evicted: u64,
+            nr_recently_evicted: u64,
+        }
+        const PAGE: u64 = 4096;
+        let asked = Range {
+            off: range.pos,
+            len: range.len as u64,
+        };
+        let mut stat = Stat::default();
+        // SAFETY: cachestat(2) reads the range and fills the stat struct,
+        // both owned here and laid out as the kernel's.
+        let done = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                range.fd.as_raw_fd(),
+                &asked as *const Range,
+                &mut stat as *mut Stat,
+                0u32,
+            )
+        };
+        let first = range.pos / PAGE;
+        let last = (range.pos + range.len as u64).div_ceil(PAGE);
+        done == 0 && stat.nr_cache >= last - first
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = range;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_range_is_cached_once_written_and_not_once_dropped() {
+        // On the project's disk, not a tmpfs (whose pages cannot be dropped).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("segment");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let range = sluice_engine::FileRange {
+            fd: Arc::new(OwnedFd::from(file)),
+            pos: 1000,
+            len: 500_000,
+        };
+        assert!(cached(&range), "just written");
+        let fd = range.fd.as_raw_fd();
+        // SAFETY: fdatasync(2) and posix_fadvise(2) on a descriptor owned
+        // by this test.
+        unsafe {
+            assert_eq!(libc::fdatasync(fd), 0);
+            assert_eq!(libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED), 0);
+        }
+        // SAFETY: fstatfs(2) into a zeroed struct this test owns.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstatfs(fd, &mut fs) }, 0);
+        if fs.f_type != libc::TMPFS_MAGIC {
+            assert!(!cached(&range), "dropped from the page cache");
+        }
     }
 }

@@ -342,7 +342,31 @@ fn a_consumer_of_many_partitions_reads_large_record_sets_sent_from_the_segment_f
     check(&consume(&broker, "wide", &[]), 0);
     // From inside a batch: the batch goes whole, the client skips ahead.
     check(&consume(&broker, "wide", &["-o", "57"]), 57);
+    // Out of the page cache, the ranges are read through the ring instead
+    // (sendfile would block the shard on the disk).
+    drop_page_cache(&broker.data_dir().join("wide-3"));
+    drop_page_cache(&broker.data_dir().join("wide-4"));
+    check(&consume(&broker, "wide", &[]), 0);
     broker.stop();
+}
+
+/// Writes back and drops from the page cache every segment file in `dir`.
+fn drop_page_cache(dir: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let mut dropped = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let file = std::fs::File::open(&path).unwrap();
+            file.sync_data().unwrap();
+            // SAFETY: posix_fadvise(2) on a descriptor this function owns.
+            let done =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(done, 0, "{}", path.display());
+            dropped += 1;
+        }
+    }
+    assert!(dropped > 0, "no segment in {}", dir.display());
 }
 
 #[test]

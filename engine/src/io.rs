@@ -48,6 +48,9 @@ pub enum File {
     Os {
         file: compio::fs::File,
         ring_writes: bool,
+        /// A duplicate descriptor that [`File::range`]s share, made on the
+        /// first: one per segment, however many ranges are in flight.
+        shared: std::sync::OnceLock<std::sync::Arc<std::os::fd::OwnedFd>>,
     },
     Sim(SimFile),
 }
@@ -78,6 +81,7 @@ impl Fs {
                 Ok(File::Os {
                     file,
                     ring_writes: matches!(self, Fs::OsRingWrites),
+                    shared: std::sync::OnceLock::new(),
                 })
             }
             Fs::Sim(sim) => Ok(File::Sim(sim.open(path, create)?)),
@@ -271,6 +275,7 @@ impl File {
             File::Os {
                 file,
                 ring_writes: true,
+                ..
             } => {
                 let mut writer = file;
                 let compio::BufResult(result, bufs) = writer.write_vectored_all_at(bufs, pos).await;
@@ -331,19 +336,21 @@ impl File {
         }
     }
 
-    /// `len` bytes at `pos`, as a range of a descriptor of their own that a
-    /// caller may send without reading them (`splice`); `None` for the
-    /// simulator, which has no descriptor, or when `dup` fails.
+    /// `len` bytes at `pos`, as a range of a descriptor that a caller may
+    /// send without reading them (`sendfile`); `None` for the simulator,
+    /// which has no descriptor, or when `dup` fails.
     pub fn range(&self, pos: u64, len: usize) -> Option<FileRange> {
         match self {
-            File::Os { file, .. } => {
+            File::Os { file, shared, .. } => {
                 use std::os::fd::AsFd;
-                let fd = file.as_fd().try_clone_to_owned().ok()?;
-                Some(FileRange {
-                    fd: std::sync::Arc::new(fd),
-                    pos,
-                    len,
-                })
+                let fd = match shared.get() {
+                    Some(fd) => fd.clone(),
+                    None => {
+                        let fd = std::sync::Arc::new(file.as_fd().try_clone_to_owned().ok()?);
+                        shared.get_or_init(|| fd).clone()
+                    }
+                };
+                Some(FileRange { fd, pos, len })
             }
             File::Sim(_) => None,
         }
