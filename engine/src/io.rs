@@ -48,18 +48,21 @@ pub enum File {
     Os {
         file: compio::fs::File,
         ring_writes: bool,
-        /// A duplicate descriptor that [`File::range`]s share, made on the
-        /// first: one per segment, however many ranges are in flight.
-        shared: std::sync::OnceLock<std::sync::Arc<std::os::fd::OwnedFd>>,
+        /// The duplicate descriptor that [`File::range`]s in flight share:
+        /// one per segment however many there are, closed with the last.
+        shared: std::sync::Mutex<std::sync::Weak<std::os::fd::OwnedFd>>,
     },
     Sim(SimFile),
 }
 
 /// Bytes of a segment file, named rather than read: the descriptor is a
-/// duplicate that keeps the file readable after the log deletes it. The
-/// bytes are whole batches that the log will not change (below its end);
-/// a follower truncating the log may still cut them, so a sender must
-/// treat a short read as an error.
+/// duplicate that keeps the file readable after the log deletes it (its
+/// blocks stay allocated until the last range of it is dropped). The
+/// bytes were whole batches when the range was made; a log truncated
+/// meanwhile (a leader become follower) may have cut them, so a sender
+/// must treat a short read as an error, or cut and appended other batches
+/// in their place, which a sender cannot tell (Kafka's `sendfile` has the
+/// same race; the batches' CRCs tell the client).
 #[derive(Debug, Clone)]
 pub struct FileRange {
     pub fd: std::sync::Arc<std::os::fd::OwnedFd>,
@@ -81,7 +84,7 @@ impl Fs {
                 Ok(File::Os {
                     file,
                     ring_writes: matches!(self, Fs::OsRingWrites),
-                    shared: std::sync::OnceLock::new(),
+                    shared: std::sync::Mutex::new(std::sync::Weak::new()),
                 })
             }
             Fs::Sim(sim) => Ok(File::Sim(sim.open(path, create)?)),
@@ -343,11 +346,13 @@ impl File {
         match self {
             File::Os { file, shared, .. } => {
                 use std::os::fd::AsFd;
-                let fd = match shared.get() {
-                    Some(fd) => fd.clone(),
+                let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let fd = match shared.upgrade() {
+                    Some(fd) => fd,
                     None => {
                         let fd = std::sync::Arc::new(file.as_fd().try_clone_to_owned().ok()?);
-                        shared.get_or_init(|| fd).clone()
+                        *shared = std::sync::Arc::downgrade(&fd);
+                        fd
                     }
                 };
                 Some(FileRange { fd, pos, len })

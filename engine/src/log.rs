@@ -1704,12 +1704,20 @@ impl Log {
                         next = offset;
                     }
                 }
-                header = window.header_at(start + taken as u64, max_batch).await?;
-                if (taken, next) != walked && header.is_none_or(|h| h.base_offset != next.0) {
-                    // The index named no batch boundary there: walk instead.
-                    (taken, next) = walked;
-                    header = window.header_at(start + taken as u64, max_batch).await?;
-                }
+                let at = window.header_at(start + taken as u64, max_batch).await;
+                header = if (taken, next) == walked {
+                    at?
+                } else {
+                    match at {
+                        Ok(Some(h)) if h.base_offset == next.0 => Some(h),
+                        // The index named no batch boundary there (or one
+                        // this read could not parse): walk instead.
+                        _ => {
+                            (taken, next) = walked;
+                            window.header_at(start + taken as u64, max_batch).await?
+                        }
+                    }
+                };
             }
             if taken == 0 {
                 return Ok((result, None));
