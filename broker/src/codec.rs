@@ -193,7 +193,7 @@ pub fn placeholder(key: usize, len: usize) -> Option<Bytes> {
 }
 
 /// Whether `src` lies in the mapping [`placeholder`]s are cut from.
-fn is_stand_in(src: &[u8]) -> bool {
+pub fn is_stand_in(src: &[u8]) -> bool {
     zeros().is_some_and(|z| {
         let (base, at) = (z.as_ptr() as usize, src.as_ptr() as usize);
         base <= at && at < base + z.len()

@@ -97,6 +97,11 @@ impl Sender {
             libc::off_t::try_from(range.pos).map_err(|_| io::Error::other("offset too large"))?;
         let mut left = range.len;
         while left > 0 {
+            // A client gone raises SIGPIPE here (sendfile takes no
+            // MSG_NOSIGNAL); Rust's runtime ignores SIGPIPE, so it is the
+            // EPIPE error below. A page evicted since `cached` was asked
+            // would block this thread on the disk once; that race is
+            // accepted.
             // SAFETY: sendfile(2) between two descriptors this writer holds
             // open, with an offset it owns.
             let sent = unsafe { libc::sendfile(socket, file, &mut offset, left.min(SENDFILE_MAX)) };
@@ -176,9 +181,39 @@ fn cut_short() -> io::Error {
     )
 }
 
-/// Whether every page of `range` is in the page cache (`cachestat(2)`,
-/// Linux 6.5). Unknown (an older kernel, an error) counts as no.
+/// Whether this kernel answers `cachestat(2)` (Linux 6.5; a seccomp
+/// filter may refuse it), asked once: without it no range could be known
+/// to be in the page cache, every range would be read in chunks, and
+/// Fetch should not make ranges at all.
+pub fn ranges_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let Ok(exe) = std::fs::File::open("/proc/self/exe") else {
+            return false;
+        };
+        cachestat(exe.as_raw_fd(), 0, 1).is_some()
+    })
+}
+
+/// Whether every page of `range` is in the page cache. Unknown counts as
+/// no.
 fn cached(range: &sluice_engine::FileRange) -> bool {
+    let Some(cached) = cachestat(range.fd.as_raw_fd(), range.pos, range.len as u64) else {
+        return false;
+    };
+    // SAFETY: sysconf(3) has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    };
+    let first = range.pos / page;
+    let last = (range.pos + range.len as u64).div_ceil(page);
+    cached >= last - first
+}
+
+/// The number of pages of `[off, off + len)` of `fd` in the page cache
+/// (`cachestat(2)`); `None` if the kernel does not answer.
+fn cachestat(fd: std::os::fd::RawFd, off: u64, len: u64) -> Option<u64> {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         /// The same number on both (the generic syscall table).
@@ -197,31 +232,25 @@ fn cached(range: &sluice_engine::FileRange) -> bool {
             nr_evicted: u64,
             nr_recently_evicted: u64,
         }
-        const PAGE: u64 = 4096;
-        let asked = Range {
-            off: range.pos,
-            len: range.len as u64,
-        };
+        let asked = Range { off, len };
         let mut stat = Stat::default();
         // SAFETY: cachestat(2) reads the range and fills the stat struct,
         // both owned here and laid out as the kernel's.
         let done = unsafe {
             libc::syscall(
                 SYS_CACHESTAT,
-                range.fd.as_raw_fd(),
+                fd,
                 &asked as *const Range,
                 &mut stat as *mut Stat,
                 0u32,
             )
         };
-        let first = range.pos / PAGE;
-        let last = (range.pos + range.len as u64).div_ceil(PAGE);
-        done == 0 && stat.nr_cache >= last - first
+        (done == 0).then_some(stat.nr_cache)
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        let _ = range;
-        false
+        let _ = (fd, off, len);
+        None
     }
 }
 
@@ -233,8 +262,11 @@ mod tests {
 
     #[test]
     fn a_range_is_cached_once_written_and_not_once_dropped() {
-        // On the project's disk, not a tmpfs (whose pages cannot be dropped).
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        // Under the build's target directory, on the project's disk: not a
+        // tmpfs (whose pages cannot be dropped), not the source tree.
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        std::fs::create_dir_all(&target).unwrap();
+        let dir = tempfile::tempdir_in(target).unwrap();
         let path = dir.path().join("segment");
         std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
@@ -243,6 +275,7 @@ mod tests {
             pos: 1000,
             len: 500_000,
         };
+        assert!(ranges_supported(), "cachestat(2) on this kernel");
         assert!(cached(&range), "just written");
         let fd = range.fd.as_raw_fd();
         // SAFETY: fdatasync(2) and posix_fadvise(2) on a descriptor owned

@@ -681,7 +681,8 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         .map(|w| w.partition_max_bytes)
         .fold(0, usize::saturating_add);
     let together = limits.saturating_add(broker.config.message_max_bytes) <= budget;
-    let ranges = if together { limits } else { budget } >= RANGES_RESPONSE_MIN;
+    let ranges = if together { limits } else { budget } >= RANGES_RESPONSE_MIN
+        && crate::send::ranges_supported();
     for want in wanted.values_mut().flatten() {
         want.ranges = ranges;
     }
@@ -805,6 +806,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         .iter()
         .flat_map(|t| t.partitions.iter())
         .filter_map(|p| p.records.clone())
+        .filter(|r| !crate::codec::is_stand_in(r))
         .collect();
     let parts = crate::codec::encode_response_spliced(
         request.api_key,
