@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The floor under a broker's produce cost on this machine.
+
+A receiver takes bytes from a sender over loopback TCP in 64 KiB reads,
+and either drops them or appends them to a file with pwrite: what any
+broker that writes through the page cache must at least pay, before it
+parses, checks or answers anything. Prints the receiver's CPU-seconds
+(user + system, from getrusage) per GiB for each mode, alternating.
+
+    python3 bench/scripts/floor.py --dir /tmp --gib 2 --rounds 3
+"""
+
+import argparse
+import os
+import resource
+import socket
+import sys
+
+CHUNK = 64 * 1024
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def send(port: int, total: int) -> None:
+    s = socket.create_connection(("127.0.0.1", port))
+    buf = b"x" * CHUNK
+    sent = 0
+    while sent < total:
+        sent += s.send(buf)
+    s.close()
+
+
+def receive_once(path: str | None, total: int) -> float:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    child = os.fork()
+    if child == 0:
+        try:
+            send(port, total)
+        finally:
+            os._exit(0)
+    conn, _ = listener.accept()
+    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644) if path else -1
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    start = cpu_s()
+    while True:
+        n = conn.recv_into(buf)
+        if n == 0:
+            break
+        if fd >= 0:
+            os.pwrite(fd, view[:n], pos)
+        pos += n
+    spent = cpu_s() - start
+    os.waitpid(child, 0)
+    conn.close()
+    listener.close()
+    if fd >= 0:
+        os.close(fd)
+        os.unlink(path)
+    return spent / (pos / (1 << 30))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default="/tmp", help="where the written file goes")
+    parser.add_argument("--gib", type=float, default=2.0, help="GiB per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    total = int(args.gib * (1 << 30))
+    path = os.path.join(args.dir, f"floor-{os.getpid()}.bin")
+    for r in range(1, args.rounds + 1):
+        dropped = receive_once(None, total)
+        written = receive_once(path, total)
+        print(
+            f"round {r}: receive only {dropped:.2f} CPU-s/GiB, "
+            f"receive + pwrite {written:.2f} CPU-s/GiB"
+        )
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
