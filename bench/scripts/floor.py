@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The floor under a broker's produce cost on this machine.
+"""The floor under a broker's produce and consume costs on this machine.
 
-A receiver takes bytes from a sender over loopback TCP in 64 KiB reads,
-and either drops them or appends them to a file with pwrite: what any
-broker that writes through the page cache must at least pay, before it
-parses, checks or answers anything. Prints the receiver's CPU-seconds
-(user + system, from getrusage) per GiB for each mode, alternating.
+Produce: a receiver takes bytes from a sender over loopback TCP in 64 KiB
+reads, and either drops them or appends them to a file with pwrite: what
+any broker that writes through the page cache must at least pay, before
+it parses, checks or answers anything. Consume: a sender sends a file
+that is in the page cache, in 1 MiB pieces, with sendfile or with read
+and send, to a receiver that drops it. Prints the broker side's
+CPU-seconds (user + system, from getrusage) per GiB for each mode.
 
     python3 bench/scripts/floor.py --dir /tmp --gib 2 --rounds 3
 """
@@ -67,6 +69,45 @@ def receive_once(path: str | None, total: int) -> float:
     return spent / (pos / (1 << 30))
 
 
+def serve_file_once(path: str, total: int, use_sendfile: bool) -> float:
+    """Sends `path` (already cached) over loopback; the sender's CPU per GiB."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    child = os.fork()
+    if child == 0:
+        try:
+            s = socket.create_connection(("127.0.0.1", port))
+            buf = bytearray(1 << 20)
+            while s.recv_into(buf):
+                pass
+        finally:
+            os._exit(0)
+    conn, _ = listener.accept()
+    fd = os.open(path, os.O_RDONLY)
+    piece = 1 << 20
+    buf = bytearray(piece)
+    view = memoryview(buf)
+    pos = 0
+    start = cpu_s()
+    while pos < total:
+        n = min(piece, total - pos)
+        if use_sendfile:
+            sent = os.sendfile(conn.fileno(), fd, pos, n)
+        else:
+            got = os.preadv(fd, [view[:n]], pos)
+            conn.sendall(view[:got])
+            sent = got
+        pos += sent
+    spent = cpu_s() - start
+    conn.close()
+    os.waitpid(child, 0)
+    listener.close()
+    os.close(fd)
+    return spent / (pos / (1 << 30))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="/tmp", help="where the written file goes")
@@ -79,10 +120,29 @@ def main() -> int:
         dropped = receive_once(None, total)
         written = receive_once(path, total)
         print(
-            f"round {r}: receive only {dropped:.2f} CPU-s/GiB, "
+            f"round {r}: produce: receive only {dropped:.2f} CPU-s/GiB, "
             f"receive + pwrite {written:.2f} CPU-s/GiB"
         )
         sys.stdout.flush()
+    # A cached file to serve: written once, read once to be sure.
+    with open(path, "wb") as f:
+        block = b"y" * (1 << 20)
+        for _ in range(total // len(block)):
+            f.write(block)
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    try:
+        for r in range(1, args.rounds + 1):
+            copied = serve_file_once(path, total, use_sendfile=False)
+            spliced = serve_file_once(path, total, use_sendfile=True)
+            print(
+                f"round {r}: consume: pread + send {copied:.2f} CPU-s/GiB, "
+                f"sendfile {spliced:.2f} CPU-s/GiB"
+            )
+            sys.stdout.flush()
+    finally:
+        os.unlink(path)
     return 0
 
 
