@@ -154,6 +154,9 @@ struct Workload {
 struct ProduceOutcome {
     seconds: f64,
     latency: Histogram<u64>,
+    /// The slowest acknowledgement of each 100 ms of sending, all
+    /// producers together.
+    timeline: Vec<u64>,
 }
 
 struct ConsumeOutcome {
@@ -358,6 +361,7 @@ fn report(
             "ack_p99_us": pct(0.99),
             "ack_p999_us": pct(0.999),
             "ack_max_us": produced.latency.max(),
+            "ack_max_us_per_100ms": produced.timeline,
             "broker_cpu_s": cpu.produce,
             "broker_cpu_s_per_gib": produce_cpu_per_gib,
             "client_cpu_s": cpu.produce_client,
@@ -560,6 +564,9 @@ fn delete_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
 struct Deliveries {
     origin: Instant,
     latency: Mutex<Histogram<u64>>,
+    /// The slowest acknowledgement (µs) of the records sent in each
+    /// [`TIMELINE_STEP`] since `origin`: where in a run a tail comes from.
+    timeline: Mutex<Vec<u64>>,
     delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
@@ -578,6 +585,13 @@ impl ProducerContext for Deliveries {
                 if let Ok(mut latency) = self.latency.lock() {
                     latency.saturating_record(micros);
                 }
+                let step = (sent_ns as u128 / TIMELINE_STEP.as_nanos()) as usize;
+                if let Ok(mut timeline) = self.timeline.lock() {
+                    if timeline.len() <= step {
+                        timeline.resize(step + 1, 0);
+                    }
+                    timeline[step] = timeline[step].max(micros);
+                }
                 self.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, _)) => {
@@ -589,6 +603,9 @@ impl ProducerContext for Deliveries {
         }
     }
 }
+
+/// The width of one step of the acknowledgement timeline.
+const TIMELINE_STEP: Duration = Duration::from_millis(100);
 
 /// Acknowledgement latencies in microseconds, up to ten minutes.
 fn new_histogram() -> Result<Histogram<u64>, String> {
@@ -619,6 +636,7 @@ fn produce(
         let context = Deliveries {
             origin,
             latency: Mutex::new(new_histogram()?),
+            timeline: Mutex::new(Vec::new()),
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             first_error: Mutex::new(None),
@@ -714,6 +732,7 @@ fn produce(
         result?;
     }
     let mut latency = new_histogram()?;
+    let mut timeline: Vec<u64> = Vec::new();
     let mut delivered = 0;
     for producer in &producers {
         let context = producer.context();
@@ -737,6 +756,16 @@ fn produce(
         latency
             .add(&*histogram)
             .map_err(|e| format!("merging histograms: {e}"))?;
+        let theirs = context
+            .timeline
+            .lock()
+            .map_err(|_| "a delivery callback panicked".to_string())?;
+        if timeline.len() < theirs.len() {
+            timeline.resize(theirs.len(), 0);
+        }
+        for (mine, &their) in timeline.iter_mut().zip(theirs.iter()) {
+            *mine = (*mine).max(their);
+        }
     }
     if delivered != workload.records {
         return Err(format!(
@@ -744,7 +773,11 @@ fn produce(
             workload.records
         ));
     }
-    Ok(ProduceOutcome { seconds, latency })
+    Ok(ProduceOutcome {
+        seconds,
+        latency,
+        timeline,
+    })
 }
 
 /// `(partition, log start offset, high watermark)` of every partition.

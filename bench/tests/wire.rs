@@ -123,6 +123,20 @@ fn wire_benchmark_reads_back_every_record_and_reports_broker_cpu() {
     assert!(report["produce"]["broker_cpu_s"].as_f64().is_some());
     assert!(report["consume"]["broker_cpu_s"].as_f64().is_some());
     assert!(report["produce"]["ack_p50_us"].as_u64().unwrap() >= 1);
+    // The timeline's slowest acknowledgement is the histogram's maximum
+    // (to its three significant digits).
+    let timeline: Vec<u64> = report["produce"]["ack_max_us_per_100ms"]
+        .as_array()
+        .expect("a timeline")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let slowest = *timeline.iter().max().expect("a step with acknowledgements");
+    let max = report["produce"]["ack_max_us"].as_u64().unwrap();
+    assert!(
+        slowest <= max && slowest * 1002 / 1000 + 1 >= max,
+        "{timeline:?} against {max}"
+    );
     // The engine baseline ran on the same records.
     assert!(report["engine"]["records"].as_u64().unwrap() >= 3000);
     assert!(report["ratio"].as_f64().unwrap() > 0.0);
