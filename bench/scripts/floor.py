@@ -35,7 +35,17 @@ def send(port: int, total: int) -> None:
     s.close()
 
 
-def receive_once(path: str | None, total: int) -> float:
+def drain(port: int) -> None:
+    s = socket.create_connection(("127.0.0.1", port))
+    buf = bytearray(1 << 20)
+    while s.recv_into(buf):
+        pass
+
+
+def with_peer(peer, measure):
+    """Runs `peer(port)` in a forked child that connects to a loopback
+    listener, and `measure(conn)` on the accepted connection here; returns
+    what `measure` returns once the child has exited."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -43,69 +53,67 @@ def receive_once(path: str | None, total: int) -> float:
     child = os.fork()
     if child == 0:
         try:
-            send(port, total)
+            peer(port)
         finally:
             os._exit(0)
     conn, _ = listener.accept()
-    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644) if path else -1
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    pos = 0
-    start = cpu_s()
-    while True:
-        n = conn.recv_into(buf)
-        if n == 0:
-            break
+    try:
+        result = measure(conn)
+    finally:
+        conn.close()
+        os.waitpid(child, 0)
+        listener.close()
+    return result
+
+
+def receive_once(path: str | None, total: int) -> float:
+    """Receives `total` bytes, dropped or appended to `path`; CPU per GiB."""
+
+    def measure(conn: socket.socket) -> float:
+        fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644) if path else -1
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        pos = 0
+        start = cpu_s()
+        while True:
+            n = conn.recv_into(buf)
+            if n == 0:
+                break
+            if fd >= 0:
+                os.pwrite(fd, view[:n], pos)
+            pos += n
+        spent = cpu_s() - start
         if fd >= 0:
-            os.pwrite(fd, view[:n], pos)
-        pos += n
-    spent = cpu_s() - start
-    os.waitpid(child, 0)
-    conn.close()
-    listener.close()
-    if fd >= 0:
-        os.close(fd)
-        os.unlink(path)
-    return spent / (pos / (1 << 30))
+            os.close(fd)
+            os.unlink(path)
+        return spent / (pos / (1 << 30))
+
+    return with_peer(lambda port: send(port, total), measure)
 
 
 def serve_file_once(path: str, total: int, use_sendfile: bool) -> float:
     """Sends `path` (already cached) over loopback; the sender's CPU per GiB."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    port = listener.getsockname()[1]
-    child = os.fork()
-    if child == 0:
-        try:
-            s = socket.create_connection(("127.0.0.1", port))
-            buf = bytearray(1 << 20)
-            while s.recv_into(buf):
-                pass
-        finally:
-            os._exit(0)
-    conn, _ = listener.accept()
-    fd = os.open(path, os.O_RDONLY)
-    piece = 1 << 20
-    buf = bytearray(piece)
-    view = memoryview(buf)
-    pos = 0
-    start = cpu_s()
-    while pos < total:
-        n = min(piece, total - pos)
-        if use_sendfile:
-            sent = os.sendfile(conn.fileno(), fd, pos, n)
-        else:
-            got = os.preadv(fd, [view[:n]], pos)
-            conn.sendall(view[:got])
-            sent = got
-        pos += sent
-    spent = cpu_s() - start
-    conn.close()
-    os.waitpid(child, 0)
-    listener.close()
-    os.close(fd)
-    return spent / (pos / (1 << 30))
+
+    def measure(conn: socket.socket) -> float:
+        fd = os.open(path, os.O_RDONLY)
+        piece = 1 << 20
+        view = memoryview(bytearray(piece))
+        pos = 0
+        start = cpu_s()
+        while pos < total:
+            n = min(piece, total - pos)
+            if use_sendfile:
+                sent = os.sendfile(conn.fileno(), fd, pos, n)
+            else:
+                got = os.preadv(fd, [view[:n]], pos)
+                conn.sendall(view[:got])
+                sent = got
+            pos += sent
+        spent = cpu_s() - start
+        os.close(fd)
+        return spent / (pos / (1 << 30))
+
+    return with_peer(drain, measure)
 
 
 def main() -> int:
