@@ -137,7 +137,7 @@ impl Fs {
                 let dir = compio::fs::File::open(path).await?;
                 dir.sync_all().await
             }
-            Fs::Sim(sim) => sim.sync_dir(path),
+            Fs::Sim(sim) => sim.sync_dir_stalled(path).await,
         }
     }
 

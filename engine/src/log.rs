@@ -1303,6 +1303,10 @@ impl Log {
         // The producer state as of the new segment's base, written once
         // the data below it is durable, off the append path.
         let snapshot = (self.dir.join(snapshot_name(base)), self.producers.encode());
+        let dir = self.dir.clone();
+        // The new file exists before the background task starts, so that
+        // its directory sync covers the new segment's name.
+        let created = Segment::create(&self.fs, &self.dir, base, &self.config, now_ms).await;
         let task = compio::runtime::spawn(async move {
             // Blocks reserved and not used go back; failing that only
             // leaves them taken until the segment is deleted.
@@ -1314,19 +1318,24 @@ impl Log {
                 .map_err(|e| Error::io("flushing a rolled segment", e))?;
             segment::write_files_synced(&fs, indexes).await?;
             write_snapshot(&fs, &snapshot.0, snapshot.1).await;
+            // The new segment's name must survive a crash before any of its
+            // data counts as flushed: every flush waits for this task first
+            // (`reap_background_flushes`). Not on the append path: with
+            // gigabytes dirty, ext4 commits the directory's journal
+            // transaction only after writing back the data ordered before
+            // it, and an inline sync here stalled the partition's appends
+            // for 0.2-0.5 s at every roll (docs/BENCHMARKS.md).
+            fs.sync_dir(&dir)
+                .await
+                .map_err(|e| Error::io("syncing the log directory after a roll", e))?;
             Ok(())
         });
         self.background_flushes.push_back((base, task));
-        let seg = match Segment::create(&self.fs, &self.dir, base, &self.config, now_ms).await {
+        let seg = match created {
             Ok(seg) => seg,
             Err(e) => return Err(self.fail(e)),
         };
         self.segments.insert(base, seg);
-        // The new segment's name must survive a crash once its data is
-        // flushed; sync the directory now rather than at its first flush.
-        if let Err(e) = self.fs.sync_dir(&self.dir).await {
-            return Err(self.fail(Error::io("syncing the log directory on roll", e)));
-        }
         Ok(())
     }
 

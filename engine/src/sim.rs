@@ -284,6 +284,24 @@ impl SimFs {
         Ok(())
     }
 
+    /// Waits while a [`SyncStall`] covers `dir`, then syncs it as
+    /// [`SimFs::sync_dir`] does: a slow disk stalls a directory's fsync
+    /// as it stalls a file's.
+    pub async fn sync_dir_stalled(&self, dir: &Path) -> io::Result<()> {
+        let stall = self
+            .lock()
+            .stalls
+            .iter()
+            .find(|s| dir.starts_with(&s.dir))
+            .cloned();
+        if let Some(stall) = stall {
+            stall.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Ends with an error once the stall's sender is dropped.
+            let _released = stall.gate.recv().await;
+        }
+        self.sync_dir(dir)
+    }
+
     pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
         if st.fail_syncs {
@@ -322,8 +340,8 @@ impl SimFs {
     }
 
     /// While set, every write fails with EIO and changes nothing.
-    /// Holds every fsync of a file under `dir` until the returned stall is
-    /// dropped. Other files sync as usual.
+    /// Holds every fsync of a file under `dir`, and of `dir` itself, until
+    /// the returned stall is dropped. Other files sync as usual.
     pub fn stall_syncs_under(&self, dir: &Path) -> SyncStall {
         let (release, gate) = async_channel::bounded(1);
         let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));

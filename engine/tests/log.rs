@@ -1184,3 +1184,55 @@ fn on_tmpfs_appends_reserve_nothing() {
         log.close(NOW).await.expect("close");
     });
 }
+
+/// A roll makes the new segment's name durable off the append path. With
+/// every fsync under the log's directory held by a slow disk, the directory's
+/// own included, the append that rolls and the appends after it complete
+/// at once; the rolled segments count as flushed only once the disk lets
+/// the syncs go. (An inline directory sync, on ext4 with gigabytes dirty,
+/// stalled every roll's appends for 0.1-0.6 s: docs/BENCHMARKS.md.)
+#[test]
+fn a_roll_does_not_wait_for_the_directory_sync() {
+    use futures_util::FutureExt;
+    let rt = common::runtime(compio::driver::DriverType::Poll).expect("poll driver");
+    rt.block_on(async {
+        let sim = sluice_engine::sim::SimFs::new();
+        let dir = std::path::PathBuf::from("/sim/data/rolling-0");
+        let config = LogConfig {
+            segment_bytes: 4096,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let mut log = open(&Fs::Sim(sim.clone()), &dir, config).await;
+        let stall = sim.stall_syncs_under(&dir);
+        let mut appended = 0;
+        while log.segment_count() < 3 {
+            let done = log
+                .append(batch(5, 200, NOW as i64), LEADER, NOW)
+                .now_or_never();
+            assert!(
+                matches!(done, Some(Ok(_))),
+                "append {appended} (segments: {}) waited for the stalled disk: {done:?}",
+                log.segment_count()
+            );
+            appended += 1;
+        }
+        // The rolled segments' background flushes reach the stalled disk
+        // and wait there: nothing counts as flushed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stall.syncs_held() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background flush started"
+            );
+            compio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        log.reap_background_flushes(false).await.unwrap();
+        assert_eq!(log.flushed_offset(), Offset(0));
+        drop(stall);
+        log.reap_background_flushes(true).await.unwrap();
+        let bases = log.segment_bases();
+        assert_eq!(log.flushed_offset(), *bases.last().unwrap());
+        assert_eq!(read_all(&log).await.len(), appended);
+    });
+}
