@@ -288,18 +288,24 @@ impl SimFs {
     /// [`SimFs::sync_dir`] does: a slow disk stalls a directory's fsync
     /// as it stalls a file's.
     pub async fn sync_dir_stalled(&self, dir: &Path) -> io::Result<()> {
+        self.wait_out_stall(dir).await;
+        self.sync_dir(dir)
+    }
+
+    /// Returns once no [`SyncStall`] holds an fsync of `path` (a file, or
+    /// a directory itself), counting the fsync as held if one did.
+    async fn wait_out_stall(&self, path: &Path) {
         let stall = self
             .lock()
             .stalls
             .iter()
-            .find(|s| dir.starts_with(&s.dir))
+            .find(|s| path.starts_with(&s.dir))
             .cloned();
         if let Some(stall) = stall {
             stall.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             // Ends with an error once the stall's sender is dropped.
             let _released = stall.gate.recv().await;
         }
-        self.sync_dir(dir)
     }
 
     pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -339,7 +345,6 @@ impl SimFs {
         self.lock().live.contains_key(path)
     }
 
-    /// While set, every write fails with EIO and changes nothing.
     /// Holds every fsync of a file under `dir`, and of `dir` itself, until
     /// the returned stall is dropped. Other files sync as usual.
     pub fn stall_syncs_under(&self, dir: &Path) -> SyncStall {
@@ -358,6 +363,7 @@ impl SimFs {
         }
     }
 
+    /// While set, every write fails with EIO and changes nothing.
     pub fn set_fail_writes(&self, fail: bool) {
         self.lock().fail_writes = fail;
     }
@@ -545,18 +551,7 @@ impl SimFile {
 
     /// Waits while a [`SyncStall`] covers this file, then syncs it.
     pub async fn sync_data_stalled(&self) -> io::Result<()> {
-        let stall = self
-            .fs
-            .lock()
-            .stalls
-            .iter()
-            .find(|s| self.path.starts_with(&s.dir))
-            .cloned();
-        if let Some(stall) = stall {
-            stall.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            // Ends with an error once the stall's sender is dropped.
-            let _released = stall.gate.recv().await;
-        }
+        self.fs.wait_out_stall(&self.path).await;
         self.sync_data()
     }
 
