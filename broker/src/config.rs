@@ -60,6 +60,8 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms`: a follower not caught up with its leader
     /// for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `replica.fetch.*`: how followers fetch from their leaders.
+    pub replica_fetch: ReplicaFetch,
     /// `replica.high.watermark.checkpoint.interval.ms`: how often every
     /// partition's high watermark is written to `log.dirs`.
     pub hw_checkpoint_interval_ms: u64,
@@ -113,6 +115,23 @@ pub struct BrokerConfig {
     pub set_keys: std::collections::BTreeSet<String>,
 }
 
+/// How followers fetch from their leaders (Kafka's `replica.fetch.*`, with
+/// its defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaFetch {
+    /// `replica.fetch.wait.max.ms`: how long the leader may park a fetch
+    /// that has less than `min_bytes` to return.
+    pub wait_max_ms: i32,
+    /// `replica.fetch.min.bytes`: the bytes a fetch waits for before the
+    /// leader answers it.
+    pub min_bytes: i32,
+    /// `replica.fetch.max.bytes`: the most bytes per partition (the first
+    /// batch comes whole even when larger, so followers always progress).
+    pub max_bytes: i32,
+    /// `replica.fetch.response.max.bytes`: the most bytes per response.
+    pub response_max_bytes: i32,
+}
+
 const KNOWN_KEYS: &[&str] = &[
     "node.id",
     "broker.id",
@@ -132,6 +151,10 @@ const KNOWN_KEYS: &[&str] = &[
     "default.replication.factor",
     "offsets.topic.replication.factor",
     "replica.lag.time.max.ms",
+    "replica.fetch.wait.max.ms",
+    "replica.fetch.min.bytes",
+    "replica.fetch.max.bytes",
+    "replica.fetch.response.max.bytes",
     "replica.high.watermark.checkpoint.interval.ms",
     "broker.rack",
     "broker.heartbeat.interval.ms",
@@ -375,6 +398,36 @@ impl BrokerConfig {
             |v| *v >= 10,
             "must be at least 10",
         )?;
+        let replica_fetch = ReplicaFetch {
+            wait_max_ms: num(
+                "replica.fetch.wait.max.ms",
+                get("replica.fetch.wait.max.ms"),
+                500i32,
+                |v| *v >= 0 && (*v as u64) < replica_lag_time_max_ms,
+                "must be at least 0 and less than replica.lag.time.max.ms",
+            )?,
+            min_bytes: num(
+                "replica.fetch.min.bytes",
+                get("replica.fetch.min.bytes"),
+                1i32,
+                |v| *v >= 1,
+                "must be at least 1",
+            )?,
+            max_bytes: num(
+                "replica.fetch.max.bytes",
+                get("replica.fetch.max.bytes"),
+                1i32 << 20,
+                |v| *v >= 0,
+                "must be at least 0",
+            )?,
+            response_max_bytes: num(
+                "replica.fetch.response.max.bytes",
+                get("replica.fetch.response.max.bytes"),
+                10i32 << 20,
+                |v| *v >= 0,
+                "must be at least 0",
+            )?,
+        };
         let hw_checkpoint_interval_ms = num(
             "replica.high.watermark.checkpoint.interval.ms",
             get("replica.high.watermark.checkpoint.interval.ms"),
@@ -689,6 +742,7 @@ impl BrokerConfig {
             default_replication_factor,
             offsets_topic_replication_factor,
             replica_lag_time_max_ms,
+            replica_fetch,
             broker_heartbeat_interval_ms,
             hw_checkpoint_interval_ms,
             controlled_shutdown,
@@ -826,6 +880,57 @@ mod tests {
         )]))
         .unwrap();
         assert_eq!(set.log.recovery_checkpoint_interval_ms, 100);
+    }
+
+    #[test]
+    fn replica_fetch_settings_default_to_kafkas_and_are_checked() {
+        let config = BrokerConfig::from_pairs(&[]).unwrap();
+        assert_eq!(
+            config.replica_fetch,
+            ReplicaFetch {
+                wait_max_ms: 500,
+                min_bytes: 1,
+                max_bytes: 1_048_576,
+                response_max_bytes: 10_485_760,
+            }
+        );
+        let set = BrokerConfig::from_pairs(&pairs(&[
+            ("replica.fetch.wait.max.ms", "20"),
+            ("replica.fetch.min.bytes", "65536"),
+            ("replica.fetch.max.bytes", "4096"),
+            ("replica.fetch.response.max.bytes", "8192"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            set.replica_fetch,
+            ReplicaFetch {
+                wait_max_ms: 20,
+                min_bytes: 65536,
+                max_bytes: 4096,
+                response_max_bytes: 8192,
+            }
+        );
+        // As Kafka insists: a follower parked as long as the lag allowed
+        // would leave the ISR while waiting for records.
+        for (key, value) in [
+            ("replica.fetch.wait.max.ms", "-1"),
+            ("replica.fetch.wait.max.ms", "30000"),
+            ("replica.fetch.min.bytes", "0"),
+            ("replica.fetch.max.bytes", "-1"),
+            ("replica.fetch.response.max.bytes", "lots"),
+        ] {
+            let err = BrokerConfig::from_pairs(&pairs(&[(key, value)])).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
+        let lower_lag = BrokerConfig::from_pairs(&pairs(&[
+            ("replica.lag.time.max.ms", "1000"),
+            ("replica.fetch.wait.max.ms", "1000"),
+        ]));
+        assert_eq!(
+            lower_lag.unwrap_err().key,
+            "replica.fetch.wait.max.ms",
+            "the wait must stay below the lag allowed"
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ use sluice_engine::shard::LocalShard;
 use sluice_engine::{AppendMode, Epoch, Offset, TopicPartition};
 use tracing::{debug, info, warn};
 
+use crate::config::ReplicaFetch;
 use crate::controller::image::ineligible_joiners;
 use crate::controller::MetadataRecord;
 use crate::topics::TopicState;
@@ -53,13 +54,6 @@ use crate::{partition, Broker};
 
 /// The Fetch version followers speak (the newest that names topics).
 const FETCH_VERSION: i16 = 12;
-/// How long the leader may park a fetch that finds nothing new
-/// (`replica.fetch.wait.max.ms`).
-const WAIT_MAX_MS: i32 = 500;
-/// Most bytes per partition and per response (`replica.fetch.max.bytes`,
-/// `replica.fetch.response.max.bytes`, Kafka's defaults).
-const PARTITION_MAX_BYTES: i32 = 1 << 20;
-const RESPONSE_MAX_BYTES: i32 = 10 << 20;
 /// Kafka's OFFSET_OUT_OF_RANGE.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 /// Pause after a failed connection or exchange (`replica.fetch.backoff.ms`).
@@ -253,13 +247,16 @@ async fn fetch_loop(
         .iter()
         .map(|f| ((f.tp.topic.as_str(), f.tp.partition), f))
         .collect();
-    let frame_max = (RESPONSE_MAX_BYTES as usize)
+    let settings = broker.config.replica_fetch;
+    // A response holds at most `response_max_bytes`, or one whole batch
+    // that is larger (up to `message.max.bytes`), plus its framing.
+    let frame_max = (settings.response_max_bytes.max(settings.max_bytes) as usize)
         .max(broker.config.message_max_bytes)
         .saturating_mul(2);
     let mut correlation_id = 0i32;
     loop {
         correlation_id = correlation_id.wrapping_add(1);
-        let request = fetch_request(local, me, parts);
+        let request = fetch_request(local, me, parts, &settings);
         stream
             .write_all(encode_request(&request, correlation_id)?)
             .await
@@ -442,7 +439,12 @@ pub fn truncation_offset(
 /// is ahead of this shard), the leader is asked not to park the fetch for
 /// long, so that the next one, which includes them, follows soon: acks=all
 /// produces to a new partition wait for its followers' first fetch.
-fn fetch_request(local: &LocalShard, me: i32, parts: &[Followed]) -> FetchRequest {
+fn fetch_request(
+    local: &LocalShard,
+    me: i32,
+    parts: &[Followed],
+    settings: &ReplicaFetch,
+) -> FetchRequest {
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
     let mut all_open = true;
     for f in parts {
@@ -457,18 +459,18 @@ fn fetch_request(local: &LocalShard, me: i32, parts: &[Followed]) -> FetchReques
                 .with_fetch_offset(log_end.0)
                 .with_last_fetched_epoch(last_epoch.0)
                 .with_log_start_offset(-1)
-                .with_partition_max_bytes(PARTITION_MAX_BYTES),
+                .with_partition_max_bytes(settings.max_bytes),
         );
     }
     FetchRequest::default()
         .with_replica_id(BrokerId(me))
         .with_max_wait_ms(if all_open {
-            WAIT_MAX_MS
+            settings.wait_max_ms
         } else {
-            RECHECK.as_millis() as i32
+            settings.wait_max_ms.min(RECHECK.as_millis() as i32)
         })
-        .with_min_bytes(1)
-        .with_max_bytes(RESPONSE_MAX_BYTES)
+        .with_min_bytes(if all_open { settings.min_bytes } else { 1 })
+        .with_max_bytes(settings.response_max_bytes)
         .with_isolation_level(0)
         .with_session_id(0)
         .with_session_epoch(-1)

@@ -441,6 +441,59 @@ fn three_replicas_hold_the_same_bytes_and_acks_all_answers_once_they_do() {
     }
 }
 
+/// The error code of a Produce v7 of `batch` to `topic`-0 on `broker`,
+/// with acks=all and the given timeout.
+fn produce_all(broker: &Broker, topic: &str, batch: Vec<u8>, timeout_ms: i32) -> i16 {
+    let req = produce_req(topic, 0, batch)
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms);
+    let mut s = connect(&broker.addr());
+    send(&mut s, &typed_request(7, 3, &req).0).unwrap();
+    let Reply::Frame(body) = read_reply(&mut s) else {
+        panic!("no produce answer from {}", broker.addr())
+    };
+    let mut buf = bytes::Bytes::from(body);
+    let _ = kafka_protocol::messages::ResponseHeader::decode(&mut buf, 0).unwrap();
+    kafka_protocol::messages::ProduceResponse::decode(&mut buf, 7)
+        .unwrap()
+        .responses[0]
+        .partition_responses[0]
+        .error_code
+}
+
+#[test]
+fn followers_wait_for_replica_fetch_min_bytes_before_the_leader_answers_them() {
+    // Followers ask for at least 512 KiB and let their leader hold a fetch
+    // for up to a minute.
+    let cluster = Cluster::start_with(
+        3,
+        &[
+            ("replica.fetch.min.bytes", "524288"),
+            ("replica.fetch.wait.max.ms", "60000"),
+            ("replica.lag.time.max.ms", "120000"),
+        ],
+    );
+    assert_eq!(try_create(cluster.broker(1), "gathered", 1, 3), 0);
+    let leader = poll_until(SETTLE, "a leader and three in sync", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "gathered", 0);
+        (leader > 0 && isr.len() == 3).then_some(leader)
+    });
+    let lead = cluster.broker(leader);
+    // A small record is less than the followers wait for: they do not get
+    // it, so acks=all times out (REQUEST_TIMED_OUT). The first fetches of a
+    // partition just created do not wait, so a record that races them may
+    // still be committed: a few tries.
+    let timed_out = (0..3).any(|_| produce_all(lead, "gathered", batch(&["small"]), 1500) == 7);
+    assert!(
+        timed_out,
+        "acks=all never waited for the followers' min bytes"
+    );
+    // 600 KB more pass the followers' minimum: their held fetches are
+    // answered at once, long before their minute, and acks=all succeeds.
+    let big = "x".repeat(600_000);
+    assert_eq!(produce_all(lead, "gathered", batch(&[&big]), 20_000), 0);
+}
+
 #[test]
 fn a_paused_follower_leaves_the_isr_and_rejoins_and_acks_all_needs_min_insync_replicas() {
     use kafka_protocol::protocol::StrBytes;
