@@ -25,7 +25,7 @@ use kafka_protocol::protocol::Decodable;
 
 use common::cluster::{
     ask, leader_alone_in_sync, leader_and_isr, metadata_of, produce_committed, produce_raw,
-    set_topic_config, signal, try_create, wait_stopped, Cluster, SETTLE,
+    produce_request, set_topic_config, signal, try_create, wait_stopped, Cluster, SETTLE,
 };
 use common::raw::{
     batch, connect, produce_req, read_reply, send, topic_name, typed_request, Reply,
@@ -441,26 +441,6 @@ fn three_replicas_hold_the_same_bytes_and_acks_all_answers_once_they_do() {
     }
 }
 
-/// The error code of a Produce v7 of `batch` to `topic`-0 on `broker`,
-/// with acks=all and the given timeout.
-fn produce_all(broker: &Broker, topic: &str, batch: Vec<u8>, timeout_ms: i32) -> i16 {
-    let req = produce_req(topic, 0, batch)
-        .with_acks(-1)
-        .with_timeout_ms(timeout_ms);
-    let mut s = connect(&broker.addr());
-    send(&mut s, &typed_request(7, 3, &req).0).unwrap();
-    let Reply::Frame(body) = read_reply(&mut s) else {
-        panic!("no produce answer from {}", broker.addr())
-    };
-    let mut buf = bytes::Bytes::from(body);
-    let _ = kafka_protocol::messages::ResponseHeader::decode(&mut buf, 0).unwrap();
-    kafka_protocol::messages::ProduceResponse::decode(&mut buf, 7)
-        .unwrap()
-        .responses[0]
-        .partition_responses[0]
-        .error_code
-}
-
 #[test]
 fn followers_wait_for_replica_fetch_min_bytes_before_the_leader_answers_them() {
     // Followers ask for at least 512 KiB and let their leader hold a fetch
@@ -479,6 +459,12 @@ fn followers_wait_for_replica_fetch_min_bytes_before_the_leader_answers_them() {
         (leader > 0 && isr.len() == 3).then_some(leader)
     });
     let lead = cluster.broker(leader);
+    let produce_all = |broker, topic, batch, timeout_ms| {
+        let req = produce_req(topic, 0, batch)
+            .with_acks(-1)
+            .with_timeout_ms(timeout_ms);
+        produce_request(broker, req)
+    };
     // A small record is less than the followers wait for: they do not get
     // it, so acks=all times out (REQUEST_TIMED_OUT). The first fetches of a
     // partition just created do not wait, so a record that races them may

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest};
+use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, ProduceRequest};
 use kafka_protocol::protocol::{Decodable, HeaderVersion, Request};
 
 use super::poll_until;
@@ -157,7 +157,14 @@ pub fn leader_and_isr(broker: &Broker, topic: &str, p: i32) -> (i32, Vec<i32>) {
 /// Produces one record with `acks` straight to `broker`; the partition's
 /// error code.
 pub fn produce_raw(broker: &Broker, topic: &str, p: i32, acks: i16) -> i16 {
-    let req = produce_req(topic, p, batch(&["raw"])).with_acks(acks);
+    produce_request(
+        broker,
+        produce_req(topic, p, batch(&["raw"])).with_acks(acks),
+    )
+}
+
+/// Sends a Produce v7 of one partition to `broker`; its error code.
+pub fn produce_request(broker: &Broker, req: ProduceRequest) -> i16 {
     let mut s = connect(&broker.addr());
     send(&mut s, &typed_request(7, 3, &req).0).unwrap();
     let Reply::Frame(body) = read_reply(&mut s) else {
