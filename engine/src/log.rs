@@ -265,6 +265,9 @@ pub struct Log {
     /// The last append failed with ENOSPC (cleared by the next that
     /// succeeds).
     full: bool,
+    /// Bytes appended since the log was opened: only grows, whatever
+    /// truncation or retention remove.
+    appended_bytes: u64,
     /// Flushes of rolled segments in flight, oldest first, each with the
     /// offset below which everything is flushed once it completes.
     background_flushes: VecDeque<(Offset, JoinHandle<Result<()>>)>,
@@ -368,6 +371,7 @@ impl Log {
             last_checkpoint_ms: now_ms,
             offline: None,
             full: false,
+            appended_bytes: 0,
             background_flushes: VecDeque::new(),
             producers: ProducerState::default(),
             io_warnings: IoWarnLimiter::default(),
@@ -751,6 +755,12 @@ impl Log {
     /// Everything below this offset has been fsynced.
     pub fn flushed_offset(&self) -> Offset {
         self.flushed
+    }
+
+    /// Bytes appended since the log was opened, a count that only grows:
+    /// two readings taken apart say how much was written between them.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes
     }
 
     /// Bytes of all segments.
@@ -1239,6 +1249,7 @@ impl Log {
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC)
         );
         if written.is_ok() {
+            self.appended_bytes += len;
             self.producers.commit();
         } else {
             self.producers.rollback();

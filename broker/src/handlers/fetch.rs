@@ -126,15 +126,27 @@ async fn read_want(
 struct ShardRead {
     partitions: Vec<(usize, PartitionData)>,
     bytes: usize,
-    /// The high watermark each partition had (by its index in the shard's
-    /// wants), to wait on.
-    seen: Vec<(usize, Offset)>,
+    /// What each partition had, to wait on.
+    seen: Vec<Seen>,
     /// A partition had records past its fetch offset and returned none
     /// (its next batch was larger than it was allowed).
     missed: bool,
     /// The partitions (by slot) whose records are a segment file range;
     /// their records in `partitions` are its [`crate::codec::placeholder`].
     files: Vec<(usize, FileRange)>,
+}
+
+/// A partition a fetch that found too little may wait on.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// Its index in the shard's wants.
+    index: usize,
+    /// The offset whose passing wakes the wait: the high watermark for a
+    /// consumer, the fetch offset for a follower.
+    past: Offset,
+    /// Its log's appended bytes ([`sluice_engine::shard::Published`]) from
+    /// before the read; `None` when the partition did not say.
+    appended: Option<u64>,
 }
 
 fn empty(index: i32) -> PartitionData {
@@ -183,6 +195,9 @@ async fn read_shard(
     };
     for (index, want) in wants.iter().enumerate() {
         let mut data = empty(want.tp.partition);
+        // Taken before the read, so that whatever the read missed counts
+        // as new to a wait after it.
+        let appended = local.published(&want.tp).map(|p| p.appended_bytes);
         // A follower's fetch offset says what it has: that may move the
         // high watermark it is then told.
         let hw = if want.replica >= 0 {
@@ -214,7 +229,11 @@ async fn read_shard(
         } else {
             (Some(hw), hw)
         };
-        out.seen.push((index, wait_past));
+        out.seen.push(Seen {
+            index,
+            past: wait_past,
+            appended,
+        });
         if let Some(empty) = nothing_to_read(&local, want, upper) {
             // Nothing past the offset: answered here, not by a read queued
             // on the partition (a follower's fetch names every partition
@@ -331,27 +350,70 @@ fn take_read(
 }
 
 /// On the owning shard: waits until the high watermark of any of `seen`
-/// (indexes into `wants`) moves past what the read saw.
-async fn wait_shard(local: LocalShard, me: i32, wants: Arc<[Want]>, seen: Vec<(usize, Offset)>) {
+/// (a follower's: the log end) moves past what the read saw, and then,
+/// while `need` is more than one byte, until the partitions' logs took at
+/// least `need` bytes since the read: a read before that would find less
+/// than the fetch's minimum and be thrown away. A follower's fetch offset
+/// stays behind a log end it has not reached, so without this count a
+/// follower fetch that found some bytes but too few would read again and
+/// again until its deadline.
+async fn wait_shard(
+    local: LocalShard,
+    me: i32,
+    wants: Arc<[Want]>,
+    mut seen: Vec<Seen>,
+    need: usize,
+) {
     if seen.is_empty() {
         return std::future::pending().await;
     }
-    let (local, wants) = (&local, &wants);
-    let waits = seen
-        .iter()
-        .map(|&(index, ref hw)| -> LocalBoxFuture<'_, ()> {
-            let want = &wants[index];
-            Box::pin(async move {
-                // A partition gone meanwhile ends the wait: the re-read says so.
-                if want.replica >= 0 {
-                    let _appended = local.wait_for_append(&want.tp, *hw).await;
-                } else {
-                    let _moved =
-                        partition::wait_for_high_watermark(local, me, &want.tp, &want.topic, *hw)
-                            .await;
+    loop {
+        wait_any(&local, me, &wants, &seen).await;
+        if need <= 1 {
+            return;
+        }
+        let mut appended = 0u64;
+        for s in &mut seen {
+            let want = &wants[s.index];
+            // A partition that does not say (closed, failed) ends the
+            // wait: the read that follows says what became of it.
+            let (Some(before), Some(now)) = (s.appended, local.published(&want.tp)) else {
+                return;
+            };
+            appended = appended.saturating_add(now.appended_bytes.saturating_sub(before));
+            // The next wait is for what comes after this wake.
+            s.past = if want.replica >= 0 {
+                now.written_end
+            } else {
+                match partition::high_watermark(&local, me, &want.tp, &want.topic) {
+                    Ok(hw) => hw,
+                    Err(_) => return,
                 }
-            })
-        });
+            };
+        }
+        if appended >= need as u64 {
+            return;
+        }
+    }
+}
+
+/// Waits until the high watermark (a follower's: the log end) of any of
+/// `seen` moves past its `past`.
+async fn wait_any(local: &LocalShard, me: i32, wants: &[Want], seen: &[Seen]) {
+    let waits = seen.iter().map(|s| -> LocalBoxFuture<'_, ()> {
+        let want = &wants[s.index];
+        let past = s.past;
+        Box::pin(async move {
+            // A partition gone meanwhile ends the wait: the re-read says so.
+            if want.replica >= 0 {
+                let _appended = local.wait_for_append(&want.tp, past).await;
+            } else {
+                let _moved =
+                    partition::wait_for_high_watermark(local, me, &want.tp, &want.topic, past)
+                        .await;
+            }
+        })
+    });
     select_all(waits).await;
 }
 
@@ -360,7 +422,7 @@ async fn wait_shard(local: LocalShard, me: i32, wants: Arc<[Want]>, seen: Vec<(u
 struct Round {
     total: usize,
     /// Per shard, the high watermarks its read saw.
-    seen: BTreeMap<usize, Vec<(usize, Offset)>>,
+    seen: BTreeMap<usize, Vec<Seen>>,
     errors: bool,
     missed: bool,
     /// The slots whose records are a segment file range (see [`ShardRead`]).
@@ -488,6 +550,8 @@ impl Plan {
 /// How a fetch reads again after a wait: its plan, and the bytes it takes
 /// from its budgets first.
 struct Reread {
+    /// The bytes the fetch still lacks of its minimum (see [`wait_shard`]).
+    need: usize,
     plan: Plan,
     hold: usize,
     budgets: [Arc<partition::budget::Budget>; 2],
@@ -504,10 +568,10 @@ async fn wait_then_read(
     me: i32,
     version: i16,
     wants: Arc<[Want]>,
-    seen: Vec<(usize, Offset)>,
+    seen: Vec<Seen>,
     again: Reread,
 ) -> Option<(ShardRead, Vec<partition::budget::Permit>)> {
-    wait_shard(local.clone(), me, wants.clone(), seen).await;
+    wait_shard(local.clone(), me, wants.clone(), seen, again.need).await;
     let [connection, broker] = &again.budgets;
     let held = match (
         connection.try_acquire(again.hold),
@@ -742,6 +806,8 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             data.records = None;
         }
         woken = true;
+        // What the fetch still lacks of its minimum.
+        let short = min_bytes.max(1) - total;
         let timeout = compio::time::sleep(deadline - now);
         futures_util::pin_mut!(timeout);
         if let (1, Some((&shard, _))) = (by_shard.len(), by_shard.first_key_value()) {
@@ -750,6 +816,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             let wants = by_shard[&shard].clone();
             let seen = seen.into_values().next().unwrap_or_default();
             let again = Reread {
+                need: short,
                 plan,
                 hold,
                 budgets: [connection.budget.clone(), broker.memory.clone()],
@@ -772,12 +839,15 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
             continue;
         }
         // Wait for a high watermark past what this read saw, on any shard.
+        // Once the shards together took `short` bytes, one of them took at
+        // least its share: no shard waits for more than that.
+        let need = short.div_ceil(seen.len());
         let waits = seen.into_iter().map(|(shard, seen)| {
             let handle = broker.engine.shards()[shard].clone();
             let wants = by_shard[&shard].clone();
             Box::pin(async move {
                 let _ = handle
-                    .run(move |local| Box::pin(wait_shard(local, me, wants, seen)))
+                    .run(move |local| Box::pin(wait_shard(local, me, wants, seen, need)))
                     .await;
             })
         });

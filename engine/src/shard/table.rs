@@ -126,6 +126,8 @@ struct Partition {
     /// not: where this replica's next append goes, and what wakes waiting
     /// fetches.
     written_end: Cell<Offset>,
+    /// [`Log::appended_bytes`] as of the last finished work.
+    appended_bytes: Cell<u64>,
     /// Appends' results waiting for an fsync, in log order.
     owed: RefCell<VecDeque<Owed>>,
     /// The leader epoch of the log's last batch, as of the last finished
@@ -154,6 +156,7 @@ impl Partition {
             running: Cell::new(false),
             end: Cell::new(Offset::ZERO),
             written_end: Cell::new(Offset::ZERO),
+            appended_bytes: Cell::new(0),
             owed: RefCell::new(VecDeque::new()),
             last_epoch: Cell::new(Epoch(-1)),
             waiters: RefCell::new(Vec::new()),
@@ -307,6 +310,7 @@ impl Core {
         part.end
             .set(waiting_from.map_or(written, |f| f.min(written)));
         part.written_end.set(written);
+        part.appended_bytes.set(log.appended_bytes());
         part.health.set(log.storage_health());
         part.log_start.set(log.log_start_offset());
         part.last_epoch
@@ -739,6 +743,9 @@ pub struct Published {
     pub written_end: Offset,
     /// The leader epoch of the last batch (-1: none).
     pub last_epoch: Epoch,
+    /// Bytes appended since the log was opened on this shard: only grows,
+    /// so the difference of two readings is what was written between them.
+    pub appended_bytes: u64,
 }
 
 impl std::fmt::Debug for LocalShard {
@@ -864,6 +871,7 @@ impl LocalShard {
                 log_start: p.log_start.get(),
                 written_end: p.written_end.get(),
                 last_epoch: p.last_epoch.get(),
+                appended_bytes: p.appended_bytes.get(),
             })
     }
 
