@@ -350,13 +350,15 @@ fn take_read(
 }
 
 /// On the owning shard: waits until the high watermark of any of `seen`
-/// (a follower's: the log end) moves past what the read saw, and then,
-/// while `need` is more than one byte, until the partitions' logs took at
-/// least `need` bytes since the read: a read before that would find less
-/// than the fetch's minimum and be thrown away. A follower's fetch offset
-/// stays behind a log end it has not reached, so without this count a
-/// follower fetch that found some bytes but too few would read again and
-/// again until its deadline.
+/// (a follower's: the log end) moves past what the read saw. A follower's
+/// fetch that still lacks more than one byte of its minimum (`need`) then
+/// waits on until its partitions' logs took at least `need` bytes since
+/// the read: a read before that would find too little and be thrown away.
+/// Its fetch offset stays behind a log end it has not reached, so without
+/// this count a follower fetch that found some bytes but too few would
+/// read again and again until its deadline. A consumer's fetch reads what
+/// a moved high watermark let in, which appends since the read do not
+/// measure: it reads again at every move, as before.
 async fn wait_shard(
     local: LocalShard,
     me: i32,
@@ -369,7 +371,7 @@ async fn wait_shard(
     }
     loop {
         wait_any(&local, me, &wants, &seen).await;
-        if need <= 1 {
+        if need <= 1 || seen.iter().any(|s| wants[s.index].replica < 0) {
             return;
         }
         let mut appended = 0u64;
@@ -382,14 +384,7 @@ async fn wait_shard(
             };
             appended = appended.saturating_add(now.appended_bytes.saturating_sub(before));
             // The next wait is for what comes after this wake.
-            s.past = if want.replica >= 0 {
-                now.written_end
-            } else {
-                match partition::high_watermark(&local, me, &want.tp, &want.topic) {
-                    Ok(hw) => hw,
-                    Err(_) => return,
-                }
-            };
+            s.past = now.written_end;
         }
         if appended >= need as u64 {
             return;
