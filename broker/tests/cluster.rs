@@ -743,6 +743,29 @@ fn an_acks_1_message_is_invisible_to_consumers_until_the_followers_have_it() {
         (1, 0),
         "an uncommitted message was served"
     );
+    // A consumer fetch held for a minute, for at least 10 bytes (less than
+    // the message): the message was appended before it and is committed
+    // after it, and the committing alone must answer it.
+    let held = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(60_000)
+        .with_min_bytes(10)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name("visible"))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(1)
+                .with_partition_max_bytes(1 << 20)])]);
+    let mut s = connect(&cluster.broker(leader).addr());
+    send(&mut s, &typed_request(12, 7, &held).0).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        matches!(read_reply(&mut s), Reply::Silent),
+        "a held fetch was answered before its message was committed"
+    );
+    s.set_read_timeout(Some(common::raw::IO_TIMEOUT)).unwrap();
     for f in &followers {
         signal(cluster.broker(*f), libc::SIGCONT);
     }
@@ -750,6 +773,15 @@ fn an_acks_1_message_is_invisible_to_consumers_until_the_followers_have_it() {
         let (hw, bytes) = consumer_fetch();
         (hw == 2 && bytes > 0).then_some(())
     });
+    let Reply::Frame(body) = read_reply(&mut s) else {
+        panic!("the held fetch was not answered once its message was committed")
+    };
+    let mut buf = bytes::Bytes::from(body);
+    let _ = kafka_protocol::messages::ResponseHeader::decode(&mut buf, 1).unwrap();
+    let resp = kafka_protocol::messages::FetchResponse::decode(&mut buf, 12).unwrap();
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.high_watermark, 2);
+    assert!(p.records.as_ref().is_some_and(|r| !r.is_empty()));
 }
 
 #[test]
