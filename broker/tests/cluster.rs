@@ -711,18 +711,22 @@ fn an_acks_1_message_is_invisible_to_consumers_until_the_followers_have_it() {
         (produce_raw(cluster.broker(leader), "visible", 0, -1) == 0).then_some(())
     });
     let followers: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
-    let consumer_fetch = || {
-        let fetch = FetchRequest::default()
+    // A consumer's fetch of the partition from offset 1.
+    let fetch_from_1 = |max_wait_ms, min_bytes| {
+        FetchRequest::default()
             .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-            .with_max_wait_ms(0)
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(min_bytes)
             .with_max_bytes(1 << 20)
             .with_topics(vec![FetchTopic::default()
                 .with_topic(topic_name("visible"))
                 .with_partitions(vec![FetchPartition::default()
                     .with_partition(0)
                     .with_fetch_offset(1)
-                    .with_partition_max_bytes(1 << 20)])]);
-        let resp = ask(&cluster.broker(leader).addr(), 12, &fetch);
+                    .with_partition_max_bytes(1 << 20)])])
+    };
+    let consumer_fetch = || {
+        let resp = ask(&cluster.broker(leader).addr(), 12, &fetch_from_1(0, 1));
         let p = &resp.responses[0].partitions[0];
         (p.high_watermark, p.records.as_ref().map_or(0, |r| r.len()))
     };
@@ -746,17 +750,7 @@ fn an_acks_1_message_is_invisible_to_consumers_until_the_followers_have_it() {
     // A consumer fetch held for a minute, for at least 10 bytes (less than
     // the message): the message was appended before it and is committed
     // after it, and the committing alone must answer it.
-    let held = FetchRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-        .with_max_wait_ms(60_000)
-        .with_min_bytes(10)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(topic_name("visible"))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(1)
-                .with_partition_max_bytes(1 << 20)])]);
+    let held = fetch_from_1(60_000, 10);
     let mut s = connect(&cluster.broker(leader).addr());
     send(&mut s, &typed_request(12, 7, &held).0).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))

@@ -30,7 +30,7 @@ use futures_util::future::{select, select_all, Either, LocalBoxFuture};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
-use sluice_engine::shard::LocalShard;
+use sluice_engine::shard::{LocalShard, Published};
 use sluice_engine::{Epoch, FileRange, Offset, TopicPartition};
 
 use super::{Connection, Reply};
@@ -144,8 +144,8 @@ struct Seen {
     /// The offset whose passing wakes the wait: the high watermark for a
     /// consumer, the fetch offset for a follower.
     past: Offset,
-    /// Its log's appended bytes ([`sluice_engine::shard::Published`]) from
-    /// before the read; `None` when the partition did not say.
+    /// Its log's appended bytes ([`Published`]) from before a follower's
+    /// read; `None` for a consumer's, or when the partition did not say.
     appended: Option<u64>,
 }
 
@@ -197,7 +197,7 @@ async fn read_shard(
         let mut data = empty(want.tp.partition);
         // Taken before the read, so that whatever the read missed counts
         // as new to a wait after it.
-        let appended = local.published(&want.tp).map(|p| p.appended_bytes);
+        let published = local.published(&want.tp);
         // A follower's fetch offset says what it has: that may move the
         // high watermark it is then told.
         let hw = if want.replica >= 0 {
@@ -232,9 +232,12 @@ async fn read_shard(
         out.seen.push(Seen {
             index,
             past: wait_past,
-            appended,
+            // Only a follower's wait counts bytes (see `wait_shard`).
+            appended: published
+                .filter(|_| want.replica >= 0)
+                .map(|p| p.appended_bytes),
         });
-        if let Some(empty) = nothing_to_read(&local, want, upper) {
+        if let Some(empty) = nothing_to_read(published, want, upper) {
             // Nothing past the offset: answered here, not by a read queued
             // on the partition (a follower's fetch names every partition
             // it follows from this broker, most of them idle).
@@ -279,13 +282,17 @@ async fn read_shard(
 }
 
 /// What a read of `want` up to `upper` (none: the log end) would return,
-/// when the partition's last finished work shows it can only be nothing:
+/// when `published`, its last finished work, shows it can only be nothing:
 /// the fetch offset is at the end, within the log, and the fetcher's last
 /// epoch cannot diverge from this log's (it is this log's last one, or
 /// none). `None`: the read must run. Appends still in flight are not seen
 /// here; the fetch then waits and their end wakes it.
-fn nothing_to_read(local: &LocalShard, want: &Want, upper: Option<Offset>) -> Option<Found> {
-    let log = local.published(&want.tp)?;
+fn nothing_to_read(
+    published: Option<Published>,
+    want: &Want,
+    upper: Option<Offset>,
+) -> Option<Found> {
+    let log = published?;
     let from = want.fetch_offset;
     let end = upper.map_or(log.written_end, |u| u.min(log.written_end));
     let epoch_agrees = want.last_fetched_epoch.0 < 0 || want.last_fetched_epoch == log.last_epoch;
@@ -371,14 +378,15 @@ async fn wait_shard(
     }
     loop {
         wait_any(&local, me, &wants, &seen).await;
-        if need <= 1 || seen.iter().any(|s| wants[s.index].replica < 0) {
+        if need <= 1 {
             return;
         }
         let mut appended = 0u64;
         for s in &mut seen {
             let want = &wants[s.index];
-            // A partition that does not say (closed, failed) ends the
-            // wait: the read that follows says what became of it.
+            // A consumer's partition, which counts no bytes, or one that
+            // did not say (closed, failed), ends the wait: the read that
+            // follows finds what there is.
             let (Some(before), Some(now)) = (s.appended, local.published(&want.tp)) else {
                 return;
             };
