@@ -542,3 +542,52 @@ fn a_fetch_with_a_refused_partition_is_answered_at_once() {
     // The readable partition at its end (nothing new), the other unknown.
     assert_eq!(codes, vec![(0, 2), (3, -1)]);
 }
+
+/// The kernel hands a new connection to either shard; the broker moves a
+/// follower's fetch connection to the shard that owns the partitions its
+/// first fetch names. The moved connection answers that fetch and the
+/// request sent right behind it, in order. A connection lands on the other
+/// shard with even odds, so the test opens connections until one moved (at
+/// most 64: all of them staying put has odds of 2^-64).
+#[test]
+fn a_follower_connection_moves_to_its_partitions_shard_and_keeps_answering() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchRequest;
+    const MOVED: &str = "fetch connection moved to the shard of its partitions";
+    let broker = Broker::start_with(&[("sluice.shards", "2")]);
+    produce(&broker, "replicated", &[], b"a\nb\n");
+    let fetch = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(2))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name("replicated"))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(-1)
+                .with_fetch_offset(0)
+                .with_last_fetched_epoch(-1)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1 << 20)])]);
+    for _ in 0..64 {
+        let mut s = connect(&broker.addr());
+        // Both sent before either answer is read.
+        let mut both = typed_request(12, 1, &fetch).0;
+        both.extend(typed_request(3, 2, &ApiVersionsRequest::default()).0);
+        send(&mut s, &both).unwrap_or_else(|_| broker.fail("sending the fetch"));
+        let fetched = receive::<FetchRequest>(&mut s, &broker, 12, 1);
+        assert_eq!(fetched.responses.len(), 1, "{fetched:?}");
+        assert_eq!(fetched.responses[0].partitions[0].partition_index, 0);
+        let versions = receive::<ApiVersionsRequest>(&mut s, &broker, 3, 2);
+        assert_eq!(versions.error_code, 0);
+        if broker.stderr().contains(MOVED) {
+            return;
+        }
+    }
+    common::poll_until(
+        std::time::Duration::from_secs(10),
+        "a follower's connection moved to the other shard",
+        || broker.stderr().contains(MOVED).then_some(()),
+    );
+}
