@@ -63,8 +63,12 @@ const FETCH_VERSION: i16 = 12;
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 /// Pause after a failed connection or exchange (`replica.fetch.backoff.ms`).
 const BACKOFF: Duration = Duration::from_millis(100);
-/// How often a shard looks for metadata changes to its followed set.
+/// Pause before asking again for partitions a leader refused, or that
+/// this shard has not opened yet.
 const RECHECK: Duration = Duration::from_millis(50);
+/// Longest a shard goes without looking at the metadata for changes to its
+/// followed set (it is woken by every change).
+const METADATA_RECHECK: Duration = Duration::from_secs(1);
 
 /// A partition this shard follows.
 #[derive(Clone)]
@@ -204,7 +208,12 @@ async fn manage(broker: Arc<Broker>, shard: usize) {
                 running.insert(leader, (parts, task));
             }
         }
-        compio::time::sleep(RECHECK).await;
+        // Woken by the next metadata change, so that a follower starts
+        // copying a partition just created at once: acks=all produces to
+        // it wait for that. The timer is only a safety net.
+        let changed = std::pin::pin!(broker.topics.published(index + 1));
+        let timer = std::pin::pin!(compio::time::sleep(METADATA_RECHECK));
+        futures_util::future::select(changed, timer).await;
     }
 }
 

@@ -301,13 +301,16 @@ impl Topics {
     }
 
     /// Waits until the view includes metadata log index `index`.
-    async fn published(&self, index: u64) {
+    pub(crate) async fn published(&self, index: u64) {
         let wait = {
             let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
             // `publish` updates the view before it takes this lock.
             if self.read().index >= index {
                 return;
             }
+            // Waiters that gave up (a follower manager's timer fired
+            // first) go, so the list stays as long as the live ones.
+            waiters.retain(|(_, tx)| !tx.is_canceled());
             let (tx, rx) = oneshot::channel();
             waiters.push((index, tx));
             rx
