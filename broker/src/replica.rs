@@ -11,9 +11,9 @@
 //! ```
 //!
 //! The leader moves each fetcher's connection to the shard that owns its
-//! partitions there (brokers with as many shards place a partition on the
-//! same shard index), so a follower's fetch is read, parked and answered
-//! on one leader thread.
+//! partitions there after its first few fetches (brokers with as many
+//! shards place a partition on the same shard index), so a follower's
+//! fetch is read, parked and answered on one leader thread.
 //!
 //! The fetch offset the follower sends is its log end: the leader counts
 //! it as what the follower has, which moves the leader's high watermark
@@ -225,16 +225,6 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, parts: Vec<Followed>) {
         return;
     };
     loop {
-        // The leader places the connection by the partitions its first
-        // fetch names (on the shard that owns them), so that fetch names
-        // at least one: wait for this shard to open one.
-        if parts
-            .iter()
-            .all(|f| local.log_end_and_epoch(&f.tp).is_none())
-        {
-            compio::time::sleep(RECHECK).await;
-            continue;
-        }
         let addr = broker
             .topics
             .image()

@@ -1,10 +1,10 @@
 //! Listeners and connections, on the engine's shard threads.
 //!
 //! Every shard binds its own listener on the same address with
-//! `SO_REUSEPORT`, so the kernel spreads connections over the shards and a
-//! connection lives on one shard thread from accept to close; except that
-//! a follower's fetch connection first moves to the shard that owns the
-//! partitions it fetches (see [`follower_home`]). A connection
+//! `SO_REUSEPORT`, so the kernel spreads connections over the shards. A
+//! connection lives on one shard thread until its produces and fetches
+//! have kept touching only another shard's partitions ([`MOVE_AFTER`] in
+//! a row): it then moves there, between two requests. A connection
 //! reads requests ahead (at most [`MAX_IN_FLIGHT`] unanswered), runs
 //! read-only ones concurrently and every other one alone in request order,
 //! and writes responses in request order. A frame's length is checked
@@ -551,6 +551,9 @@ enum Pending {
     Done(Outcome),
     /// Fired once every earlier response has been written.
     Barrier(oneshot::Sender<()>),
+    /// Like a barrier, and the writer then stops without closing the
+    /// socket: the connection moves to another shard.
+    Handover(oneshot::Sender<()>),
 }
 
 /// Whether a request may run alongside the requests before and after it
@@ -577,97 +580,10 @@ fn runs_concurrently(api_key: ApiKey) -> bool {
     )
 }
 
-/// A request frame as read, with the broker's request budget it holds.
-type Frame = (Bytes, crate::partition::budget::Permit);
-
-/// Serves one connection. A follower's fetch connection whose partitions
-/// all live on another shard moves there first (see [`follower_home`]).
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
-    let first = match read_frame(&mut stream, &broker, peer).await {
-        Ok(frame) => frame,
-        Err(end) => {
-            if end == ReadEnd::Closing {
-                let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
-            }
-            return;
-        }
-    };
-    let here = sluice_engine::shard::local().map(|l| l.id());
-    if let Some(home) = follower_home(&broker, &first.0, peer).filter(|&h| Some(h) != here) {
-        match move_connection(&stream, peer, &broker, home, first).await {
-            Ok(()) => return,
-            Err((e, frame)) => {
-                debug!(%peer, shard = home, error = %e, "cannot move the follower's connection; serving it here");
-                return serve(stream, peer, broker, Some(frame)).await;
-            }
-        }
-    }
-    serve(stream, peer, broker, Some(first)).await
-}
-
-/// The shard that owns every partition a follower's first fetch names,
-/// when there is one. A follower keeps one connection per (leader, own
-/// shard), and followers and leaders place partitions on shards alike, so
-/// its fetches keep naming partitions of that one shard. Served there,
-/// they read, park and answer without a message to another shard thread:
-/// a request that touches another shard costs each side a sleep and a
-/// wake-up, twice per fetch. Anything else stays where the kernel put it.
-fn follower_home(broker: &Broker, frame: &Bytes, peer: SocketAddr) -> Option<usize> {
-    let request = codec::decode_request(frame.clone(), peer).ok()?;
-    if request.api_key != ApiKey::Fetch {
-        return None;
-    }
-    handlers::fetch::home_shard(broker, &request)
-}
-
-/// Hands the connection to shard `home`, with the frame already read:
-/// the socket is duplicated there and this end dropped, so nothing is
-/// read or written here any more. Gives the frame back if the socket
-/// cannot be duplicated.
-async fn move_connection(
-    stream: &TcpStream,
-    peer: SocketAddr,
-    broker: &Arc<Broker>,
-    home: usize,
-    first: Frame,
-) -> Result<(), (std::io::Error, Frame)> {
-    let (Some(shard), Ok(socket)) = (
-        broker.engine.shard(home),
-        socket2::SockRef::from(stream).try_clone(),
-    ) else {
-        return Err((
-            std::io::Error::other("no shard or socket to move to"),
-            first,
-        ));
-    };
-    let moved = broker.clone();
-    let sent = shard
-        .spawn(move || {
-            compio::runtime::spawn(async move {
-                match TcpStream::from_std(socket.into()) {
-                    Ok(stream) => {
-                        info!(%peer, shard = home, "a follower's fetch connection moved to the shard of its partitions");
-                        serve(stream, peer, moved, Some(first)).await;
-                    }
-                    Err(e) => warn!(%peer, error = %e, "cannot take over a moved connection"),
-                }
-            })
-            .detach();
-        })
-        .await;
-    if let Err(e) = sent {
-        // Only a stopping broker has a shard gone: the follower reconnects
-        // to whoever leads next.
-        debug!(%peer, error = %e, "the follower's connection was dropped");
-    }
-    Ok(())
-}
-
-/// Serves a connection on this shard: this task reads and starts requests
-/// (`first` is one read already) while a second task writes their
-/// responses in request order. At most [`MAX_IN_FLIGHT`] requests are
-/// read ahead of the responses written.
-async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, first: Option<Frame>) {
+/// Serves one connection: this task reads and starts requests while a
+/// second task writes their responses in request order. At most
+/// [`MAX_IN_FLIGHT`] requests are read ahead of the responses written.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     let (tx, rx) = async_channel::bounded(MAX_IN_FLIGHT);
     // Closed when the client goes away: the writer then stops waiting for
     // requests still running and drops them, which cancels their work.
@@ -682,8 +598,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, first: 
     let connection = Arc::new(handlers::Connection {
         peer,
         budget: crate::partition::budget::Budget::new(budget),
+        affinity: handlers::Affinity::default(),
     });
-    let end = read_requests(stream, connection, broker, tx, first).await;
+    let end = read_requests(stream, connection, broker, tx).await;
+    // A moved connection's writer stopped at the handover.
     if end == ReadEnd::ClientGone {
         // As Kafka does at end of stream: the connection is gone, and so
         // are the answers it was owed.
@@ -705,6 +623,8 @@ enum ReadEnd {
     /// The broker closes the connection (bad input) after the answers
     /// before it, or the writer has stopped.
     Closing,
+    /// Another shard serves the connection now.
+    Moved,
 }
 
 async fn handle(
@@ -726,96 +646,116 @@ async fn read_requests(
     connection: Arc<handlers::Connection>,
     broker: Arc<Broker>,
     responses: async_channel::Sender<Pending>,
-    first: Option<Frame>,
 ) -> ReadEnd {
     let peer = connection.peer;
-    let mut first = first;
+    let max = broker.config.socket_request_max_bytes;
     // Whether the requests since the last ordered one are all produces.
     let mut producing = false;
+    let here = sluice_engine::shard::local().map(|l| l.id());
     loop {
-        let (frame, held) = match first.take() {
-            Some(frame) => frame,
-            None => match read_frame(&mut stream, &broker, peer).await {
-                Ok(frame) => frame,
-                Err(ReadEnd::Closing) => {
-                    let _ = responses.send(Pending::Done(Err(()))).await;
-                    return ReadEnd::Closing;
-                }
-                Err(end) => return end,
-            },
+        let home = connection.affinity.settled(MOVE_AFTER);
+        if let Some(home) = home.filter(|&h| Some(h) != here) {
+            return move_connection(stream, peer, &broker, home, &responses).await;
+        }
+        let prefix = match read_exact(&mut stream, 4).await {
+            Ok(prefix) => prefix,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return ReadEnd::ClientGone,
+            Err(e) => {
+                debug!(%peer, error = %e, "connection read failed");
+                return ReadEnd::ClientGone;
+            }
+        };
+        let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        if len <= 0 || len as usize > max {
+            warn!(%peer, len, max, "closing connection: frame length outside (0, socket.request.max.bytes]");
+            let _ = responses.send(Pending::Done(Err(()))).await;
+            return ReadEnd::Closing;
+        }
+        // The frame's bytes count against the broker's request budget
+        // from before they are read until the request is handled.
+        let held = broker.requests.acquire(len as usize).await;
+        let frame = match read_exact(&mut stream, len as usize).await {
+            Ok(frame) => Bytes::from(frame),
+            Err(e) => {
+                debug!(%peer, error = %e, "client went away mid-request");
+                return ReadEnd::ClientGone;
+            }
         };
         let decoded = codec::decode_request(frame, peer);
         let is_produce = matches!(&decoded, Ok(r) if r.api_key == ApiKey::Produce);
-        let pending = match decoded {
-            Ok(request) if runs_concurrently(request.api_key) => {
-                producing = false;
-                let (broker, connection) = (broker.clone(), connection.clone());
-                Pending::Running(compio::runtime::spawn(async move {
-                    let outcome = handle(&broker, request, &connection).await;
-                    drop(held);
-                    outcome
-                }))
-            }
-            Ok(request) if is_produce => {
-                // The first produce after anything else waits, as every
-                // ordered request does, for the responses before it; the
-                // produces after it only for the one before them to be
-                // queued on its partitions. They append in the order sent
-                // and run together: a producer's requests in flight share
-                // group commits instead of going one round trip at a time.
-                if !producing {
+        let pending =
+            match decoded {
+                Ok(request) if runs_concurrently(request.api_key) => {
+                    producing = false;
+                    let (broker, connection) = (broker.clone(), connection.clone());
+                    Pending::Running(compio::runtime::spawn(async move {
+                        let outcome = handle(&broker, request, &connection).await;
+                        drop(held);
+                        outcome
+                    }))
+                }
+                Ok(request) if is_produce => {
+                    // The first produce after anything else waits, as every
+                    // ordered request does, for the responses before it; the
+                    // produces after it only for the one before them to be
+                    // queued on its partitions. They append in the order sent
+                    // and run together: a producer's requests in flight share
+                    // group commits instead of going one round trip at a time.
+                    if !producing {
+                        let (done, earlier_sent) = oneshot::channel();
+                        if responses.send(Pending::Barrier(done)).await.is_err()
+                            || earlier_sent.await.is_err()
+                        {
+                            return ReadEnd::Closing;
+                        }
+                        producing = true;
+                    }
+                    let (queued, is_queued) = oneshot::channel();
+                    let (broker, connection) = (broker.clone(), connection.clone());
+                    let task =
+                        compio::runtime::spawn(async move {
+                            let api_key = request.api_key;
+                            let outcome =
+                        handlers::produce::handle(&broker, &request, &connection, Some(queued))
+                        .await
+                        .map_err(|e| {
+                            warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
+                        });
+                            drop(held);
+                            outcome
+                        });
+                    // Told, or dropped if the handler ended first.
+                    let _ = is_queued.await;
+                    Pending::Running(task)
+                }
+                Ok(request) => {
+                    producing = false;
                     let (done, earlier_sent) = oneshot::channel();
                     if responses.send(Pending::Barrier(done)).await.is_err()
                         || earlier_sent.await.is_err()
                     {
                         return ReadEnd::Closing;
                     }
-                    producing = true;
-                }
-                let (queued, is_queued) = oneshot::channel();
-                let broker = broker.clone();
-                let task = compio::runtime::spawn(async move {
-                    let api_key = request.api_key;
-                    let outcome = handlers::produce::handle(&broker, &request, Some(queued))
-                        .await
-                        .map_err(|e| {
-                            warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
-                        });
+                    let outcome = handle(&broker, request, &connection).await;
                     drop(held);
-                    outcome
-                });
-                // Told, or dropped if the handler ended first.
-                let _ = is_queued.await;
-                Pending::Running(task)
-            }
-            Ok(request) => {
-                producing = false;
-                let (done, earlier_sent) = oneshot::channel();
-                if responses.send(Pending::Barrier(done)).await.is_err()
-                    || earlier_sent.await.is_err()
-                {
-                    return ReadEnd::Closing;
+                    Pending::Done(outcome)
                 }
-                let outcome = handle(&broker, request, &connection).await;
-                drop(held);
-                Pending::Done(outcome)
-            }
-            Err(DecodeError::UnsupportedVersion {
-                api_key: ApiKey::ApiVersions,
-                correlation_id,
-                version,
-            }) => {
-                debug!(%peer, version, "ApiVersions at an unknown version: answering with v0");
-                Pending::Done(Ok(handlers::api_versions::unsupported_version(
+                Err(DecodeError::UnsupportedVersion {
+                    api_key: ApiKey::ApiVersions,
                     correlation_id,
-                )
-                .map(handlers::Response::from)))
-            }
-            Err(e) => {
-                warn!(%peer, error = %e, "closing connection: undecodable request");
-                Pending::Done(Err(()))
-            }
-        };
+                    version,
+                }) => {
+                    debug!(%peer, version, "ApiVersions at an unknown version: answering with v0");
+                    Pending::Done(Ok(handlers::api_versions::unsupported_version(
+                        correlation_id,
+                    )
+                    .map(handlers::Response::from)))
+                }
+                Err(e) => {
+                    warn!(%peer, error = %e, "closing connection: undecodable request");
+                    Pending::Done(Err(()))
+                }
+            };
         let closing = matches!(pending, Pending::Done(Err(())));
         if responses.send(pending).await.is_err() || closing {
             return ReadEnd::Closing;
@@ -823,38 +763,60 @@ async fn read_requests(
     }
 }
 
-/// Reads one request frame, its length checked against
-/// `socket.request.max.bytes` before anything is allocated for it; its
-/// bytes count against the broker's request budget from before they are
-/// read until the request is handled. `Err(Closing)`: a bad length (said
-/// in the log); the connection is to be closed.
-async fn read_frame(
-    stream: &mut TcpStream,
-    broker: &Broker,
+/// How many produces or fetches in a row must touch only another shard's
+/// partitions before their connection moves there. A follower's fetches
+/// name the partitions of one shard (brokers with as many shards place a
+/// partition on the same shard index), and so does a producer's or
+/// consumer's of one partition per broker; a client of many partitions
+/// spreads over the shards and stays where the kernel put it.
+const MOVE_AFTER: u32 = 16;
+
+/// Moves the connection to shard `home` between two requests: once every
+/// answer owed is written, the socket is duplicated there, served anew,
+/// and this end dropped. Costs the client one pause of its answers in
+/// flight, once.
+async fn move_connection(
+    stream: TcpStream,
     peer: SocketAddr,
-) -> Result<Frame, ReadEnd> {
-    let max = broker.config.socket_request_max_bytes;
-    let prefix = match read_exact(stream, 4).await {
-        Ok(prefix) => prefix,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ReadEnd::ClientGone),
+    broker: &Arc<Broker>,
+    home: usize,
+    responses: &async_channel::Sender<Pending>,
+) -> ReadEnd {
+    let (done, written) = oneshot::channel();
+    if responses.send(Pending::Handover(done)).await.is_err() || written.await.is_err() {
+        return ReadEnd::Closing;
+    }
+    let Some(shard) = broker.engine.shard(home) else {
+        return ReadEnd::Closing;
+    };
+    let socket = match socket2::SockRef::from(&stream).try_clone() {
+        Ok(socket) => socket,
         Err(e) => {
-            debug!(%peer, error = %e, "connection read failed");
-            return Err(ReadEnd::ClientGone);
+            warn!(%peer, error = %e, "closing connection: cannot move it to another shard");
+            let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Both);
+            return ReadEnd::Closing;
         }
     };
-    let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-    if len <= 0 || len as usize > max {
-        warn!(%peer, len, max, "closing connection: frame length outside (0, socket.request.max.bytes]");
-        return Err(ReadEnd::Closing);
+    let moved = broker.clone();
+    let sent = shard
+        .spawn(move || {
+            compio::runtime::spawn(async move {
+                match TcpStream::from_std(socket.into()) {
+                    Ok(stream) => {
+                        info!(%peer, shard = home, "connection moved to the shard of its partitions");
+                        serve_connection(stream, peer, moved).await;
+                    }
+                    Err(e) => warn!(%peer, error = %e, "closing connection: cannot take it over"),
+                }
+            })
+            .detach();
+        })
+        .await;
+    if let Err(e) = sent {
+        // Only a stopping broker has a shard gone.
+        debug!(%peer, error = %e, "connection dropped: its shard stopped");
     }
-    let held = broker.requests.acquire(len as usize).await;
-    match read_exact(stream, len as usize).await {
-        Ok(frame) => Ok((Bytes::from(frame), held)),
-        Err(e) => {
-            debug!(%peer, error = %e, "client went away mid-request");
-            Err(ReadEnd::ClientGone)
-        }
-    }
+    ReadEnd::Moved
 }
 
 async fn write_responses(
@@ -883,6 +845,10 @@ async fn write_responses(
             Pending::Barrier(done) => {
                 let _ = done.send(());
                 continue;
+            }
+            Pending::Handover(done) => {
+                let _ = done.send(());
+                return;
             }
         };
         match outcome {

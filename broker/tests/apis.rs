@@ -544,25 +544,58 @@ fn a_fetch_with_a_refused_partition_is_answered_at_once() {
 }
 
 /// The kernel hands a new connection to either shard; the broker moves a
-/// follower's fetch connection to the shard that owns the partitions its
-/// first fetch names. The moved connection answers that fetch and the
-/// request sent right behind it, in order. A connection lands on the other
-/// shard with even odds, so the test opens connections until one moved (at
-/// most 64: all of them staying put has odds of 2^-64).
+/// connection whose produces and fetches keep touching another shard's
+/// partitions to that shard. Requests read ahead before the move are
+/// answered first and in order, and the ones after it by the new shard: 40
+/// pipelined produces of one record each get offsets in the order sent, and
+/// a consumer's fetches and the request behind them are answered. A
+/// connection lands on the other shard with even odds, so the test opens
+/// connections until one moved (at most 64: all staying put has odds of
+/// 2^-64). Fetches count alike, whether a consumer's or a follower's.
 #[test]
-fn a_follower_connection_moves_to_its_partitions_shard_and_keeps_answering() {
+fn a_connection_moves_to_its_partitions_shard_and_keeps_its_order() {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use kafka_protocol::messages::FetchRequest;
-    const MOVED: &str = "fetch connection moved to the shard of its partitions";
+    use kafka_protocol::messages::{FetchRequest, ProduceRequest};
+    const MOVED: &str = "connection moved to the shard of its partitions";
     let broker = Broker::start_with(&[("sluice.shards", "2")]);
-    produce(&broker, "replicated", &[], b"a\nb\n");
+    produce(&broker, "moving", &[], b"first\n");
+    let mut next = 1i64;
+    let mut moved = false;
+    for _ in 0..64 {
+        let mut s = connect(&broker.addr());
+        let mut all = Vec::new();
+        for i in 0..40 {
+            let value = format!("m{next}-{i}");
+            all.extend(typed_request(7, i, &produce_req("moving", 0, batch(&[&value]))).0);
+        }
+        send(&mut s, &all).unwrap_or_else(|_| broker.fail("sending the produces"));
+        for i in 0..40 {
+            let resp = receive::<ProduceRequest>(&mut s, &broker, 7, i);
+            let p = &resp.responses[0].partition_responses[0];
+            assert_eq!(
+                (p.error_code, p.base_offset),
+                (0, next + i as i64),
+                "{resp:?}"
+            );
+        }
+        next += 40;
+        if broker.stderr().contains(MOVED) {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "no connection of 64 moved: {}", broker.stderr());
+    let values = common::values(&common::consume(&broker, "moving", &[]));
+    assert_eq!(values.len() as i64, next, "every produce is there once");
+
+    // A consumer's fetches, the last with a request right behind it.
     let fetch = FetchRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(2))
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
         .with_max_wait_ms(0)
         .with_min_bytes(1)
         .with_max_bytes(1 << 20)
         .with_topics(vec![FetchTopic::default()
-            .with_topic(topic_name("replicated"))
+            .with_topic(topic_name("moving"))
             .with_partitions(vec![FetchPartition::default()
                 .with_partition(0)
                 .with_current_leader_epoch(-1)
@@ -570,24 +603,24 @@ fn a_follower_connection_moves_to_its_partitions_shard_and_keeps_answering() {
                 .with_last_fetched_epoch(-1)
                 .with_log_start_offset(-1)
                 .with_partition_max_bytes(1 << 20)])]);
+    let moves = broker.stderr().matches(MOVED).count();
     for _ in 0..64 {
         let mut s = connect(&broker.addr());
-        // Both sent before either answer is read.
-        let mut both = typed_request(12, 1, &fetch).0;
-        both.extend(typed_request(3, 2, &ApiVersionsRequest::default()).0);
+        for i in 0..20 {
+            let _ = call(&mut s, &broker, 12, i, &fetch);
+        }
+        let mut both = typed_request(12, 20, &fetch).0;
+        both.extend(typed_request(3, 21, &ApiVersionsRequest::default()).0);
         send(&mut s, &both).unwrap_or_else(|_| broker.fail("sending the fetch"));
-        let fetched = receive::<FetchRequest>(&mut s, &broker, 12, 1);
-        assert_eq!(fetched.responses.len(), 1, "{fetched:?}");
+        let fetched = receive::<FetchRequest>(&mut s, &broker, 12, 20);
         assert_eq!(fetched.responses[0].partitions[0].partition_index, 0);
-        let versions = receive::<ApiVersionsRequest>(&mut s, &broker, 3, 2);
-        assert_eq!(versions.error_code, 0);
-        if broker.stderr().contains(MOVED) {
+        assert_eq!(
+            receive::<ApiVersionsRequest>(&mut s, &broker, 3, 21).error_code,
+            0
+        );
+        if broker.stderr().matches(MOVED).count() > moves {
             return;
         }
     }
-    common::poll_until(
-        std::time::Duration::from_secs(10),
-        "a follower's connection moved to the other shard",
-        || broker.stderr().contains(MOVED).then_some(()),
-    );
+    panic!("no fetching connection of 64 moved: {}", broker.stderr());
 }

@@ -638,34 +638,6 @@ async fn full_round(
     round
 }
 
-/// For a follower's fetch (a replica id, topics by name): the shard that
-/// owns every partition it names on this broker, if one does.
-pub fn home_shard(broker: &Broker, request: &Request) -> Option<usize> {
-    let body: FetchRequest = decode_body(request).ok()?;
-    let replica = if request.version >= 15 {
-        body.replica_state.replica_id.0
-    } else {
-        body.replica_id.0
-    };
-    if replica < 0 {
-        return None;
-    }
-    let mut home = None;
-    for topic in &body.topics {
-        if topic.topic.is_empty() {
-            return None;
-        }
-        for p in &topic.partitions {
-            let tp = TopicPartition::new(topic.topic.0.to_string(), p.partition);
-            let shard = broker.engine.shard_for(&tp).id();
-            if *home.get_or_insert(shard) != shard {
-                return None;
-            }
-        }
-    }
-    home
-}
-
 pub async fn handle(broker: &Broker, request: &Request, connection: &Connection) -> Reply {
     let body: FetchRequest = decode_body(request)?;
     let wait = Duration::from_millis(body.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
@@ -786,6 +758,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         .into_iter()
         .map(|(shard, wants)| (shard, wants.into()))
         .collect();
+    connection.affinity.note(by_shard.keys().copied());
     // The connection's own shard first: no message needed.
     let here = sluice_engine::shard::local().map(|l| l.id());
     order.sort_by_key(|shard| Some(*shard) != here);

@@ -29,7 +29,7 @@ use sluice_engine::shard::LocalShard;
 use sluice_engine::{AppendInfo, Error, TopicPartition};
 use tracing::{debug, warn};
 
-use super::{respond, Reply};
+use super::{respond, Connection, Reply};
 use crate::codec::{decode_body, Request};
 use crate::groups::offsets_topic;
 use crate::topics::TopicState;
@@ -73,6 +73,7 @@ struct Terms {
 pub async fn handle(
     broker: &Broker,
     request: &Request,
+    connection: &Connection,
     queued: Option<oneshot::Sender<()>>,
 ) -> Reply {
     let body: ProduceRequest = decode_body(request)?;
@@ -162,6 +163,7 @@ pub async fn handle(
     // on its partitions before the next request of this connection may
     // start (`queued`), which keeps a connection's pipelined produces in
     // the order it sent them. Then wait for them all together.
+    connection.affinity.note(by_shard.keys().copied());
     let mut running = Vec::new();
     for (shard, appends) in by_shard {
         let handle = broker.engine.shards()[shard].clone();
