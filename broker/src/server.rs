@@ -601,7 +601,6 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<Broke
         affinity: handlers::Affinity::default(),
     });
     let end = read_requests(stream, connection, broker, tx).await;
-    // A moved connection's writer stopped at the handover.
     if end == ReadEnd::ClientGone {
         // As Kafka does at end of stream: the connection is gone, and so
         // are the answers it was owed.
@@ -683,79 +682,76 @@ async fn read_requests(
         };
         let decoded = codec::decode_request(frame, peer);
         let is_produce = matches!(&decoded, Ok(r) if r.api_key == ApiKey::Produce);
-        let pending =
-            match decoded {
-                Ok(request) if runs_concurrently(request.api_key) => {
-                    producing = false;
-                    let (broker, connection) = (broker.clone(), connection.clone());
-                    Pending::Running(compio::runtime::spawn(async move {
-                        let outcome = handle(&broker, request, &connection).await;
-                        drop(held);
-                        outcome
-                    }))
-                }
-                Ok(request) if is_produce => {
-                    // The first produce after anything else waits, as every
-                    // ordered request does, for the responses before it; the
-                    // produces after it only for the one before them to be
-                    // queued on its partitions. They append in the order sent
-                    // and run together: a producer's requests in flight share
-                    // group commits instead of going one round trip at a time.
-                    if !producing {
-                        let (done, earlier_sent) = oneshot::channel();
-                        if responses.send(Pending::Barrier(done)).await.is_err()
-                            || earlier_sent.await.is_err()
-                        {
-                            return ReadEnd::Closing;
-                        }
-                        producing = true;
-                    }
-                    let (queued, is_queued) = oneshot::channel();
-                    let (broker, connection) = (broker.clone(), connection.clone());
-                    let task =
-                        compio::runtime::spawn(async move {
-                            let api_key = request.api_key;
-                            let outcome =
-                        handlers::produce::handle(&broker, &request, &connection, Some(queued))
-                        .await
-                        .map_err(|e| {
-                            warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
-                        });
-                            drop(held);
-                            outcome
-                        });
-                    // Told, or dropped if the handler ended first.
-                    let _ = is_queued.await;
-                    Pending::Running(task)
-                }
-                Ok(request) => {
-                    producing = false;
+        let pending = match decoded {
+            Ok(request) if runs_concurrently(request.api_key) => {
+                producing = false;
+                let (broker, connection) = (broker.clone(), connection.clone());
+                Pending::Running(compio::runtime::spawn(async move {
+                    let outcome = handle(&broker, request, &connection).await;
+                    drop(held);
+                    outcome
+                }))
+            }
+            Ok(request) if is_produce => {
+                // The first produce after anything else waits, as every
+                // ordered request does, for the responses before it; the
+                // produces after it only for the one before them to be
+                // queued on its partitions. They append in the order sent
+                // and run together: a producer's requests in flight share
+                // group commits instead of going one round trip at a time.
+                if !producing {
                     let (done, earlier_sent) = oneshot::channel();
                     if responses.send(Pending::Barrier(done)).await.is_err()
                         || earlier_sent.await.is_err()
                     {
                         return ReadEnd::Closing;
                     }
-                    let outcome = handle(&broker, request, &connection).await;
+                    producing = true;
+                }
+                let (queued, is_queued) = oneshot::channel();
+                let (broker, connection) = (broker.clone(), connection.clone());
+                let task = compio::runtime::spawn(async move {
+                    let api_key = request.api_key;
+                    let produced =
+                        handlers::produce::handle(&broker, &request, &connection, Some(queued));
+                    let outcome = produced.await.map_err(|e| {
+                        warn!(%peer, ?api_key, error = %e, "closing connection: bad request");
+                    });
                     drop(held);
-                    Pending::Done(outcome)
+                    outcome
+                });
+                // Told, or dropped if the handler ended first.
+                let _ = is_queued.await;
+                Pending::Running(task)
+            }
+            Ok(request) => {
+                producing = false;
+                let (done, earlier_sent) = oneshot::channel();
+                if responses.send(Pending::Barrier(done)).await.is_err()
+                    || earlier_sent.await.is_err()
+                {
+                    return ReadEnd::Closing;
                 }
-                Err(DecodeError::UnsupportedVersion {
-                    api_key: ApiKey::ApiVersions,
+                let outcome = handle(&broker, request, &connection).await;
+                drop(held);
+                Pending::Done(outcome)
+            }
+            Err(DecodeError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                correlation_id,
+                version,
+            }) => {
+                debug!(%peer, version, "ApiVersions at an unknown version: answering with v0");
+                Pending::Done(Ok(handlers::api_versions::unsupported_version(
                     correlation_id,
-                    version,
-                }) => {
-                    debug!(%peer, version, "ApiVersions at an unknown version: answering with v0");
-                    Pending::Done(Ok(handlers::api_versions::unsupported_version(
-                        correlation_id,
-                    )
-                    .map(handlers::Response::from)))
-                }
-                Err(e) => {
-                    warn!(%peer, error = %e, "closing connection: undecodable request");
-                    Pending::Done(Err(()))
-                }
-            };
+                )
+                .map(handlers::Response::from)))
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "closing connection: undecodable request");
+                Pending::Done(Err(()))
+            }
+        };
         let closing = matches!(pending, Pending::Done(Err(())));
         if responses.send(pending).await.is_err() || closing {
             return ReadEnd::Closing;
