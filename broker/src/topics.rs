@@ -200,6 +200,10 @@ struct View {
     states: TopicsSnapshot,
 }
 
+/// How long a starting broker keeps trying to register while the
+/// controller quorum cannot take the record.
+const REGISTER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Topics {
     controller: Arc<Controller>,
     /// This broker's node id: it opens the logs of the partitions it holds
@@ -439,11 +443,26 @@ impl Topics {
 
     /// Registers this run of the broker with the controller; returns the
     /// broker epoch the registration was given.
+    /// While the quorum is still forming, a proposal may be given up
+    /// (`Unavailable`, the leader that took it lost its quorum): it is made
+    /// again, as a Kafka broker retries its registration, for up to
+    /// [`REGISTER_RETRY_FOR`]. A record given up on may still be applied;
+    /// the later registration of the same incarnation then supersedes it.
     pub async fn register(&self, registration: BrokerRegistration) -> Result<i64, TopicError> {
-        let committed = self
-            .controller
-            .propose(MetadataRecord::RegisterBroker(registration))
-            .await?;
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(100);
+        let committed = loop {
+            let record = MetadataRecord::RegisterBroker(registration.clone());
+            match self.controller.propose(record).await {
+                Ok(committed) => break committed,
+                Err(ProposeError::Unavailable(why)) if started.elapsed() < REGISTER_RETRY_FOR => {
+                    warn!(error = %why, "registering with the controller: trying again");
+                    compio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         self.published(committed.index).await;
         match committed.applied {
             Applied::BrokerEpoch { epoch } => Ok(epoch),

@@ -174,7 +174,16 @@ fn an_active_controller_cut_off_from_the_quorum_answers_proposals_with_an_error(
         )
         .then_some(())
     });
-    create_topic(cluster.broker(controller), "after-the-cut");
+    // The old controller may still be learning who leads now: a client
+    // retries NOT_CONTROLLER (41), and so does this one. A retry after a
+    // creation that was applied finds the topic (36).
+    poll_until(SETTLE, "the old controller to take a creation", || {
+        matches!(
+            try_create(cluster.broker(controller), "after-the-cut", 2, 1),
+            0 | 36
+        )
+        .then_some(())
+    });
     for broker in &cluster.brokers {
         poll_until(SETTLE, "every broker to serve both topics", || {
             (topics_seen(broker, &["while-cut-off", "after-the-cut"]).len() == 2).then_some(())
