@@ -853,6 +853,98 @@ fn an_old_leader_truncates_what_its_successor_never_had_exactly_where_the_logs_d
     );
 }
 
+/// A follower's fetch counts toward the high watermark only if its log
+/// agrees with the leader's: one answered with a diverging epoch holds, past
+/// the divergence, records of another epoch that the leader does not have.
+/// Counting its fetch offset would commit the leader's records there on the
+/// word of a replica that holds different ones (Kafka updates a follower's
+/// state only when no divergence was found).
+#[test]
+fn a_diverged_followers_fetch_does_not_move_the_high_watermark() {
+    // Sessions longer than the test: the paused follower stays in the ISR.
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.session.timeout.ms", "60000"),
+            ("auto.leader.rebalance.enable", "false"),
+        ],
+    );
+    assert_eq!(
+        create_assigned(cluster.broker(1), "hwdiverge", &[&[1, 2, 3]]),
+        0
+    );
+    poll_until(SETTLE, "broker 1 leading with all in sync", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(1), "hwdiverge", 0);
+        (leader == 1 && isr.len() == 3).then_some(())
+    });
+    let epoch_of = |cluster: &Cluster, from: i32| {
+        metadata_of(cluster.broker(from), "hwdiverge").topics[0].partitions[0].leader_epoch
+    };
+    let first_epoch = epoch_of(&cluster, 1);
+    // Offset 0, under the first leader's epoch.
+    produce_committed(cluster.broker(1), "hwdiverge", 0);
+    // Broker 1 hands its leadership over and leaves.
+    cluster.brokers[0].stop();
+    let next = poll_until(SETTLE, "another leader", || {
+        let (leader, isr) = leader_and_isr(cluster.broker(2), "hwdiverge", 0);
+        (leader > 1 && !isr.contains(&1) && isr.len() == 2).then_some(leader)
+    });
+    let other = if next == 2 { 3 } else { 2 };
+    let next_epoch = epoch_of(&cluster, next);
+    assert!(next_epoch > first_epoch);
+    // Offset 1, committed under the new epoch: the high watermark is 2.
+    produce_committed(cluster.broker(next), "hwdiverge", 0);
+    // Offsets 2 to 4 on the leader alone, the follower paused.
+    signal(cluster.broker(other), libc::SIGSTOP);
+    wait_stopped(cluster.broker(other));
+    for _ in 0..3 {
+        assert_eq!(produce_raw(cluster.broker(next), "hwdiverge", 0, 1), 0);
+    }
+    let fetch = |replica: i32, offset: i64, last_epoch: i32| {
+        let req = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(replica))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name("hwdiverge"))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_last_fetched_epoch(last_epoch)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let resp = ask(&cluster.broker(next).addr(), 12, &req);
+        resp.responses[0].partitions[0].clone()
+    };
+    // In the follower's name, a fetch from offset 5 whose last batch is of
+    // the first epoch: a log that kept three batches of that epoch which
+    // the leader never had. The leader's first epoch ends at offset 1.
+    let diverged = fetch(other, 5, first_epoch);
+    assert_eq!(diverged.error_code, 0);
+    assert_eq!(
+        (
+            diverged.diverging_epoch.epoch,
+            diverged.diverging_epoch.end_offset
+        ),
+        (first_epoch, 1),
+        "the leader did not find the divergence"
+    );
+    assert_eq!(
+        diverged.high_watermark, 2,
+        "a diverged follower's fetch offset moved the high watermark"
+    );
+    // A consumer sees the same.
+    assert_eq!(fetch(-1, 0, -1).high_watermark, 2);
+    // The real follower, resumed, fetches what it lacks under the new
+    // epoch, and that commits the three records.
+    signal(cluster.broker(other), libc::SIGCONT);
+    poll_until(
+        SETTLE,
+        "the resumed follower to commit offsets 2 to 4",
+        || (fetch(-1, 0, -1).high_watermark == 5).then_some(()),
+    );
+}
+
 #[test]
 fn a_follower_whose_log_ends_below_its_leaders_log_start_starts_again_there() {
     use kafka_protocol::messages::delete_records_request::{

@@ -198,8 +198,25 @@ async fn read_shard(
         // Taken before the read, so that whatever the read missed counts
         // as new to a wait after it.
         let published = local.published(&want.tp);
-        // A follower's fetch offset says what it has: that may move the
-        // high watermark it is then told.
+        // A follower whose log diverged from this one is told where, and
+        // its fetch offset is not counted: past the divergence it holds
+        // batches of another epoch, not this log's.
+        if want.replica >= 0 {
+            if let Some(diverged) = follower_diverged(&local, want, published).await {
+                match partition::high_watermark(&local, me, &want.tp, &want.topic) {
+                    Ok(hw) => {
+                        data.high_watermark = hw.0;
+                        data.last_stable_offset = hw.0;
+                        take_read(&mut out, want, version, hw, &mut data, Ok(diverged));
+                    }
+                    Err(e) => data.error_code = errors::code(&e),
+                }
+                out.partitions.push((want.slot, data));
+                continue;
+            }
+        }
+        // Otherwise a follower's fetch offset says what it has: that may
+        // move the high watermark it is then told.
         let hw = if want.replica >= 0 {
             partition::on_follower_fetch(
                 &local,
@@ -279,6 +296,33 @@ async fn read_shard(
         out.partitions.push((want.slot, data));
     }
     out
+}
+
+/// Whether the follower fetching `want` has a log that diverged from this
+/// one (KIP-595's check, as [`read_want`] makes it). Decided from
+/// `published`, this log's last finished work, when the follower's last
+/// batch is of this log's last epoch and no further than its end, as in
+/// steady replication; otherwise asked of the log itself.
+async fn follower_diverged(
+    local: &LocalShard,
+    want: &Want,
+    published: Option<Published>,
+) -> Option<Found> {
+    let (last, from) = (want.last_fetched_epoch, want.fetch_offset);
+    if last.0 < 0 || published.is_some_and(|p| p.last_epoch == last && from <= p.written_end) {
+        return None;
+    }
+    local
+        .with_log(&want.tp, move |log, _| {
+            Box::pin(async move {
+                Ok(log
+                    .diverging(last, from)
+                    .map(|(epoch, end)| Found::Diverged(epoch, end, log.log_start_offset())))
+            })
+        })
+        .await
+        .ok()
+        .flatten()
 }
 
 /// What a read of `want` up to `upper` (none: the log end) would return,
