@@ -483,8 +483,8 @@ impl BrokerConfig {
             "default.replication.factor",
             get("default.replication.factor"),
             1i16,
-            |v| *v == 1,
-            "must be 1 on a single node (replication comes with the cluster)",
+            |v| *v >= 1,
+            "must be at least 1",
         )?;
         let min_insync_replicas = num(
             "min.insync.replicas",
@@ -880,6 +880,11 @@ mod tests {
         )]))
         .unwrap();
         assert_eq!(set.log.recovery_checkpoint_interval_ms, 100);
+        assert_eq!(config.default_replication_factor, 1);
+        // More replicas than brokers is refused when a topic is created,
+        // not at start: the cluster may grow.
+        let three = BrokerConfig::from_pairs(&pairs(&[("default.replication.factor", "3")]));
+        assert_eq!(three.unwrap().default_replication_factor, 3);
     }
 
     #[test]
@@ -945,6 +950,7 @@ mod tests {
             ("sluice.pin.cores", "yes"),
             ("producer.id.expiration.ms", "0"),
             ("log.flush.offset.checkpoint.interval.ms", "-1"),
+            ("default.replication.factor", "0"),
         ] {
             let err = BrokerConfig::from_pairs(&pairs(&[(key, value)])).unwrap_err();
             assert_eq!(err.key, key, "{err}");

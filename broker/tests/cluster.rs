@@ -255,6 +255,35 @@ fn a_broker_that_is_not_a_voter_follows_the_metadata_log_and_takes_replicas() {
     });
 }
 
+#[test]
+fn default_replication_factor_sets_the_replicas_of_created_and_auto_created_topics() {
+    let cluster = Cluster::start_with(3, &[("default.replication.factor", "3")]);
+    let replicas = |topic: &str| -> Vec<usize> {
+        poll_until(SETTLE, "every partition to have a leader", || {
+            let resp = metadata_of(cluster.broker(1), topic);
+            let parts = &resp.topics.first()?.partitions;
+            (!parts.is_empty() && parts.iter().all(|p| p.leader_id.0 > 0))
+                .then(|| parts.iter().map(|p| p.replica_nodes.len()).collect())
+        })
+    };
+    // CreateTopics with -1 takes the broker's default.
+    assert_eq!(try_create(cluster.broker(1), "by-default", 2, -1), 0);
+    assert_eq!(replicas("by-default"), [3, 3]);
+    // A producer's first send to an unknown topic creates it, also with
+    // three replicas, and acks=all waits for all of them.
+    produce(
+        cluster.broker(2),
+        "made-on-use",
+        &["-X", "acks=all"],
+        b"first\n",
+    );
+    assert_eq!(replicas("made-on-use"), [3]);
+    assert_eq!(
+        values(&consume(cluster.broker(3), "made-on-use", &["-c", "1"])),
+        ["first"]
+    );
+}
+
 /// A voter other than `dead`.
 fn survivors_first(dead: i32) -> i32 {
     (1..=3).find(|n| *n != dead).unwrap()
