@@ -599,23 +599,58 @@ mod tests {
             n in 3usize..=5,
             events in proptest::collection::vec(event(), 20..200),
         ) {
+            let warm_up = warm_up(n, |replica| Event::Fetch { replica, take: 5 });
+            committed_model(n, warm_up.into_iter().map(|e| e.unwrap_or(Event::Append(5))).chain(events))?;
+        }
+    }
+
+    /// The start of every model schedule: five records appended (`None`),
+    /// then two fetches by each follower (`fetch`), which commit them; so no
+    /// random schedule is idle by construction, and the models' last check
+    /// still fails one that is (see
+    /// `the_models_fail_a_schedule_that_did_nothing`).
+    fn warm_up<E>(n: usize, fetch: impl Fn(u8) -> E) -> Vec<Option<E>> {
+        let followers = 1..n as u8;
+        std::iter::once(None)
+            .chain(followers.clone().chain(followers).map(|r| Some(fetch(r))))
+            .collect()
+    }
+
+    /// The body of `committed_offsets_stay_on_every_in_sync_replica`.
+    fn committed_model(
+        n: usize,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        {
             const LAG: u64 = 1000;
             let replicas: Vec<BrokerId> = (1..=n as i32).collect();
             let mut leo: BTreeMap<BrokerId, i64> = replicas.iter().map(|r| (*r, 0)).collect();
             let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
             let (mut leader, mut epoch, mut now) = (1, 0, 0u64);
-            let mut s = PartitionState::leader(leader, epoch, replicas.clone(), replicas.clone(), o(0), o(0), 1)
-                .started(0, now);
+            let mut s = PartitionState::leader(
+                leader,
+                epoch,
+                replicas.clone(),
+                replicas.clone(),
+                o(0),
+                o(0),
+                1,
+            )
+            .started(0, now);
             let mut committed = 0i64;
             let mut appended = 0i64;
-            // Every schedule starts with an append, so that none is idle by
-            // construction; the check at the end still fails one that is.
-            let events = std::iter::once(Event::Append(5)).chain(events);
             let check = |s: &PartitionState, leo: &BTreeMap<BrokerId, i64>, committed: i64| {
                 let hw = s.high_watermark().0;
                 for m in s.isr().iter().chain(s.pending_isr().unwrap_or(&[])) {
-                    assert!(hw <= leo[m], "hw {hw} above replica {m}'s log end {}", leo[m]);
-                    assert!(committed <= leo[m], "committed {committed} lost on ISR member {m}");
+                    assert!(
+                        hw <= leo[m],
+                        "hw {hw} above replica {m}'s log end {}",
+                        leo[m]
+                    );
+                    assert!(
+                        committed <= leo[m],
+                        "committed {committed} lost on ISR member {m}"
+                    );
                 }
             };
             for e in events {
@@ -659,19 +694,23 @@ mod tests {
                         alive.insert(replicas[usize::from(r) % n], true);
                     }
                     Event::MoveLeader => {
-                        let next = s
-                            .isr()
-                            .iter()
-                            .copied()
-                            .find(|r| *r != leader && alive[r]);
+                        let next = s.isr().iter().copied().find(|r| *r != leader && alive[r]);
                         if let Some(next) = next {
                             let isr: Vec<BrokerId> =
                                 s.isr().iter().copied().filter(|r| *r != leader).collect();
                             epoch += 1;
                             let hw = s.high_watermark();
                             leader = next;
-                            s = PartitionState::leader(leader, epoch, replicas.clone(), isr, o(leo[&leader]), hw, 1)
-                                .started(s.partition_epoch() + 1, now);
+                            s = PartitionState::leader(
+                                leader,
+                                epoch,
+                                replicas.clone(),
+                                isr,
+                                o(leo[&leader]),
+                                hw,
+                                1,
+                            )
+                            .started(s.partition_epoch() + 1, now);
                             // A replica with more than the new leader (the
                             // old leader, a follower that fetched further)
                             // cuts back to the high watermark when it next
@@ -682,14 +721,21 @@ mod tests {
                                     leo.insert(*r, leo[r].min(hw.0));
                                 }
                             }
-                            proptest::prop_assert!(s.high_watermark() >= before, "a new leader moved the high watermark back");
+                            proptest::prop_assert!(
+                                s.high_watermark() >= before,
+                                "a new leader moved the high watermark back"
+                            );
                         }
                     }
                 }
-                proptest::prop_assert!(s.high_watermark() >= before, "the high watermark moved back");
+                proptest::prop_assert!(
+                    s.high_watermark() >= before,
+                    "the high watermark moved back"
+                );
                 committed = committed.max(s.high_watermark().0);
                 check(&s, &leo, committed);
             }
+            let committed_before_healing = committed;
             // Heal: everyone alive and fetching until caught up; the ISR
             // admits them all, and a last append commits.
             for r in &replicas {
@@ -722,8 +768,12 @@ mod tests {
             proptest::prop_assert_eq!(s.high_watermark().0, leo[&leader], "healed: all committed");
             // The schedule did something: a run that appended nothing, or
             // committed nothing before healing, proves nothing.
-            proptest::prop_assert!(appended > 0 && s.high_watermark().0 > 0, "an idle schedule");
+            proptest::prop_assert!(
+                appended > 0 && committed_before_healing > 0,
+                "an idle schedule"
+            );
         }
+        Ok(())
     }
 
     /// Events of the election model test.
@@ -794,6 +844,19 @@ mod tests {
             unclean_allowed in proptest::prelude::any::<bool>(),
             steps in proptest::collection::vec(step(), 20..200),
         ) {
+            let warm_up = warm_up(n, |replica| Step::Fetch { replica, take: 5 });
+            election_model(n, unclean_allowed, warm_up.into_iter().map(|e| e.unwrap_or(Step::Append(5))).chain(steps))?;
+        }
+    }
+
+    /// The body of
+    /// `elections_keep_what_was_committed_or_report_exactly_what_they_lose`.
+    fn election_model(
+        n: usize,
+        unclean_allowed: bool,
+        steps: impl IntoIterator<Item = Step>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        {
             const LAG: u64 = 1000;
             let replicas: Vec<BrokerId> = (1..=n as i32).collect();
             let mut logs: BTreeMap<BrokerId, ModelLog> =
@@ -801,14 +864,21 @@ mod tests {
             let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
             let (mut leader, mut epoch, mut now, mut next_id) = (1, 0, 0u64, 0u64);
             let mut leader_alive = true;
-            let mut s = PartitionState::leader(leader, epoch, replicas.clone(), replicas.clone(), o(0), o(0), 1)
-                .started(0, now);
+            let mut s = PartitionState::leader(
+                leader,
+                epoch,
+                replicas.clone(),
+                replicas.clone(),
+                o(0),
+                o(0),
+                1,
+            )
+            .started(0, now);
             // What is committed: the records below the highest high
             // watermark, as acks=all acknowledged them.
             let mut committed: ModelLog = Vec::new();
             let (mut appended, mut lost_reported, mut lost_real) = (0u64, 0i64, 0i64);
             let end = |logs: &BTreeMap<BrokerId, ModelLog>, r: BrokerId| o(logs[&r].len() as i64);
-            let steps = std::iter::once(Step::Append(5)).chain(steps);
             for step in steps {
                 match step {
                     Step::Append(k) if leader_alive => {
@@ -863,8 +933,16 @@ mod tests {
                             epoch += 1;
                             let isr = s.isr().to_vec();
                             let hw = s.high_watermark();
-                            s = PartitionState::leader(leader, epoch, replicas.clone(), isr, end(&logs, leader), hw, 1)
-                                .started(s.partition_epoch() + 1, now);
+                            s = PartitionState::leader(
+                                leader,
+                                epoch,
+                                replicas.clone(),
+                                isr,
+                                end(&logs, leader),
+                                hw,
+                                1,
+                            )
+                            .started(s.partition_epoch() + 1, now);
                         }
                     }
                     Step::LeaderDies | Step::ControlledShutdown if leader_alive => {
@@ -875,14 +953,25 @@ mod tests {
                         let hw = s.high_watermark();
                         let others: Vec<BrokerId> =
                             s.isr().iter().copied().filter(|r| *r != leader).collect();
-                        let clean = replicas.iter().copied().find(|r| others.contains(r) && alive[r]);
+                        let clean = replicas
+                            .iter()
+                            .copied()
+                            .find(|r| others.contains(r) && alive[r]);
                         let unclean = replicas.iter().copied().find(|r| *r != leader && alive[r]);
                         match (clean, unclean) {
                             (Some(next), _) => {
                                 leader = next;
                                 epoch += 1;
-                                s = PartitionState::leader(leader, epoch, replicas.clone(), others, end(&logs, leader), hw, 1)
-                                    .started(s.partition_epoch() + 1, now);
+                                s = PartitionState::leader(
+                                    leader,
+                                    epoch,
+                                    replicas.clone(),
+                                    others,
+                                    end(&logs, leader),
+                                    hw,
+                                    1,
+                                )
+                                .started(s.partition_epoch() + 1, now);
                             }
                             (None, Some(next)) if dies && unclean_allowed => {
                                 // Unclean: the controller reports the old high
@@ -902,17 +991,34 @@ mod tests {
                                 // knows log ends and not contents, undercounts.
                                 let diverged = keep < committed.len().min(new_end as usize);
                                 if diverged {
-                                    proptest::prop_assert!(reported <= real, "reported {} above the real loss {}", reported, real);
+                                    proptest::prop_assert!(
+                                        reported <= real,
+                                        "reported {} above the real loss {}",
+                                        reported,
+                                        real
+                                    );
                                 } else {
-                                    proptest::prop_assert_eq!(reported, real, "reported loss differs from the real one");
+                                    proptest::prop_assert_eq!(
+                                        reported,
+                                        real,
+                                        "reported loss differs from the real one"
+                                    );
                                 }
                                 lost_reported += reported;
                                 lost_real += real;
                                 committed.truncate(keep);
                                 leader = next;
                                 epoch += 1;
-                                s = PartitionState::leader(leader, epoch, replicas.clone(), vec![leader], end(&logs, leader), hw.min(o(new_end)), 1)
-                                    .started(s.partition_epoch() + 1, now);
+                                s = PartitionState::leader(
+                                    leader,
+                                    epoch,
+                                    replicas.clone(),
+                                    vec![leader],
+                                    end(&logs, leader),
+                                    hw.min(o(new_end)),
+                                    1,
+                                )
+                                .started(s.partition_epoch() + 1, now);
                             }
                             // No one to lead (or a shutdown with nobody to
                             // hand over to): offline until the leader returns.
@@ -921,13 +1027,25 @@ mod tests {
                     }
                     Step::Preferred if leader_alive => {
                         let p = replicas[0];
-                        if p != leader && alive[&p] && s.isr().contains(&p) && logs[&p] == logs[&leader] {
+                        if p != leader
+                            && alive[&p]
+                            && s.isr().contains(&p)
+                            && logs[&p] == logs[&leader]
+                        {
                             let isr = s.isr().to_vec();
                             let hw = s.high_watermark();
                             leader = p;
                             epoch += 1;
-                            s = PartitionState::leader(leader, epoch, replicas.clone(), isr, end(&logs, leader), hw, 1)
-                                .started(s.partition_epoch() + 1, now);
+                            s = PartitionState::leader(
+                                leader,
+                                epoch,
+                                replicas.clone(),
+                                isr,
+                                end(&logs, leader),
+                                hw,
+                                1,
+                            )
+                            .started(s.partition_epoch() + 1, now);
                         }
                     }
                     _ => {}
@@ -939,8 +1057,10 @@ mod tests {
                 }
                 for m in s.isr() {
                     proptest::prop_assert!(
-                        logs[m].len() >= committed.len() && logs[m][..committed.len()] == committed[..],
-                        "committed records missing on ISR member {}", m
+                        logs[m].len() >= committed.len()
+                            && logs[m][..committed.len()] == committed[..],
+                        "committed records missing on ISR member {}",
+                        m
                     );
                 }
             }
@@ -948,6 +1068,7 @@ mod tests {
             if !unclean_allowed {
                 proptest::prop_assert_eq!(lost_real, 0);
             }
+            let committed_before_healing = committed.len();
             // Heal: everyone back; the leader (the last ISR member if the
             // partition was offline) leads; everyone catches up.
             for r in &replicas {
@@ -958,8 +1079,16 @@ mod tests {
                 epoch += 1;
                 let isr = s.isr().to_vec();
                 let hw = s.high_watermark();
-                s = PartitionState::leader(leader, epoch, replicas.clone(), isr, end(&logs, leader), hw, 1)
-                    .started(s.partition_epoch() + 1, now);
+                s = PartitionState::leader(
+                    leader,
+                    epoch,
+                    replicas.clone(),
+                    isr,
+                    end(&logs, leader),
+                    hw,
+                    1,
+                )
+                .started(s.partition_epoch() + 1, now);
             }
             proptest::prop_assert!(leader_alive);
             logs.get_mut(&leader).unwrap().push((epoch, next_id));
@@ -985,10 +1114,52 @@ mod tests {
                 now += 1;
             }
             for r in &replicas {
-                proptest::prop_assert_eq!(&logs[r], &logs[&leader], "replica {} differs once healed", r);
+                proptest::prop_assert_eq!(
+                    &logs[r],
+                    &logs[&leader],
+                    "replica {} differs once healed",
+                    r
+                );
             }
-            proptest::prop_assert_eq!(s.high_watermark().0 as usize, logs[&leader].len(), "healed: all committed");
-            proptest::prop_assert!(appended > 0 && s.high_watermark().0 > 0, "an idle schedule");
+            proptest::prop_assert_eq!(
+                s.high_watermark().0 as usize,
+                logs[&leader].len(),
+                "healed: all committed"
+            );
+            proptest::prop_assert!(
+                appended > 0 && committed_before_healing > 0,
+                "an idle schedule"
+            );
+        }
+        Ok(())
+    }
+
+    /// The models' checks are not vacuous: a schedule that commits nothing
+    /// before healing (here: the clock alone moves; then appends that no
+    /// follower fetches) fails both, where the same schedule after the
+    /// warm-up passes.
+    #[test]
+    fn the_models_fail_a_schedule_that_did_nothing() {
+        let idle = || std::iter::repeat_n(Event::Tick(10), 30);
+        let err = committed_model(3, idle()).unwrap_err();
+        assert!(err.to_string().contains("an idle schedule"), "{err}");
+        let unfetched = [Event::Append(3), Event::Append(4)];
+        let err = committed_model(3, unfetched).unwrap_err();
+        assert!(err.to_string().contains("an idle schedule"), "{err}");
+        let started = warm_up(3, |replica| Event::Fetch { replica, take: 5 });
+        let started = started.into_iter().map(|e| e.unwrap_or(Event::Append(5)));
+        committed_model(3, started.chain(idle())).unwrap();
+
+        let idle = || std::iter::repeat_n(Step::Tick(10), 30);
+        for unclean in [false, true] {
+            let err = election_model(3, unclean, idle()).unwrap_err();
+            assert!(err.to_string().contains("an idle schedule"), "{err}");
+            let unfetched = [Step::Append(3), Step::Append(4)];
+            let err = election_model(3, unclean, unfetched).unwrap_err();
+            assert!(err.to_string().contains("an idle schedule"), "{err}");
+            let started = warm_up(3, |replica| Step::Fetch { replica, take: 5 });
+            let started = started.into_iter().map(|e| e.unwrap_or(Step::Append(5)));
+            election_model(3, unclean, started.chain(idle())).unwrap();
         }
     }
 }
