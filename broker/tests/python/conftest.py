@@ -76,15 +76,17 @@ def broker():
 
 
 class Cluster:
-    """Three brokers, each a controller voter, with timeouts short enough
-    for a test; every process is killed at teardown."""
+    """Brokers 1..n (three by default), the first `voters` of them (all by
+    default) controller voters and the rest brokers only, with timeouts
+    short enough for a test; every process is killed at teardown."""
 
-    def __init__(self, n=3, extra=()):
+    def __init__(self, n=3, extra=(), voters=None):
+        voters_n = n if voters is None else voters
         ports = set()
         while len(ports) < 2 * n:
             ports.add(free_port())
         ports = sorted(ports)
-        voters = ",".join(f"{i + 1}@127.0.0.1:{ports[n + i]}" for i in range(n))
+        voters = ",".join(f"{i + 1}@127.0.0.1:{ports[n + i]}" for i in range(voters_n))
         self.brokers = []
         for i in range(n):
             settings = [
@@ -95,6 +97,7 @@ class Cluster:
                 "broker.heartbeat.interval.ms=100",
                 "broker.session.timeout.ms=1000",
                 "replica.lag.time.max.ms=1000",
+                "process.roles=" + ("broker,controller" if i < voters_n else "broker"),
                 *extra,
             ]
             self.brokers.append(Broker.__new__(Broker))
@@ -117,6 +120,9 @@ class Cluster:
     def kill(self):
         for b in self.brokers:
             b.close()
+
+    def signal(self, node, sig):
+        self.brokers[node - 1].proc.send_signal(sig)
 
 
 @pytest.fixture
