@@ -588,19 +588,22 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
         /// Random schedules of appends, fetches, clock ticks, ISR changes,
-        /// crashes, restarts and leader moves over 3–5 replicas. After
-        /// every step: the high watermark is on every member of the ISR
-        /// (and of a proposed one), it never moves back, and every offset
+        /// crashes, restarts and leader moves over 3–5 replicas, with
+        /// min.insync.replicas 1 or 2. After every step: the high watermark
+        /// is on every member of the ISR (and of a proposed one), it never
+        /// moves back, it moves only while the ISR has at least
+        /// min.insync.replicas members, and every offset
         /// ever committed (an acks=all acknowledgement) is on every ISR
         /// member. After healing, every replica holds everything up to the
         /// high watermark, which has reached the leader's log end.
         #[test]
         fn committed_offsets_stay_on_every_in_sync_replica(
             n in 3usize..=5,
+            min_isr in 1usize..=2,
             events in proptest::collection::vec(event(), 20..200),
         ) {
             let warm_up = warm_up(n, |replica| Event::Fetch { replica, take: 5 });
-            committed_model(n, warm_up.into_iter().map(|e| e.unwrap_or(Event::Append(5))).chain(events))?;
+            committed_model(n, min_isr, warm_up.into_iter().map(|e| e.unwrap_or(Event::Append(5))).chain(events))?;
         }
     }
 
@@ -619,160 +622,167 @@ mod tests {
     /// The body of `committed_offsets_stay_on_every_in_sync_replica`.
     fn committed_model(
         n: usize,
+        min_isr: usize,
         events: impl IntoIterator<Item = Event>,
     ) -> Result<(), proptest::test_runner::TestCaseError> {
-        {
-            const LAG: u64 = 1000;
-            let replicas: Vec<BrokerId> = (1..=n as i32).collect();
-            let mut leo: BTreeMap<BrokerId, i64> = replicas.iter().map(|r| (*r, 0)).collect();
-            let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
-            let (mut leader, mut epoch, mut now) = (1, 0, 0u64);
-            let mut s = PartitionState::leader(
-                leader,
-                epoch,
-                replicas.clone(),
-                replicas.clone(),
-                o(0),
-                o(0),
-                1,
-            )
-            .started(0, now);
-            let mut committed = 0i64;
-            let mut appended = 0i64;
-            let check = |s: &PartitionState, leo: &BTreeMap<BrokerId, i64>, committed: i64| {
-                let hw = s.high_watermark().0;
-                for m in s.isr().iter().chain(s.pending_isr().unwrap_or(&[])) {
-                    assert!(
-                        hw <= leo[m],
-                        "hw {hw} above replica {m}'s log end {}",
-                        leo[m]
-                    );
-                    assert!(
-                        committed <= leo[m],
-                        "committed {committed} lost on ISR member {m}"
-                    );
-                }
-            };
-            for e in events {
-                let before = s.high_watermark();
-                match e {
-                    Event::Append(k) => {
-                        *leo.get_mut(&leader).unwrap() += i64::from(k);
-                        appended += i64::from(k);
-                        s.on_leader_append(o(leo[&leader]));
-                    }
-                    Event::Fetch { replica, take } => {
-                        let f = replicas[usize::from(replica) % n];
-                        if f != leader && alive[&f] {
-                            s.on_follower_fetch(f, 0, o(leo[&f]), now);
-                            let end = leo[&leader];
-                            let got = (leo[&f] + i64::from(take)).min(end);
-                            leo.insert(f, got);
-                        }
-                    }
-                    Event::Tick(ms) => now += u64::from(ms),
-                    Event::Propose => {
-                        s.isr_to_propose(now, LAG);
-                    }
-                    Event::Settle { commit } => {
-                        if let Some(isr) = s.pending_isr().map(<[BrokerId]>::to_vec) {
-                            if commit {
-                                let next = s.partition_epoch() + 1;
-                                s.on_isr_committed(isr, next);
-                            } else {
-                                s.on_isr_refused();
-                            }
-                        }
-                    }
-                    Event::Crash(r) => {
-                        let r = replicas[usize::from(r) % n];
-                        if r != leader {
-                            alive.insert(r, false);
-                        }
-                    }
-                    Event::Restart(r) => {
-                        alive.insert(replicas[usize::from(r) % n], true);
-                    }
-                    Event::MoveLeader => {
-                        let next = s.isr().iter().copied().find(|r| *r != leader && alive[r]);
-                        if let Some(next) = next {
-                            let isr: Vec<BrokerId> =
-                                s.isr().iter().copied().filter(|r| *r != leader).collect();
-                            epoch += 1;
-                            let hw = s.high_watermark();
-                            leader = next;
-                            s = PartitionState::leader(
-                                leader,
-                                epoch,
-                                replicas.clone(),
-                                isr,
-                                o(leo[&leader]),
-                                hw,
-                                1,
-                            )
-                            .started(s.partition_epoch() + 1, now);
-                            // A replica with more than the new leader (the
-                            // old leader, a follower that fetched further)
-                            // cuts back to the high watermark when it next
-                            // fetches (the interim rule of replica.rs).
-                            let end = leo[&leader];
-                            for r in &replicas {
-                                if leo[r] > end {
-                                    leo.insert(*r, leo[r].min(hw.0));
-                                }
-                            }
-                            proptest::prop_assert!(
-                                s.high_watermark() >= before,
-                                "a new leader moved the high watermark back"
-                            );
-                        }
-                    }
-                }
-                proptest::prop_assert!(
-                    s.high_watermark() >= before,
-                    "the high watermark moved back"
+        const LAG: u64 = 1000;
+        let replicas: Vec<BrokerId> = (1..=n as i32).collect();
+        let mut leo: BTreeMap<BrokerId, i64> = replicas.iter().map(|r| (*r, 0)).collect();
+        let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
+        let (mut leader, mut epoch, mut now) = (1, 0, 0u64);
+        let mut s = PartitionState::leader(
+            leader,
+            epoch,
+            replicas.clone(),
+            replicas.clone(),
+            o(0),
+            o(0),
+            min_isr,
+        )
+        .started(0, now);
+        let mut committed = 0i64;
+        let mut appended = 0i64;
+        let check = |s: &PartitionState, leo: &BTreeMap<BrokerId, i64>, committed: i64| {
+            let hw = s.high_watermark().0;
+            for m in s.isr().iter().chain(s.pending_isr().unwrap_or(&[])) {
+                assert!(
+                    hw <= leo[m],
+                    "hw {hw} above replica {m}'s log end {}",
+                    leo[m]
                 );
-                committed = committed.max(s.high_watermark().0);
-                check(&s, &leo, committed);
+                assert!(
+                    committed <= leo[m],
+                    "committed {committed} lost on ISR member {m}"
+                );
             }
-            let committed_before_healing = committed;
-            // Heal: everyone alive and fetching until caught up; the ISR
-            // admits them all, and a last append commits.
-            for r in &replicas {
-                alive.insert(*r, true);
+        };
+        for e in events {
+            let before = s.high_watermark();
+            match e {
+                Event::Append(k) => {
+                    *leo.get_mut(&leader).unwrap() += i64::from(k);
+                    appended += i64::from(k);
+                    s.on_leader_append(o(leo[&leader]));
+                }
+                Event::Fetch { replica, take } => {
+                    let f = replicas[usize::from(replica) % n];
+                    if f != leader && alive[&f] {
+                        s.on_follower_fetch(f, 0, o(leo[&f]), now);
+                        let end = leo[&leader];
+                        let got = (leo[&f] + i64::from(take)).min(end);
+                        leo.insert(f, got);
+                    }
+                }
+                Event::Tick(ms) => now += u64::from(ms),
+                Event::Propose => {
+                    s.isr_to_propose(now, LAG);
+                }
+                Event::Settle { commit } => {
+                    if let Some(isr) = s.pending_isr().map(<[BrokerId]>::to_vec) {
+                        if commit {
+                            let next = s.partition_epoch() + 1;
+                            s.on_isr_committed(isr, next);
+                        } else {
+                            s.on_isr_refused();
+                        }
+                    }
+                }
+                Event::Crash(r) => {
+                    let r = replicas[usize::from(r) % n];
+                    if r != leader {
+                        alive.insert(r, false);
+                    }
+                }
+                Event::Restart(r) => {
+                    alive.insert(replicas[usize::from(r) % n], true);
+                }
+                Event::MoveLeader => {
+                    let next = s.isr().iter().copied().find(|r| *r != leader && alive[r]);
+                    if let Some(next) = next {
+                        let isr: Vec<BrokerId> =
+                            s.isr().iter().copied().filter(|r| *r != leader).collect();
+                        epoch += 1;
+                        let hw = s.high_watermark();
+                        leader = next;
+                        s = PartitionState::leader(
+                            leader,
+                            epoch,
+                            replicas.clone(),
+                            isr,
+                            o(leo[&leader]),
+                            hw,
+                            min_isr,
+                        )
+                        .started(s.partition_epoch() + 1, now);
+                        // A replica with more than the new leader (the
+                        // old leader, a follower that fetched further)
+                        // cuts back to the high watermark when it next
+                        // fetches (the interim rule of replica.rs).
+                        let end = leo[&leader];
+                        for r in &replicas {
+                            if leo[r] > end {
+                                leo.insert(*r, leo[r].min(hw.0));
+                            }
+                        }
+                        proptest::prop_assert!(
+                            s.high_watermark() >= before,
+                            "a new leader moved the high watermark back"
+                        );
+                    }
+                }
             }
-            *leo.get_mut(&leader).unwrap() += 1;
-            appended += 1;
-            s.on_leader_append(o(leo[&leader]));
-            for _ in 0..4 {
-                // The controller decides a change left in flight.
-                if let Some(pending) = s.pending_isr().map(<[BrokerId]>::to_vec) {
-                    let next = s.partition_epoch() + 1;
-                    s.on_isr_committed(pending, next);
-                }
-                for f in replicas.iter().copied().filter(|f| *f != leader) {
-                    s.on_follower_fetch(f, 0, o(leo[&f]), now);
-                    leo.insert(f, leo[&leader]);
-                    s.on_follower_fetch(f, 0, o(leo[&f]), now);
-                }
-                if let Some(isr) = s.isr_to_propose(now, LAG) {
-                    let next = s.partition_epoch() + 1;
-                    s.on_isr_committed(isr, next);
-                }
-                now += 1;
-            }
-            check(&s, &leo, committed);
-            let mut isr = s.isr().to_vec();
-            isr.sort_unstable();
-            proptest::prop_assert_eq!(isr, replicas.clone(), "healed replicas rejoin the ISR");
-            proptest::prop_assert_eq!(s.high_watermark().0, leo[&leader], "healed: all committed");
-            // The schedule did something: a run that appended nothing, or
-            // committed nothing before healing, proves nothing.
             proptest::prop_assert!(
-                appended > 0 && committed_before_healing > 0,
-                "an idle schedule"
+                s.high_watermark() >= before,
+                "the high watermark moved back"
             );
+            // KIP-966: the high watermark moves only while the ISR has at
+            // least min.insync.replicas members.
+            proptest::prop_assert!(
+                s.high_watermark() == before || s.isr().len() >= min_isr,
+                "the high watermark moved with the ISR {:?} below {}",
+                s.isr(),
+                min_isr
+            );
+            committed = committed.max(s.high_watermark().0);
+            check(&s, &leo, committed);
         }
+        let committed_before_healing = committed;
+        // Heal: everyone alive and fetching until caught up; the ISR
+        // admits them all, and a last append commits.
+        for r in &replicas {
+            alive.insert(*r, true);
+        }
+        *leo.get_mut(&leader).unwrap() += 1;
+        appended += 1;
+        s.on_leader_append(o(leo[&leader]));
+        for _ in 0..4 {
+            // The controller decides a change left in flight.
+            if let Some(pending) = s.pending_isr().map(<[BrokerId]>::to_vec) {
+                let next = s.partition_epoch() + 1;
+                s.on_isr_committed(pending, next);
+            }
+            for f in replicas.iter().copied().filter(|f| *f != leader) {
+                s.on_follower_fetch(f, 0, o(leo[&f]), now);
+                leo.insert(f, leo[&leader]);
+                s.on_follower_fetch(f, 0, o(leo[&f]), now);
+            }
+            if let Some(isr) = s.isr_to_propose(now, LAG) {
+                let next = s.partition_epoch() + 1;
+                s.on_isr_committed(isr, next);
+            }
+            now += 1;
+        }
+        check(&s, &leo, committed);
+        let mut isr = s.isr().to_vec();
+        isr.sort_unstable();
+        proptest::prop_assert_eq!(isr, replicas.clone(), "healed replicas rejoin the ISR");
+        proptest::prop_assert_eq!(s.high_watermark().0, leo[&leader], "healed: all committed");
+        // The schedule did something: a run that appended nothing, or
+        // committed nothing before healing, proves nothing.
+        proptest::prop_assert!(
+            appended > 0 && committed_before_healing > 0,
+            "an idle schedule"
+        );
         Ok(())
     }
 
@@ -856,281 +866,275 @@ mod tests {
         unclean_allowed: bool,
         steps: impl IntoIterator<Item = Step>,
     ) -> Result<(), proptest::test_runner::TestCaseError> {
-        {
-            const LAG: u64 = 1000;
-            let replicas: Vec<BrokerId> = (1..=n as i32).collect();
-            let mut logs: BTreeMap<BrokerId, ModelLog> =
-                replicas.iter().map(|r| (*r, Vec::new())).collect();
-            let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
-            let (mut leader, mut epoch, mut now, mut next_id) = (1, 0, 0u64, 0u64);
-            let mut leader_alive = true;
-            let mut s = PartitionState::leader(
+        const LAG: u64 = 1000;
+        let replicas: Vec<BrokerId> = (1..=n as i32).collect();
+        let mut logs: BTreeMap<BrokerId, ModelLog> =
+            replicas.iter().map(|r| (*r, Vec::new())).collect();
+        let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
+        let (mut leader, mut epoch, mut now, mut next_id) = (1, 0, 0u64, 0u64);
+        let mut leader_alive = true;
+        let mut s = PartitionState::leader(
+            leader,
+            epoch,
+            replicas.clone(),
+            replicas.clone(),
+            o(0),
+            o(0),
+            1,
+        )
+        .started(0, now);
+        // What is committed: the records below the highest high
+        // watermark, as acks=all acknowledged them.
+        let mut committed: ModelLog = Vec::new();
+        let (mut appended, mut lost_reported, mut lost_real) = (0u64, 0i64, 0i64);
+        let end = |logs: &BTreeMap<BrokerId, ModelLog>, r: BrokerId| o(logs[&r].len() as i64);
+        for step in steps {
+            match step {
+                Step::Append(k) if leader_alive => {
+                    for _ in 0..k {
+                        logs.get_mut(&leader).unwrap().push((epoch, next_id));
+                        next_id += 1;
+                    }
+                    appended += u64::from(k);
+                    s.on_leader_append(end(&logs, leader));
+                }
+                Step::Fetch { replica, take } if leader_alive => {
+                    let f = replicas[usize::from(replica) % n];
+                    if f != leader && alive[&f] {
+                        // Truncate where the logs part (KIP-279), then
+                        // fetch from there.
+                        let lead = logs[&leader].clone();
+                        let mine = logs.get_mut(&f).unwrap();
+                        let same = mine.iter().zip(&lead).take_while(|(a, b)| a == b).count();
+                        mine.truncate(same);
+                        s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
+                        let upto = (mine.len() + usize::from(take)).min(lead.len());
+                        mine.extend_from_slice(&lead[mine.len()..upto]);
+                    }
+                }
+                Step::Tick(ms) => now += u64::from(ms),
+                Step::Propose if leader_alive => {
+                    s.isr_to_propose(now, LAG);
+                }
+                Step::Settle { commit } if leader_alive => {
+                    if let Some(isr) = s.pending_isr().map(<[BrokerId]>::to_vec) {
+                        if commit {
+                            let next = s.partition_epoch() + 1;
+                            s.on_isr_committed(isr, next);
+                        } else {
+                            s.on_isr_refused();
+                        }
+                    }
+                }
+                Step::Crash(r) => {
+                    let r = replicas[usize::from(r) % n];
+                    if r != leader {
+                        alive.insert(r, false);
+                    }
+                }
+                Step::Restart(r) => {
+                    let r = replicas[usize::from(r) % n];
+                    alive.insert(r, true);
+                    if r == leader && !leader_alive {
+                        // The last in-sync replica returns: it leads again,
+                        // with everything committed.
+                        leader_alive = true;
+                        epoch += 1;
+                        let isr = s.isr().to_vec();
+                        let hw = s.high_watermark();
+                        s = PartitionState::leader(
+                            leader,
+                            epoch,
+                            replicas.clone(),
+                            isr,
+                            end(&logs, leader),
+                            hw,
+                            1,
+                        )
+                        .started(s.partition_epoch() + 1, now);
+                    }
+                }
+                Step::LeaderDies | Step::ControlledShutdown if leader_alive => {
+                    let dies = matches!(step, Step::LeaderDies);
+                    if dies {
+                        alive.insert(leader, false);
+                    }
+                    let hw = s.high_watermark();
+                    let others: Vec<BrokerId> =
+                        s.isr().iter().copied().filter(|r| *r != leader).collect();
+                    let clean = replicas
+                        .iter()
+                        .copied()
+                        .find(|r| others.contains(r) && alive[r]);
+                    let unclean = replicas.iter().copied().find(|r| *r != leader && alive[r]);
+                    match (clean, unclean) {
+                        (Some(next), _) => {
+                            leader = next;
+                            epoch += 1;
+                            s = PartitionState::leader(
+                                leader,
+                                epoch,
+                                replicas.clone(),
+                                others,
+                                end(&logs, leader),
+                                hw,
+                                1,
+                            )
+                            .started(s.partition_epoch() + 1, now);
+                        }
+                        (None, Some(next)) if dies && unclean_allowed => {
+                            // Unclean: the controller reports the old high
+                            // watermark minus the new leader's log end.
+                            let new_end = logs[&next].len() as i64;
+                            let reported = (hw.0 - new_end).max(0);
+                            let keep = committed
+                                .iter()
+                                .zip(&logs[&next])
+                                .take_while(|(a, b)| a == b)
+                                .count();
+                            let real = (committed.len() - keep) as i64;
+                            // Exact when the new leader's log is a prefix
+                            // of what was committed; when it holds records
+                            // of an epoch the committed ones replaced (a
+                            // longer, divergent log), the controller, which
+                            // knows log ends and not contents, undercounts.
+                            let diverged = keep < committed.len().min(new_end as usize);
+                            if diverged {
+                                proptest::prop_assert!(
+                                    reported <= real,
+                                    "reported {} above the real loss {}",
+                                    reported,
+                                    real
+                                );
+                            } else {
+                                proptest::prop_assert_eq!(
+                                    reported,
+                                    real,
+                                    "reported loss differs from the real one"
+                                );
+                            }
+                            lost_reported += reported;
+                            lost_real += real;
+                            committed.truncate(keep);
+                            leader = next;
+                            epoch += 1;
+                            s = PartitionState::leader(
+                                leader,
+                                epoch,
+                                replicas.clone(),
+                                vec![leader],
+                                end(&logs, leader),
+                                hw.min(o(new_end)),
+                                1,
+                            )
+                            .started(s.partition_epoch() + 1, now);
+                        }
+                        // No one to lead (or a shutdown with nobody to
+                        // hand over to): offline until the leader returns.
+                        _ => leader_alive = !dies,
+                    }
+                }
+                Step::Preferred if leader_alive => {
+                    let p = replicas[0];
+                    if p != leader && alive[&p] && s.isr().contains(&p) && logs[&p] == logs[&leader]
+                    {
+                        let isr = s.isr().to_vec();
+                        let hw = s.high_watermark();
+                        leader = p;
+                        epoch += 1;
+                        s = PartitionState::leader(
+                            leader,
+                            epoch,
+                            replicas.clone(),
+                            isr,
+                            end(&logs, leader),
+                            hw,
+                            1,
+                        )
+                        .started(s.partition_epoch() + 1, now);
+                    }
+                }
+                _ => {}
+            }
+            // Every committed record is on every ISR member, the same.
+            let hw = s.high_watermark().0 as usize;
+            if hw > committed.len() {
+                committed = logs[&leader][..hw].to_vec();
+            }
+            for m in s.isr() {
+                proptest::prop_assert!(
+                    logs[m].len() >= committed.len() && logs[m][..committed.len()] == committed[..],
+                    "committed records missing on ISR member {}",
+                    m
+                );
+            }
+        }
+        proptest::prop_assert!(lost_reported <= lost_real);
+        if !unclean_allowed {
+            proptest::prop_assert_eq!(lost_real, 0);
+        }
+        let committed_before_healing = committed.len();
+        // Heal: everyone back; the leader (the last ISR member if the
+        // partition was offline) leads; everyone catches up.
+        for r in &replicas {
+            alive.insert(*r, true);
+        }
+        if !leader_alive {
+            leader_alive = true;
+            epoch += 1;
+            let isr = s.isr().to_vec();
+            let hw = s.high_watermark();
+            s = PartitionState::leader(
                 leader,
                 epoch,
                 replicas.clone(),
-                replicas.clone(),
-                o(0),
-                o(0),
+                isr,
+                end(&logs, leader),
+                hw,
                 1,
             )
-            .started(0, now);
-            // What is committed: the records below the highest high
-            // watermark, as acks=all acknowledged them.
-            let mut committed: ModelLog = Vec::new();
-            let (mut appended, mut lost_reported, mut lost_real) = (0u64, 0i64, 0i64);
-            let end = |logs: &BTreeMap<BrokerId, ModelLog>, r: BrokerId| o(logs[&r].len() as i64);
-            for step in steps {
-                match step {
-                    Step::Append(k) if leader_alive => {
-                        for _ in 0..k {
-                            logs.get_mut(&leader).unwrap().push((epoch, next_id));
-                            next_id += 1;
-                        }
-                        appended += u64::from(k);
-                        s.on_leader_append(end(&logs, leader));
-                    }
-                    Step::Fetch { replica, take } if leader_alive => {
-                        let f = replicas[usize::from(replica) % n];
-                        if f != leader && alive[&f] {
-                            // Truncate where the logs part (KIP-279), then
-                            // fetch from there.
-                            let lead = logs[&leader].clone();
-                            let mine = logs.get_mut(&f).unwrap();
-                            let same = mine.iter().zip(&lead).take_while(|(a, b)| a == b).count();
-                            mine.truncate(same);
-                            s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
-                            let upto = (mine.len() + usize::from(take)).min(lead.len());
-                            mine.extend_from_slice(&lead[mine.len()..upto]);
-                        }
-                    }
-                    Step::Tick(ms) => now += u64::from(ms),
-                    Step::Propose if leader_alive => {
-                        s.isr_to_propose(now, LAG);
-                    }
-                    Step::Settle { commit } if leader_alive => {
-                        if let Some(isr) = s.pending_isr().map(<[BrokerId]>::to_vec) {
-                            if commit {
-                                let next = s.partition_epoch() + 1;
-                                s.on_isr_committed(isr, next);
-                            } else {
-                                s.on_isr_refused();
-                            }
-                        }
-                    }
-                    Step::Crash(r) => {
-                        let r = replicas[usize::from(r) % n];
-                        if r != leader {
-                            alive.insert(r, false);
-                        }
-                    }
-                    Step::Restart(r) => {
-                        let r = replicas[usize::from(r) % n];
-                        alive.insert(r, true);
-                        if r == leader && !leader_alive {
-                            // The last in-sync replica returns: it leads again,
-                            // with everything committed.
-                            leader_alive = true;
-                            epoch += 1;
-                            let isr = s.isr().to_vec();
-                            let hw = s.high_watermark();
-                            s = PartitionState::leader(
-                                leader,
-                                epoch,
-                                replicas.clone(),
-                                isr,
-                                end(&logs, leader),
-                                hw,
-                                1,
-                            )
-                            .started(s.partition_epoch() + 1, now);
-                        }
-                    }
-                    Step::LeaderDies | Step::ControlledShutdown if leader_alive => {
-                        let dies = matches!(step, Step::LeaderDies);
-                        if dies {
-                            alive.insert(leader, false);
-                        }
-                        let hw = s.high_watermark();
-                        let others: Vec<BrokerId> =
-                            s.isr().iter().copied().filter(|r| *r != leader).collect();
-                        let clean = replicas
-                            .iter()
-                            .copied()
-                            .find(|r| others.contains(r) && alive[r]);
-                        let unclean = replicas.iter().copied().find(|r| *r != leader && alive[r]);
-                        match (clean, unclean) {
-                            (Some(next), _) => {
-                                leader = next;
-                                epoch += 1;
-                                s = PartitionState::leader(
-                                    leader,
-                                    epoch,
-                                    replicas.clone(),
-                                    others,
-                                    end(&logs, leader),
-                                    hw,
-                                    1,
-                                )
-                                .started(s.partition_epoch() + 1, now);
-                            }
-                            (None, Some(next)) if dies && unclean_allowed => {
-                                // Unclean: the controller reports the old high
-                                // watermark minus the new leader's log end.
-                                let new_end = logs[&next].len() as i64;
-                                let reported = (hw.0 - new_end).max(0);
-                                let keep = committed
-                                    .iter()
-                                    .zip(&logs[&next])
-                                    .take_while(|(a, b)| a == b)
-                                    .count();
-                                let real = (committed.len() - keep) as i64;
-                                // Exact when the new leader's log is a prefix
-                                // of what was committed; when it holds records
-                                // of an epoch the committed ones replaced (a
-                                // longer, divergent log), the controller, which
-                                // knows log ends and not contents, undercounts.
-                                let diverged = keep < committed.len().min(new_end as usize);
-                                if diverged {
-                                    proptest::prop_assert!(
-                                        reported <= real,
-                                        "reported {} above the real loss {}",
-                                        reported,
-                                        real
-                                    );
-                                } else {
-                                    proptest::prop_assert_eq!(
-                                        reported,
-                                        real,
-                                        "reported loss differs from the real one"
-                                    );
-                                }
-                                lost_reported += reported;
-                                lost_real += real;
-                                committed.truncate(keep);
-                                leader = next;
-                                epoch += 1;
-                                s = PartitionState::leader(
-                                    leader,
-                                    epoch,
-                                    replicas.clone(),
-                                    vec![leader],
-                                    end(&logs, leader),
-                                    hw.min(o(new_end)),
-                                    1,
-                                )
-                                .started(s.partition_epoch() + 1, now);
-                            }
-                            // No one to lead (or a shutdown with nobody to
-                            // hand over to): offline until the leader returns.
-                            _ => leader_alive = !dies,
-                        }
-                    }
-                    Step::Preferred if leader_alive => {
-                        let p = replicas[0];
-                        if p != leader
-                            && alive[&p]
-                            && s.isr().contains(&p)
-                            && logs[&p] == logs[&leader]
-                        {
-                            let isr = s.isr().to_vec();
-                            let hw = s.high_watermark();
-                            leader = p;
-                            epoch += 1;
-                            s = PartitionState::leader(
-                                leader,
-                                epoch,
-                                replicas.clone(),
-                                isr,
-                                end(&logs, leader),
-                                hw,
-                                1,
-                            )
-                            .started(s.partition_epoch() + 1, now);
-                        }
-                    }
-                    _ => {}
-                }
-                // Every committed record is on every ISR member, the same.
-                let hw = s.high_watermark().0 as usize;
-                if hw > committed.len() {
-                    committed = logs[&leader][..hw].to_vec();
-                }
-                for m in s.isr() {
-                    proptest::prop_assert!(
-                        logs[m].len() >= committed.len()
-                            && logs[m][..committed.len()] == committed[..],
-                        "committed records missing on ISR member {}",
-                        m
-                    );
-                }
+            .started(s.partition_epoch() + 1, now);
+        }
+        proptest::prop_assert!(leader_alive);
+        logs.get_mut(&leader).unwrap().push((epoch, next_id));
+        s.on_leader_append(end(&logs, leader));
+        for _ in 0..4 {
+            if let Some(pending) = s.pending_isr().map(<[BrokerId]>::to_vec) {
+                let next = s.partition_epoch() + 1;
+                s.on_isr_committed(pending, next);
             }
-            proptest::prop_assert!(lost_reported <= lost_real);
-            if !unclean_allowed {
-                proptest::prop_assert_eq!(lost_real, 0);
+            let lead = logs[&leader].clone();
+            for f in replicas.iter().copied().filter(|f| *f != leader) {
+                let mine = logs.get_mut(&f).unwrap();
+                let same = mine.iter().zip(&lead).take_while(|(a, b)| a == b).count();
+                mine.truncate(same);
+                s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
+                *mine = lead.clone();
+                s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
             }
-            let committed_before_healing = committed.len();
-            // Heal: everyone back; the leader (the last ISR member if the
-            // partition was offline) leads; everyone catches up.
-            for r in &replicas {
-                alive.insert(*r, true);
+            if let Some(isr) = s.isr_to_propose(now, LAG) {
+                let next = s.partition_epoch() + 1;
+                s.on_isr_committed(isr, next);
             }
-            if !leader_alive {
-                leader_alive = true;
-                epoch += 1;
-                let isr = s.isr().to_vec();
-                let hw = s.high_watermark();
-                s = PartitionState::leader(
-                    leader,
-                    epoch,
-                    replicas.clone(),
-                    isr,
-                    end(&logs, leader),
-                    hw,
-                    1,
-                )
-                .started(s.partition_epoch() + 1, now);
-            }
-            proptest::prop_assert!(leader_alive);
-            logs.get_mut(&leader).unwrap().push((epoch, next_id));
-            s.on_leader_append(end(&logs, leader));
-            for _ in 0..4 {
-                if let Some(pending) = s.pending_isr().map(<[BrokerId]>::to_vec) {
-                    let next = s.partition_epoch() + 1;
-                    s.on_isr_committed(pending, next);
-                }
-                let lead = logs[&leader].clone();
-                for f in replicas.iter().copied().filter(|f| *f != leader) {
-                    let mine = logs.get_mut(&f).unwrap();
-                    let same = mine.iter().zip(&lead).take_while(|(a, b)| a == b).count();
-                    mine.truncate(same);
-                    s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
-                    *mine = lead.clone();
-                    s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
-                }
-                if let Some(isr) = s.isr_to_propose(now, LAG) {
-                    let next = s.partition_epoch() + 1;
-                    s.on_isr_committed(isr, next);
-                }
-                now += 1;
-            }
-            for r in &replicas {
-                proptest::prop_assert_eq!(
-                    &logs[r],
-                    &logs[&leader],
-                    "replica {} differs once healed",
-                    r
-                );
-            }
+            now += 1;
+        }
+        for r in &replicas {
             proptest::prop_assert_eq!(
-                s.high_watermark().0 as usize,
-                logs[&leader].len(),
-                "healed: all committed"
-            );
-            proptest::prop_assert!(
-                appended > 0 && committed_before_healing > 0,
-                "an idle schedule"
+                &logs[r],
+                &logs[&leader],
+                "replica {} differs once healed",
+                r
             );
         }
+        proptest::prop_assert_eq!(
+            s.high_watermark().0 as usize,
+            logs[&leader].len(),
+            "healed: all committed"
+        );
+        proptest::prop_assert!(
+            appended > 0 && committed_before_healing > 0,
+            "an idle schedule"
+        );
         Ok(())
     }
 
@@ -1141,14 +1145,14 @@ mod tests {
     #[test]
     fn the_models_fail_a_schedule_that_did_nothing() {
         let idle = || std::iter::repeat_n(Event::Tick(10), 30);
-        let err = committed_model(3, idle()).unwrap_err();
+        let err = committed_model(3, 1, idle()).unwrap_err();
         assert!(err.to_string().contains("an idle schedule"), "{err}");
         let unfetched = [Event::Append(3), Event::Append(4)];
-        let err = committed_model(3, unfetched).unwrap_err();
+        let err = committed_model(3, 1, unfetched).unwrap_err();
         assert!(err.to_string().contains("an idle schedule"), "{err}");
         let started = warm_up(3, |replica| Event::Fetch { replica, take: 5 });
         let started = started.into_iter().map(|e| e.unwrap_or(Event::Append(5)));
-        committed_model(3, started.chain(idle())).unwrap();
+        committed_model(3, 1, started.chain(idle())).unwrap();
 
         let idle = || std::iter::repeat_n(Step::Tick(10), 30);
         for unclean in [false, true] {
