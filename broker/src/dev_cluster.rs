@@ -119,6 +119,13 @@ pub fn run(
             match ready.recv_timeout(Duration::from_millis(50)) {
                 Ok(()) => break,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Some(signal) = pending_signal(signals) {
+                        eprintln!(
+                            "sluice dev-cluster: signal {signal} during start-up; stopping the brokers"
+                        );
+                        stop(&mut members);
+                        return Ok(());
+                    }
                     if let Ok(Some(status)) = member.child.try_wait() {
                         let why = format!(
                             "broker {} exited during start-up ({status}); see {}",
@@ -157,6 +164,19 @@ pub fn run(
     unsafe { libc::sigwait(signals, &mut signal) };
     stop(&mut members);
     Ok(())
+}
+
+/// Takes a pending SIGTERM or SIGINT (blocked, see `main`) without
+/// waiting; its number, or `None` if none is pending.
+fn pending_signal(signals: &libc::sigset_t) -> Option<i32> {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `signals` is an initialised set; a null info pointer is
+    // allowed; `zero` lives across the call.
+    let signal = unsafe { libc::sigtimedwait(signals, std::ptr::null_mut(), &zero) };
+    (signal > 0).then_some(signal)
 }
 
 /// A channel told once the child prints its readiness line; the thread

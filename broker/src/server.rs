@@ -892,10 +892,29 @@ pub fn controlled_shutdown(broker: &Broker) {
     };
     let attempt_limit = Duration::from_millis(broker.config.controller_fetch_timeout_ms.max(1) * 5);
     for attempt in 1..=retries {
+        // Brokers stopped together (`sluice dev-cluster` on Ctrl-C): once
+        // the others are down, the controller may have gone with them, and
+        // no one is left to take leaderships over anyway.
+        if !another_broker_lives(broker, me) {
+            return no_one_left(me);
+        }
+        let alone = async {
+            while another_broker_lives(broker, me) {
+                compio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
         let done = runtime.block_on(compio::time::timeout(
             attempt_limit,
-            broker.topics.shut_down(me, epoch),
+            futures_util::future::select(
+                Box::pin(broker.topics.shut_down(me, epoch)),
+                Box::pin(alone),
+            ),
         ));
+        let done = match done {
+            Ok(futures_util::future::Either::Left((done, _))) => Ok(done),
+            Ok(futures_util::future::Either::Right(((), _))) => return no_one_left(me),
+            Err(elapsed) => Err(elapsed),
+        };
         match done {
             Ok(Ok(())) => {
                 info!(
@@ -915,6 +934,25 @@ pub fn controlled_shutdown(broker: &Broker) {
         }
     }
     warn!(node = me, "controlled shutdown gave up: stopping anyway; the controller fences this broker once its session times out");
+}
+
+fn no_one_left(me: i32) {
+    info!(
+        node = me,
+        "controlled shutdown: no other live broker to take leaderships over; stopping"
+    );
+}
+
+/// Whether the metadata shows a broker other than `me` registered and
+/// neither fenced, shutting down nor without storage.
+fn another_broker_lives(broker: &Broker, me: i32) -> bool {
+    let image = broker.topics.image();
+    image.brokers.keys().any(|b| {
+        *b != me
+            && !image.fenced.contains(b)
+            && !image.shutting_down.contains(b)
+            && !image.storage_failed.contains(b)
+    })
 }
 
 /// Written into `log.dirs` once every log is flushed and closed, removed at

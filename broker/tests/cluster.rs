@@ -1101,6 +1101,40 @@ fn sigterm_hands_leaderships_over_before_the_broker_exits_and_it_rejoins_after()
     });
 }
 
+/// Brokers stopped one after another: each hands its leaderships to those
+/// still running, and the last, with no one left to take them (and no
+/// controller quorum either), stops without asking.
+#[test]
+fn the_last_broker_standing_stops_without_a_controlled_shutdown() {
+    let mut cluster = Cluster::start_with(3, &[("broker.session.timeout.ms", "60000")]);
+    assert_eq!(try_create(cluster.broker(1), "last-standing", 3, 3), 0);
+    poll_until(SETTLE, "every partition in sync", || {
+        (0..3)
+            .all(|p| {
+                let (leader, isr) = leader_and_isr(cluster.broker(1), "last-standing", p);
+                leader > 0 && isr.len() == 3
+            })
+            .then_some(())
+    });
+    for node in [3, 2] {
+        cluster.brokers[node - 1].stop();
+        assert!(
+            cluster
+                .broker(node as i32)
+                .stderr()
+                .contains("controlled shutdown: leaderships moved"),
+            "broker {node} did not hand its leaderships over"
+        );
+    }
+    cluster.brokers[0].stop();
+    let log = cluster.broker(1).stderr();
+    assert!(
+        log.contains("no other live broker to take leaderships over"),
+        "the last broker asked for a controlled shutdown:\n{log}"
+    );
+    assert!(!log.contains("controlled shutdown gave up"), "{log}");
+}
+
 #[test]
 fn an_offline_partition_waits_for_its_isr_until_unclean_election_is_allowed() {
     // The follower falls out of the ISR; the leader alone commits more,

@@ -1,6 +1,6 @@
 //! `sluice dev-cluster`: starts three brokers, prints one bootstrap line
 //! once all are ready, serves real clients, and stops every broker cleanly
-//! on SIGTERM.
+//! on SIGTERM or SIGINT, also while they are still starting.
 
 mod common;
 
@@ -129,4 +129,133 @@ fn allowed_cpus(status: &str) -> String {
         .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
         .map(|cpus| cpus.trim().to_string())
         .unwrap_or_else(|| panic!("no Cpus_allowed_list in {status}"))
+}
+
+/// Starts `sluice dev-cluster --brokers 3` in `dir`; its stdout lines come
+/// through the receiver.
+fn spawn_dev_cluster(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Running, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["dev-cluster", "--brokers", "3", "--dir"])
+        .arg(dir)
+        .args(["--set", "controller.quorum.election.timeout.ms=300"])
+        .args(extra.iter().flat_map(|setting| ["--set", setting]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sluice dev-cluster");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Running(child), rx)
+}
+
+/// Sends `signal` to the dev-cluster and waits for it to exit 0.
+fn signal_and_wait(running: &mut Running, signal: i32) {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(running.0.id() as libc::pid_t, signal) };
+    let status = poll_until(Duration::from_secs(90), "the dev-cluster to exit", || {
+        running.0.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn ctrl_c_stops_the_dev_cluster_as_sigterm_does() {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-dc-")
+        .tempdir()
+        .unwrap();
+    let (mut running, lines) = spawn_dev_cluster(dir.path(), &[]);
+    let line = lines
+        .recv_timeout(Duration::from_secs(90))
+        .expect("a bootstrap line");
+    assert!(line.starts_with("bootstrap.servers="), "{line}");
+    signal_and_wait(&mut running, libc::SIGINT);
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("broker-{id}.log"))).unwrap();
+        assert!(
+            log.contains("shutdown complete"),
+            "broker {id} did not shut down cleanly:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_signal_during_start_up_stops_the_brokers_without_waiting_for_them() {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-dc-")
+        .tempdir()
+        .unwrap();
+    // Brokers stopped during start-up all at once need no controlled
+    // shutdown, which would wait for controllers that are leaving too.
+    let (mut running, lines) = spawn_dev_cluster(dir.path(), &["controlled.shutdown.enable=false"]);
+    // Each broker is paused as soon as it appears, long before it could
+    // be ready (it needs a quorum of the others): the cluster cannot
+    // become ready while they are paused.
+    let mut brokers: Vec<u32> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while brokers.len() < 3 {
+        assert!(Instant::now() < deadline, "three broker processes");
+        for pid in children(running.0.id()) {
+            // Only once it runs the broker: paused between fork and exec,
+            // it would hold the dev-cluster's spawn of it.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let serving = cmdline.split(|b| *b == 0).any(|arg| arg == b"serve");
+            if serving && !brokers.contains(&pid) {
+                // SAFETY: kill(2) on a child of our child; pausing it.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+                brokers.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(running.0.id() as libc::pid_t, libc::SIGTERM) };
+    // The dev-cluster passes it on at once, without waiting for readiness.
+    for pid in &brokers {
+        poll_until(
+            Duration::from_secs(30),
+            "the dev-cluster to send SIGTERM to a broker that is not ready",
+            || sigterm_pending(*pid).then_some(()),
+        );
+    }
+    for pid in &brokers {
+        // SAFETY: as above; resuming it.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGCONT) };
+    }
+    let status = poll_until(Duration::from_secs(90), "the dev-cluster to exit", || {
+        running.0.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{status}");
+    let printed: Vec<String> = lines.try_iter().collect();
+    assert!(
+        printed.iter().all(|l| !l.starts_with("bootstrap.servers=")),
+        "a cluster stopped during start-up said it was ready: {printed:?}"
+    );
+    // Every broker it started was stopped and reaped with it.
+    for pid in brokers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "broker {pid} outlived the dev-cluster"
+        );
+    }
+}
+
+/// Whether SIGTERM is pending for process `pid` (its `ShdPnd` mask).
+fn sigterm_pending(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("ShdPnd:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
 }
