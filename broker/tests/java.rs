@@ -125,7 +125,8 @@ fn compile_check() -> (tempfile::TempDir, String) {
         .arg("-cp")
         .arg(jars.join("kafka-clients.jar"))
         .arg(format!("{sources}/JavaClientCheck.java"))
-        .arg(format!("{sources}/TruncationCheck.java"));
+        .arg(format!("{sources}/TruncationCheck.java"))
+        .arg(format!("{sources}/LeaderKillCheck.java"));
     let compiled = run_with_timeout(javac, JAVA_TIMEOUT);
     assert!(
         compiled.status.success(),
@@ -307,4 +308,35 @@ fn the_java_consumer_detects_the_truncation_an_unclean_election_causes() {
     let line = consumer.expect_line("truncation detected", JAVA_TIMEOUT);
     // The new leader has the first record only: the divergence is at 1.
     assert!(line.contains("offset=1"), "{line}");
+}
+
+/// Apache Kafka's producer (idempotent, acks=all) keeps going when a
+/// partition's leader is SIGKILLed half-way with records in flight: every
+/// record is acknowledged once, and read back once, at the offset its
+/// acknowledgement named, each key's records in the order sent.
+#[test]
+fn the_java_producer_loses_and_duplicates_nothing_when_a_leader_is_killed() {
+    let (_classes, classpath) = compile_check();
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            ("broker.heartbeat.interval.ms", "100"),
+            ("broker.session.timeout.ms", "1000"),
+        ],
+    );
+    let mut java = Command::new("java");
+    java.arg("-cp")
+        .arg(&classpath)
+        .arg("LeaderKillCheck")
+        .arg(cluster.bootstrap())
+        .arg("killed")
+        .arg("6000");
+    let mut check = Interactive::start(java);
+    check.expect_line("created", JAVA_TIMEOUT);
+    let (leader, _) = leader_and_isr(cluster.broker(1), "killed", 0);
+    assert!(leader > 0, "partition 0 has no leader");
+    check.expect_line("half-way", JAVA_TIMEOUT);
+    cluster.brokers[leader as usize - 1].kill9();
+    let line = check.expect_line("OK", JAVA_TIMEOUT);
+    assert_eq!(line, "OK acked=6000");
 }
