@@ -22,12 +22,10 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many brokers are controller voters.
 const VOTERS: usize = 3;
-/// How long brokers get to shut down cleanly before they are killed: more
-/// than a broker's controlled shutdown may take with the default settings
-/// (3 attempts of up to 10 s, 5 s apart). All brokers stop at once, so the
-/// active controller can be gone before another broker's request reaches
-/// it; that broker then tries every attempt, gives up and still closes its
-/// logs cleanly, which it could not do when killed at 30 s.
+/// How long each broker gets to shut down cleanly before it is killed:
+/// more than a broker's controlled shutdown may take with the default
+/// settings (3 attempts of up to 10 s, 5 s apart), should its controller
+/// be unreachable; it then gives up and still closes its logs cleanly.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One started broker.
@@ -196,15 +194,21 @@ fn watch_ready(child: &mut Child) -> std::sync::mpsc::Receiver<()> {
     rx
 }
 
-/// SIGTERM to every running broker, then a bounded wait; SIGKILL for any
-/// still running after it.
+/// Stops the brokers one at a time, the last started first: SIGTERM, then
+/// a bounded wait, then SIGKILL if it still runs. Stopped all at once,
+/// the active controller could leave between another broker's
+/// controlled-shutdown request and its answer, and that broker would wait
+/// out every attempt (about 40 s). One at a time, each hands its
+/// leaderships to brokers still running while a quorum of controllers
+/// lives, and the last sees no one left to take them and stops at once.
 fn stop(members: &mut [Member]) {
-    for m in members.iter() {
-        // SAFETY: kill(2) on our own child, not yet reaped.
+    for m in members.iter_mut().rev() {
+        if let Ok(Some(_)) = m.child.try_wait() {
+            continue;
+        }
+        // SAFETY: kill(2) on our own child, which has not been reaped.
         unsafe { libc::kill(m.child.id() as libc::pid_t, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    for m in members.iter_mut() {
+        let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match m.child.try_wait() {
                 Ok(Some(status)) => {

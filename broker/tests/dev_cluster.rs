@@ -35,24 +35,8 @@ fn dev_cluster_starts_three_brokers_and_stops_them_on_sigterm() {
         .prefix("sluice-dc-")
         .tempdir()
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["dev-cluster", "--brokers", "3", "--dir"])
-        .arg(dir.path())
-        .args(["--set", "controller.quorum.election.timeout.ms=300"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sluice dev-cluster");
-    let stdout = child.stdout.take().unwrap();
-    let mut running = Running(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
+    let (mut running, lines) = spawn_dev_cluster(dir.path(), &[]);
+    let line = lines
         .recv_timeout(Duration::from_secs(90))
         .expect("a bootstrap line");
     let servers = line
@@ -88,12 +72,7 @@ fn dev_cluster_starts_three_brokers_and_stops_them_on_sigterm() {
         }
     }
 
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(running.0.id() as libc::pid_t, libc::SIGTERM) };
-    let status = poll_until(Duration::from_secs(90), "the dev-cluster to exit", || {
-        running.0.try_wait().ok().flatten()
-    });
-    assert!(status.success(), "{status}");
+    signal_and_wait(&mut running, libc::SIGTERM);
     for id in 1..=3 {
         let log = std::fs::read_to_string(dir.path().join(format!("broker-{id}.log"))).unwrap();
         assert!(
@@ -219,14 +198,15 @@ fn a_signal_during_start_up_stops_the_brokers_without_waiting_for_them() {
     }
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe { libc::kill(running.0.id() as libc::pid_t, libc::SIGTERM) };
-    // The dev-cluster passes it on at once, without waiting for readiness.
-    for pid in &brokers {
-        poll_until(
-            Duration::from_secs(30),
-            "the dev-cluster to send SIGTERM to a broker that is not ready",
-            || sigterm_pending(*pid).then_some(()),
-        );
-    }
+    // The dev-cluster passes it on at once, without waiting for readiness,
+    // to the last broker it started first (then to each in turn, as each
+    // exits).
+    let last = *brokers.last().unwrap();
+    poll_until(
+        Duration::from_secs(30),
+        "the dev-cluster to send SIGTERM to a broker that is not ready",
+        || sigterm_pending(last).then_some(()),
+    );
     for pid in &brokers {
         // SAFETY: as above; resuming it.
         unsafe { libc::kill(*pid as libc::pid_t, libc::SIGCONT) };
