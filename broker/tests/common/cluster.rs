@@ -183,12 +183,14 @@ pub fn produce_request(broker: &Broker, req: ProduceRequest) -> i16 {
 /// `p`, until it is committed. NOT_LEADER_OR_FOLLOWER (nothing appended)
 /// is tried again: with the tests' short sessions a leader on a loaded
 /// machine can miss a heartbeat, be fenced and be unfenced a moment later.
-/// Any other error fails the test.
+/// So is UNKNOWN_TOPIC_OR_PARTITION: a leader named by another broker's
+/// metadata may not have applied a new topic yet. Any other error fails
+/// the test.
 pub fn produce_committed(broker: &Broker, topic: &str, p: i32) {
     poll_until(SETTLE, "a record committed", || {
         match produce_raw(broker, topic, p, -1) {
             0 => Some(()),
-            6 => None,
+            3 | 6 => None,
             code => panic!(
                 "producing to {topic}-{p} on {}: error {code}",
                 broker.addr()
