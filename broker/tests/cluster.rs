@@ -269,6 +269,35 @@ fn default_replication_factor_sets_the_replicas_of_created_and_auto_created_topi
     // CreateTopics with -1 takes the broker's default.
     assert_eq!(try_create(cluster.broker(1), "by-default", 2, -1), 0);
     assert_eq!(replicas("by-default"), [3, 3]);
+    // As kcat -L shows it: per partition a leader, three replicas, three
+    // in sync, the leaders spread.
+    let leaders = poll_until(SETTLE, "kcat -L to show both partitions in sync", || {
+        let out = common::kcat(
+            &["-L", "-J", "-b", &cluster.bootstrap(), "-t", "by-default"],
+            None,
+        );
+        let md: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let parts = md["topics"][0]["partitions"].as_array()?.clone();
+        let ids = |list: &serde_json::Value| -> Option<BTreeSet<i64>> {
+            list.as_array()?.iter().map(|r| r["id"].as_i64()).collect()
+        };
+        let all = BTreeSet::from([1, 2, 3]);
+        (parts.len() == 2
+            && parts.iter().all(|p| {
+                ids(&p["replicas"]).as_ref() == Some(&all) && ids(&p["isrs"]).as_ref() == Some(&all)
+            }))
+        .then(|| {
+            parts
+                .iter()
+                .map(|p| p["leader"].as_i64())
+                .collect::<BTreeSet<_>>()
+        })
+    });
+    assert_eq!(
+        leaders.len(),
+        2,
+        "both partitions led by one broker: {leaders:?}"
+    );
     // A producer's first send to an unknown topic creates it, also with
     // three replicas, and acks=all waits for all of them.
     produce(
