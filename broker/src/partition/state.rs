@@ -589,7 +589,8 @@ mod tests {
 
         /// Random schedules of appends, fetches, clock ticks, ISR changes,
         /// crashes, restarts and leader moves over 3–5 replicas, with
-        /// min.insync.replicas 1 or 2. After every step: the high watermark
+        /// min.insync.replicas 1 or 2, each restart a new broker epoch. After
+        /// every step: the high watermark
         /// is on every member of the ISR (and of a proposed one), it never
         /// moves back, it moves only while the ISR has at least
         /// min.insync.replicas members, and every offset
@@ -629,6 +630,9 @@ mod tests {
         let replicas: Vec<BrokerId> = (1..=n as i32).collect();
         let mut leo: BTreeMap<BrokerId, i64> = replicas.iter().map(|r| (*r, 0)).collect();
         let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
+        // Each replica's broker epoch: a restart after a crash is a new run
+        // of its process, registered anew (KIP-903).
+        let mut runs: BTreeMap<BrokerId, i64> = replicas.iter().map(|r| (*r, 0)).collect();
         let (mut leader, mut epoch, mut now) = (1, 0, 0u64);
         let mut s = PartitionState::leader(
             leader,
@@ -667,7 +671,7 @@ mod tests {
                 Event::Fetch { replica, take } => {
                     let f = replicas[usize::from(replica) % n];
                     if f != leader && alive[&f] {
-                        s.on_follower_fetch(f, 0, o(leo[&f]), now);
+                        s.on_follower_fetch(f, runs[&f], o(leo[&f]), now);
                         let end = leo[&leader];
                         let got = (leo[&f] + i64::from(take)).min(end);
                         leo.insert(f, got);
@@ -694,7 +698,11 @@ mod tests {
                     }
                 }
                 Event::Restart(r) => {
-                    alive.insert(replicas[usize::from(r) % n], true);
+                    let r = replicas[usize::from(r) % n];
+                    if !alive[&r] {
+                        *runs.get_mut(&r).unwrap() += 1;
+                    }
+                    alive.insert(r, true);
                 }
                 Event::MoveLeader => {
                     let next = s.isr().iter().copied().find(|r| *r != leader && alive[r]);
@@ -762,9 +770,9 @@ mod tests {
                 s.on_isr_committed(pending, next);
             }
             for f in replicas.iter().copied().filter(|f| *f != leader) {
-                s.on_follower_fetch(f, 0, o(leo[&f]), now);
+                s.on_follower_fetch(f, runs[&f], o(leo[&f]), now);
                 leo.insert(f, leo[&leader]);
-                s.on_follower_fetch(f, 0, o(leo[&f]), now);
+                s.on_follower_fetch(f, runs[&f], o(leo[&f]), now);
             }
             if let Some(isr) = s.isr_to_propose(now, LAG) {
                 let next = s.partition_epoch() + 1;
