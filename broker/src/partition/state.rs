@@ -879,6 +879,9 @@ mod tests {
         let mut logs: BTreeMap<BrokerId, ModelLog> =
             replicas.iter().map(|r| (*r, Vec::new())).collect();
         let mut alive: BTreeMap<BrokerId, bool> = replicas.iter().map(|r| (*r, true)).collect();
+        // Each replica's broker epoch: a restart after a crash is a new run
+        // of its process, registered anew (KIP-903).
+        let mut runs: BTreeMap<BrokerId, i64> = replicas.iter().map(|r| (*r, 0)).collect();
         let (mut leader, mut epoch, mut now, mut next_id) = (1, 0, 0u64, 0u64);
         let mut leader_alive = true;
         let mut s = PartitionState::leader(
@@ -915,7 +918,7 @@ mod tests {
                         let mine = logs.get_mut(&f).unwrap();
                         let same = mine.iter().zip(&lead).take_while(|(a, b)| a == b).count();
                         mine.truncate(same);
-                        s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
+                        s.on_follower_fetch(f, runs[&f], o(mine.len() as i64), now);
                         let upto = (mine.len() + usize::from(take)).min(lead.len());
                         mine.extend_from_slice(&lead[mine.len()..upto]);
                     }
@@ -942,6 +945,9 @@ mod tests {
                 }
                 Step::Restart(r) => {
                     let r = replicas[usize::from(r) % n];
+                    if !alive[&r] {
+                        *runs.get_mut(&r).unwrap() += 1;
+                    }
                     alive.insert(r, true);
                     if r == leader && !leader_alive {
                         // The last in-sync replica returns: it leads again,
@@ -1116,9 +1122,9 @@ mod tests {
                 let mine = logs.get_mut(&f).unwrap();
                 let same = mine.iter().zip(&lead).take_while(|(a, b)| a == b).count();
                 mine.truncate(same);
-                s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
+                s.on_follower_fetch(f, runs[&f], o(mine.len() as i64), now);
                 *mine = lead.clone();
-                s.on_follower_fetch(f, 0, o(mine.len() as i64), now);
+                s.on_follower_fetch(f, runs[&f], o(mine.len() as i64), now);
             }
             if let Some(isr) = s.isr_to_propose(now, LAG) {
                 let next = s.partition_epoch() + 1;
