@@ -936,6 +936,7 @@ pub fn controlled_shutdown(broker: &Broker) {
     warn!(node = me, "controlled shutdown gave up: stopping anyway; the controller fences this broker once its session times out");
 }
 
+/// Logs why a controlled shutdown ends without the controller's answer.
 fn no_one_left(me: i32) {
     info!(
         node = me,
@@ -955,8 +956,6 @@ fn another_broker_lives(broker: &Broker, me: i32) -> bool {
     })
 }
 
-/// Written into `log.dirs` once every log is flushed and closed, removed at
-/// the next start.
 /// Writes every group membership that changed since it was last written
 /// (the background writer runs every `GROUP_TICK`): called before a broker
 /// stops, so that the next coordinator of each group, this broker after a
@@ -1069,6 +1068,8 @@ fn check_storage(
     controller.set_storage(now);
 }
 
+/// Written into `log.dirs` once every log is flushed and closed, removed at
+/// the next start.
 pub const CLEAN_SHUTDOWN_FILE: &str = ".sluice-clean-shutdown";
 /// The boot id of the machine at this broker's last start.
 const BOOT_ID_FILE: &str = ".sluice-boot-id";
