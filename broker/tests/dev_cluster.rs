@@ -31,11 +31,7 @@ impl Drop for Running {
 
 #[test]
 fn dev_cluster_starts_three_brokers_and_stops_them_on_sigterm() {
-    let dir = tempfile::Builder::new()
-        .prefix("sluice-dc-")
-        .tempdir()
-        .unwrap();
-    let (mut running, lines) = spawn_dev_cluster(dir.path(), &[]);
+    let (dir, mut running, lines) = spawn_dev_cluster(&[]);
     let line = lines
         .recv_timeout(Duration::from_secs(90))
         .expect("a bootstrap line");
@@ -73,13 +69,7 @@ fn dev_cluster_starts_three_brokers_and_stops_them_on_sigterm() {
     }
 
     signal_and_wait(&mut running, libc::SIGTERM);
-    for id in 1..=3 {
-        let log = std::fs::read_to_string(dir.path().join(format!("broker-{id}.log"))).unwrap();
-        assert!(
-            log.contains("shutdown complete"),
-            "broker {id} did not shut down cleanly:\n{log}"
-        );
-    }
+    assert_clean_shutdowns(dir.path());
 }
 
 /// The processes whose parent is `parent`.
@@ -110,15 +100,22 @@ fn allowed_cpus(status: &str) -> String {
         .unwrap_or_else(|| panic!("no Cpus_allowed_list in {status}"))
 }
 
-/// Starts `sluice dev-cluster --brokers 3` in `dir`; its stdout lines come
-/// through the receiver.
+/// Starts `sluice dev-cluster --brokers 3` in a new temporary directory
+/// with `extra` settings; its stdout lines come through the receiver.
 fn spawn_dev_cluster(
-    dir: &std::path::Path,
     extra: &[&str],
-) -> (Running, std::sync::mpsc::Receiver<String>) {
+) -> (
+    tempfile::TempDir,
+    Running,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-dc-")
+        .tempdir()
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["dev-cluster", "--brokers", "3", "--dir"])
-        .arg(dir)
+        .arg(dir.path())
         .args(["--set", "controller.quorum.election.timeout.ms=300"])
         .args(extra.iter().flat_map(|setting| ["--set", setting]))
         .stdin(Stdio::null())
@@ -133,7 +130,18 @@ fn spawn_dev_cluster(
             let _ = tx.send(line);
         }
     });
-    (Running(child), rx)
+    (dir, Running(child), rx)
+}
+
+/// Every broker's log says it shut down cleanly.
+fn assert_clean_shutdowns(dir: &std::path::Path) {
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(dir.join(format!("broker-{id}.log"))).unwrap();
+        assert!(
+            log.contains("shutdown complete"),
+            "broker {id} did not shut down cleanly:\n{log}"
+        );
+    }
 }
 
 /// Sends `signal` to the dev-cluster and waits for it to exit 0.
@@ -148,34 +156,20 @@ fn signal_and_wait(running: &mut Running, signal: i32) {
 
 #[test]
 fn ctrl_c_stops_the_dev_cluster_as_sigterm_does() {
-    let dir = tempfile::Builder::new()
-        .prefix("sluice-dc-")
-        .tempdir()
-        .unwrap();
-    let (mut running, lines) = spawn_dev_cluster(dir.path(), &[]);
+    let (dir, mut running, lines) = spawn_dev_cluster(&[]);
     let line = lines
         .recv_timeout(Duration::from_secs(90))
         .expect("a bootstrap line");
     assert!(line.starts_with("bootstrap.servers="), "{line}");
     signal_and_wait(&mut running, libc::SIGINT);
-    for id in 1..=3 {
-        let log = std::fs::read_to_string(dir.path().join(format!("broker-{id}.log"))).unwrap();
-        assert!(
-            log.contains("shutdown complete"),
-            "broker {id} did not shut down cleanly:\n{log}"
-        );
-    }
+    assert_clean_shutdowns(dir.path());
 }
 
 #[test]
 fn a_signal_during_start_up_stops_the_brokers_without_waiting_for_them() {
-    let dir = tempfile::Builder::new()
-        .prefix("sluice-dc-")
-        .tempdir()
-        .unwrap();
     // Brokers stopped during start-up all at once need no controlled
     // shutdown, which would wait for controllers that are leaving too.
-    let (mut running, lines) = spawn_dev_cluster(dir.path(), &["controlled.shutdown.enable=false"]);
+    let (_dir, mut running, lines) = spawn_dev_cluster(&["controlled.shutdown.enable=false"]);
     // Each broker is paused as soon as it appears, long before it could
     // be ready (it needs a quorum of the others): the cluster cannot
     // become ready while they are paused.
