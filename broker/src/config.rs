@@ -190,10 +190,14 @@ const KNOWN_KEYS: &[&str] = &[
     "sluice.shards",
     "sluice.io.driver",
     "sluice.pin.cores",
+    "sluice.page.cache.window.bytes",
     "fetch.max.bytes",
     "queued.max.request.bytes",
 ];
 
+/// Sluice's default `sluice.page.cache.window.bytes`: each partition's
+/// newest 64 MiB stay in the page cache, older bytes go once written back.
+pub const PAGE_CACHE_WINDOW_BYTES: u64 = 64 << 20;
 /// Kafka's default `fetch.max.bytes` (55 MiB).
 pub const FETCH_MAX_BYTES: usize = 57_671_680;
 /// Sluice's default `queued.max.request.bytes` (Kafka's is -1, unbounded).
@@ -639,6 +643,11 @@ impl BrokerConfig {
                 |v| (1..=i32::MAX as u64).contains(v),
                 "must be between 1 and 2147483647",
             )?,
+            page_cache_window: limit(
+                "sluice.page.cache.window.bytes",
+                get("sluice.page.cache.window.bytes"),
+                Some(PAGE_CACHE_WINDOW_BYTES),
+            )?,
         };
         if log.flush_messages == Some(0) {
             return Err(bad(
@@ -874,6 +883,14 @@ mod tests {
         assert_eq!(config.socket_request_max_bytes, 104_857_600);
         assert_eq!(config.log.producer_id_expiration_ms, 86_400_000);
         assert_eq!(config.log.recovery_checkpoint_interval_ms, 60_000);
+        // Not Kafka's: Kafka leaves the page cache to the kernel, which
+        // -1 asks for.
+        assert_eq!(config.log.page_cache_window, Some(64 << 20));
+        for (text, window) in [("-1", None), ("0", Some(0)), ("1048576", Some(1 << 20))] {
+            let set = BrokerConfig::from_pairs(&pairs(&[("sluice.page.cache.window.bytes", text)]))
+                .unwrap();
+            assert_eq!(set.log.page_cache_window, window, "{text}");
+        }
         let set = BrokerConfig::from_pairs(&pairs(&[(
             "log.flush.offset.checkpoint.interval.ms",
             "100",
@@ -948,6 +965,8 @@ mod tests {
             ("log.flush.interval.messages", "0"),
             ("sluice.io.driver", "magic"),
             ("sluice.pin.cores", "yes"),
+            ("sluice.page.cache.window.bytes", "-2"),
+            ("sluice.page.cache.window.bytes", "64MiB"),
             ("producer.id.expiration.ms", "0"),
             ("log.flush.offset.checkpoint.interval.ms", "-1"),
             ("default.replication.factor", "0"),

@@ -46,6 +46,10 @@ pub struct LogConfig {
     /// batch's timestamp, checked with retention (Kafka's broker-only
     /// `producer.id.expiration.ms`).
     pub producer_id_expiration_ms: u64,
+    /// Bytes behind the log end kept in the page cache; older bytes are
+    /// written back early and dropped once clean. `None` leaves both to the
+    /// kernel (see [`crate::page_cache`]). Broker-wide, no topic name.
+    pub page_cache_window: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -62,6 +66,7 @@ impl Default for LogConfig {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             recovery_checkpoint_interval_ms: DEFAULT_RECOVERY_CHECKPOINT_INTERVAL_MS,
             producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+            page_cache_window: None,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod io;
 pub mod io_warnings;
 pub mod log;
 pub mod offset_index;
+pub mod page_cache;
 pub mod producer_state;
 pub mod segment;
 pub mod shard;

@@ -280,6 +280,10 @@ pub struct Log {
     /// Bumped by every truncation: a flush begun before one must not move
     /// the flushed offset afterwards (its end may no longer exist).
     truncations: u64,
+    /// What of the log's recent appends the page cache keeps.
+    cache: crate::page_cache::CacheWindow,
+    /// The page-cache calls in flight (one batch at a time).
+    cache_calls: Option<JoinHandle<()>>,
 }
 
 /// An fsync of a log's active segment begun by [`Log::begin_flush`], run
@@ -358,6 +362,7 @@ impl Log {
             .and_then(|bytes| RecoveryPoint::decode(&bytes))
             .filter(|rp| bases.contains(&rp.segment_base));
 
+        let config_window = config.page_cache_window;
         let mut log = Log {
             policy: FlushPolicy::new(config.flush_messages, config.flush_ms),
             fs,
@@ -377,6 +382,8 @@ impl Log {
             io_warnings: IoWarnLimiter::default(),
             flush_in_flight: false,
             truncations: 0,
+            cache: crate::page_cache::CacheWindow::new(config_window),
+            cache_calls: None,
         };
         let report = log.recover(&bases, recovery_point, now_ms).await?;
         log.rebuild_producer_state().await?;
@@ -862,6 +869,7 @@ impl Log {
         config.validate()?;
         self.policy
             .set_limits(config.flush_messages, config.flush_ms);
+        self.cache.set_window(config.page_cache_window);
         self.config = config;
         Ok(())
     }
@@ -1270,6 +1278,9 @@ impl Log {
             }
             return Err(self.fail(err));
         }
+        let base = self.active().base;
+        self.cache.on_write(base, start, len);
+        self.start_cache_calls();
         let interval = self.config.index_interval_bytes;
         self.active_mut().last_append_ms = now_ms;
         let mut pos = start;
@@ -1289,6 +1300,33 @@ impl Log {
         // next recovery point the batches themselves carry it.
         self.epochs_unpersisted |= epoch_changed;
         Ok(())
+    }
+
+    /// Hands the page-cache calls now due to a blocking thread, unless the
+    /// last batch of them is still running (the next append asks again).
+    fn start_cache_calls(&mut self) {
+        if self.cache_calls.as_ref().is_some_and(|c| !c.is_finished()) {
+            return;
+        }
+        let calls = self.cache.due();
+        if calls.is_empty() || matches!(self.fs, Fs::Sim(_)) {
+            return;
+        }
+        let dir = self.dir.clone();
+        self.cache_calls = Some(compio::runtime::spawn_blocking(move || {
+            crate::page_cache::run(&dir, &calls)
+        }));
+    }
+
+    /// Waits for the page-cache calls in flight, then makes those due and
+    /// waits for them too.
+    pub async fn settle_page_cache(&mut self) {
+        for _ in 0..2 {
+            if let Some(calls) = self.cache_calls.take() {
+                let _ = calls.await;
+            }
+            self.start_cache_calls();
+        }
     }
 
     /// Starts a new active segment at the log end. The old segment and its
@@ -1837,6 +1875,7 @@ impl Log {
         let end = self.log_end_offset();
         self.flushed = end;
         self.truncations += 1;
+        self.cache.forget();
         self.policy.on_flushed();
         let mut changed = self.epochs.truncate_from_end(end);
         changed |= self.epochs.truncate_from_start(self.log_start);

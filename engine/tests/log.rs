@@ -1236,3 +1236,98 @@ fn a_roll_does_not_wait_for_the_directory_sync() {
         assert_eq!(read_all(&log).await.len(), appended);
     });
 }
+
+/// Bytes of `path` the page cache holds, per MiB of the file (`mincore`).
+fn resident_per_mib(path: &std::path::Path) -> Vec<f64> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open the segment");
+    let len = file.metadata().expect("metadata").len() as usize;
+    if len == 0 {
+        return Vec::new();
+    }
+    let page = 4096usize;
+    // SAFETY: a read-only shared mapping of a file this function holds
+    // open, never touched (mincore does not fault pages in), unmapped
+    // before returning.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "mmap the segment");
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+    unsafe { libc::munmap(map, len) };
+    assert_eq!(rc, 0, "mincore");
+    vec.chunks(256)
+        .map(|mib| mib.iter().filter(|b| **b & 1 == 1).count() as f64 / mib.len() as f64)
+        .collect()
+}
+
+/// With `page_cache_window` set, the page cache keeps only a log's newest
+/// bytes: older ones, rolled segments included, are dropped once written
+/// back, and the newest window stays for the readers at the tail. (Each
+/// step is fsynced first so that every page is clean when it falls behind:
+/// the log drops only clean pages.)
+#[test]
+fn only_the_newest_window_of_a_log_stays_in_the_page_cache() {
+    // On the project's disk: tmpfs pages cannot be dropped.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temporary directory");
+    let rt = common::runtime(compio::driver::DriverType::Poll).expect("a runtime");
+    rt.block_on(async {
+        const MIB: u64 = 1 << 20;
+        let dir = tmp.path().join("topic-0");
+        let config = LogConfig {
+            segment_bytes: 16 * MIB,
+            retention_ms: None,
+            page_cache_window: Some(8 * MIB),
+            ..LogConfig::default()
+        };
+        let mut log = open(&Fs::Os, &dir, config).await;
+        let seg = |base: Offset| dir.join(sluice_engine::segment::file_name(base, "log"));
+        // About 64 KiB per batch, until two segments have rolled and the
+        // third holds 14 MiB.
+        loop {
+            let bases = log.segment_bases();
+            let active = std::fs::metadata(seg(*bases.last().unwrap()))
+                .unwrap()
+                .len();
+            if bases.len() == 3 && active >= 14 * MIB {
+                break;
+            }
+            assert!(bases.len() <= 3, "a fourth segment: {bases:?}");
+            fill(&mut log, 4, 64, 1000).await;
+            log.flush(NOW).await.expect("flush");
+            log.settle_page_cache().await;
+        }
+        let bases = log.segment_bases();
+        for base in &bases[..2] {
+            let resident = resident_per_mib(&seg(*base));
+            let held: f64 = resident.iter().sum();
+            assert!(
+                held < 0.5,
+                "rolled segment {base:?}, well behind the window, still cached: {resident:?}"
+            );
+        }
+        let active = resident_per_mib(&seg(bases[2]));
+        let mibs = active.len();
+        assert!(mibs >= 14, "the active segment holds 14 MiB: {mibs}");
+        // The newest 8 MiB stay; what is more than a window and a step of
+        // dropping (4 MiB) behind the end is gone.
+        assert!(
+            active[mibs - 7..].iter().all(|r| *r > 0.9),
+            "the newest window was dropped: {active:?}"
+        );
+        assert!(
+            active[..mibs - 13].iter().all(|r| *r < 0.1),
+            "bytes beyond the window stay cached: {active:?}"
+        );
+        log.close(NOW).await.expect("close");
+    });
+}
