@@ -195,9 +195,11 @@ const KNOWN_KEYS: &[&str] = &[
     "queued.max.request.bytes",
 ];
 
-/// Sluice's default `sluice.page.cache.window.bytes`: each partition's
-/// newest 64 MiB stay in the page cache, older bytes go once written back.
-pub const PAGE_CACHE_WINDOW_BYTES: u64 = 64 << 20;
+/// The `sluice.page.cache.window.bytes` that `sluice dev-cluster` gives its
+/// brokers: each partition's newest 64 MiB stay in the page cache, older
+/// bytes go once written back. A broker alone leaves the page cache to the
+/// kernel, as Kafka does.
+pub const DEV_CLUSTER_PAGE_CACHE_WINDOW_BYTES: u64 = 64 << 20;
 /// Kafka's default `fetch.max.bytes` (55 MiB).
 pub const FETCH_MAX_BYTES: usize = 57_671_680;
 /// Sluice's default `queued.max.request.bytes` (Kafka's is -1, unbounded).
@@ -646,7 +648,7 @@ impl BrokerConfig {
             page_cache_window: limit(
                 "sluice.page.cache.window.bytes",
                 get("sluice.page.cache.window.bytes"),
-                Some(PAGE_CACHE_WINDOW_BYTES),
+                None,
             )?,
         };
         if log.flush_messages == Some(0) {
@@ -883,9 +885,8 @@ mod tests {
         assert_eq!(config.socket_request_max_bytes, 104_857_600);
         assert_eq!(config.log.producer_id_expiration_ms, 86_400_000);
         assert_eq!(config.log.recovery_checkpoint_interval_ms, 60_000);
-        // Not Kafka's: Kafka leaves the page cache to the kernel, which
-        // -1 asks for.
-        assert_eq!(config.log.page_cache_window, Some(64 << 20));
+        // As Kafka: the kernel keeps what it likes in the page cache.
+        assert_eq!(config.log.page_cache_window, None);
         for (text, window) in [("-1", None), ("0", Some(0)), ("1048576", Some(1 << 20))] {
             let set = BrokerConfig::from_pairs(&pairs(&[("sluice.page.cache.window.bytes", text)]))
                 .unwrap();

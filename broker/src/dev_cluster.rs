@@ -92,7 +92,20 @@ pub fn run(
             // 0 and keep the scheduler from moving a waiting one to an
             // idle core (acks=all p99 at 64 MB/s, three brokers on two
             // cores: about 15% lower unpinned). `--set` can turn it back.
-            .args(["--set", "sluice.pin.cores=false"]);
+            .args(["--set", "sluice.pin.cores=false"])
+            // Three brokers write every byte three times into one
+            // machine's page cache; each keeps only its partitions' newest
+            // bytes there, so that appends reuse freed pages (on virtual
+            // machines whose host takes back idle memory, fresh pages cost
+            // ten times as much: docs/ENGINE.md, section 7). A consumer far
+            // behind reads from the disk. `--set` can turn it back.
+            .args([
+                "--set",
+                &format!(
+                    "sluice.page.cache.window.bytes={}",
+                    sluice_broker::config::DEV_CLUSTER_PAGE_CACHE_WINDOW_BYTES
+                ),
+            ]);
         for setting in extra {
             command.args(["--set", setting]);
         }

@@ -68,8 +68,46 @@ fn dev_cluster_starts_three_brokers_and_stops_them_on_sigterm() {
         }
     }
 
+    // Each broker keeps a window of its partitions in the page cache
+    // (a broker started alone does not: -1).
+    for (i, server) in servers.split(',').enumerate() {
+        assert_eq!(
+            broker_setting(server, i + 1, "sluice.page.cache.window.bytes"),
+            (64 << 20).to_string(),
+            "{server}"
+        );
+    }
+
     signal_and_wait(&mut running, libc::SIGTERM);
     assert_clean_shutdowns(dir.path());
+}
+
+/// One setting of the broker `node` at `addr`, from DescribeConfigs.
+fn broker_setting(addr: &str, node: usize, key: &str) -> String {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::DescribeConfigsRequest;
+    let request =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(4)
+            .with_resource_name(kafka_protocol::protocol::StrBytes::from_string(
+                node.to_string(),
+            ))
+            .with_configuration_keys(Some(vec![
+                kafka_protocol::protocol::StrBytes::from_string(key.to_string()),
+            ]))]);
+    let response = common::cluster::ask(addr, 1, &request);
+    let result = &response.results[0];
+    assert_eq!(result.error_code, 0, "{addr}: {result:?}");
+    let entry = result
+        .configs
+        .iter()
+        .find(|c| c.name.as_str() == key)
+        .unwrap_or_else(|| panic!("{addr}: no {key} in {result:?}"));
+    entry
+        .value
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_default()
 }
 
 /// The processes whose parent is `parent`.

@@ -62,6 +62,10 @@ fn broker_settings(broker: &Broker) -> Vec<(&'static str, String)> {
             "log.flush.interval.ms",
             limit(c.log.flush_ms, "9223372036854775807"),
         ),
+        (
+            "sluice.page.cache.window.bytes",
+            limit(c.log.page_cache_window, "-1"),
+        ),
     ]
 }
 
