@@ -255,26 +255,26 @@ mod tests {
         Offset(n as i64)
     }
 
-    fn drops(ops: &[CacheOp]) -> Vec<(u64, u64, u64)> {
+    /// The drops (or writebacks) among `ops`, as (segment, from MiB, to MiB).
+    fn ranges(ops: &[CacheOp], want_drops: bool) -> Vec<(u64, u64, u64)> {
         ops.iter()
             .filter_map(|op| match *op {
-                CacheOp::Drop { segment, from, len } => {
-                    Some((segment.0 as u64, from / M, (from + len) / M))
+                CacheOp::Drop { segment, from, len } if want_drops => Some((segment, from, len)),
+                CacheOp::WriteBack { segment, from, len } if !want_drops => {
+                    Some((segment, from, len))
                 }
                 _ => None,
             })
+            .map(|(segment, from, len)| (segment.0 as u64, from / M, (from + len) / M))
             .collect()
     }
 
+    fn drops(ops: &[CacheOp]) -> Vec<(u64, u64, u64)> {
+        ranges(ops, true)
+    }
+
     fn writebacks(ops: &[CacheOp]) -> Vec<(u64, u64, u64)> {
-        ops.iter()
-            .filter_map(|op| match *op {
-                CacheOp::WriteBack { segment, from, len } => {
-                    Some((segment.0 as u64, from / M, (from + len) / M))
-                }
-                _ => None,
-            })
-            .collect()
+        ranges(ops, false)
     }
 
     #[test]
