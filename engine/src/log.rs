@@ -1279,7 +1279,7 @@ impl Log {
             return Err(self.fail(err));
         }
         let base = self.active().base;
-        self.cache.on_write(base, start, len);
+        self.cache.on_write(base, start, len, self.appended_bytes);
         self.start_cache_calls();
         let interval = self.config.index_interval_bytes;
         self.active_mut().last_append_ms = now_ms;

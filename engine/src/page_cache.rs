@@ -39,7 +39,7 @@ struct Region {
     segment: Offset,
     start: u64,
     end: u64,
-    /// The log's [`CacheWindow::appended`] count when `end` was written.
+    /// The log's count of bytes appended when `end` was written.
     end_appended: u64,
     /// Writeback was started for `[start, written_back)`.
     written_back: u64,
@@ -74,8 +74,6 @@ pub struct CacheWindow {
     /// and starts no writeback (the kernel decides, as for Kafka).
     window: Option<u64>,
     regions: VecDeque<Region>,
-    /// Bytes written since the log opened.
-    appended: u64,
 }
 
 impl CacheWindow {
@@ -94,22 +92,22 @@ impl CacheWindow {
     }
 
     /// Records `len` bytes written at `pos` of the segment file based at
-    /// `segment`.
-    pub fn on_write(&mut self, segment: Offset, pos: u64, len: u64) {
+    /// `segment`, which brought the log's count of bytes appended (a count
+    /// that only grows) to `appended`.
+    pub fn on_write(&mut self, segment: Offset, pos: u64, len: u64, appended: u64) {
         if self.window.is_none() || len == 0 {
             return;
         }
-        self.appended += len;
         match self.regions.back_mut() {
             Some(last) if last.segment == segment && last.end == pos => {
                 last.end += len;
-                last.end_appended = self.appended;
+                last.end_appended = appended;
             }
             _ => self.regions.push_back(Region {
                 segment,
                 start: pos,
                 end: pos + len,
-                end_appended: self.appended,
+                end_appended: appended,
                 written_back: pos,
                 dropped: pos,
                 resweep: pos,
@@ -143,7 +141,8 @@ impl CacheWindow {
                 last.written_back = to;
             }
         }
-        let behind = self.appended.saturating_sub(window);
+        let appended = self.regions.back().map_or(0, |r| r.end_appended);
+        let behind = appended.saturating_sub(window);
         let count = self.regions.len();
         for (i, r) in self.regions.iter_mut().enumerate() {
             let newest = i + 1 == count;
@@ -255,6 +254,12 @@ mod tests {
         Offset(n as i64)
     }
 
+    /// A write of `len` bytes at `pos`, the log's count growing by `len`.
+    fn write(w: &mut CacheWindow, segment: Offset, pos: u64, len: u64) {
+        let appended = w.regions.back().map_or(0, |r| r.end_appended) + len;
+        w.on_write(segment, pos, len, appended);
+    }
+
     /// The drops (or writebacks) among `ops`, as (segment, from MiB, to MiB).
     fn ranges(ops: &[CacheOp], want_drops: bool) -> Vec<(u64, u64, u64)> {
         ops.iter()
@@ -281,7 +286,7 @@ mod tests {
     fn without_a_window_nothing_is_due() {
         let mut w = CacheWindow::new(None);
         for i in 0..100 {
-            w.on_write(seg(0), i * M, M);
+            write(&mut w, seg(0), i * M, M);
         }
         assert!(w.due().is_empty());
     }
@@ -289,17 +294,17 @@ mod tests {
     #[test]
     fn writeback_starts_in_whole_chunks_of_the_newest_range() {
         let mut w = CacheWindow::new(Some(64 * M));
-        w.on_write(seg(0), 0, 3 * M);
+        write(&mut w, seg(0), 0, 3 * M);
         assert!(w.due().is_empty(), "less than a chunk");
-        w.on_write(seg(0), 3 * M, 2 * M + 10);
+        write(&mut w, seg(0), 3 * M, 2 * M + 10);
         assert_eq!(
             writebacks(&w.due()),
             vec![(0, 0, 5)],
             "to the last whole MiB"
         );
-        w.on_write(seg(0), 5 * M + 10, 3 * M);
+        write(&mut w, seg(0), 5 * M + 10, 3 * M);
         assert!(w.due().is_empty());
-        w.on_write(seg(0), 8 * M + 10, M);
+        write(&mut w, seg(0), 8 * M + 10, M);
         assert_eq!(writebacks(&w.due()), vec![(0, 5, 9)]);
     }
 
@@ -308,7 +313,7 @@ mod tests {
         let mut w = CacheWindow::new(Some(8 * M));
         let mut all = Vec::new();
         for i in 0..20 {
-            w.on_write(seg(0), i * M, M);
+            write(&mut w, seg(0), i * M, M);
             all.extend(drops(&w.due()));
         }
         // 20 MiB written, 8 kept: [0, 12) dropped, in chunks of 4 MiB, each
@@ -319,16 +324,16 @@ mod tests {
     #[test]
     fn a_rolled_segment_is_dropped_whole_once_the_window_passes_it() {
         let mut w = CacheWindow::new(Some(8 * M));
-        w.on_write(seg(0), 0, 10 * M + 5);
+        write(&mut w, seg(0), 0, 10 * M + 5);
         let first = w.due();
         assert_eq!(writebacks(&first), vec![(0, 0, 10)]);
         assert!(drops(&first).is_empty(), "2 MiB behind: less than a chunk");
         // Rolled: a new segment.
-        w.on_write(seg(100), 0, 6 * M);
+        write(&mut w, seg(100), 0, 6 * M);
         let ops = w.due();
         assert!(writebacks(&ops).contains(&(100, 0, 6)));
         assert_eq!(drops(&ops), vec![(0, 0, 8)]);
-        w.on_write(seg(100), 6 * M, 3 * M);
+        write(&mut w, seg(100), 6 * M, 3 * M);
         let ops = w.due();
         // The old segment's end is now 9 MiB behind: dropped to its end.
         assert_eq!(
@@ -339,7 +344,7 @@ mod tests {
         );
         let mut later = Vec::new();
         for i in 0..20 {
-            w.on_write(seg(100), (9 + i) * M, M);
+            write(&mut w, seg(100), (9 + i) * M, M);
             later.extend(w.due());
         }
         assert!(
@@ -355,10 +360,10 @@ mod tests {
     #[test]
     fn forgetting_after_a_truncation_starts_over() {
         let mut w = CacheWindow::new(Some(4 * M));
-        w.on_write(seg(0), 0, 10 * M);
+        write(&mut w, seg(0), 0, 10 * M);
         w.due();
         w.forget();
-        w.on_write(seg(0), 2 * M, M);
+        write(&mut w, seg(0), 2 * M, M);
         assert!(w.due().is_empty());
         assert_eq!(w.regions.len(), 1);
         assert_eq!(w.regions[0].start, 2 * M);
@@ -368,7 +373,7 @@ mod tests {
     fn tiny_segments_are_bounded() {
         let mut w = CacheWindow::new(Some(1 << 40));
         for i in 0..1000 {
-            w.on_write(seg(i), 0, 100);
+            write(&mut w, seg(i), 0, 100);
             w.due();
         }
         assert!(w.regions.len() <= MAX_REGIONS);
