@@ -47,6 +47,7 @@ use crate::io::Fs;
 use crate::log::{AppendInfo, AppendMode, Log, RecoveryReport};
 use crate::types::TopicPartition;
 
+mod drive;
 mod table;
 
 use table::Core;
@@ -588,12 +589,10 @@ impl Engine {
                     // Logs hold compio files, which are not `Send`: the shard
                     // is built on its own thread and never leaves it.
                     let core = Core::new(id, fs, data_dir);
-                    runtime.block_on(run_loop(
-                        core,
-                        rx,
-                        turn_commands_max,
-                        retention_check_interval_ms,
-                    ));
+                    drive::drive(
+                        &runtime,
+                        run_loop(core, rx, turn_commands_max, retention_check_interval_ms),
+                    );
                 })
                 .map_err(|e| Error::io("spawning a shard thread", e))?;
             ready_rx
