@@ -589,10 +589,20 @@ impl Engine {
                     // Logs hold compio files, which are not `Send`: the shard
                     // is built on its own thread and never leaves it.
                     let core = Core::new(id, fs, data_dir);
-                    drive::drive(
-                        &runtime,
-                        run_loop(core, rx, turn_commands_max, retention_check_interval_ms),
-                    );
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        drive::drive(
+                            &runtime,
+                            run_loop(core, rx, turn_commands_max, retention_check_interval_ms),
+                        )
+                    }));
+                    if let Err(panic) = ran {
+                        // As compio's block_on does: the shard's other tasks
+                        // are dropped (with the runtime) after the unwind, not
+                        // during it, so a task that panics in its drop does
+                        // not abort the process.
+                        drop(runtime);
+                        std::panic::resume_unwind(panic);
+                    }
                 })
                 .map_err(|e| Error::io("spawning a shard thread", e))?;
             ready_rx
