@@ -283,7 +283,7 @@ pub struct Log {
     /// What of the log's recent appends the page cache keeps.
     cache: crate::page_cache::CacheWindow,
     /// The page-cache calls in flight (one batch at a time).
-    cache_calls: Option<JoinHandle<()>>,
+    cache_calls: Option<crate::page_cache::Pending>,
 }
 
 /// An fsync of a log's active segment begun by [`Log::begin_flush`], run
@@ -1302,20 +1302,19 @@ impl Log {
         Ok(())
     }
 
-    /// Hands the page-cache calls now due to a blocking thread, unless the
-    /// last batch of them is still running (the next append asks again).
+    /// Hands the page-cache calls now due to the shard's cache thread,
+    /// unless the last batch of them is still running (the next append
+    /// asks again).
     fn start_cache_calls(&mut self) {
-        if self.cache_calls.as_ref().is_some_and(|c| !c.is_finished()) {
+        if self.cache_calls.as_mut().is_some_and(|c| !c.is_finished()) {
             return;
         }
+        self.cache_calls = None;
         let calls = self.cache.due();
         if calls.is_empty() || matches!(self.fs, Fs::Sim(_)) {
             return;
         }
-        let dir = self.dir.clone();
-        self.cache_calls = Some(compio::runtime::spawn_blocking(move || {
-            crate::page_cache::run(&dir, &calls)
-        }));
+        self.cache_calls = crate::page_cache::submit(self.dir.clone(), calls);
     }
 
     /// Waits for the page-cache calls in flight, then makes those due and
@@ -1323,7 +1322,7 @@ impl Log {
     pub async fn settle_page_cache(&mut self) {
         for _ in 0..2 {
             if let Some(calls) = self.cache_calls.take() {
-                let _ = calls.await;
+                calls.wait().await;
             }
             self.start_cache_calls();
         }

@@ -17,11 +17,17 @@
 //! writeback error stays for the log's own fsync to report. Both run on
 //! another descriptor of the file, opened for the purpose.
 //!
-//! This module is the bookkeeping alone (pure): which byte ranges of which
-//! segment files are due for writeback or dropping. [`run`] makes the calls.
+//! The bookkeeping is pure: which byte ranges of which segment files are
+//! due for writeback or dropping. [`submit`] hands the calls to a thread of
+//! their own, one per shard thread, that runs below the shard threads'
+//! priority (see [`CACHE_NICE`]).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use futures_channel::oneshot;
 
 use crate::types::Offset;
 
@@ -201,11 +207,96 @@ fn align_down(pos: u64) -> u64 {
     pos / ALIGN * ALIGN
 }
 
+/// The nice value of the threads that make the page-cache calls: ten
+/// steps below the shard threads, so a shard thread woken by a request
+/// takes the core from them at once. Their work is housekeeping: run late,
+/// it costs memory for a moment, while each call holds a core for up to a
+/// few milliseconds (writing back or dropping 4 MiB), which on a busy
+/// machine a waiting `acks=all` round trip would otherwise queue behind
+/// (docs/BENCHMARKS.md, "The page-cache calls at a lower priority").
+pub const CACHE_NICE: i32 = 10;
+
+/// The calls handed to the cache thread by [`submit`], not yet all made.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<()>);
+
+impl Pending {
+    /// Whether the calls are done (or were dropped with the thread).
+    pub fn is_finished(&mut self) -> bool {
+        !matches!(self.0.try_recv(), Ok(None))
+    }
+
+    /// Waits until the calls are done.
+    pub async fn wait(self) {
+        let _ = self.0.await;
+    }
+}
+
+type Job = (PathBuf, Vec<CacheOp>, oneshot::Sender<()>);
+
+thread_local! {
+    /// This shard thread's cache thread, started at the first call. It
+    /// stops once this thread has gone and its queue is empty. Its queue
+    /// holds at most one batch per log, since a log hands over its next
+    /// batch only once the last is done.
+    static CACHE_THREAD: RefCell<Option<mpsc::Sender<Job>>> = const { RefCell::new(None) };
+}
+
+/// Hands `ops` on the segment files in `dir` to this thread's cache
+/// thread. `None` if no such thread could be started: the calls are then
+/// not made, and the kernel writes back and reclaims as it would without a
+/// window.
+pub fn submit(dir: PathBuf, ops: Vec<CacheOp>) -> Option<Pending> {
+    let (done, pending) = oneshot::channel();
+    CACHE_THREAD.with_borrow_mut(|slot| {
+        let mut job = (dir, ops, done);
+        for _ in 0..2 {
+            let tx = match slot {
+                Some(tx) => tx,
+                None => slot.insert(start_cache_thread()?),
+            };
+            match tx.send(job) {
+                Ok(()) => return Some(Pending(pending)),
+                // The thread died (a panic in a call): start another.
+                Err(mpsc::SendError(back)) => {
+                    job = back;
+                    *slot = None;
+                }
+            }
+        }
+        None
+    })
+}
+
+fn start_cache_thread() -> Option<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let spawned = std::thread::Builder::new()
+        .name("sluice-cache".into())
+        .spawn(move || {
+            // SAFETY: plain integers; a thread may always lower its own
+            // priority. A refusal leaves it at the shard threads' priority.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, CACHE_NICE);
+            }
+            for (dir, ops, done) in rx {
+                run(&dir, &ops);
+                let _ = done.send(());
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the page-cache thread; the page-cache window is not applied");
+            None
+        }
+    }
+}
+
 /// Makes the calls, on a descriptor of each segment file opened here (so
 /// that no error of the log's own descriptor is read). Best effort: a file
 /// gone meanwhile (retention, truncation) or a call the filesystem refuses
-/// is skipped. Blocking: run it off the shard thread.
-pub fn run(dir: &Path, ops: &[CacheOp]) {
+/// is skipped. Blocking: it runs on the cache thread.
+fn run(dir: &Path, ops: &[CacheOp]) {
     use std::os::fd::AsRawFd;
     let mut open: Option<(Offset, std::fs::File)> = None;
     for op in ops {
@@ -249,6 +340,48 @@ mod tests {
     use super::*;
 
     const M: u64 = 1 << 20;
+
+    /// The nice value of each of this process's threads named `name`.
+    fn nice_of_threads_named(name: &str) -> Vec<i32> {
+        let mut nice = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path();
+            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                continue;
+            };
+            if comm.trim_end() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+            // After the command's closing parenthesis, nice is field 19
+            // of stat(5), the 17th from there.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            nice.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+        }
+        nice
+    }
+
+    #[test]
+    fn calls_run_on_a_thread_of_their_own_below_the_callers_priority() {
+        let dir = std::env::temp_dir();
+        let missing = CacheOp::Drop {
+            segment: seg(u64::MAX - 7),
+            from: 0,
+            len: M,
+        };
+        let mut pending = submit(dir, vec![missing]).expect("a cache thread");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pending.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the calls never finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let nice = nice_of_threads_named("sluice-cache");
+        assert!(!nice.is_empty(), "no thread named sluice-cache");
+        assert!(nice.iter().all(|&n| n == CACHE_NICE), "{nice:?}");
+    }
 
     fn seg(n: u64) -> Offset {
         Offset(n as i64)
