@@ -29,6 +29,7 @@ pub mod codec;
 pub mod config;
 pub mod controller;
 pub mod errors;
+pub mod frames;
 pub mod groups;
 pub mod handlers;
 pub mod partition;

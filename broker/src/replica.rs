@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::io::AsyncWriteExt;
 use compio::net::TcpStream;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
@@ -268,6 +268,7 @@ async fn fetch_loop(
         .max(broker.config.message_max_bytes)
         .saturating_mul(2);
     let mut correlation_id = 0i32;
+    let mut expect = 0;
     loop {
         correlation_id = correlation_id.wrapping_add(1);
         let request = fetch_request(local, me, parts, &settings);
@@ -275,17 +276,11 @@ async fn fetch_loop(
             .write_all(encode_request(&request, correlation_id)?)
             .await
             .0?;
-        let compio::BufResult(read, prefix) = stream.read_exact(Vec::with_capacity(4)).await;
-        read?;
-        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        if len > frame_max {
-            return Err(std::io::Error::other(format!(
-                "the leader sent a {len} byte frame"
-            )));
-        }
-        let compio::BufResult(read, body) = stream.read_exact(Vec::with_capacity(len)).await;
-        read?;
-        let mut body = Bytes::from(body);
+        // Expecting about as much as last time, the response usually
+        // comes in one receive.
+        let frame = crate::frames::read_whole(&mut stream, expect, frame_max).await?;
+        expect = frame.len() + frame.len() / 4;
+        let mut body = Bytes::from(frame).slice(4..);
         let header = ResponseHeader::decode(
             &mut body,
             ApiKey::Fetch.response_header_version(FETCH_VERSION),

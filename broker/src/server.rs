@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use compio::io::AsyncReadExt;
 use compio::net::{TcpListener, TcpStream};
 use futures_channel::oneshot;
 use kafka_protocol::messages::ApiKey;
@@ -519,7 +518,8 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, shard: usize) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 debug!(shard, %peer, "connection accepted");
-                compio::runtime::spawn(serve_connection(stream, peer, broker.clone())).detach();
+                compio::runtime::spawn(serve_connection(stream, peer, broker.clone(), Vec::new()))
+                    .detach();
             }
             Err(e) => {
                 // Out of descriptors, most likely: back off rather than spin.
@@ -528,12 +528,6 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, shard: usize) {
             }
         }
     }
-}
-
-/// Reads exactly `len` bytes, or `None` at a clean end of stream.
-async fn read_exact(stream: &mut TcpStream, len: usize) -> std::io::Result<Vec<u8>> {
-    let compio::BufResult(result, buf) = stream.read_exact(Vec::with_capacity(len)).await;
-    result.map(|()| buf)
 }
 
 /// Requests a connection may have read but not yet answered.
@@ -583,7 +577,9 @@ fn runs_concurrently(api_key: ApiKey) -> bool {
 /// Serves one connection: this task reads and starts requests while a
 /// second task writes their responses in request order. At most
 /// [`MAX_IN_FLIGHT`] requests are read ahead of the responses written.
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+/// `held`: bytes of the stream already received (by the shard the
+/// connection moved from).
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, held: Vec<u8>) {
     let (tx, rx) = async_channel::bounded(MAX_IN_FLIGHT);
     // Closed when the client goes away: the writer then stops waiting for
     // requests still running and drops them, which cancels their work.
@@ -600,7 +596,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, broker: Arc<Broke
         budget: crate::partition::budget::Budget::new(budget),
         affinity: handlers::Affinity::default(),
     });
-    let end = read_requests(stream, connection, broker, tx).await;
+    let frames = crate::frames::FrameReader::with_bytes(held);
+    let end = read_requests(stream, frames, connection, broker, tx).await;
     if end == ReadEnd::ClientGone {
         // As Kafka does at end of stream: the connection is gone, and so
         // are the answers it was owed.
@@ -642,6 +639,7 @@ async fn handle(
 
 async fn read_requests(
     mut stream: TcpStream,
+    mut frames: crate::frames::FrameReader,
     connection: Arc<handlers::Connection>,
     broker: Arc<Broker>,
     responses: async_channel::Sender<Pending>,
@@ -654,17 +652,16 @@ async fn read_requests(
     loop {
         let home = connection.affinity.settled(MOVE_AFTER);
         if let Some(home) = home.filter(|&h| Some(h) != here) {
-            return move_connection(stream, peer, &broker, home, &responses).await;
+            return move_connection(stream, frames, peer, &broker, home, &responses).await;
         }
-        let prefix = match read_exact(&mut stream, 4).await {
-            Ok(prefix) => prefix,
+        let len = match frames.next_size(&mut stream).await {
+            Ok(len) => len,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return ReadEnd::ClientGone,
             Err(e) => {
                 debug!(%peer, error = %e, "connection read failed");
                 return ReadEnd::ClientGone;
             }
         };
-        let len = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
         if len <= 0 || len as usize > max {
             warn!(%peer, len, max, "closing connection: frame length outside (0, socket.request.max.bytes]");
             let _ = responses.send(Pending::Done(Err(()))).await;
@@ -673,7 +670,7 @@ async fn read_requests(
         // The frame's bytes count against the broker's request budget
         // from before they are read until the request is handled.
         let held = broker.requests.acquire(len as usize).await;
-        let frame = match read_exact(&mut stream, len as usize).await {
+        let frame = match frames.body(&mut stream, len as usize).await {
             Ok(frame) => Bytes::from(frame),
             Err(e) => {
                 debug!(%peer, error = %e, "client went away mid-request");
@@ -773,6 +770,7 @@ const MOVE_AFTER: u32 = 16;
 /// flight, once.
 async fn move_connection(
     stream: TcpStream,
+    frames: crate::frames::FrameReader,
     peer: SocketAddr,
     broker: &Arc<Broker>,
     home: usize,
@@ -794,13 +792,15 @@ async fn move_connection(
         }
     };
     let moved = broker.clone();
+    // What this shard received of the requests after the last one read.
+    let held = frames.into_held();
     let sent = shard
         .spawn(move || {
             compio::runtime::spawn(async move {
                 match TcpStream::from_std(socket.into()) {
                     Ok(stream) => {
                         info!(%peer, shard = home, "connection moved to the shard of its partitions");
-                        serve_connection(stream, peer, moved).await;
+                        serve_connection(stream, peer, moved, held).await;
                     }
                     Err(e) => warn!(%peer, error = %e, "closing connection: cannot take it over"),
                 }
