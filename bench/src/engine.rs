@@ -741,7 +741,14 @@ fn run_engine(
                     let records = template.to_vec();
                     let sent = Instant::now();
                     engine
-                        .append(tp.clone(), records, AppendMode::Leader { epoch: Epoch(0) })
+                        .append(
+                            tp.clone(),
+                            records,
+                            AppendMode::Leader {
+                                epoch: Epoch(0),
+                                keep: true,
+                            },
+                        )
                         .await
                         .map_err(|e| format!("append to {tp}: {e}"))?;
                     let micros = sent.elapsed().as_micros().max(1) as u64;
@@ -857,7 +864,10 @@ async fn append_from_shards(
                                     .append(
                                         tp.clone(),
                                         records,
-                                        AppendMode::Leader { epoch: Epoch(0) },
+                                        AppendMode::Leader {
+                                            epoch: Epoch(0),
+                                            keep: true,
+                                        },
                                     )
                                     .await
                                     .map_err(|e| format!("append to {tp}: {e}"))?;
@@ -1146,7 +1156,14 @@ fn measure_idle_partitions(args: &Args) -> Result<(usize, u64), String> {
                 .await
                 .map_err(|e| format!("opening {tp}: {e}"))?;
             engine
-                .append(tp, small.clone(), AppendMode::Leader { epoch: Epoch(0) })
+                .append(
+                    tp,
+                    small.clone(),
+                    AppendMode::Leader {
+                        epoch: Epoch(0),
+                        keep: true,
+                    },
+                )
                 .await
                 .map_err(|e| format!("append: {e}"))?;
         }

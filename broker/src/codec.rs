@@ -228,7 +228,8 @@ const PLACEHOLDER_SPAN: usize = 1 << 33;
 /// `records` (the log reads a Fetch response carries) are not copied: each
 /// is a segment of its own, shared with the read that produced it, between
 /// the small encoded pieces around it; and each [`placeholder`] in `files`
-/// becomes its file range. Meant for responses whose encoding writes only
+/// becomes what it stands for: a file range, or buffers a log's tail
+/// still holds. Meant for responses whose encoding writes only
 /// forward (Fetch's does; no length gaps).
 pub fn encode_response_spliced<T: Encodable>(
     api_key: ApiKey,
@@ -236,7 +237,7 @@ pub fn encode_response_spliced<T: Encodable>(
     correlation_id: i32,
     body: &T,
     records: &[Bytes],
-    files: &[(Bytes, sluice_engine::FileRange)],
+    files: &[(Bytes, sluice_engine::Unread)],
 ) -> anyhow_free::Result<Vec<Part>> {
     let size = body
         .compute_size(version)
@@ -250,7 +251,7 @@ pub fn encode_response_spliced<T: Encodable>(
     let len = i32::try_from(header_size + size)
         .map_err(|_| anyhow_free::Error("response too large".into()))?;
     let spliced: usize = records.iter().map(Bytes::len).sum::<usize>()
-        + files.iter().map(|(_, r)| r.len).sum::<usize>();
+        + files.iter().map(|(_, r)| r.len()).sum::<usize>();
     let mut buf = SpliceBuf {
         head: BytesMut::with_capacity((header_size + size).saturating_sub(spliced) + 64),
         done: Vec::new(),
@@ -293,13 +294,13 @@ struct SpliceBuf<'a> {
     done: Vec<Part>,
     done_len: usize,
     records: &'a [Bytes],
-    files: &'a [(Bytes, sluice_engine::FileRange)],
+    files: &'a [(Bytes, sluice_engine::Unread)],
     files_sent: usize,
     memory_parts: usize,
     stray_stand_in: bool,
 }
 
-impl SpliceBuf<'_> {
+impl<'a> SpliceBuf<'a> {
     /// The record buffer `src` lies in, sliced to it.
     fn shared(&self, src: &[u8]) -> Option<Bytes> {
         let (start, end) = (src.as_ptr() as usize, src.as_ptr() as usize + src.len());
@@ -312,8 +313,8 @@ impl SpliceBuf<'_> {
             .map(|r| r.slice_ref(src))
     }
 
-    /// The file range whose stand-in is exactly `src`.
-    fn file(&self, src: &[u8]) -> Option<&sluice_engine::FileRange> {
+    /// What the stand-in that is exactly `src` stands for.
+    fn file(&self, src: &[u8]) -> Option<&'a sluice_engine::Unread> {
         self.files
             .iter()
             .find(|(stand_in, _)| stand_in.as_ptr() == src.as_ptr() && stand_in.len() == src.len())
@@ -355,12 +356,29 @@ unsafe impl BufMut for SpliceBuf<'_> {
     }
 
     fn put_slice(&mut self, src: &[u8]) {
-        if let Some(range) = self.file(src).cloned() {
-            self.cut();
-            self.done_len += range.len;
-            self.done.push(Part::File(range));
-            self.files_sent += 1;
-            return;
+        match self.file(src) {
+            Some(sluice_engine::Unread::File(range)) => {
+                self.cut();
+                self.done_len += range.len;
+                self.done.push(Part::File(range.clone()));
+                self.files_sent += 1;
+                return;
+            }
+            Some(sluice_engine::Unread::Memory(chunks)) => {
+                for chunk in chunks {
+                    if chunk.len() >= SPLICE_MIN && self.memory_parts + 2 <= SEGMENTS_MAX {
+                        self.cut();
+                        self.done_len += chunk.len();
+                        self.done.push(Part::Memory(chunk.clone()));
+                        self.memory_parts += 1;
+                    } else {
+                        self.head.put_slice(chunk);
+                    }
+                }
+                self.files_sent += 1;
+                return;
+            }
+            None => {}
         }
         self.stray_stand_in |= !src.is_empty() && is_stand_in(src);
         if src.len() >= SPLICE_MIN && self.memory_parts + 2 <= SEGMENTS_MAX {
@@ -525,28 +543,38 @@ mod tests {
             len: 60_000,
         };
         let stand_in = placeholder(4, range.len).unwrap();
+        // A sixth partition's records are batches a log's tail holds: a
+        // patched header, then the rest of the request's buffer.
+        let header = Bytes::from(vec![7u8; 61]);
+        let tail = vec![header.clone(), big.slice(61..40_000)];
+        let tail_stand_in = placeholder(5, 40_000).unwrap();
         let records = vec![
             Some(big.slice(10..90_000)),
             Some(small),
             None,
             Some(big.clone()),
             Some(stand_in.clone()),
+            Some(tail_stand_in.clone()),
         ];
         let response = fetch_response(&records);
         let mut copied = records.clone();
         copied[4] = Some(big.slice(500..60_500));
+        copied[5] = Some(Bytes::from([&header[..], &big[61..40_000]].concat()));
         let copied = fetch_response(&copied);
         let shared: Vec<Bytes> = records[..4].iter().flatten().cloned().collect();
-        let files = [(stand_in, range)];
+        let files = [
+            (stand_in, sluice_engine::Unread::File(range)),
+            (tail_stand_in, sluice_engine::Unread::Memory(tail)),
+        ];
         for version in [4, 11, 12, 16] {
             let whole = encode_response(ApiKey::Fetch, version, 9, &copied).unwrap();
             let pieces =
                 encode_response_spliced(ApiKey::Fetch, version, 9, &response, &shared, &files)
                     .unwrap();
             assert_eq!(concat(&pieces), whole, "version {version}");
-            // The two large record sets are segments of their own, pointing
-            // into the read buffer; the small one was copied; the file's
-            // is its range.
+            // The two large record sets and the tail's large buffer are
+            // segments of their own, pointing into the read buffer; the
+            // small ones were copied; the file's is its range.
             let in_big = pieces
                 .iter()
                 .filter(|p| match p {
@@ -557,7 +585,7 @@ mod tests {
                     Part::File(_) => false,
                 })
                 .count();
-            assert_eq!(in_big, 2, "version {version}");
+            assert_eq!(in_big, 3, "version {version}");
             let ranges = pieces.iter().filter(|p| matches!(p, Part::File(_))).count();
             assert_eq!(ranges, 1, "version {version}");
         }

@@ -844,7 +844,14 @@ fn an_undecodable_offsets_batch_is_skipped_at_start_and_the_other_offsets_load()
         let mut bases = Vec::new();
         for batch in [unknown_codec, garbage, offsets_batch(&after, "orders", 3)] {
             let info = log
-                .append(batch, AppendMode::Leader { epoch: Epoch(0) }, now)
+                .append(
+                    batch,
+                    AppendMode::Leader {
+                        epoch: Epoch(0),
+                        keep: true,
+                    },
+                    now,
+                )
                 .await
                 .expect("append");
             bases.push(info.base_offset.0);

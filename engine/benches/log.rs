@@ -103,8 +103,15 @@ fn append_path(c: &mut Criterion) {
         b.iter_batched(
             || template.clone(),
             |records| {
-                rt.block_on(log.append(records, AppendMode::Leader { epoch: Epoch(0) }, 0))
-                    .expect("append")
+                rt.block_on(log.append(
+                    records,
+                    AppendMode::Leader {
+                        epoch: Epoch(0),
+                        keep: true,
+                    },
+                    0,
+                ))
+                .expect("append")
             },
             BatchSize::SmallInput,
         )

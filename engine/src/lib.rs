@@ -38,6 +38,7 @@ pub mod producer_state;
 pub mod segment;
 pub mod shard;
 pub mod sim;
+pub mod tail;
 pub mod time_index;
 pub mod types;
 
@@ -46,7 +47,7 @@ pub use error::{Error, Result};
 pub use io::FileRange;
 pub use log::{
     AppendInfo, AppendMode, Durability, FlushOutcome, FlushTicket, Log, ReadResult, RecoveryReport,
-    StorageHealth,
+    StorageHealth, Unread,
 };
 pub use shard::{Backend, Engine, EngineConfig, IoDriver, ShardHandle};
 pub use types::{Epoch, FilePosition, Offset, TopicPartition};

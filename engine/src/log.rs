@@ -88,7 +88,14 @@ pub const LOG_START_FILE: &str = "log-start-offset-checkpoint";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendMode {
     /// The leader assigns offsets from the log end and stamps its epoch.
-    Leader { epoch: Epoch },
+    Leader {
+        epoch: Epoch,
+        /// The log may keep the batches in memory for reads at its end
+        /// ([`crate::tail`]): say so only when the records are most of
+        /// the buffer they are a slice of, since keeping them keeps that
+        /// buffer.
+        keep: bool,
+    },
     /// A follower keeps the leader's offsets and epochs; they must continue
     /// the log.
     Follower,
@@ -143,6 +150,29 @@ pub struct ReadResult {
     pub next_offset: Offset,
     pub log_start_offset: Offset,
     pub log_end_offset: Offset,
+}
+
+/// Record bytes a [`Log::read_range`] found and did not copy.
+#[derive(Debug, Clone)]
+pub enum Unread {
+    /// A range of a segment file, to be sent from the file.
+    File(FileRange),
+    /// The newest batches, as the buffers their append wrote
+    /// ([`crate::tail`]), to be sent from there.
+    Memory(Vec<Bytes>),
+}
+
+impl Unread {
+    pub fn len(&self) -> usize {
+        match self {
+            Unread::File(range) => range.len,
+            Unread::Memory(chunks) => chunks.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Header reads of [`Log::read_range`] go through a window this large: a
@@ -284,6 +314,8 @@ pub struct Log {
     cache: crate::page_cache::CacheWindow,
     /// The page-cache calls in flight (one batch at a time).
     cache_calls: Option<crate::page_cache::Pending>,
+    /// The newest batches as written, for reads at the log end.
+    tail: crate::tail::Tail,
 }
 
 /// An fsync of a log's active segment begun by [`Log::begin_flush`], run
@@ -384,6 +416,7 @@ impl Log {
             truncations: 0,
             cache: crate::page_cache::CacheWindow::new(config_window),
             cache_calls: None,
+            tail: crate::tail::Tail::default(),
         };
         let report = log.recover(&bases, recovery_point, now_ms).await?;
         log.rebuild_producer_state().await?;
@@ -1086,7 +1119,8 @@ impl Log {
                 durability: Durability::PageCache,
             };
             next = last.plus(1);
-            staged.push(bufs, headers, results.len());
+            let keep = matches!(mode, AppendMode::Leader { keep: true, .. });
+            staged.push(bufs, headers, results.len(), keep);
             results.push(Ok(info));
         }
         if failure.is_none() {
@@ -1183,7 +1217,7 @@ impl Log {
         }
         let mut bufs = Vec::new();
         match mode {
-            AppendMode::Leader { epoch } => {
+            AppendMode::Leader { epoch, .. } => {
                 let mut pos = 0;
                 let mut offset = next;
                 bufs.reserve(headers.len() * 2);
@@ -1245,13 +1279,26 @@ impl Log {
             headers,
             owners,
             len,
-            ..
+            unkept,
         } = std::mem::take(staged);
         let start = self.active().size;
         let limit = self.config.segment_bytes;
         self.active_mut()
             .reserve_ahead(start.saturating_add(len), limit);
         let written = self.active().file.write_vectored_all_at(bufs, start).await;
+        // The buffers written, shared (not copied) with the tail.
+        match &written {
+            Ok(bufs) if !unkept => {
+                let batches: Vec<(i64, i64, usize)> = headers
+                    .iter()
+                    .map(|h| (h.base_offset, h.last_offset(), h.total_len()))
+                    .collect();
+                let before = Offset(headers.first().map_or(0, |h| h.base_offset));
+                let segment = self.active().base;
+                self.tail.push(segment, before, &batches, bufs);
+            }
+            _ => self.tail.clear(),
+        }
         self.full = matches!(
             &written,
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC)
@@ -1643,9 +1690,11 @@ impl Log {
         Ok(result)
     }
 
-    /// As [`Log::read`], for a caller that can send file bytes without
-    /// reading them (a Fetch response): when the batches found come to at
-    /// least `range_min` bytes of a real file, they are returned as a
+    /// As [`Log::read`], for a caller that can send bytes without reading
+    /// them (a Fetch response). Batches the log's tail still holds (a read
+    /// at the log end) are returned as its buffers ([`Unread::Memory`]),
+    /// neither read nor copied. Otherwise, when the batches found come to
+    /// at least `range_min` bytes of a real file, they are returned as a
     /// [`FileRange`] and never read. Only their headers are: the walk jumps
     /// over whole batches by the offset index, so a megabyte of 64 KiB
     /// batches costs two or three small reads, not a megabyte copied.
@@ -1656,7 +1705,29 @@ impl Log {
         upper_bound: Option<Offset>,
         min_one_batch: bool,
         range_min: usize,
-    ) -> Result<(ReadResult, Option<FileRange>)> {
+    ) -> Result<(ReadResult, Option<Unread>)> {
+        let log_end = self.log_end_offset();
+        if self.offline.is_none() && from >= self.log_start && from < log_end {
+            let end = upper_bound.map_or(log_end, |u| u.min(log_end));
+            if let Some(read) = self.tail.read(from, max_bytes, end, min_one_batch) {
+                let result = ReadResult {
+                    records: Bytes::new(),
+                    next_offset: read.next,
+                    log_start_offset: self.log_start,
+                    log_end_offset: log_end,
+                };
+                let unread = (read.len > 0).then_some(Unread::Memory(read.chunks));
+                return Ok((result, unread));
+            }
+        }
+        if range_min > max_bytes.max(self.config.max_batch_bytes) {
+            // No range can come of it: read ahead as `read` does, headers
+            // and batches in one go.
+            let result = self
+                .read(from, max_bytes, upper_bound, min_one_batch)
+                .await?;
+            return Ok((result, None));
+        }
         let (mut result, found) = self
             .locate(
                 from,
@@ -1672,7 +1743,7 @@ impl Log {
         };
         if found.taken >= range_min {
             if let Some(range) = found.seg.file.range(found.start, found.taken) {
-                return Ok((result, Some(range)));
+                return Ok((result, Some(Unread::File(range))));
             }
         }
         result.records = found.bytes().await?;
@@ -1837,6 +1908,7 @@ impl Log {
 
     /// Removes the segments from `offset` on, or every segment if `all`.
     async fn truncate_inner_from(&mut self, offset: Offset, all: bool, now_ms: u64) -> Result<()> {
+        self.tail.clear();
         let mut doomed: Vec<Offset> = self
             .segments
             .keys()
@@ -2157,10 +2229,13 @@ struct Staged {
     headers: Vec<BatchHeader>,
     /// Index into the results of each request whose batches are staged.
     owners: Vec<usize>,
+    /// A request staged may not be kept in the log's tail.
+    unkept: bool,
 }
 
 impl Staged {
-    fn push(&mut self, bufs: Vec<Bytes>, headers: Vec<BatchHeader>, owner: usize) {
+    fn push(&mut self, bufs: Vec<Bytes>, headers: Vec<BatchHeader>, owner: usize, keep: bool) {
+        self.unkept |= !keep;
         self.len += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
         self.bufs.extend(bufs);
         self.headers.extend(headers);

@@ -18,7 +18,10 @@ use sluice_engine::sim::{SimFs, SimRng};
 use sluice_engine::{Epoch, Error, LogConfig, Offset, StorageHealth};
 
 const NOW: u64 = 1_700_000_000_000;
-const LEADER: AppendMode = AppendMode::Leader { epoch: Epoch(1) };
+const LEADER: AppendMode = AppendMode::Leader {
+    epoch: Epoch(1),
+    keep: true,
+};
 
 fn dir() -> PathBuf {
     PathBuf::from("/data/t-0")
@@ -120,6 +123,7 @@ fn crash_point(seed: u64) -> Run {
         for _ in 0..ops {
             let leader = AppendMode::Leader {
                 epoch: Epoch(epoch),
+                keep: true,
             };
             if rng.below(6) == 0 {
                 epoch += 1;

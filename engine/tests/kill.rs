@@ -51,7 +51,14 @@ fn child_appender() {
         for i in 0u64.. {
             let b = common::batch(1 + (i % 4) as usize, 50 + (i % 300) as usize, i as i64);
             let info = log
-                .append(b, AppendMode::Leader { epoch: Epoch(0) }, 0)
+                .append(
+                    b,
+                    AppendMode::Leader {
+                        epoch: Epoch(0),
+                        keep: true,
+                    },
+                    0,
+                )
                 .await
                 .unwrap();
             assert_eq!(info.durability, Durability::Flushed);

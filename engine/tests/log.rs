@@ -6,10 +6,19 @@ mod common;
 use common::{batch, on_each_backend, split_batches, without_offsets};
 use sluice_engine::io::Fs;
 use sluice_engine::log::{AppendMode, Durability, Log};
-use sluice_engine::{Epoch, Error, LogConfig, Offset};
+use sluice_engine::{Epoch, Error, LogConfig, Offset, Unread};
 
 const NOW: u64 = 1_700_000_000_000;
-const LEADER: AppendMode = AppendMode::Leader { epoch: Epoch(3) };
+const LEADER: AppendMode = AppendMode::Leader {
+    epoch: Epoch(3),
+    keep: true,
+};
+/// A leader's append the log may not keep in its tail: reads of it go to
+/// the segment files.
+const LEADER_UNKEPT: AppendMode = AppendMode::Leader {
+    epoch: Epoch(3),
+    keep: false,
+};
 
 fn small_segments() -> LogConfig {
     LogConfig {
@@ -122,20 +131,29 @@ fn reads_honour_max_bytes_min_one_batch_and_the_upper_bound() {
     });
 }
 
-/// The bytes a read returned, whether in memory or named as a file range.
+/// The bytes a read returned, whether in memory or named as a file range
+/// or a tail's buffers.
 fn range_bytes(
     result: &sluice_engine::ReadResult,
-    range: &Option<sluice_engine::FileRange>,
+    range: &Option<sluice_engine::Unread>,
 ) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     match range {
         None => result.records.to_vec(),
-        Some(range) => {
-            assert!(result.records.is_empty(), "a range carries no bytes");
-            let file = std::fs::File::from(range.fd.try_clone().unwrap());
-            let mut out = vec![0; range.len];
-            file.read_exact_at(&mut out, range.pos).unwrap();
-            out
+        Some(unread) => {
+            assert!(
+                result.records.is_empty(),
+                "unread bytes are not in the result"
+            );
+            match unread {
+                Unread::File(range) => {
+                    let file = std::fs::File::from(range.fd.try_clone().unwrap());
+                    let mut out = vec![0; range.len];
+                    file.read_exact_at(&mut out, range.pos).unwrap();
+                    out
+                }
+                Unread::Memory(chunks) => chunks.concat(),
+            }
         }
     }
 }
@@ -152,12 +170,14 @@ fn a_range_read_names_the_same_batches_a_read_returns() {
             ..LogConfig::default()
         };
         let mut log = open(&fs, &dir, config).await;
+        // The newest 64 batches stay in the log's tail: reads of them come
+        // from memory, the others from the files.
         for i in 0..120usize {
             let b = batch(1 + i % 4, 40 + (i * 37) % 900, NOW as i64);
             log.append(b, LEADER, NOW).await.unwrap();
         }
         let end = log.log_end_offset().0;
-        let mut ranges = 0;
+        let (mut ranges, mut tails) = (0, 0);
         for from in (0..end).step_by(7) {
             for max in [100usize, 700, 3000, 9000, 40_000] {
                 for upper in [None, Some(Offset(from + 5)), Some(Offset(end - 3))] {
@@ -171,19 +191,85 @@ fn a_range_read_names_the_same_batches_a_read_returns() {
                         assert_eq!(got.next_offset, want.next_offset, "{what}");
                         assert_eq!(got.log_end_offset, want.log_end_offset, "{what}");
                         assert_eq!(range_bytes(&got, &range), want.records.to_vec(), "{what}");
-                        ranges += usize::from(range.is_some());
+                        ranges += usize::from(matches!(range, Some(Unread::File(_))));
+                        tails += usize::from(matches!(range, Some(Unread::Memory(_))));
                     }
                 }
             }
         }
         // Real files give ranges; the simulator has no descriptor to give.
         assert_eq!(ranges > 0, !matches!(fs, Fs::Sim(_)), "{backend:?}");
+        assert!(tails > 0, "{backend:?}");
         // Below `range_min`, the bytes come in memory.
         let (small, range) = log
             .read_range(Offset(0), 1 << 20, None, true, usize::MAX)
             .await
             .unwrap();
         assert!(range.is_none() && !small.records.is_empty());
+    });
+}
+
+/// Reads at the log end come from the tail while it continues the log,
+/// with the bytes the files hold; a truncation or an append the log may
+/// not keep (a follower's, or one its caller says not to) ends that, and
+/// the next kept append starts it again.
+#[test]
+fn reads_at_the_log_end_come_from_the_tail_only_while_it_continues_the_log() {
+    on_each_backend(|backend, fs, dir| async move {
+        let mut log = open(&fs, &dir, small_segments()).await;
+        // (from, whether from memory); the bytes must match a plain read.
+        async fn source(log: &Log, from: i64) -> Option<bool> {
+            let want = log.read(Offset(from), 1 << 20, None, true).await.unwrap();
+            let (got, unread) = log
+                .read_range(Offset(from), 1 << 20, None, true, usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                range_bytes(&got, &unread),
+                want.records.to_vec(),
+                "from {from}"
+            );
+            assert_eq!(got.next_offset, want.next_offset, "from {from}");
+            (!want.records.is_empty()).then_some(matches!(unread, Some(Unread::Memory(_))))
+        }
+        fill(&mut log, 6, 5, 100).await; // offsets 0..30
+        assert_eq!(source(&log, 25).await, Some(true), "{backend:?}");
+        assert_eq!(source(&log, 0).await, Some(true), "{backend:?}");
+        // Cut back to 20: the tail is gone; what is left comes from files.
+        log.truncate_to(Offset(20), NOW).await.unwrap();
+        assert_eq!(source(&log, 15).await, Some(false), "{backend:?}");
+        // A kept append starts it again, at the new end.
+        log.append(batch(5, 100, NOW as i64), LEADER, NOW)
+            .await
+            .unwrap();
+        assert_eq!(source(&log, 20).await, Some(true), "{backend:?}");
+        assert_eq!(source(&log, 15).await, Some(false), "{backend:?}");
+        // A follower's append (the leader's offsets kept) is not kept, and
+        // ends the tail: the batches before it come from the files too.
+        let mut b = batch(5, 100, NOW as i64);
+        sluice_engine::batch::patch(&mut b, 25, 4).unwrap();
+        log.append(b, AppendMode::Follower, NOW).await.unwrap();
+        assert_eq!(source(&log, 25).await, Some(false), "{backend:?}");
+        assert_eq!(source(&log, 20).await, Some(false), "{backend:?}");
+        let (kept, unkept) = (
+            AppendMode::Leader {
+                epoch: Epoch(4),
+                keep: true,
+            },
+            AppendMode::Leader {
+                epoch: Epoch(4),
+                keep: false,
+            },
+        );
+        log.append(batch(5, 100, NOW as i64), kept, NOW)
+            .await
+            .unwrap();
+        assert_eq!(source(&log, 30).await, Some(true), "{backend:?}");
+        log.append(batch(5, 100, NOW as i64), unkept, NOW)
+            .await
+            .unwrap();
+        assert_eq!(source(&log, 35).await, Some(false), "{backend:?}");
+        assert_eq!(source(&log, 30).await, Some(false), "{backend:?}");
     });
 }
 
@@ -200,7 +286,7 @@ fn a_range_read_walks_where_the_index_jumps_to_a_batch_it_cannot_parse() {
         let b = batch(2, 300, NOW as i64);
         let c = batch(2, 5000, NOW as i64);
         for x in [&a, &b, &c] {
-            log.append(x.clone(), LEADER, NOW).await.unwrap();
+            log.append(x.clone(), LEADER_UNKEPT, NOW).await.unwrap();
         }
         // The third batch is now larger than a batch may be: a header
         // parse of it fails. Reading exactly the first two must not need it.
@@ -231,13 +317,17 @@ fn a_range_stays_readable_after_retention_deletes_its_segment() {
     let fs = Fs::Os;
     compio::runtime::Runtime::new().unwrap().block_on(async {
         let mut log = open(&fs, dir.path(), small_segments()).await;
-        fill(&mut log, 40, 2, 300).await;
+        for _ in 0..40 {
+            log.append(batch(2, 300, NOW as i64), LEADER_UNKEPT, NOW)
+                .await
+                .unwrap();
+        }
         let want = log.read(Offset(0), 4096, None, true).await.unwrap();
         let (got, range) = log
             .read_range(Offset(0), 4096, None, true, 0)
             .await
             .unwrap();
-        assert!(range.is_some());
+        assert!(matches!(range, Some(sluice_engine::Unread::File(_))));
         log.delete_records_before(Offset(60)).await.unwrap();
         assert!(log.log_start_offset() > Offset(0));
         assert_eq!(range_bytes(&got, &range), want.records.to_vec());
@@ -461,6 +551,7 @@ fn leader_epochs_are_cached_checkpointed_and_answer_offset_for_leader_epoch() {
                     batch(5, 10, 0),
                     AppendMode::Leader {
                         epoch: Epoch(epoch),
+                        keep: true,
                     },
                     NOW,
                 )
@@ -497,6 +588,7 @@ fn a_fetch_whose_last_epoch_this_log_never_had_or_ended_earlier_diverges() {
                     b,
                     AppendMode::Leader {
                         epoch: Epoch(epoch),
+                        keep: true,
                     },
                     NOW,
                 )

@@ -102,7 +102,14 @@ async fn run(ops: Vec<Op>, segment_bytes: u64, retention_bytes: u64) -> Result<(
                     step as u8,
                 );
                 let info = log
-                    .append(b.clone(), AppendMode::Leader { epoch: Epoch(1) }, NOW)
+                    .append(
+                        b.clone(),
+                        AppendMode::Leader {
+                            epoch: Epoch(1),
+                            keep: true,
+                        },
+                        NOW,
+                    )
                     .await
                     .unwrap();
                 prop_assert_eq!(info.base_offset.0, model.end());

@@ -20,7 +20,10 @@ use sluice_engine::{
     Backend, Engine, EngineConfig, Epoch, Error, IoDriver, LogConfig, Offset, TopicPartition,
 };
 
-const LEADER: AppendMode = AppendMode::Leader { epoch: Epoch(0) };
+const LEADER: AppendMode = AppendMode::Leader {
+    epoch: Epoch(0),
+    keep: true,
+};
 
 fn config(dir: &std::path::Path, driver: IoDriver, shards: usize) -> EngineConfig {
     EngineConfig {

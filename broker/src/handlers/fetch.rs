@@ -31,7 +31,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 use sluice_engine::shard::{LocalShard, Published};
-use sluice_engine::{Epoch, FileRange, Offset, TopicPartition};
+use sluice_engine::{Epoch, Offset, TopicPartition, Unread};
 
 use super::{Connection, Reply};
 use crate::codec::{decode_body, Request};
@@ -76,9 +76,10 @@ struct Want {
 
 /// What reading one partition found.
 enum Found {
-    /// The records, in the result or (large enough, from a real file) as
-    /// the range of a segment file they lie in, to be sent unread.
-    Records(sluice_engine::ReadResult, Option<FileRange>),
+    /// The records, in the result or, to be sent unread, as the buffers
+    /// the log's tail holds them in or (large enough, from a real file) as
+    /// the range of a segment file they lie in.
+    Records(sluice_engine::ReadResult, Option<Unread>),
     /// The fetcher's log is not a prefix of this one: where the epoch it
     /// last fetched ends here (KIP-595's `diverging_epoch`), and where this
     /// log starts.
@@ -108,10 +109,11 @@ async fn read_want(
                 }
                 // A stand-in must exist for whatever the read may return.
                 let largest = max_bytes.max(log.config().max_batch_bytes);
-                if ranges && crate::codec::placeholder(slot, largest).is_some() {
-                    log.read_range(from, max_bytes, upper, min_one_batch, RANGE_MIN)
+                if crate::codec::placeholder(slot, largest).is_some() {
+                    let range_min = if ranges { RANGE_MIN } else { usize::MAX };
+                    log.read_range(from, max_bytes, upper, min_one_batch, range_min)
                         .await
-                        .map(|(result, range)| Found::Records(result, range))
+                        .map(|(result, unread)| Found::Records(result, unread))
                 } else {
                     log.read(from, max_bytes, upper, min_one_batch)
                         .await
@@ -131,9 +133,10 @@ struct ShardRead {
     /// A partition had records past its fetch offset and returned none
     /// (its next batch was larger than it was allowed).
     missed: bool,
-    /// The partitions (by slot) whose records are a segment file range;
-    /// their records in `partitions` are its [`crate::codec::placeholder`].
-    files: Vec<(usize, FileRange)>,
+    /// The partitions (by slot) whose records are sent unread (a segment
+    /// file range, or buffers of a log's tail); their records in
+    /// `partitions` are its [`crate::codec::placeholder`].
+    files: Vec<(usize, Unread)>,
 }
 
 /// A partition a fetch that found too little may wait on.
@@ -376,14 +379,14 @@ fn take_read(
             if version >= 5 {
                 data.log_start_offset = result.log_start_offset.0;
             }
-            let got = range.as_ref().map_or(result.records.len(), |r| r.len);
+            let got = range.as_ref().map_or(result.records.len(), Unread::len);
             // Records there, none returned: the next batch did not fit.
             out.missed |= got == 0 && want.fetch_offset < hw;
             out.bytes += got;
             data.records = Some(result.records);
             if let Some(range) = range {
                 // `read_want` asked for a range only where a stand-in fits.
-                data.records = crate::codec::placeholder(want.slot, range.len);
+                data.records = crate::codec::placeholder(want.slot, range.len());
                 out.files.push((want.slot, range));
             }
             got
@@ -472,8 +475,8 @@ struct Round {
     seen: BTreeMap<usize, Vec<Seen>>,
     errors: bool,
     missed: bool,
-    /// The slots whose records are a segment file range (see [`ShardRead`]).
-    files: Vec<(usize, FileRange)>,
+    /// The slots whose records are sent unread (see [`ShardRead`]).
+    files: Vec<(usize, Unread)>,
 }
 
 /// Reads every shard's partitions into `slots`. A together pass reads all
@@ -818,7 +821,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
     };
     let mut woken = false;
     // The last round's file ranges, by slot.
-    let mut files: Vec<(usize, FileRange)> = Vec::new();
+    let mut files: Vec<(usize, Unread)> = Vec::new();
     // A round read on the partitions' shard right after its wait.
     let mut ready: Option<(Round, Vec<partition::budget::Permit>)> = None;
     let held = loop {
@@ -905,7 +908,7 @@ pub async fn handle(broker: &Broker, request: &Request, connection: &Connection)
         }
     };
     // Each range with the stand-in its slot's records hold.
-    let files: Vec<(bytes::Bytes, FileRange)> = files
+    let files: Vec<(bytes::Bytes, Unread)> = files
         .into_iter()
         .filter_map(|(slot, range)| Some((slots[slot].records.clone()?, range)))
         .collect();

@@ -56,6 +56,9 @@ struct Append {
     /// `min.insync.replicas` for the partition (acks=all).
     min_insync: usize,
     records: Bytes,
+    /// The records are most of the request's buffer, so the log may keep
+    /// them for reads at its end without keeping much else alive.
+    keep: bool,
 }
 
 /// What every append of one request shares.
@@ -150,12 +153,14 @@ pub async fn handle(
             answers.push(None);
             let tp = TopicPartition::new(name, index);
             let shard = broker.engine.shard_for(&tp).id();
+            let keep = records.len().saturating_mul(2) >= request.body.len();
             by_shard.entry(shard).or_default().push(Append {
                 slot,
                 tp,
                 topic: state.clone(),
                 records,
                 min_insync,
+                keep,
             });
         }
     }
@@ -224,8 +229,14 @@ fn append_all(
     let started: Vec<_> = appends
         .into_iter()
         .map(|a| {
-            let appended =
-                partition::start_append(&local, terms.me, &a.tp, &a.topic, a.records.clone());
+            let appended = partition::start_append(
+                &local,
+                terms.me,
+                &a.tp,
+                &a.topic,
+                a.records.clone(),
+                a.keep,
+            );
             (a, appended)
         })
         .collect();

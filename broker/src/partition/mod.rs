@@ -198,18 +198,20 @@ pub async fn append(
     topic: &Arc<TopicState>,
     records: bytes::Bytes,
 ) -> Result<AppendInfo, Error> {
-    start_append(local, me, tp, topic, records)?.await
+    start_append(local, me, tp, topic, records, true)?.await
 }
 
 /// [`append`], queued on the partition before this returns: appends
 /// started one after another land in that order, however their futures are
-/// polled (a connection's pipelined produce requests).
+/// polled (a connection's pipelined produce requests). `keep`: the log may
+/// keep `records` in memory for reads at its end (`AppendMode::Leader`).
 pub fn start_append(
     local: &LocalShard,
     me: BrokerId,
     tp: &TopicPartition,
     topic: &Arc<TopicState>,
     records: bytes::Bytes,
+    keep: bool,
 ) -> Result<impl Future<Output = Result<AppendInfo, Error>> + 'static, Error> {
     let epoch = with_entry(local, me, tp, topic, |e| e.state.leader_epoch())?;
     let appended = local.start_append(
@@ -217,6 +219,7 @@ pub fn start_append(
         records,
         AppendMode::Leader {
             epoch: Epoch(epoch),
+            keep,
         },
     );
     let (local, tp, topic) = (local.clone(), tp.clone(), topic.clone());
