@@ -73,6 +73,11 @@ impl TopicState {
             .map_or(0, |p| p.leader_epoch)
     }
 
+    /// How many replicas the metadata log gives `partition`.
+    pub fn replica_count(&self, partition: i32) -> usize {
+        self.record(partition).map_or(0, |p| p.replicas.len())
+    }
+
     /// How many in-sync replicas the metadata log gives `partition`.
     pub fn in_sync_replicas(&self, partition: i32) -> usize {
         usize::try_from(partition)

@@ -56,8 +56,9 @@ struct Append {
     /// `min.insync.replicas` for the partition (acks=all).
     min_insync: usize,
     records: Bytes,
-    /// The records are most of the request's buffer, so the log may keep
-    /// them for reads at its end without keeping much else alive.
+    /// The partition has followers, and the records are most of the
+    /// request's buffer: the log may keep them for reads at its end
+    /// without keeping much else alive.
     keep: bool,
 }
 
@@ -153,7 +154,9 @@ pub async fn handle(
             answers.push(None);
             let tp = TopicPartition::new(name, index);
             let shard = broker.engine.shard_for(&tp).id();
-            let keep = records.len().saturating_mul(2) >= request.body.len();
+            // Kept for followers to fetch: none, none to keep for.
+            let keep = state.replica_count(index) > 1
+                && records.len().saturating_mul(2) >= request.body.len();
             by_shard.entry(shard).or_default().push(Append {
                 slot,
                 tp,
