@@ -28,6 +28,13 @@ use sluice_engine::{AppendMode, Engine, EngineConfig, Epoch, IoDriver, LogConfig
 
 use crate::size::parse_size;
 
+/// The benchmark's appends: a leader's, with no followers to keep a tail
+/// for (as the broker appends to an unreplicated partition).
+const LEADER: AppendMode = AppendMode::Leader {
+    epoch: Epoch(0),
+    keep: false,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMode {
     None,
@@ -741,14 +748,7 @@ fn run_engine(
                     let records = template.to_vec();
                     let sent = Instant::now();
                     engine
-                        .append(
-                            tp.clone(),
-                            records,
-                            AppendMode::Leader {
-                                epoch: Epoch(0),
-                                keep: true,
-                            },
-                        )
+                        .append(tp.clone(), records, LEADER)
                         .await
                         .map_err(|e| format!("append to {tp}: {e}"))?;
                     let micros = sent.elapsed().as_micros().max(1) as u64;
@@ -861,14 +861,7 @@ async fn append_from_shards(
                                 let records = template.to_vec();
                                 let sent = Instant::now();
                                 owner
-                                    .append(
-                                        tp.clone(),
-                                        records,
-                                        AppendMode::Leader {
-                                            epoch: Epoch(0),
-                                            keep: true,
-                                        },
-                                    )
+                                    .append(tp.clone(), records, LEADER)
                                     .await
                                     .map_err(|e| format!("append to {tp}: {e}"))?;
                                 histogram
@@ -1156,14 +1149,7 @@ fn measure_idle_partitions(args: &Args) -> Result<(usize, u64), String> {
                 .await
                 .map_err(|e| format!("opening {tp}: {e}"))?;
             engine
-                .append(
-                    tp,
-                    small.clone(),
-                    AppendMode::Leader {
-                        epoch: Epoch(0),
-                        keep: true,
-                    },
-                )
+                .append(tp, small.clone(), LEADER)
                 .await
                 .map_err(|e| format!("append: {e}"))?;
         }
