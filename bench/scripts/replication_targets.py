@@ -15,6 +15,13 @@ p99 acknowledgement latency of 3 (target: at most 10 ms), then the median
 of each over the rounds. The machine's state moves both figures by a
 third from one hour to the next, so one round says little.
 
+It also prints what the CPU figures show, as the issue asks: the brokers'
+and the client's CPU seconds per GiB produced in runs 1 and 2 (summed over
+the brokers' processes, which `sluice-bench` reads through `--broker-pid`)
+and how many cores they kept busy between them. Three brokers and the client
+share the machine's cores, so the ratio of throughputs follows the ratio of
+the CPU the two runs spend per GiB.
+
     cargo build --release -p sluice-broker -p sluice-bench
     python3 bench/scripts/replication_targets.py --rounds 3
 
@@ -70,8 +77,27 @@ def stop_cluster(proc):
             proc.wait()
 
 
+def children(pid):
+    """The pids of the direct children of `pid`: the dev-cluster's brokers."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The command name may hold spaces; the fields after it do not.
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
 def run(args, rf, acks, throughput=None):
-    """One benchmark run against a fresh cluster; returns its produce figures."""
+    """One benchmark run against a fresh cluster; returns its produce
+    figures, the brokers' and the client's CPU seconds, and how busy the
+    machine's cores were."""
     time.sleep(args.pause)
     workdir = tempfile.mkdtemp(prefix="sluice-targets-", dir=args.dir)
     proc = None
@@ -86,11 +112,23 @@ def run(args, rf, acks, throughput=None):
         ]
         if throughput is not None:
             cmd += ["--throughput", str(throughput)]
+        for pid in children(proc.pid):
+            cmd += ["--broker-pid", str(pid)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             raise RuntimeError(f"sluice-bench failed ({done.returncode}): {done.stderr[-2000:]}")
         produce = json.loads(done.stdout.strip().splitlines()[-1])["produce"]
-        return {"mb_s": produce["mb_s"], "p99_ms": produce["ack_p99_us"] / 1000}
+        gib = produce["mb_s"] * 1e6 * produce["seconds"] / 2**30
+        brokers, client = produce["broker_cpu_s"], produce["client_cpu_s"]
+        return {
+            "mb_s": produce["mb_s"],
+            "p99_ms": produce["ack_p99_us"] / 1000,
+            # While producing: the brokers' and the client's CPU seconds
+            # per GiB, and how many of the machine's cores they kept busy.
+            "brokers_cpu_s_per_gib": brokers / gib,
+            "client_cpu_s_per_gib": client / gib,
+            "cores": (brokers + client) / produce["seconds"],
+        }
     finally:
         if proc is not None:
             stop_cluster(proc)
@@ -121,6 +159,14 @@ def main():
             "ratio": round(rf3["mb_s"] / rf1["mb_s"], 3),
             "half_mb_s": half,
             "half_p99_ms": round(paced["p99_ms"], 2),
+            # What the CPU figures show: the brokers' CPU per GiB at RF=3
+            # over that at RF=1, and the cores each maximum run kept busy.
+            "rf3_brokers_cpu_s_per_gib": round(rf3["brokers_cpu_s_per_gib"], 2),
+            "rf1_brokers_cpu_s_per_gib": round(rf1["brokers_cpu_s_per_gib"], 2),
+            "rf3_client_cpu_s_per_gib": round(rf3["client_cpu_s_per_gib"], 2),
+            "rf1_client_cpu_s_per_gib": round(rf1["client_cpu_s_per_gib"], 2),
+            "rf3_cores": round(rf3["cores"], 2),
+            "rf1_cores": round(rf1["cores"], 2),
         }
         rounds.append(row)
         if not args.json:
@@ -130,14 +176,28 @@ def main():
                 f"(target <= 10)",
                 flush=True,
             )
+            print(
+                f"  CPU-s per GiB, brokers/client: RF=3 {row['rf3_brokers_cpu_s_per_gib']}/"
+                f"{row['rf3_client_cpu_s_per_gib']} on {row['rf3_cores']} cores, RF=1 "
+                f"{row['rf1_brokers_cpu_s_per_gib']}/{row['rf1_client_cpu_s_per_gib']} on "
+                f"{row['rf1_cores']} cores",
+                flush=True,
+            )
     summary = {
         "median_ratio": statistics.median(r["ratio"] for r in rounds),
         "median_half_p99_ms": statistics.median(r["half_p99_ms"] for r in rounds),
+        "median_brokers_cpu_ratio": statistics.median(
+            r["rf3_brokers_cpu_s_per_gib"] / r["rf1_brokers_cpu_s_per_gib"] for r in rounds
+        ),
     }
     if args.json:
         print(json.dumps({"rounds": rounds, **summary}))
     else:
-        print(f"median ratio {summary['median_ratio']}, median p99 at half {summary['median_half_p99_ms']} ms")
+        print(
+            f"median ratio {summary['median_ratio']}, median p99 at half "
+            f"{summary['median_half_p99_ms']} ms; the brokers spend "
+            f"{summary['median_brokers_cpu_ratio']:.2f}x the CPU per GiB at RF=3 (median)"
+        )
 
 
 def on_sigterm(_signum, _frame):

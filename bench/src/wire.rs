@@ -75,9 +75,10 @@ pub struct Args {
     /// one (no CPU figures unless --broker-pid is given).
     #[arg(long)]
     bootstrap_server: Option<String>,
-    /// With --bootstrap-server: the broker process whose CPU time to report.
-    #[arg(long, requires = "bootstrap_server")]
-    broker_pid: Option<u32>,
+    /// With --bootstrap-server: a broker process whose CPU time to report
+    /// (repeatable: a cluster's brokers are reported as their sum).
+    #[arg(long = "broker-pid", requires = "bootstrap_server")]
+    broker_pid: Vec<u32>,
     /// A setting for the started broker, KEY=VALUE (repeatable), e.g.
     /// log.flush.interval.messages=1.
     #[arg(
@@ -186,7 +187,7 @@ pub fn run(args: Args) -> Result<(), String> {
 
     let mut started = None;
     let (bootstrap, broker_pid) = match &args.bootstrap_server {
-        Some(server) => (server.clone(), args.broker_pid),
+        Some(server) => (server.clone(), args.broker_pid.clone()),
         None => {
             let bin = match &args.broker_bin {
                 Some(bin) => bin.clone(),
@@ -207,7 +208,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 work_dir.join("data").display()
             );
             started = Some(broker);
-            (addr, pid)
+            (addr, pid.into_iter().collect::<Vec<_>>())
         }
     };
 
@@ -231,10 +232,10 @@ pub fn run(args: Args) -> Result<(), String> {
     )?;
 
     engine::settle();
-    let cpu_before = broker_cpu(broker_pid)?;
+    let cpu_before = broker_cpu(&broker_pid)?;
     let client_before = cpu_seconds(std::process::id())?;
     let produced = produce(&args, &bootstrap, &workload, timeout)?;
-    let produce_cpu = broker_cpu(broker_pid)?.zip(cpu_before).map(|(a, b)| a - b);
+    let produce_cpu = broker_cpu(&broker_pid)?.zip(cpu_before).map(|(a, b)| a - b);
     let produce_client_cpu = cpu_seconds(std::process::id())? - client_before;
 
     let ends = end_offsets(&bootstrap, &workload.topic, args.partitions)?;
@@ -247,11 +248,11 @@ pub fn run(args: Args) -> Result<(), String> {
 
     let consumers = prepare_consumers(&args, &bootstrap, &workload, &ends)?;
     engine::settle();
-    let cpu_before = broker_cpu(broker_pid)?;
+    let cpu_before = broker_cpu(&broker_pid)?;
     let client_before = cpu_seconds(std::process::id())?;
     let consumed = consume(&consumers, timeout)?;
     drop(consumers);
-    let consume_cpu = broker_cpu(broker_pid)?.zip(cpu_before).map(|(a, b)| a - b);
+    let consume_cpu = broker_cpu(&broker_pid)?.zip(cpu_before).map(|(a, b)| a - b);
     let consume_client_cpu = cpu_seconds(std::process::id())? - client_before;
     if consumed.records != records {
         return Err(format!(
@@ -439,8 +440,16 @@ fn default_broker_bin() -> Result<PathBuf, String> {
     }
 }
 
-fn broker_cpu(pid: Option<u32>) -> Result<Option<f64>, String> {
-    pid.map(cpu_seconds).transpose()
+/// The CPU seconds of the brokers `pids`, summed; none without a broker.
+fn broker_cpu(pids: &[u32]) -> Result<Option<f64>, String> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut total = 0.0;
+    for &pid in pids {
+        total += cpu_seconds(pid)?;
+    }
+    Ok(Some(total))
 }
 
 fn broker_setting<'a>(settings: &'a [String], key: &str) -> Option<&'a str> {
