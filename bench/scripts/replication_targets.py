@@ -194,8 +194,8 @@ def main():
         print(json.dumps({"rounds": rounds, **summary}))
     else:
         print(
-            f"median ratio {summary['median_ratio']}, median p99 at half "
-            f"{summary['median_half_p99_ms']} ms; the brokers spend "
+            f"median ratio {summary['median_ratio']:.3f}, median p99 at half "
+            f"{summary['median_half_p99_ms']:.2f} ms; the brokers spend "
             f"{summary['median_brokers_cpu_ratio']:.2f}x the CPU per GiB at RF=3 (median)"
         )
 
