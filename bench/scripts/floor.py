@@ -138,20 +138,28 @@ def receive_once(path: str | None, total: int) -> float:
     return with_peer(lambda port: send(port, total), measure)
 
 
+def relay(conn: socket.socket, out: Appender, followers: list) -> float:
+    """Receives from `conn` until it closes, appending each piece to `out`
+    and sending it on to each of `followers`; the CPU-seconds it took."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    start = cpu_s()
+    while True:
+        n = conn.recv_into(buf)
+        if n == 0:
+            break
+        out.append(view[:n])
+        for f in followers:
+            f.sendall(view[:n])
+    return cpu_s() - start
+
+
 def follow(port: int, path: str, window: int, report: int) -> None:
     """A follower: receives from the leader at `port`, appends to `path`,
     and writes its CPU-seconds to the pipe `report` when the leader is done."""
     s = socket.create_connection(("127.0.0.1", port))
     out = Appender(path, window)
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    start = cpu_s()
-    while True:
-        n = s.recv_into(buf)
-        if n == 0:
-            break
-        out.append(view[:n])
-    spent = cpu_s() - start
+    spent = relay(s, out, [])
     out.close()
     os.write(report, f"{spent}\n".encode())
 
@@ -193,17 +201,7 @@ def replicate_once(directory: str, total: int, replicas: int, window: int) -> fl
         children.append(sender)
         conn, _ = listener.accept()
         out = Appender(os.path.join(directory, f"floor-{os.getpid()}.bin"), window)
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        start = cpu_s()
-        while True:
-            n = conn.recv_into(buf)
-            if n == 0:
-                break
-            out.append(view[:n])
-            for f in followers:
-                f.sendall(view[:n])
-        spent = cpu_s() - start
+        spent = relay(conn, out, followers)
         conn.close()
         pos = out.pos
         out.close()
