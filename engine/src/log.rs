@@ -1289,13 +1289,12 @@ impl Log {
         // The buffers written, shared (not copied) with the tail.
         match &written {
             Ok(bufs) if !unkept => {
-                let batches: Vec<(i64, i64, usize)> = headers
+                let batches = headers
                     .iter()
-                    .map(|h| (h.base_offset, h.last_offset(), h.total_len()))
-                    .collect();
+                    .map(|h| (h.base_offset, h.last_offset(), h.total_len()));
                 let before = Offset(headers.first().map_or(0, |h| h.base_offset));
                 let segment = self.active().base;
-                self.tail.push(segment, before, &batches, bufs);
+                self.tail.push(segment, before, batches, bufs);
             }
             _ => self.tail.clear(),
         }

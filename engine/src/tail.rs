@@ -91,7 +91,7 @@ impl Tail {
         &mut self,
         segment: Offset,
         log_end_before: Offset,
-        batches: &[(i64, i64, usize)],
+        batches: impl IntoIterator<Item = (i64, i64, usize)>,
         bufs: &[Bytes],
     ) {
         let continues = self
@@ -103,7 +103,7 @@ impl Tail {
         }
         let mut bufs = bufs.iter().cloned();
         let mut current: Option<Bytes> = None;
-        for &(base, last, len) in batches {
+        for (base, last, len) in batches {
             // The batch's bytes, as slices of the buffers written.
             let mut chunks = Vec::with_capacity(2);
             let mut need = len;
@@ -228,7 +228,7 @@ mod tests {
     fn reads_follow_the_rules_of_a_log_read() {
         let mut tail = Tail::default();
         let (b, bufs) = batches(100, 10, &[1000, 2000, 3000]);
-        tail.push(Offset(0), Offset(100), &b, &bufs);
+        tail.push(Offset(0), Offset(100), b.iter().copied(), &bufs);
         let far = Offset(i64::MAX);
         // (from, max_bytes, end, min_one_batch) -> (len, next), None: not held
         type Case = ((i64, usize, i64, bool), Option<(usize, i64)>);
@@ -268,7 +268,7 @@ mod tests {
             request.slice(361..700),
         ];
         let mut tail = Tail::default();
-        tail.push(Offset(0), Offset(0), &[(0, 4, 300), (5, 9, 400)], &bufs);
+        tail.push(Offset(0), Offset(0), [(0, 4, 300), (5, 9, 400)], &bufs);
         let read = tail.read(Offset(5), 1 << 20, Offset(10), false).unwrap();
         assert_eq!(concat(&read.chunks), concat(&bufs[2..]));
         assert_eq!(read.chunks.len(), 2, "slices, not copies");
@@ -280,10 +280,10 @@ mod tests {
     fn a_gap_starts_the_tail_again_and_old_batches_make_room() {
         let mut tail = Tail::default();
         let (b, bufs) = batches(0, 1, &[100, 100]);
-        tail.push(Offset(0), Offset(0), &b, &bufs);
+        tail.push(Offset(0), Offset(0), b.iter().copied(), &bufs);
         // Not at the tail's end (an append that was not kept came between).
         let (b, bufs) = batches(5, 1, &[100]);
-        tail.push(Offset(0), Offset(5), &b, &bufs);
+        tail.push(Offset(0), Offset(5), b.iter().copied(), &bufs);
         assert!(tail.read(Offset(0), 1000, Offset(6), false).is_none());
         assert_eq!(
             tail.read(Offset(5), 1000, Offset(6), false).unwrap().len,
@@ -291,7 +291,7 @@ mod tests {
         );
         // Past the per-log bounds the oldest go.
         let (b, bufs) = batches(6, 1, &vec![1000; TAIL_BATCHES + 10]);
-        tail.push(Offset(0), Offset(6), &b, &bufs);
+        tail.push(Offset(0), Offset(6), b.iter().copied(), &bufs);
         assert_eq!(tail.batches.len(), TAIL_BATCHES);
         assert!(tail.bytes <= TAIL_BYTES);
         assert!(tail
@@ -306,7 +306,7 @@ mod tests {
         );
         // A batch larger than a tail's bound keeps nothing.
         let (b, bufs) = batches(last + 1, 1, &[TAIL_BYTES + 1]);
-        tail.push(Offset(0), Offset(last + 1), &b, &bufs);
+        tail.push(Offset(0), Offset(last + 1), b.iter().copied(), &bufs);
         assert!(tail.batches.is_empty() && tail.bytes == 0);
     }
 
@@ -314,10 +314,10 @@ mod tests {
     fn a_read_stays_in_one_segment_as_a_log_read_does() {
         let mut tail = Tail::default();
         let (b, bufs) = batches(0, 10, &[100, 100]);
-        tail.push(Offset(0), Offset(0), &b, &bufs);
+        tail.push(Offset(0), Offset(0), b.iter().copied(), &bufs);
         // The log rolled: the next batches are a new segment's.
         let (b, bufs) = batches(20, 10, &[100, 100]);
-        tail.push(Offset(20), Offset(20), &b, &bufs);
+        tail.push(Offset(20), Offset(20), b.iter().copied(), &bufs);
         let far = Offset(i64::MAX);
         let read = tail.read(Offset(0), 10_000, far, false).unwrap();
         assert_eq!((read.len, read.next), (200, Offset(20)));
@@ -331,7 +331,7 @@ mod tests {
         tail.push(
             Offset(0),
             Offset(0),
-            &[(0, 0, 100)],
+            [(0, 0, 100)],
             &[Bytes::from(vec![1; 50])],
         );
         assert!(tail.read(Offset(0), 1000, Offset(1), false).is_none());

@@ -154,7 +154,7 @@ pub async fn handle(
             answers.push(None);
             let tp = TopicPartition::new(name, index);
             let shard = broker.engine.shard_for(&tp).id();
-            // Kept for followers to fetch: none, none to keep for.
+            // Only a partition with followers has anyone to keep records for.
             let keep = state.replica_count(index) > 1
                 && records.len().saturating_mul(2) >= request.body.len();
             by_shard.entry(shard).or_default().push(Append {

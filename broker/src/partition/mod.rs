@@ -198,7 +198,9 @@ pub async fn append(
     topic: &Arc<TopicState>,
     records: bytes::Bytes,
 ) -> Result<AppendInfo, Error> {
-    start_append(local, me, tp, topic, records, true)?.await
+    // Only a partition with followers has anyone to keep records for.
+    let keep = topic.replica_count(tp.partition) > 1;
+    start_append(local, me, tp, topic, records, keep)?.await
 }
 
 /// [`append`], queued on the partition before this returns: appends
